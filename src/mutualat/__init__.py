@@ -1,0 +1,7 @@
+"""mutualat: Mutual Adversarial Training (Liu et al., BMVC 2021) and its baselines in PyTorch."""
+
+__version__ = "0.1.0"
+
+from mutualat.models import create_model, load_model, save_model  # noqa: E402
+
+__all__ = ["__version__", "create_model", "load_model", "save_model"]

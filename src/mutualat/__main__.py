@@ -1,0 +1,5 @@
+import sys
+
+from mutualat.cli import main
+
+sys.exit(main())

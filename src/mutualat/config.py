@@ -1,0 +1,260 @@
+"""Typed run configuration: dataclasses, loaded from YAML, overridden with ``key=value``.
+
+A config file holds a subset of the keys below; everything else takes its documented
+default. ``--set optim.epochs=3`` or ``--set models.0.name=resnet18`` overrides one key. An
+unknown key or a value of the wrong type is a :class:`ConfigError` naming the key. The fully
+resolved config is written as ``config.yaml`` into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mutualat.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist-embedded"  # a registered dataset (mutualat.data.DATASETS)
+    path: str | None = None  # an image folder or .tar.gz (dataset "image-folder")
+    data_dir: str | None = None  # root for downloads/caches; else $MUTUALAT_DATA, else user cache
+    val_fraction: float = 0.2  # held out of train for model selection (the paper holds out 20%)
+    train_subset: int | None = None  # cap on training images (CPU-scale runs); None = all
+    test_subset: int | None = None  # cap on test images for the final evaluation; None = all
+    val_subset: int | None = 1000  # cap on validation images evaluated each epoch
+    batch_size: int = 128
+    augment: str | None = None  # None = the dataset's own ("crop_flip" CIFAR-like, "none" MNIST-like)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tinycnn"  # a registered architecture (mutualat.models.MODELS)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 34, widen_factor: 10}
+    lr: float | None = None  # None = the architecture's default (SPEC.md section 4)
+    weight_decay: float | None = None
+    init: str | None = None  # start from a saved model file instead of random weights
+    frozen: bool = False  # a fixed teacher/peer: no optimizer, always in eval mode
+
+
+@dataclass
+class AttackConfig:
+    """The training attack (PGD); its loss is chosen by the method."""
+
+    norm: str = "linf"
+    eps: float = 0.1
+    steps: int = 10
+    step_size: float | None = None  # None = 2.5 * eps / steps (Madry et al.)
+    random_start: bool = True
+    bn_mode: str = "eval"  # batch-norm during attack generation (SPEC.md section 6)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "at"  # a registered method (mutualat.methods.METHODS)
+    params: dict[str, Any] = field(default_factory=dict)  # checked against the method's Params
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 120
+    momentum: float = 0.9
+    nesterov: bool = False
+    # The paper divides the learning rate by 10 at epochs 75, 90 and 100 of 120; the same
+    # fractions of any other epoch count.
+    milestones: list[float] = field(default_factory=lambda: [75 / 120, 90 / 120, 100 / 120])
+    gamma: float = 0.1
+    grad_clip: float | None = None
+
+
+@dataclass
+class EvalConfig:
+    pgd_steps: int = 20  # validation attack each epoch (PGD-20, cross-entropy, no random start)
+    pgd_step_size: float | None = None  # None = 2.5 * eps / steps
+    test_pgd_steps: int = 20  # final test evaluation of the last models
+    test: bool = True  # evaluate the last models on the test split at the end
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # "auto" picks cuda, mps, cpu
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    amp: str = "auto"  # "auto" = bf16 autocast on CUDA only; "bf16" or "off"
+    channels_last: str = "auto"  # "auto" = on CUDA only; "on" or "off"
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = epoch ends)
+    progress: bool = True  # tqdm bar
+    data: DataConfig = field(default_factory=DataConfig)
+    models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])
+    method: MethodConfig = field(default_factory=MethodConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "RunConfig":
+        _check(self.optim.epochs >= 1, "optim.epochs must be >= 1")
+        _check(self.data.batch_size >= 1, "data.batch_size must be >= 1")
+        _check(0.0 <= self.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
+        eps = self.attack.eps
+        _check(math.isfinite(eps) and eps > 0, f"attack.eps must be a positive number, got {eps}")
+        if self.attack.norm == "linf":
+            _check(eps <= 1.0, f"attack.eps={eps} is larger than the [0,1] pixel range for linf")
+        _check(self.attack.steps >= 0, "attack.steps must be >= 0")
+        _check(len(self.models) >= 1, "models must list at least one model")
+        _check(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
+        _check(
+            self.channels_last in ("auto", "on", "off"),
+            f"channels_last must be auto, on or off, got {self.channels_last!r}",
+        )
+        _check(all(0 < m < 1 for m in self.optim.milestones), "optim.milestones are fractions in (0, 1)")
+        return self
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# --- dict <-> dataclass ---------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> Any:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from plain data, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; known keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise ConfigError(f"{path}: unsupported type {tp}")
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to the plain config mapping ``data``."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = _list_item(node, part, key)
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        index = int(last) if last.isdigit() else -1
+        if not 0 <= index <= len(node):
+            raise ConfigError(f"--set {key}: index {last} out of range for a list of {len(node)}")
+        if index == len(node):
+            node.append(value)
+        else:
+            node[index] = value
+    else:
+        node[last] = value
+
+
+def _list_item(node: list, part: str, key: str) -> Any:
+    if not part.isdigit():
+        raise ConfigError(f"--set {key}: {part!r} should be a list index")
+    index = int(part)
+    if index == len(node):
+        node.append({})
+    if index >= len(node):
+        raise ConfigError(f"--set {key}: index {index} out of range for a list of {len(node)}")
+    return node[index]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML experiment file (or start from defaults), apply ``--set`` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    if overrides:
+        # Overrides address the resolved structure (e.g. models.0.lr even if the file omits
+        # models), so resolve defaults first.
+        data = to_dict(from_dict(RunConfig, data))
+        for assignment in overrides:
+            apply_override(data, assignment)
+    # A model entry given as a bare name is shorthand for {name: ...}.
+    if isinstance(data.get("models"), list):
+        data["models"] = [{"name": m} if isinstance(m, str) else m for m in data["models"]]
+    return from_dict(RunConfig, data).validate()
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,25 @@
+"""Exceptions that carry a message meant for the user.
+
+The CLI prints any :class:`MutualatError` as ``error: <message>`` and exits non-zero; every
+other exception is a bug and keeps its traceback.
+"""
+
+
+class MutualatError(Exception):
+    """Base class of every error whose message is meant for a user."""
+
+
+class ConfigError(MutualatError, ValueError):
+    """An unknown key, a value of the wrong type or out of range, an unknown name."""
+
+
+class DataError(MutualatError):
+    """A missing, truncated, corrupt or mis-shaped data file."""
+
+
+class CheckpointError(MutualatError):
+    """A checkpoint or model file that is missing, corrupt or of another architecture."""
+
+
+class TrainingError(MutualatError):
+    """Training cannot go on (for example a NaN loss)."""
