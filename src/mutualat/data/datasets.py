@@ -1,0 +1,553 @@
+"""Named datasets: where their files are looked for, downloaded to and cached; splits.
+
+``load_dataset(name)`` builds one of the registered datasets (``DATASETS.names()``):
+
+- ``fashion-mnist-embedded``: 10,000 train / 2,000 test Fashion-MNIST images shipped inside
+  the package (see ``embedded/README.md``), for tests and CPU-scale runs; no data dir needed.
+- ``fashion-mnist``, ``mnist``: the four IDX files, in ``<data_dir>/<name>/``, directly in
+  ``<data_dir>``, or torchvision's ``<data_dir>/FashionMNIST/raw`` (``MNIST/raw``).
+- ``cifar10``, ``cifar100``: the python pickles, as the official folder or its .tar.gz.
+- ``image-folder``: ``path`` names ``<root>/<split>/<class>/<image>`` or a tar of it; the
+  decoded arrays are cached under ``<data_dir>/cache`` so the second load is fast.
+
+The canonical sets are downloaded when missing (``download=True``) from their authors'
+hosts and checked against the published MD5s. Pixel statistics are those published for the
+full sets, or computed from the train split for image folders; models normalize inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import importlib.resources
+import os
+import re
+import secrets
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+from tqdm import tqdm
+
+from mutualat.data.formats import (
+    CIFAR10,
+    CIFAR100,
+    ArraySplit,
+    CifarLayout,
+    read_cifar,
+    read_idx_split,
+    read_image_folder,
+)
+from mutualat.errors import ConfigError, DataError
+from mutualat.registry import Registry
+
+
+@dataclass
+class Dataset:
+    """A dataset decoded into memory. Pixels stay uint8; ``mean``/``std`` are in [0,1] units."""
+
+    name: str
+    train: ArraySplit
+    test: ArraySplit
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str  # training augmentation suited to the data: "crop_flip" or "none"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        _, c, h, w = self.train.images.shape
+        return c, h, w
+
+
+DatasetFactory = Callable[[Path, Path | None, bool], Dataset]  # (data root, path, download)
+DATASETS: Registry[DatasetFactory] = Registry("dataset")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The data root: ``data_dir`` if given, else ``$MUTUALAT_DATA``, else the user cache
+    folder (``$XDG_CACHE_HOME`` or ``~/.cache``) ``/mutualat``. Nothing is created here."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get("MUTUALAT_DATA"):
+        return Path(os.environ["MUTUALAT_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "mutualat"
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    download: bool = True,
+) -> Dataset:
+    """Load the registered dataset ``name`` (see the module docstring for what each needs).
+
+    ``path`` is required by ``image-folder``; for the canonical sets it names the folder
+    (or CIFAR archive) holding the files, which is then used as is, never downloaded into.
+    """
+    factory = DATASETS.get(name)
+    source = None if path is None else Path(path).expanduser()
+    return factory(resolve_data_dir(data_dir), source, download)
+
+
+# --------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str  # file name on disk
+    md5: str  # published checksum of the file
+    urls: tuple[str, ...]  # tried in order
+
+
+def fetch(url: str, dest: Path) -> None:
+    """Copy ``url`` into the file ``dest``. The one place that touches the network."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        name = Path(urlparse(url).path).name
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)  # integrity against the published sums only
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _partial_path(target: Path) -> Path:
+    """A fresh name beside ``target`` to write to before renaming: a reader never sees half a
+    file, and two processes never share one. (Not tempfile: its files ignore the umask.)"""
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
+def _where_to_put(files: Sequence[RemoteFile], dest: Path) -> str:
+    return "\n".join(f"  {f.urls[0]}\n    -> {dest / f.name}" for f in files)
+
+
+def _download_verified(url: str, target: Path, md5: str) -> None:
+    """Download to a temporary file beside ``target``, check its MD5, then rename it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_path(target)
+    try:
+        fetch(url, tmp)
+        got = _md5(tmp)
+        if got != md5:
+            raise DataError(f"md5 {got}, expected {md5} (download deleted)")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_files(dataset: str, files: Sequence[RemoteFile], dest: Path) -> None:
+    """Download each of ``files`` missing from ``dest``, verified; DataError if one fails.
+
+    The error says which files to put where by hand, since a machine that cannot download
+    them can usually be given them.
+    """
+    for k, file in enumerate(files):
+        target = dest / file.name
+        if target.exists():
+            continue
+        problems = []
+        for url in file.urls:
+            try:
+                _download_verified(url, target, file.md5)
+                break
+            except (OSError, http.client.HTTPException, DataError) as exc:
+                problems.append(f"  {url}: {exc}")
+        else:
+            still_missing = [f for f in files[k:] if not (dest / f.name).exists()]
+            raise DataError(
+                f"could not download {dataset}:\n" + "\n".join(problems)
+                + "\nDownload these files by hand and put them at:\n"
+                + _where_to_put(still_missing, dest)
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-like IDX sets
+# --------------------------------------------------------------------------------------------
+
+_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    name: str
+    torchvision_folder: str  # torchvision keeps the files in <data_dir>/<this>/raw
+    mirrors: tuple[str, ...]  # base URLs
+    md5s: tuple[str, ...]  # of the four .gz files, in _IDX_STEMS order
+    classes: tuple[str, ...]
+    mean: float
+    std: float
+
+    def remote_files(self) -> list[RemoteFile]:
+        return [
+            RemoteFile(f"{stem}.gz", md5, tuple(base + f"{stem}.gz" for base in self.mirrors))
+            for stem, md5 in zip(_IDX_STEMS, self.md5s)
+        ]
+
+
+FASHION_MNIST = IdxSpec(
+    name="fashion-mnist",
+    torchvision_folder="FashionMNIST",
+    mirrors=(  # Zalando Research's own bucket, then the files in their GitHub repository
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+    md5s=("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+          "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    mean=0.2860,
+    std=0.3530,
+)
+MNIST = IdxSpec(
+    name="mnist",
+    torchvision_folder="MNIST",
+    mirrors=(  # LeCun's page often refuses downloads; PyTorch's copy holds the same files
+        "http://yann.lecun.com/exdb/mnist/",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    ),
+    md5s=("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+          "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+    classes=tuple(str(d) for d in range(10)),
+    mean=0.1307,
+    std=0.3081,
+)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_labels(name: str, split_name: str, split: ArraySplit, num_classes: int) -> None:
+    if len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
+        raise DataError(
+            f"{name}: {split_name} labels run from {split.labels.min()} to "
+            f"{split.labels.max()}, expected 0 to {num_classes - 1}"
+        )
+
+
+def _load_idx(spec: IdxSpec, root: Path, path: Path | None, download: bool) -> Dataset:
+    folders = [path] if path else [root / spec.name, root, root / spec.torchvision_folder / "raw"]
+    found = None
+    for folder in folders:
+        files = [_idx_file(folder, stem) for stem in _IDX_STEMS]
+        if all(files):
+            found = files
+            break
+    if found is None:
+        dest = folders[0]
+        remote = [f for f in spec.remote_files()
+                  if _idx_file(dest, f.name.removesuffix(".gz")) is None]
+        where = _where_to_put(remote, dest)
+        if path is not None:
+            raise DataError(
+                f"{spec.name}: files missing from {path}; put them (gzipped or not) at:\n{where}"
+            )
+        if not download:
+            looked = ", ".join(str(f) for f in folders)
+            raise DataError(
+                f"{spec.name}: the four IDX files are in none of {looked}. Pass download=True, "
+                f"or put these files (gzipped or not) at:\n{where}"
+            )
+        download_files(spec.name, remote, dest)
+        found = [_idx_file(dest, stem) for stem in _IDX_STEMS]
+    train = read_idx_split(found[0], found[1])
+    test = read_idx_split(found[2], found[3])
+    for split_name, split in (("train", train), ("test", test)):
+        _check_labels(spec.name, split_name, split, len(spec.classes))
+    return Dataset(spec.name, train, test, list(spec.classes),
+                   (spec.mean,), (spec.std,), augment="none")
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(root: Path, path: Path | None, download: bool) -> Dataset:
+    """Fashion-MNIST (Xiao, Rasul, Vollgraf 2017): 60,000 + 10,000 grey 28x28, 10 classes."""
+    return _load_idx(FASHION_MNIST, root, path, download)
+
+
+@DATASETS.register("mnist")
+def mnist(root: Path, path: Path | None, download: bool) -> Dataset:
+    """MNIST (LeCun et al. 1998): 60,000 + 10,000 grey 28x28 digits."""
+    return _load_idx(MNIST, root, path, download)
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    name: str
+    layout: CifarLayout
+    archive: RemoteFile
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+CIFAR10_SPEC = CifarSpec(
+    name="cifar10",
+    layout=CIFAR10,
+    archive=RemoteFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                       ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)),
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2471, 0.2435, 0.2616),
+)
+CIFAR100_SPEC = CifarSpec(
+    name="cifar100",
+    layout=CIFAR100,
+    archive=RemoteFile("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                       ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",)),
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+)
+
+
+def _load_cifar(spec: CifarSpec, root: Path, path: Path | None, download: bool) -> Dataset:
+    home = root / spec.name
+    candidates = [path] if path else [
+        home / spec.layout.folder, root / spec.layout.folder,
+        home / spec.archive.name, root / spec.archive.name,
+    ]
+    source = next((c for c in candidates if c.exists()), None)
+    if source is None:
+        if path is not None:
+            raise DataError(f"{path}: not found")
+        if not download:
+            raise DataError(
+                f"{spec.name}: none of {', '.join(map(str, candidates))} exists. "
+                f"Pass download=True, or put this file at:\n" + _where_to_put([spec.archive], home)
+            )
+        download_files(spec.name, [spec.archive], home)
+        source = home / spec.archive.name
+    train, test, classes = read_cifar(source, spec.layout)  # read from the tar, unextracted
+    return Dataset(spec.name, train, test, classes, spec.mean, spec.std, augment="crop_flip")
+
+
+@DATASETS.register("cifar10")
+def cifar10(root: Path, path: Path | None, download: bool) -> Dataset:
+    """CIFAR-10 (Krizhevsky 2009): 50,000 + 10,000 colour 32x32, 10 classes."""
+    return _load_cifar(CIFAR10_SPEC, root, path, download)
+
+
+@DATASETS.register("cifar100")
+def cifar100(root: Path, path: Path | None, download: bool) -> Dataset:
+    """CIFAR-100 (Krizhevsky 2009): 50,000 + 10,000 colour 32x32, 100 fine classes."""
+    return _load_cifar(CIFAR100_SPEC, root, path, download)
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded Fashion-MNIST subset
+# --------------------------------------------------------------------------------------------
+
+EMBEDDED_FILE = "fashion-mnist-10k.npz"
+
+
+@DATASETS.register("fashion-mnist-embedded")
+def fashion_mnist_embedded(root: Path, path: Path | None, download: bool) -> Dataset:
+    """10,000 train / 2,000 test Fashion-MNIST images, class-balanced, shipped in the package.
+
+    Made by ``scripts/make_embedded_data.py``; the MIT notice is in
+    ``embedded/LICENSE-fashion-mnist.txt``.
+    """
+    if path is not None:
+        raise ConfigError(
+            "dataset 'fashion-mnist-embedded' ships with the package and takes no path"
+        )
+    resource = importlib.resources.files("mutualat.data") / "embedded" / EMBEDDED_FILE
+    with resource.open("rb") as stream, np.load(stream) as arrays:
+        train = ArraySplit(arrays["train_images"][:, None], arrays["train_labels"])
+        test = ArraySplit(arrays["test_images"][:, None], arrays["test_labels"])
+    spec = FASHION_MNIST
+    return Dataset("fashion-mnist-embedded", train, test, list(spec.classes),
+                   (spec.mean,), (spec.std,), augment="none")
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders, decoded once and cached
+# --------------------------------------------------------------------------------------------
+
+_CACHE_VERSION = 1  # bump when decoding changes, so that older caches are not reused
+
+
+def _fingerprint(source: Path) -> str:
+    """A key that changes when the source moves or changes: its path, sizes and mtimes."""
+    digest = hashlib.sha256(f"{_CACHE_VERSION}\n{source}\n".encode())
+    if source.is_dir():
+        for dirpath, dirnames, filenames in os.walk(source):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                stat = os.stat(full)
+                relative = os.path.relpath(full, source)
+                digest.update(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    else:
+        stat = source.stat()
+        digest.update(f"{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _read_cache(cache: Path) -> tuple[ArraySplit, ArraySplit, list[str]] | None:
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as arrays:
+            train = ArraySplit(arrays["train_images"], arrays["train_labels"])
+            test = ArraySplit(arrays["test_images"], arrays["test_labels"])
+            classes = [str(c) for c in arrays["classes"]]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, DataError) as exc:
+        warnings.warn(f"ignoring the unreadable cache {cache} ({exc}); decoding again",
+                      stacklevel=3)
+        return None
+    return train, test, classes
+
+
+def _write_cache(cache: Path, train: ArraySplit, test: ArraySplit, classes: list[str]) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _partial_path(cache)
+        try:
+            # Uncompressed: the cache exists to be fast; decoded photos barely compress anyway.
+            with open(tmp, "wb") as stream:
+                np.savez(stream, train_images=train.images, train_labels=train.labels,
+                         test_images=test.images, test_labels=test.labels,
+                         classes=np.array(classes))
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        warnings.warn(f"could not write the cache {cache} ({exc}); the next load decodes again",
+                      stacklevel=3)
+
+
+def read_image_folder_cached(
+    source: Path, cache_dir: Path
+) -> tuple[ArraySplit, ArraySplit, list[str]]:
+    """:func:`read_image_folder`, with the decoded arrays kept in ``cache_dir`` as an .npz
+    keyed by the source's absolute path, size and mtime (every file's, for a folder)."""
+    source = source.resolve()
+    if not source.exists():
+        raise DataError(f"{source}: not found")
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", source.name)
+    cache = cache_dir / f"image-folder-{stem}-{_fingerprint(source)}.npz"
+    cached = _read_cache(cache)
+    if cached is not None:
+        return cached
+    train, test, classes = read_image_folder(source)
+    _write_cache(cache, train, test, classes)
+    return train, test, classes
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std, in [0,1] units, of uint8 (N, C, H, W) images.
+
+    Computed from a 256-bin histogram per channel, so no float copy of the data is made.
+    """
+    values = np.arange(256) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = np.bincount(images[:, c].ravel(), minlength=256)
+        mean = counts @ values / counts.sum()
+        means.append(float(mean))
+        stds.append(float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum())))
+    return tuple(means), tuple(stds)
+
+
+@DATASETS.register("image-folder")
+def image_folder(root: Path, path: Path | None, download: bool) -> Dataset:
+    """``path``: ``<root>/<split>/<class>/<image>`` (or a tar of it); see :func:`read_image_folder`.
+
+    Colour images get the CIFAR augmentation (``crop_flip``), grey ones none, as the
+    canonical sets do; mean and std come from the train split.
+    """
+    if path is None:
+        raise ConfigError(
+            "dataset 'image-folder' needs path=<folder or .tar.gz holding "
+            "train/<class>/<image> and test/<class>/<image>>"
+        )
+    train, test, classes = read_image_folder_cached(path, root / "cache")
+    mean, std = channel_stats(train.images)
+    augment = "crop_flip" if train.images.shape[1] == 3 else "none"
+    return Dataset("image-folder", train, test, classes, mean, std, augment)
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and subsets
+# --------------------------------------------------------------------------------------------
+
+
+def train_val_split(
+    split: ArraySplit, val_fraction: float, seed: int
+) -> tuple[ArraySplit, ArraySplit]:
+    """(train, val): ``val_fraction`` of each class held out, chosen by ``seed``.
+
+    The paper chooses α on 20% of the training set held out this way, so that the test set
+    never takes part in a choice. Both parts keep the examples' original order.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in np.unique(split.labels):
+        members = np.flatnonzero(split.labels == label)
+        held_out.append(rng.permutation(members)[: int(len(members) * val_fraction + 0.5)])
+    val_index = np.sort(np.concatenate(held_out))
+    keep = np.ones(len(split), dtype=bool)
+    keep[val_index] = False
+    if len(val_index) == 0 or not keep.any():
+        raise ConfigError(
+            f"val_fraction {val_fraction} of {len(split)} examples leaves a split empty"
+        )
+    return split.take(np.flatnonzero(keep)), split.take(val_index)
+
+
+def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices into ``labels``, as even across classes as the classes allow, sorted.
+
+    Each class is shuffled by ``seed``; then the first of every class are taken, then the
+    second of every class, and so on, so a class that runs out leaves its share to others.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    _, shuffled = np.unique(labels[order], return_inverse=True)
+    grouped = np.argsort(shuffled, kind="stable")  # by class, shuffled within each class
+    counts = np.bincount(shuffled)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[grouped] = np.arange(len(labels)) - starts  # position within its class
+    return np.sort(order[np.argsort(rank, kind="stable")[:n]])
+
+
+def subset(split: ArraySplit, n: int | None, seed: int) -> ArraySplit:
+    """A seeded, class-balanced subset of ``n`` examples (all of them if ``n`` is None or
+    at least the split's size), in the original order; for CPU-scale runs."""
+    if n is None or n >= len(split):
+        return split
+    if n < 1:
+        raise ConfigError(f"subset size must be positive, got {n}")
+    return split.take(balanced_indices(split.labels, n, seed))
