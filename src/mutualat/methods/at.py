@@ -1,0 +1,53 @@
+"""Adversarial training (Madry et al., ICLR 2018), one or several independent models.
+
+Each member minimizes its loss on its own PGD examples. ``loss="ce"`` is Madry's
+cross-entropy; ``loss="lc"`` is MART's boosted cross-entropy L_C, the "AT" of the MAT paper
+(Eq. 1), whose training attack maximizes L_C as well (SPEC.md section 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mutualat import losses
+from mutualat.errors import ConfigError
+from mutualat.methods.attacks import training_attack
+from mutualat.methods.base import Method, StepResult, accuracy, register_method
+
+CLASSIFICATION_LOSSES = {"ce": losses.cross_entropy, "lc": losses.boosted_cross_entropy}
+
+
+@dataclass
+class ATParams:
+    loss: str = "ce"  # "ce" (Madry) or "lc" (boosted cross-entropy, the MAT paper's AT)
+
+    def validate(self) -> None:
+        if self.loss not in CLASSIFICATION_LOSSES:
+            raise ConfigError(f"method.params.loss must be 'ce' or 'lc', got {self.loss!r}")
+
+
+@register_method("at")
+class AT(Method):
+    Params = ATParams
+
+    def __init__(self, params: ATParams, attack, frozen) -> None:
+        super().__init__(params, attack, frozen)
+        self.criterion = CLASSIFICATION_LOSSES[params.loss]
+        self.attack = training_attack(attack, loss=params.loss)
+
+    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        total = x.new_zeros(())
+        metrics = {}
+        for role, model, frozen in zip(self.roles, models, self.frozen):
+            if frozen:
+                continue
+            logits = model(self.attack(model, x, y))
+            loss = self.criterion(logits, y)
+            total = total + loss
+            metrics[f"loss/{role}"] = loss.detach()
+            metrics[f"adv_acc/{role}"] = accuracy(logits, y)
+        return StepResult(total, metrics)

@@ -1,0 +1,102 @@
+"""A training method is a loss over a cohort of models.
+
+The trainer owns the models, their modes and their optimizers; a method only computes
+``StepResult.loss`` for one batch (crafting whatever adversarial examples it needs) and never
+steps an optimizer or switches a model's mode: attacks switch to eval mode and restore the
+caller's mode themselves (see :mod:`mutualat.attacks.base`). Trainable members arrive in
+train mode, frozen members (fixed teachers) in eval mode.
+
+A cohort of one is plain adversarial training; MAT, ACT and MAT-MP use several members.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from mutualat.config import AttackConfig, RunConfig, from_dict
+from mutualat.errors import ConfigError
+from mutualat.registry import Registry
+
+METHODS: Registry = Registry("method")
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # scalar: its gradient updates every trainable member
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars to log
+
+
+@dataclass
+class NoParams:
+    pass
+
+
+class Method:
+    """Base class: subclasses set ``Params`` (a dataclass) and implement :meth:`loss`."""
+
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any, attack: AttackConfig, frozen: Sequence[bool]) -> None:
+        self.params = params
+        self.attack_cfg = attack
+        self.frozen = list(frozen)  # frozen members get no gradient: skip their own losses
+        self.roles = self.member_roles(len(self.frozen))
+
+    def member_roles(self, num_models: int) -> list[str]:
+        """Names of the cohort members, in the order of ``RunConfig.models``."""
+        if num_models == 1:
+            return ["model"]
+        return [f"h{i + 1}" for i in range(num_models)]
+
+    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What a saved model records about the method that trained it."""
+        return {"name": type(self).registered_name, **dataclasses.asdict(self.params)}
+
+    registered_name: ClassVar[str] = ""
+
+
+def register_method(name: str):
+    """``@register_method("mat")``: register a :class:`Method` subclass under ``name``."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.registered_name = name
+        return METHODS.register(name)(cls)
+
+    return wrap
+
+
+def _params(cfg: RunConfig) -> Any:
+    cls = METHODS.get(cfg.method.name)
+    params = from_dict(cls.Params, cfg.method.params, "method.params")
+    check = getattr(params, "validate", None)
+    if check is not None:
+        check()
+    return params
+
+
+def resolve_method_params(cfg: RunConfig) -> RunConfig:
+    """Fill the method's defaults into ``cfg.method.params`` so the saved config is complete."""
+    cfg.method.params = dataclasses.asdict(_params(cfg))
+    return cfg
+
+
+def build_method(cfg: RunConfig) -> Method:
+    cls = METHODS.get(cfg.method.name)
+    method = cls(_params(cfg), cfg.attack, [m.frozen for m in cfg.models])
+    if len(method.roles) != len(cfg.models):
+        raise ConfigError(
+            f"method {cfg.method.name!r} needs {len(method.roles)} models, config lists {len(cfg.models)}"
+        )
+    return method
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=1) == y).float().mean().detach()

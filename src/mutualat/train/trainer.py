@@ -1,0 +1,385 @@
+"""One training loop for every method.
+
+The loop reads top to bottom: build data, cohort, method, optimizers; for each epoch, for
+each batch, ask the method for its loss, step every trainable member; at each epoch end,
+validate (clean and PGD-20 on the held-out split), save model files and an atomic checkpoint.
+``resume`` continues from the checkpoint exactly as the uninterrupted run would have: the
+loader's batches depend on (seed, epoch, step) alone and every RNG state is restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mutualat.config import RunConfig, dump_config, load_config, to_dict
+from mutualat.device import resolve_device
+from mutualat.errors import CheckpointError, ConfigError, TrainingError
+from mutualat.methods import build_method, resolve_method_params
+from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from mutualat.train.logger import MetricsLog
+from mutualat.train.optim import build_optimizer, build_scheduler
+from mutualat.train.validate import batched_accuracy, eval_pgd
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+# Keys that describe where a run executes, not what it computes: a resumed run may change them.
+ENVIRONMENT_KEYS = ("device", "progress", "data.data_dir")
+
+
+@dataclass
+class Member:
+    role: str
+    model: nn.Module
+    frozen: bool
+    optimizer: torch.optim.Optimizer | None
+    scheduler: Any
+
+
+def member_seed(seed: int, index: int) -> int:
+    """Member ``index`` of a cohort initializes from ``seed + index`` (documented contract:
+    a single-model run with that seed starts from the same weights)."""
+    return seed + index
+
+
+def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig:
+    """Create the run folder, or check it for ``--resume``; returns the config to run.
+
+    Without ``resume`` an existing non-empty folder is an error and nothing in it is touched.
+    With ``resume`` the saved config is authoritative; a config passed in must equal it except
+    for :data:`ENVIRONMENT_KEYS`, whose given values are used.
+    """
+    out = Path(out)
+    saved = out / CONFIG
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume: {out} has no {CONFIG} (is it a run folder?)")
+        saved_cfg = load_config(saved)
+        if cfg is None:
+            return saved_cfg
+        a, b = to_dict(saved_cfg), to_dict(cfg)
+        for key in ENVIRONMENT_KEYS:
+            _pop(a, key)
+            _pop(b, key)
+        if a != b:
+            raise ConfigError(
+                f"cannot resume {out}: the given config differs from the saved one in "
+                f"{_diff(a, b)}; resume without --config/--set, or start a new --out"
+            )
+        return cfg
+    if cfg is None:
+        raise ConfigError("a new run needs a config")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(
+            f"run folder {out} already exists and is not empty; pass --resume to continue it "
+            "or choose another --out (nothing was overwritten)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(saved, dump_config(cfg).encode())
+    return cfg
+
+
+def _pop(tree: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part, {})
+    tree.pop(last, None)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return ""
+    return "" if a == b else f"{prefix.rstrip('.')} ({a!r} saved, {b!r} given)"
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig | None, out_dir: str | Path, resume: bool = False) -> None:
+        """``cfg`` may be None with ``resume``: the run folder's saved config is used."""
+        self.out = Path(out_dir)
+        self.cfg = prepare_run_dir(self.out, resolve_method_params(cfg) if cfg else None, resume)
+        self.resume = resume
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and on_cuda)
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
+        _seed_everything(cfg.seed, cfg.deterministic)
+
+        self._build_data()
+        self.method = build_method(cfg)
+        self.members = [self._build_member(i, m) for i, m in enumerate(cfg.models)]
+        self.log = MetricsLog(self.out)
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0  # completed steps of the current epoch
+        self.global_step = 0
+        self.best: dict[str, float] = {}  # role -> best validation robust accuracy
+        if resume:
+            self._restore(load_checkpoint(self.out / CHECKPOINT))
+
+    # --- construction ----------------------------------------------------------------
+
+    def _build_data(self) -> None:
+        from mutualat.data import DeviceLoader, load_dataset, subset, train_val_split
+
+        d = self.cfg.data
+        self.dataset = load_dataset(d.name, data_dir=d.data_dir, path=d.path)
+        train = self.dataset.train
+        if d.val_fraction > 0:
+            train, val = train_val_split(train, d.val_fraction, seed=self.cfg.seed)
+            self.val = subset(val, d.val_subset, seed=self.cfg.seed)
+        else:
+            self.val = None  # the final run on the full training set: no model selection
+        train = subset(train, d.train_subset, seed=self.cfg.seed)
+        self.test = subset(self.dataset.test, d.test_subset, seed=self.cfg.seed)
+        augment = d.augment if d.augment is not None else self.dataset.augment
+        self.loader = DeviceLoader(
+            train, d.batch_size, device=self.device, shuffle=True, augment=augment,
+            seed=self.cfg.seed, drop_last=True,
+        )
+        if len(self.loader) == 0:
+            raise ConfigError(
+                f"data.batch_size={d.batch_size} is larger than the {len(train.labels)} training images"
+            )
+
+    def _build_member(self, index: int, mcfg) -> Member:
+        from mutualat.models import create_model, load_weights_into
+
+        ds = self.dataset
+        c, h, _ = ds.input_shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(member_seed(self.cfg.seed, index))
+            model = create_model(
+                mcfg.name, num_classes=ds.num_classes, in_channels=c, input_size=h,
+                mean=ds.mean, std=ds.std, **mcfg.kwargs,
+            )
+        if mcfg.init:
+            load_weights_into(model, mcfg.init)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        role = self.method.roles[index]
+        if mcfg.frozen:
+            model.eval().requires_grad_(False)
+            return Member(role, model, True, None, None)
+        optimizer = build_optimizer(model, mcfg, self.cfg.optim)
+        scheduler = build_scheduler(optimizer, self.cfg.optim, len(self.loader))
+        return Member(role, model, False, optimizer, scheduler)
+
+    # --- checkpointing ---------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": to_dict(self.cfg),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "models": [m.model.state_dict() for m in self.members],
+            "optimizers": [m.optimizer.state_dict() if m.optimizer else None for m in self.members],
+            "schedulers": [m.scheduler.state_dict() if m.scheduler else None for m in self.members],
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if len(state["models"]) != len(self.members):
+            raise CheckpointError(
+                f"checkpoint holds {len(state['models'])} models, the config {len(self.members)}"
+            )
+        for member, weights, opt, sched in zip(
+            self.members, state["models"], state["optimizers"], state["schedulers"]
+        ):
+            try:
+                member.model.load_state_dict(weights)
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"checkpoint weights do not fit model {member.role!r}: {str(exc)[:300]}"
+                ) from None
+            if member.optimizer is not None:
+                member.optimizer.load_state_dict(opt)
+                member.scheduler.load_state_dict(sched)
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.global_step = state["global_step"]
+        self.best = dict(state["best"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.log.truncate_after(self.global_step)
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.out / CHECKPOINT, self._state())
+
+    def _save_models(self, suffix: str, role_filter: set[str] | None = None,
+                     metrics: dict[str, Any] | None = None) -> None:
+        from mutualat.models import save_model
+
+        for member in self.members:
+            if member.frozen or (role_filter is not None and member.role not in role_filter):
+                continue
+            meta = self._model_meta(member)
+            if metrics:
+                meta["metrics"] = metrics.get(member.role, {})
+            save_model(member.model, self.out / "models" / f"{member.role}{suffix}.safetensors", meta)
+
+    def _model_meta(self, member: Member) -> dict[str, Any]:
+        a = self.cfg.attack
+        return {
+            "role": member.role,
+            "roles": self.method.roles,
+            "dataset": self.cfg.data.name,
+            "classes": list(self.dataset.classes),
+            "threat": {"norm": a.norm, "eps": a.eps},
+            "method": self.method.describe(),
+            "epoch": self.epoch,
+            "seed": self.cfg.seed,
+        }
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.global_step == 0:
+            self.log.write("start", 0, config=to_dict(cfg), device=str(self.device),
+                           torch=torch.__version__, host=platform.node())
+        while self.epoch < cfg.optim.epochs:
+            self._train_epoch()
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self._end_of_epoch()
+        results = self._final_test() if cfg.eval.test else {}
+        self.log.close()
+        return results
+
+    def _train_epoch(self) -> None:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        batches = self.loader.epoch(self.epoch, start_step=self.step_in_epoch)
+        bar = tqdm(
+            batches, total=len(self.loader), initial=self.step_in_epoch, disable=not cfg.progress,
+            desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True,
+        )
+        trainable = [m for m in self.members if not m.frozen]
+        tick, images = time.perf_counter(), 0
+        for x, y in bar:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for m in self.members:
+                m.model.train(not m.frozen)
+            autocast = (
+                torch.autocast(self.device.type, dtype=torch.bfloat16)
+                if self.amp else contextlib.nullcontext()
+            )
+            with autocast:
+                result = self.method.loss([m.model for m in self.members], x, y)
+            for m in trainable:
+                m.optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            for m in trainable:
+                if cfg.optim.grad_clip:
+                    nn.utils.clip_grad_norm_(m.model.parameters(), cfg.optim.grad_clip)
+                m.optimizer.step()
+                m.scheduler.step()
+            self.step_in_epoch += 1
+            self.global_step += 1
+            images += len(y)
+
+            # One host sync per step: needed for the bar anyway, and it catches NaN at once.
+            values = {k: float(v) for k, v in result.metrics.items()}
+            loss = float(result.loss.detach())
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"the {self.method.registered_name} loss became {loss} at epoch "
+                    f"{self.epoch + 1}, step {self.step_in_epoch} ({values}); lower the learning "
+                    f"rate or check the data. The last checkpoint in {self.out} is intact."
+                )
+            rate = images / max(time.perf_counter() - tick, 1e-9)
+            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            self.log.write(
+                "step", self.global_step, epoch=self.epoch + 1, loss=loss, img_per_s=rate,
+                lr=trainable[0].optimizer.param_groups[0]["lr"] if trainable else 0.0, **values,
+            )
+            if cfg.checkpoint_every and self.step_in_epoch % cfg.checkpoint_every == 0 \
+                    and self.step_in_epoch < len(self.loader):
+                self._checkpoint()
+        bar.close()
+        self.last_images_per_s = images / max(time.perf_counter() - tick, 1e-9)
+
+    def _end_of_epoch(self) -> None:
+        cfg = self.cfg
+        record: dict[str, Any] = {"epoch": self.epoch, "img_per_s": self.last_images_per_s}
+        improved: set[str] = set()
+        metrics: dict[str, dict[str, float]] = {}
+        if self.val is not None:
+            attack = eval_pgd(cfg.attack, cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
+            x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
+            for m in self.members:
+                if m.frozen:
+                    continue
+                clean = batched_accuracy(m.model, x, y)
+                robust = batched_accuracy(m.model, x, y, attack)
+                metrics[m.role] = {"val_clean": clean, "val_pgd": robust}
+                record[f"val_clean/{m.role}"] = clean
+                record[f"val_pgd/{m.role}"] = robust
+                if robust > self.best.get(m.role, -1.0):
+                    self.best[m.role] = robust
+                    improved.add(m.role)
+        self._save_models("", metrics=metrics)
+        if improved:
+            self._save_models(".best", improved, metrics)
+        self._checkpoint()
+        self.log.write("epoch", self.global_step, **record)
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
+        print(f"epoch {self.epoch}/{cfg.optim.epochs}: {self.last_images_per_s:.0f} img/s"
+              + (f"; {summary}" if summary else ""), flush=True)
+
+    def _final_test(self) -> dict[str, Any]:
+        """Clean and PGD accuracy of the last models on the test split (never used to select)."""
+        cfg = self.cfg
+        attack = eval_pgd(cfg.attack, cfg.eval.test_pgd_steps, cfg.eval.pgd_step_size)
+        x, y = torch.from_numpy(self.test.images), torch.from_numpy(self.test.labels)
+        results: dict[str, Any] = {
+            "method": self.method.registered_name,
+            "test_images": len(y),
+            "attack": f"PGD-{cfg.eval.test_pgd_steps} {cfg.attack.norm} eps={cfg.attack.eps:g}",
+            "models": {},
+        }
+        for m in self.members:
+            if m.frozen:
+                continue
+            results["models"][m.role] = {
+                "clean": batched_accuracy(m.model, x, y),
+                "pgd": batched_accuracy(m.model, x, y, attack),
+            }
+        atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
+        self.log.write("test", self.global_step, **{
+            f"{k}/{role}": v for role, r in results["models"].items() for k, v in r.items()
+        })
+        return results
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False

@@ -1,0 +1,45 @@
+"""Clean and PGD accuracy of a model on a split held as tensors (validation and final test)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mutualat.config import AttackConfig
+
+
+def eval_pgd(attack: AttackConfig, steps: int, step_size: float | None):
+    """The evaluation PGD: cross-entropy, no random start, in the training threat model."""
+    from mutualat.attacks import PGD
+
+    size = step_size if step_size is not None else 2.5 * attack.eps / max(steps, 1)
+    return PGD(norm=attack.norm, eps=attack.eps, steps=steps, step_size=size,
+               random_start=False, loss="ce")
+
+
+def batched_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attack=None,
+    batch_size: int = 256,
+) -> float:
+    """Fraction classified correctly, on clean images or on ``attack``'s output.
+
+    ``images`` may be uint8 (converted to [0,1] here) or float; batches move to the model's
+    device. The model is evaluated in eval mode and its previous mode restored.
+    """
+    from mutualat.attacks import attack_mode
+
+    device = next(model.parameters()).device
+    correct = 0
+    with attack_mode(model, "eval"):
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+            y = labels[start : start + batch_size].to(device)
+            if attack is not None:
+                x = attack(model, x, y)
+            with torch.no_grad():
+                correct += (model(x).argmax(dim=1) == y).sum().item()
+    return correct / max(len(images), 1)

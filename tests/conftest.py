@@ -1,0 +1,38 @@
+"""Shared fixtures: where ../shared/data is, and a tiny, fast training config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MUTUALAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "fashion-mnist").is_dir():
+        pytest.skip(f"no shared data at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def tiny_overrides(epochs: int = 2) -> list[str]:
+    """A run of a few seconds on the embedded data: 512 training images, 2-step PGD."""
+    return [
+        "data.name=fashion-mnist-embedded",
+        "data.train_subset=512",
+        "data.val_subset=128",
+        "data.test_subset=256",
+        "data.batch_size=64",
+        "models.0.name=tinycnn",
+        f"optim.epochs={epochs}",
+        "attack.eps=0.1",
+        "attack.steps=2",
+        "eval.pgd_steps=2",
+        "eval.test_pgd_steps=2",
+        "device=cpu",
+        "progress=false",
+        "deterministic=true",
+    ]

@@ -1,0 +1,174 @@
+"""The training loop: artifacts, exact resume (also after kill -9), and refusal to overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import mutualat
+from mutualat.config import dump_config, load_config
+from mutualat.errors import CheckpointError, ConfigError, TrainingError
+from mutualat.train import Trainer
+from mutualat.train.checkpoint import load_checkpoint
+
+from conftest import tiny_overrides
+
+
+def _weights(run: Path) -> list[dict[str, torch.Tensor]]:
+    return load_checkpoint(run / "checkpoint.pt")["models"]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    for wa, wb in zip(_weights(a), _weights(b), strict=True):
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """The uninterrupted 2-epoch reference run."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    Trainer(load_config(None, tiny_overrides(2)), out).fit()
+    return out
+
+
+def test_run_folder_contents(full_run):
+    for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl", "results.json",
+                 "models/model.safetensors", "models/model.best.safetensors"):
+        assert (full_run / name).is_file(), name
+    records = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(0 <= r["val_pgd/model"] <= r["val_clean/model"] + 0.05 for r in epochs)
+    model = mutualat.load_model(full_run / "models" / "model.safetensors")
+    assert not model.training
+    logits = model(torch.rand(3, 1, 28, 28))
+    assert logits.shape == (3, 10)
+    results = json.loads((full_run / "results.json").read_text())
+    assert set(results["models"]["model"]) == {"clean", "pgd"}
+    # The saved config is complete: the method's defaults are filled in.
+    assert load_config(full_run / "config.yaml").method.params == {"loss": "ce"}
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    original = Trainer._end_of_epoch
+
+    def stop_after_first_epoch(self):
+        original(self)
+        raise _Stop
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_first_epoch)
+    with pytest.raises(_Stop):
+        Trainer(load_config(None, tiny_overrides(2)), out).fit()
+    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    Trainer(None, out, resume=True).fit()
+    _assert_same_weights(out, full_run)
+    # The log has each epoch once, as the uninterrupted run's does.
+    events = [json.loads(l)["event"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("epoch") == 2 and events.count("start") == 1
+
+
+def test_resume_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
+    overrides = tiny_overrides(2) + ["checkpoint_every=3"]
+    reference = tmp_path / "reference"
+    Trainer(load_config(None, overrides), reference).fit()
+
+    out = tmp_path / "mid"
+    original = Trainer._checkpoint
+    calls = {"n": 0}
+
+    def die_after_second_checkpoint(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 1 step 6 (8 steps an epoch)
+            raise _Stop
+
+    monkeypatch.setattr(Trainer, "_checkpoint", die_after_second_checkpoint)
+    with pytest.raises(_Stop):
+        Trainer(load_config(None, overrides), out).fit()
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 6)
+    Trainer(None, out, resume=True).fit()
+    _assert_same_weights(out, reference)
+
+
+def test_kill_9_then_resume_from_the_command_line(full_run, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_config(load_config(None, tiny_overrides(2))))
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "mutualat", "train", "--config", str(config), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None, "training exited before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1, "killed too late to test resume"
+    resumed = subprocess.run(command[:-4] + ["--out", str(out), "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_weights(out, full_run)
+
+
+def test_existing_run_folder_is_not_overwritten(full_run):
+    before = {p: p.stat().st_mtime_ns for p in full_run.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="already exists"):
+        Trainer(load_config(None, tiny_overrides(2)), full_run)
+    with pytest.raises(ConfigError, match="differs from the saved one in optim.epochs"):
+        Trainer(load_config(None, tiny_overrides(3)), full_run, resume=True)
+    after = {p: p.stat().st_mtime_ns for p in full_run.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    with pytest.raises(ConfigError, match="has no config.yaml"):
+        Trainer(None, tmp_path, resume=True)
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    out = tmp_path / "run"
+    Trainer(load_config(None, tiny_overrides(1)), out).fit()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="checkpoint.pt is unreadable or corrupt"):
+        Trainer(None, out, resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    from mutualat.methods.at import AT
+    from mutualat.methods.base import StepResult
+
+    def nan_loss(self, models, x, y):
+        return StepResult(models[0](x).sum() * float("nan"))
+
+    monkeypatch.setattr(AT, "loss", nan_loss)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 1"):
+        Trainer(load_config(None, tiny_overrides(1)), tmp_path / "nan").fit()
+
+
+def test_cli_errors_exit_nonzero(tmp_path, capsys):
+    from mutualat.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "a"), "--set", "optim.epoch=1"]) == 2
+    assert "unknown config key 'optim.epoch'" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "b"), "--set", "method.name=nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "c")]) == 2
+    assert "needs --config" in capsys.readouterr().err
