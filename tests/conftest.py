@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test models are tiny: one thread avoids oversubscribing the 2-core CI machine when a test
+# starts a training subprocess beside itself, and makes timings steadier.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MUTUALAT_SHARED_DATA", REPO.parent / "shared" / "data"))

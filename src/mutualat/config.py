@@ -42,6 +42,7 @@ class ModelConfig:
     weight_decay: float | None = None
     init: str | None = None  # start from a saved model file instead of random weights
     frozen: bool = False  # a fixed teacher/peer: no optimizer, always in eval mode
+    seed: int | None = None  # initialization seed; None = RunConfig.seed + the model's index
 
 
 @dataclass

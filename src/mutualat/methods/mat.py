@@ -120,13 +120,16 @@ class MAT(Method):
         # Clean forwards: a natural trainable member's training forward (with gradient) is
         # also its soft label for the peers; every other member's soft label is computed
         # under no_grad. A member nobody learns from (the only trainable one) needs none.
+        # With alpha = 0 there is no distillation term and no target is computed, so the
+        # cohort trains exactly like N independent L_C-AT runs (no extra clean forwards
+        # moving batch-norm statistics).
         own: dict[int, torch.Tensor] = {}  # member -> logits its own loss is computed on
         targets: dict[int, torch.Tensor] = {}  # member -> detached clean logits
         for m in range(n):
             if m in self.natural and m in self.trainable:
                 own[m] = models[m](x)
                 targets[m] = own[m].detach()
-            elif any(k != m for k in self.trainable):
+            elif alpha > 0 and any(k != m for k in self.trainable):
                 with torch.no_grad():
                     targets[m] = models[m](x)
 
@@ -141,7 +144,9 @@ class MAT(Method):
             role, logits = self.roles[i], own[i]
             lc = losses.boosted_cross_entropy(logits, y)
             kl = sum(
-                losses.distillation_kl(targets[m], logits, t) * t**2 for m in range(n) if m != i
+                (losses.distillation_kl(targets[m], logits, t) * t**2
+                 for m in range(n) if m != i and m in targets),
+                logits.new_zeros((), dtype=torch.float32),
             )
             member = (1.0 - alpha) * lc + alpha / (n - 1) * kl
             total = total + member

@@ -162,7 +162,7 @@ class Trainer:
         ds = self.dataset
         c, h, _ = ds.input_shape
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(member_seed(self.cfg.seed, index))
+            torch.manual_seed(mcfg.seed if mcfg.seed is not None else member_seed(self.cfg.seed, index))
             model = create_model(
                 mcfg.name, num_classes=ds.num_classes, in_channels=c, input_size=h,
                 mean=ds.mean, std=ds.std, **mcfg.kwargs,
