@@ -1,0 +1,102 @@
+"""Command line: turns arguments into a config and calls the library, nothing more.
+
+    mutualat train --config FILE --out DIR [--set key=value ...] [--resume]
+    mutualat demo [--out DIR]
+    mutualat eval --model PATH ... --suite NAME|FILE --data NAME --out DIR
+    mutualat transfer --source PATH ... --target PATH ... --data NAME --out DIR
+    mutualat report RUN_OR_SUMMARY ... --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mutualat.errors import MutualatError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def wrap(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mutualat", description="Mutual Adversarial Training: train, attack, evaluate."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a method (AT, TRADES, MAT, ...) from a config file")
+    train.add_argument("--config", type=Path, help="experiment YAML file (see configs/)")
+    train.add_argument("--out", type=Path, required=True, help="run folder (must be new unless --resume)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, e.g. --set optim.epochs=3 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--data-dir", help="data root (else $MUTUALAT_DATA, else the user cache folder)")
+    train.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+
+    demo = sub.add_parser("demo", help="AT vs MAT on the embedded Fashion-MNIST subset, on CPU")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the demo runs")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
+    demo.add_argument("--device", default="auto")
+
+    from mutualat.cli_eval import add_eval_commands
+
+    COMMANDS.update(add_eval_commands(sub))
+    return parser
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> int:
+    from mutualat.config import load_config
+    from mutualat.train import Trainer
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    given = args.config is not None or overrides
+    cfg = load_config(args.config, overrides) if given else None
+    if cfg is None and not args.resume:
+        raise MutualatError("train needs --config FILE (or --set key=value) for a new run")
+    trainer = Trainer(cfg, args.out, resume=args.resume)
+    results = trainer.fit()
+    if results:
+        from mutualat.report.tables import results_table
+
+        print(results_table({args.out.name: results}))
+    print(f"run folder: {args.out}")
+    return 0
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from mutualat.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, device=args.device)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MutualatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = "resume with --resume" if args.command == "train" else "rerun the same command to resume"
+        print(f"interrupted; {hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Command-line subcommands ``eval``, ``transfer`` and ``report``: arguments in, library calls out.
+
+    mutualat eval --model [NAME=]PATH [--model ...] --suite NAME|FILE --data NAME
+                  [--data-dir D] [--data-path P] [--split test] [--n N] --out DIR [--ensemble]
+                  [--eps EPS] [--batch-size B] [--device auto] [--seed S] [--no-checks]
+                  [--check-n N] [--no-progress]
+    mutualat transfer --source [NAME=]PATH ... --target [NAME=]PATH ... --data NAME [--n N]
+                  --out DIR [--norm linf] [--eps EPS] [--steps 100] [--step-size 0.003]
+    mutualat report RUN_OR_EVAL_OR_JSON [...] --out DIR
+
+``cli.py`` wires them in with ``COMMANDS.update(add_eval_commands(sub))``. A model file's
+default name is its run and role: ``runs/mat/models/h1.safetensors`` -> ``mat-h1``,
+``runs/at/models/model.safetensors`` -> ``at``; ``NAME=PATH`` chooses another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mutualat.errors import ConfigError, MutualatError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
+    """Register ``eval``, ``transfer`` and ``report`` on an argparse ``subparsers`` object;
+    returns ``{command: handler}`` (each parser also gets ``handler`` as a default)."""
+    ev = subparsers.add_parser("eval", help="run an attack suite on models: per-example worst-case robust accuracy")
+    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                    help="a saved model file (repeatable)")
+    ev.add_argument("--suite", required=True,
+                    help="a packaged suite (quick, table2, table2-fmnist, table3, table5, table5-fmnist, "
+                         "autoattack) or a suite YAML file")
+    ev.add_argument("--eps", type=float, help="override the radius of the suite's single lp threat")
+    ev.add_argument("--ensemble", action="store_true",
+                    help="also evaluate the ensemble (mean of the models' softmax outputs)")
+    ev.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    ev.add_argument("--check-n", type=int, default=256, help="examples the measured checks use (default 256)")
+    _data_args(ev)
+    _run_args(ev)
+    ev.set_defaults(handler=run_eval)
+
+    tr = subparsers.add_parser("transfer", help="transfer (black-box) attacks: sources x targets accuracy matrix")
+    tr.add_argument("--source", action="append", required=True, metavar="[NAME=]PATH")
+    tr.add_argument("--target", action="append", required=True, metavar="[NAME=]PATH")
+    tr.add_argument("--norm", choices=("linf", "l2", "l1"),
+                    help="threat of the attack (default: each source's training threat, else linf)")
+    tr.add_argument("--eps", type=float, help="radius (default: each source's training eps)")
+    tr.add_argument("--steps", type=int, default=100, help="PGD steps (default 100, the paper's)")
+    tr.add_argument("--step-size", type=float,
+                    help="PGD step (default 0.003 in linf, the paper's; 2.5 eps / steps otherwise)")
+    _data_args(tr)
+    _run_args(tr)
+    tr.set_defaults(handler=run_transfer)
+
+    rp = subparsers.add_parser("report", help="Markdown/CSV tables and PNG plots from runs and evaluations")
+    rp.add_argument("inputs", nargs="+", metavar="RUN_OR_SUMMARY",
+                    help="run folders, eval folders or summary.json, transfer folders, {alpha: acc} JSON")
+    rp.add_argument("--out", type=Path, required=True, help="report folder")
+    rp.set_defaults(handler=run_report)
+    return {"eval": run_eval, "transfer": run_transfer, "report": run_report}
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a registered dataset (cifar10, fashion-mnist, ...)")
+    p.add_argument("--data-dir", help="data root (else $MUTUALAT_DATA, else the user cache folder)")
+    p.add_argument("--data-path", help="the dataset's folder or archive, used as is")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="default: test")
+    p.add_argument("--n", type=int, help="a seeded, class-balanced subset of N examples (default: all)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumed if it exists)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of every attack")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------
+
+
+def model_name(path: Path) -> str:
+    """The default name of a model file (see the module docstring)."""
+    stem = path.name.removesuffix(".safetensors")
+    if path.parent.name == "models" and path.parent.parent.name:
+        run = path.parent.parent.name
+        name = run if stem == "model" else f"{run}-{stem}"
+    else:
+        name = stem
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip("._+-") or "model"
+
+
+def parse_models(items: Sequence[str]) -> dict[str, Path]:
+    """``[NAME=]PATH`` items -> {name: path}; one path given twice is one model."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        p = Path(path if sep else item)
+        name = name if sep else model_name(p)
+        if name in named and named[name].resolve() != p.resolve():
+            raise ConfigError(
+                f"two model files would both be named {name!r} ({named[name]} and {p}); "
+                "name them with NAME=PATH"
+            )
+        named[name] = p
+    return named
+
+
+def load_models(paths: dict[str, Path], device: Any) -> tuple[dict[str, Any], dict[str, dict]]:
+    from mutualat.models import load_model, read_model_meta
+
+    models, info = {}, {}
+    for name, path in paths.items():
+        record = read_model_meta(path)
+        info[name] = {"path": str(path), **record}
+        models[name] = load_model(path, device=device)
+    return models, info
+
+
+def load_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    import torch
+
+    from mutualat.data import load_dataset, subset
+
+    dataset = load_dataset(args.data, data_dir=args.data_dir, path=args.data_path)
+    split = subset(getattr(dataset, args.split), args.n, seed=args.seed)
+    info = {"dataset": dataset.name, "split": args.split, "n": len(split), "subset": args.n,
+            "subset_seed": args.seed, "path": args.data_path, "classes": dataset.classes}
+    return torch.from_numpy(split.images), torch.from_numpy(split.labels), info
+
+
+def check_fit(info: dict[str, dict], images: Any, labels: Any) -> None:
+    """Model files whose input shape or class count does not fit the data: a clear error."""
+    _, c, h, w = images.shape
+    top = int(labels.max()) if len(labels) else 0
+    for name, record in info.items():
+        spec = record.get("model", {})
+        if spec.get("in_channels") not in (None, c) or spec.get("input_size") not in (None, h):
+            raise ConfigError(
+                f"model {name!r} ({record['path']}) takes {spec.get('in_channels')}x"
+                f"{spec.get('input_size')}x{spec.get('input_size')} images; the data has {c}x{h}x{w}"
+            )
+        if spec.get("num_classes") is not None and top >= spec["num_classes"]:
+            raise ConfigError(
+                f"model {name!r} has {spec['num_classes']} classes; the data has labels up to {top}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Handlers
+# --------------------------------------------------------------------------------------------
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from mutualat.device import resolve_device
+    from mutualat.evaluation import CheckConfig, evaluate, load_suite
+
+    suite = load_suite(args.suite)
+    if args.eps is not None:
+        suite = suite.with_eps(args.eps)
+    device = resolve_device(args.device)
+    models, info = load_models(parse_models(args.model), device)
+    images, labels, data_info = load_data(args)
+    check_fit(info, images, labels)
+    if args.check_n < 1:
+        raise ConfigError(f"--check-n must be >= 1, got {args.check_n}")
+    checks = False if args.no_checks else CheckConfig(n=args.check_n)
+    evaluate(models, suite, images, labels, args.out, batch_size=args.batch_size, device=device,
+             seed=args.seed, ensemble=args.ensemble, checks=checks, progress=not args.no_progress,
+             data_info=data_info, model_info=info)
+    print(f"summary: {args.out / 'summary.json'}")
+    return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    from mutualat.device import resolve_device
+    from mutualat.evaluation import default_attack, transfer_matrix, write_transfer
+
+    device = resolve_device(args.device)
+    source_paths, target_paths = parse_models(args.source), parse_models(args.target)
+    for name in set(source_paths) & set(target_paths):
+        if source_paths[name].resolve() != target_paths[name].resolve():
+            raise ConfigError(f"source and target files are both named {name!r}; name them with NAME=PATH")
+    sources, source_info = load_models(source_paths, device)
+    targets, target_info = load_models(target_paths, device)
+    for name in set(sources) & set(targets):
+        targets[name] = sources[name]  # the same file: one model, the white-box diagonal
+    images, labels, _ = load_data(args)
+    check_fit({**source_info, **target_info}, images, labels)
+    attacks = {}
+    for name, record in source_info.items():
+        trained = record.get("threat") or {}
+        norm = args.norm or trained.get("norm") or "linf"
+        eps = args.eps if args.eps is not None else (trained.get("eps") if trained.get("norm") == norm else None)
+        if eps is None:
+            raise ConfigError(
+                f"source {name!r} records no {norm} training eps; pass --eps"
+            )
+        step = args.step_size if args.step_size is not None else (0.003 if norm == "linf" else None)
+        attacks[name] = default_attack(norm, eps, steps=args.steps, step_size=step)
+    result = transfer_matrix(sources, targets, images, labels, attacks, batch_size=args.batch_size,
+                             device=device, seed=args.seed, progress=not args.no_progress)
+    path = write_transfer(result, args.out)
+    print((args.out / "transfer.md").read_text())
+    print(f"transfer matrix: {path}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from mutualat.report.paper_tables import build_report
+
+    report = build_report(args.inputs, args.out)
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The three subcommands on their own (``python -m mutualat.cli_eval``), as ``mutualat``
+    runs them once wired: a :class:`MutualatError` prints ``error: ...`` and returns 2."""
+    parser = argparse.ArgumentParser(prog="mutualat", description="evaluate, transfer, report")
+    handlers = add_eval_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return handlers[args.command](args)
+    except MutualatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Sanity checks that warn about gradient masking (an evaluation that looks robust because the
+attacks were blind, not because the model is).
+
+Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security" (ICML 2018),
+Sec. 3.1, and Carlini et al., "On Evaluating Adversarial Robustness" (2019), list the signs;
+the MAT paper (Sec. 3.2.4) argues with two of them. A check never changes a number: it adds
+a sentence to ``summary.json["warnings"]`` (and prints it). Warnings are prompts to look
+closer, not verdicts; thresholds are :class:`CheckConfig` fields.
+
+From the suite's own results (:func:`suite_warnings`, free):
+
+- a single-step attack (FGSM) beats an iterative one (PGD, MIM, APGD) of the same threat;
+- random noise (Gaussian, salt & pepper) is as strong as PGD of the same threat.
+
+Measured on a small subset (:func:`run_checks`, when enabled), each attack standalone:
+
+- FGSM (one l2 step for an l2-only suite) against PGD-20 with a random start;
+- uniform random points of the ball (``noise_draws`` of them) against that PGD;
+- PGD at a large radius (l-inf 0.5 by default): accuracy must fall to about 0;
+- black-box against white-box: PGD crafted on every other evaluated model (a transfer
+  attack) must not beat the white-box PGD on the target;
+- as AutoAttack's ``checks.py``: outputs that look like probabilities instead of logits, a
+  randomized model (two forward passes differ), inputs whose gradient is exactly zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mutualat.evaluation.worst_case import BROKEN, ROBUST
+
+SINGLE_STEP = ("fgsm",)
+ITERATIVE = ("pgd", "mim", "apgd", "apgd-ce", "apgd-dlr", "autoattack")
+NOISE = ("gaussian_noise", "salt_and_pepper")
+
+
+@dataclass
+class CheckConfig:
+    n: int = 256  # examples the measured checks run on (the first n of the evaluation set)
+    pgd_steps: int = 20  # the iterative reference attack: PGD-20, random start
+    noise_draws: int = 10  # uniform random points of the ball per example
+    large_eps: float = 0.5  # l-inf radius at which any model must be broken
+    large_eps_steps: int = 10
+    large_eps_max_acc: float = 0.05  # "about 0": warn above this accuracy
+    tol: float = 0.01  # accuracy margin before "A stronger than B" warns
+
+
+# --------------------------------------------------------------------------------------------
+# Pure checks on numbers
+# --------------------------------------------------------------------------------------------
+
+
+def single_step_vs_iterative(model: str, single: str, acc_single: float, iterative: str,
+                             acc_iterative: float, tol: float) -> str | None:
+    if acc_single < acc_iterative - tol:
+        return (f"{model}: single-step {single} ({acc_single:.1%}) is stronger than iterative "
+                f"{iterative} ({acc_iterative:.1%}); the iterative attack is blind, a sign of "
+                "gradient masking")
+    return None
+
+
+def noise_vs_pgd(model: str, noise: str, acc_noise: float, pgd: str, acc_pgd: float,
+                 tol: float) -> str | None:
+    if acc_noise <= acc_pgd + tol:
+        return (f"{model}: random noise ({noise}: {acc_noise:.1%}) is as strong as {pgd} "
+                f"({acc_pgd:.1%}); gradient attacks should beat random noise by far (gradient "
+                "masking, or a model already broken by noise)")
+    return None
+
+
+def large_eps(model: str, acc: float, eps: float, max_acc: float) -> str | None:
+    if acc > max_acc:
+        return (f"{model}: PGD at l-inf eps={eps:g} leaves {acc:.1%} accuracy; at such a radius "
+                f"any model is breakable (expected <= {max_acc:.0%}), so the attack cannot follow "
+                "the gradient: a sign of gradient masking")
+    return None
+
+
+def transfer_vs_whitebox(accuracy: Mapping[str, Mapping[str, float]],
+                         white_box: Mapping[str, float], tol: float) -> list[str]:
+    """``accuracy[source][target]`` of transferred attacks, ``white_box[target]``: warn where a
+    black-box (another source) attack beats the white-box one on the same target."""
+    warnings = []
+    for target, wb in white_box.items():
+        for source, row in accuracy.items():
+            if source == target or target not in row:
+                continue
+            if row[target] < wb - tol:
+                warnings.append(
+                    f"{target}: the black-box attack transferred from {source} ({row[target]:.1%}) "
+                    f"is stronger than the white-box attack ({wb:.1%}); white-box gradients are "
+                    "uninformative, a sign of gradient masking"
+                )
+    return warnings
+
+
+def suite_warnings(model: str, attacks: Sequence[Mapping], outcome: np.ndarray, clean: np.ndarray,
+                   per_attack: str, tol: float = 0.01) -> list[str]:
+    """Warnings from a suite's own results for one model.
+
+    ``attacks`` are the suite's attack specs as dicts (``id``, ``name``, ``threat``) in order,
+    ``outcome`` the ``(N, A)`` matrix. In ``standalone`` mode accuracies compare directly. In
+    ``cumulative`` mode an attack only ran on what earlier attacks of its type left, so only
+    one direction is observable: a single-step attack run *after* an iterative one that
+    still breaks more than ``tol`` of the examples the iterative attack failed on.
+    """
+    out: list[str] = []
+    n = max(len(clean), 1)
+    for j, a in enumerate(attacks):
+        for k, b in enumerate(attacks):
+            if a["threat"] != b["threat"]:
+                continue
+            if a["name"] in SINGLE_STEP and b["name"] in ITERATIVE:
+                if per_attack == "standalone":
+                    acc_a = float((clean & (outcome[:, j] == ROBUST)).sum() / n)
+                    acc_b = float((clean & (outcome[:, k] == ROBUST)).sum() / n)
+                    w = single_step_vs_iterative(model, a["id"], acc_a, b["id"], acc_b, tol)
+                    if w:
+                        out.append(w)
+                elif k < j:
+                    extra = int(((outcome[:, j] == BROKEN) & (outcome[:, k] == ROBUST)).sum())
+                    if extra > tol * n:
+                        out.append(
+                            f"{model}: single-step {a['id']} broke {extra} examples on which the "
+                            f"iterative {b['id']} failed; a sign of gradient masking"
+                        )
+            if per_attack == "standalone" and a["name"] in NOISE and b["name"] == "pgd":
+                acc_a = float((clean & (outcome[:, j] == ROBUST)).sum() / n)
+                acc_b = float((clean & (outcome[:, k] == ROBUST)).sum() / n)
+                w = noise_vs_pgd(model, a["id"], acc_a, b["id"], acc_b, tol)
+                if w:
+                    out.append(w)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Measured checks
+# --------------------------------------------------------------------------------------------
+
+
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    for start in range(0, len(y), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from mutualat.attacks import attack_mode
+
+    with attack_mode(model, "eval"):
+        return model(x).argmax(dim=1)
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackFn | None,
+              batch_size: int) -> float:
+    correct = 0
+    for xb, yb in _batches(x, y, batch_size):
+        if attack is not None:
+            xb = attack(model, xb, yb)
+        correct += int((_predict(model, xb) == yb).sum())
+    return correct / max(len(y), 1)
+
+
+def _noise_attack(norm: str, eps: float, draws: int) -> AttackFn:
+    """Uniform random points of the ball; per example the first misclassified one."""
+    from mutualat.attacks import make_threat
+
+    threat = make_threat(norm, eps)
+
+    def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        done = _predict(model, x) != y
+        for _ in range(draws):
+            candidate = (x + threat.random_init(x)).clamp(0, 1)
+            new = ~done & (_predict(model, candidate) != y)
+            out = torch.where(new.reshape(-1, 1, 1, 1), candidate, out)
+            done |= new
+        return out
+
+    return attack
+
+
+def _output_checks(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+    from mutualat.attacks import attack_mode
+
+    out = []
+    with torch.no_grad(), attack_mode(model, "eval"):
+        a, b = model(x), model(x)
+    if (a - b).abs().max() > 1e-4 * max(1.0, float(a.abs().max())):
+        out.append(f"{name}: two forward passes on the same images differ; a randomized model "
+                   "needs expectation over transformation (EOT) attacks")
+    if a.min() >= 0 and a.max() <= 1 and torch.allclose(a.sum(dim=1), torch.ones_like(a[:, 0]), atol=1e-4):
+        out.append(f"{name}: the outputs look like probabilities, not logits; loss-based "
+                   "attacks on a softmax output see vanishing gradients")
+    with attack_mode(model, "eval"):
+        xg = x.detach().clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xg)
+    zero = int((grad.flatten(1).abs().sum(dim=1) == 0).sum())
+    if zero:
+        out.append(f"{name}: {zero} of {len(y)} inputs have an exactly zero gradient; gradient "
+                   "attacks cannot move them")
+    return out
+
+
+def run_checks(
+    models: Mapping[str, nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    norm: str | None,
+    eps: float | None,
+    batch_size: int,
+    device: torch.device,
+    config: CheckConfig | None = None,
+    transfer_models: Sequence[str] | None = None,
+) -> dict:
+    """Measure the checks on the first ``config.n`` examples; returns
+    ``{"config", "threat", "n", "models": {name: {measurement: accuracy}}, "transfer",
+    "warnings": [...]}``.
+
+    ``images`` are float in [0,1] or uint8; ``norm``/``eps`` the threat the comparisons use
+    (``None``: only the large-eps and output checks run). ``transfer_models`` (default: all)
+    take part in the black-box check; the caller seeds torch for repeatability.
+    """
+    from mutualat.attacks import create_attack
+
+    cfg = config or CheckConfig()
+    x = images[: cfg.n]
+    x = (x.float() / 255 if x.dtype == torch.uint8 else x.float()).to(device)
+    y = labels[: cfg.n].to(device)
+    warnings: list[str] = []
+    measured: dict[str, dict[str, float]] = {}
+
+    iterative = single = noise = None
+    if norm in ("linf", "l2", "l1") and eps is not None:
+        iterative = create_attack("pgd", norm=norm, eps=eps, steps=cfg.pgd_steps,
+                                  random_start=True, early_stop=True)
+        if norm == "linf":
+            single = create_attack("fgsm", eps=eps)
+        elif norm == "l2":
+            single = create_attack("pgd", norm="l2", eps=eps, steps=1, step_size=eps,
+                                   random_start=False)
+        noise = _noise_attack(norm, eps, cfg.noise_draws)
+    large = create_attack("pgd", norm="linf", eps=cfg.large_eps, steps=cfg.large_eps_steps,
+                          random_start=False, early_stop=True)
+
+    for name, model in models.items():
+        m: dict[str, float] = {"clean": _accuracy(model, x, y, None, batch_size)}
+        warnings += _output_checks(name, model, x[:batch_size], y[:batch_size])
+        if iterative is not None:
+            m["pgd"] = _accuracy(model, x, y, iterative, batch_size)
+            if noise is not None:
+                m["noise"] = _accuracy(model, x, y, noise, batch_size)
+                w = noise_vs_pgd(name, "uniform noise", m["noise"], f"PGD-{cfg.pgd_steps}", m["pgd"], cfg.tol)
+                warnings += [w] if w else []
+            if single is not None:
+                m["single_step"] = _accuracy(model, x, y, single, batch_size)
+                w = single_step_vs_iterative(name, "FGSM" if norm == "linf" else "one l2 step",
+                                             m["single_step"], f"PGD-{cfg.pgd_steps}", m["pgd"], cfg.tol)
+                warnings += [w] if w else []
+        m["large_eps_pgd"] = _accuracy(model, x, y, large, batch_size)
+        w = large_eps(name, m["large_eps_pgd"], cfg.large_eps, cfg.large_eps_max_acc)
+        warnings += [w] if w else []
+        measured[name] = m
+
+    transfer: dict[str, dict[str, float]] = {}
+    names = [n for n in (transfer_models if transfer_models is not None else models) if n in models]
+    if iterative is not None and len(names) >= 2:
+        for source in names:
+            row: dict[str, float] = {t: 0.0 for t in names if t != source}
+            for xb, yb in _batches(x, y, batch_size):
+                x_adv = iterative(models[source], xb, yb)
+                for target in row:
+                    row[target] += int((_predict(models[target], x_adv) == yb).sum())
+            transfer[source] = {t: c / max(len(y), 1) for t, c in row.items()}
+        warnings += transfer_vs_whitebox(transfer, {t: measured[t]["pgd"] for t in names}, cfg.tol)
+
+    return {
+        "config": asdict(cfg),
+        "threat": {"norm": norm, "eps": eps},
+        "n": int(len(y)),
+        "models": measured,
+        "transfer": transfer,
+        "warnings": warnings,
+    }

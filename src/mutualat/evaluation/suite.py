@@ -1,0 +1,402 @@
+"""Attack suites: which attacks, in which threat models, with which settings, in one YAML file.
+
+A suite file::
+
+    name: table5
+    description: Maini et al.'s suite for linf/l2/l1 (MAT paper, Table 5)
+    per_attack: cumulative          # or standalone (see below)
+    threats:                        # or a single `threat: {norm: linf, eps: 0.031}`
+      linf: {eps: 0.03}             # norm defaults to the key for linf, l2, l1
+      l2: {eps: 0.5}
+      fog: {norm: null, eps: "calibrated:32x32"}  # no lp ball: the attack's own strength
+    attacks:
+      - {id: pgd-100, name: pgd, threat: linf, restarts: 10, params: {steps: 100}}
+      - {name: fgsm, threat: linf}  # id defaults to the attack's name
+
+- ``name`` of an attack is a registered attack (:data:`mutualat.attacks.ATTACKS`) or an
+  optional one (:data:`OPTIONAL_ATTACKS`: ``autoattack``); the attack is built as
+  ``create_attack(name, norm=threat.norm, eps=threat.eps, **params)``, so ``params`` never
+  holds ``norm`` or ``eps`` (a threat without norm passes only its eps, if it has one).
+- ``id`` names the attack instance (a column of every table, a file name): unique, made of
+  letters, digits and ``._+-``.
+- ``restarts``: the evaluator runs the attack that many times; an example is broken if any
+  run breaks it, and later runs only attack the examples still robust.
+- ``per_attack`` chooses what the per-attack numbers mean. ``cumulative`` (default): every
+  attack only runs on the examples still robust against the earlier attacks *of its threat
+  type*, and its column is the accuracy against the attacks of its type up to it (exact,
+  AutoAttack's "robust accuracy after X"). ``standalone``: every attack runs on every
+  clean-correct example, and its column is the accuracy under it alone (as the paper's
+  Tables 2 and 3). Per-type accuracies, R_avg and R_worst are exact in both modes.
+
+:func:`load_suite` takes a packaged suite's name (``quick``, ``table2``, ...; see
+:func:`packaged_suites`) or a file path, checks every attack by building it, and returns a
+:class:`Suite`; :meth:`Suite.dump` writes YAML that loads back to an equal suite.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import inspect
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mutualat.errors import ConfigError
+from mutualat.registry import Registry
+
+#: Attacks that wrap an optional package (AutoAttack): suites may name them, but they stay
+#: out of :data:`mutualat.attacks.ATTACKS`, so code that builds every registered attack never
+#: meets one whose package is missing.
+OPTIONAL_ATTACKS: Registry = Registry("attack")
+
+LP_NORMS = ("linf", "l2", "l1")
+PER_ATTACK_MODES = ("cumulative", "standalone")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_SUITE_KEYS = ("name", "description", "per_attack", "threat", "threats", "attacks")
+_THREAT_KEYS = ("norm", "eps")
+_ATTACK_KEYS = ("id", "name", "threat", "restarts", "params")
+
+
+@dataclass
+class Threat:
+    """A threat type: an lp ball of radius ``eps`` (``norm`` in linf/l2/l1), or ``norm=None``
+    for attacks without one (Fog, Gabor, Elastic), whose ``eps`` is their own strength:
+    a number, ``None`` (the attack's default) or ``"calibrated:28x28"`` (the value the
+    attack's module lists in its ``CALIBRATED_EPS`` table for that input size)."""
+
+    name: str
+    norm: str | None
+    eps: float | str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"norm": self.norm, "eps": self.eps}
+
+
+@dataclass
+class AttackSpec:
+    id: str
+    name: str  # a registered attack
+    threat: str  # a key of Suite.threats
+    restarts: int = 1
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "threat": self.threat,
+                "restarts": self.restarts, "params": copy.deepcopy(self.params)}
+
+
+@dataclass
+class Suite:
+    name: str
+    threats: dict[str, Threat]
+    attacks: list[AttackSpec]
+    description: str = ""
+    per_attack: str = "cumulative"
+
+    # --- queries -------------------------------------------------------------------
+
+    def threat_of(self, spec: AttackSpec) -> Threat:
+        return self.threats[spec.threat]
+
+    def attack_ids(self) -> list[str]:
+        return [a.id for a in self.attacks]
+
+    def lp_threats(self) -> list[Threat]:
+        return [t for t in self.threats.values() if t.norm in LP_NORMS]
+
+    def build(self, spec: AttackSpec):
+        """The attack object of ``spec``: ``create_attack(name, norm, eps, **params)``."""
+        threat = self.threat_of(spec)
+        kwargs: dict[str, Any] = dict(spec.params)
+        if threat.norm is not None:
+            kwargs["norm"] = threat.norm
+        if isinstance(threat.eps, str):
+            kwargs["eps"] = _calibrated_eps(self.name, spec, threat.eps)
+        elif threat.eps is not None:
+            kwargs["eps"] = threat.eps
+        try:
+            attack = attack_factory(spec.name)(**kwargs)
+        except TypeError as exc:  # an unexpected keyword of a factory without a signature
+            raise ConfigError(f"suite {self.name!r}, attack {spec.id!r} ({spec.name}): {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"suite {self.name!r}, attack {spec.id!r} ({spec.name}): {exc}") from None
+        norm = getattr(attack, "norm", None)
+        if norm is not None and threat.norm is not None and norm != threat.norm:
+            raise ConfigError(
+                f"suite {self.name!r}, attack {spec.id!r}: {spec.name} attacks in {norm}, but its "
+                f"threat {spec.threat!r} is {threat.norm}"
+            )
+        return attack
+
+    def validate(self) -> "Suite":
+        """Check every attack: a registered name, known parameters, valid values (each is
+        built once; constructors are cheap). Raises :class:`ConfigError` naming the attack."""
+        for spec in self.attacks:
+            try:
+                factory = attack_factory(spec.name)
+            except ConfigError:
+                raise ConfigError(
+                    f"suite {self.name!r}: unknown attack {spec.name!r} (attack {spec.id!r}); "
+                    f"known: {', '.join(known_attacks())}"
+                ) from None
+            _check_params(self.name, spec, factory)
+            self.build(spec)
+        return self
+
+    # --- transforms ----------------------------------------------------------------
+
+    def with_eps(self, eps: float) -> "Suite":
+        """A copy whose single lp threat has radius ``eps`` (``--eps`` of the CLI)."""
+        lp = self.lp_threats()
+        if len(lp) != 1:
+            raise ConfigError(
+                f"suite {self.name!r} has {len(lp)} lp threat types "
+                f"({', '.join(t.name for t in lp) or 'none'}); --eps needs exactly one"
+            )
+        _check_eps(f"suite {self.name!r}: eps", lp[0].norm, eps)
+        new = copy.deepcopy(self)
+        new.threats[lp[0].name].eps = float(eps)
+        return new
+
+    # --- serialization -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "per_attack": self.per_attack,
+            "threats": {k: t.to_dict() for k, t in self.threats.items()},
+            "attacks": [a.to_dict() for a in self.attacks],
+        }
+
+    def dump(self, path: str | os.PathLike | None = None) -> str:
+        """The suite as YAML (written to ``path`` when given); :func:`load_suite` reads it back."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def attack_factory(name: str) -> Any:
+    """The class or factory of attack ``name``: a registered attack, else an optional one."""
+    from mutualat.attacks import ATTACKS
+
+    _register_optional_attacks()
+    if name in ATTACKS:
+        return ATTACKS.get(name)
+    return OPTIONAL_ATTACKS.get(name)
+
+
+def _calibrated_eps(suite: str, spec: AttackSpec, value: str) -> float:
+    """``"calibrated:<size>"`` -> ``CALIBRATED_EPS[<size>]`` of the attack's module."""
+    import sys
+
+    size = value.split(":", 1)[1]
+    factory = attack_factory(spec.name)
+    table = getattr(sys.modules.get(getattr(factory, "__module__", ""), None), "CALIBRATED_EPS", None)
+    if not isinstance(table, dict) or size not in table:
+        known = ", ".join(table) if isinstance(table, dict) else "none"
+        raise ConfigError(
+            f"suite {suite!r}, attack {spec.id!r}: {spec.name} has no calibrated eps for "
+            f"{size!r} (its module's CALIBRATED_EPS sizes: {known})"
+        )
+    return float(table[size])
+
+
+def known_attacks() -> list[str]:
+    from mutualat.attacks import ATTACKS
+
+    _register_optional_attacks()
+    return sorted(set(ATTACKS.names()) | set(OPTIONAL_ATTACKS.names()))
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _unknown(where: str, data: dict, known: tuple[str, ...]) -> None:
+    extra = [k for k in data if k not in known]
+    if extra:
+        raise ConfigError(f"{where}: unknown key {extra[0]!r}; known keys: {', '.join(known)}")
+
+
+def _check_eps(where: str, norm: str | None, eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ConfigError(f"{where} must be a finite number > 0, got {eps!r}")
+    if norm == "linf" and eps > 1:
+        raise ConfigError(f"{where}={eps} is larger than the [0,1] pixel range for linf")
+    return float(eps)
+
+
+def _parse_threat(suite: str, name: Any, data: Any) -> Threat:
+    where = f"suite {suite!r}, threat {name!r}"
+    if not isinstance(name, str) or not _ID.match(name):
+        raise ConfigError(f"suite {suite!r}: threat names are letters, digits and ._+-; got {name!r}")
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{eps: 0.03}}, got {data!r}")
+    _unknown(where, data, _THREAT_KEYS)
+    if "norm" in data:
+        norm = data["norm"]
+    elif name in LP_NORMS:
+        norm = name
+    else:
+        raise ConfigError(
+            f"{where}: say its norm (linf, l2, l1, or null for attacks without an lp ball); "
+            "only threats named linf, l2 or l1 take it from their name"
+        )
+    if norm is not None and norm not in LP_NORMS:
+        raise ConfigError(f"{where}: norm must be one of {', '.join(LP_NORMS)} or null, got {norm!r}")
+    eps = data.get("eps")
+    if norm is not None and eps is None:
+        raise ConfigError(f"{where}: an {norm} threat needs eps")
+    if isinstance(eps, str):
+        if norm is not None or not eps.startswith("calibrated:"):
+            raise ConfigError(
+                f"{where}: eps must be a number (or \"calibrated:<size>\" for a threat "
+                f"without norm), got {eps!r}"
+            )
+    elif eps is not None:
+        eps = _check_eps(f"{where}: eps", norm, eps)
+    return Threat(name, norm, eps)
+
+
+def _parse_attack(suite: str, index: int, data: Any, threats: dict[str, Threat]) -> AttackSpec:
+    where = f"suite {suite!r}, attack {index + 1}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{name: pgd, threat: linf}}, got {data!r}")
+    _unknown(where, data, _ATTACK_KEYS)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: needs the name of a registered attack")
+    attack_id = data.get("id", name)
+    if not isinstance(attack_id, str) or not _ID.match(attack_id):
+        raise ConfigError(f"{where} ({name}): id must be letters, digits and ._+-, got {attack_id!r}")
+    where = f"suite {suite!r}, attack {attack_id!r}"
+    if "threat" in data:
+        threat = data["threat"]
+    elif len(threats) == 1:
+        threat = next(iter(threats))
+    else:
+        raise ConfigError(f"{where}: say its threat, one of {', '.join(threats)}")
+    if threat not in threats:
+        raise ConfigError(f"{where}: unknown threat {threat!r}; the suite defines {', '.join(threats)}")
+    restarts = data.get("restarts", 1)
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ConfigError(f"{where}: restarts must be an integer >= 1, got {restarts!r}")
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: params must be a mapping, got {params!r}")
+    for reserved in ("norm", "eps"):
+        if reserved in params:
+            raise ConfigError(
+                f"{where}: params may not set {reserved!r}; it comes from the threat "
+                f"{threat!r} (give the attack its own threat to change it)"
+            )
+    return AttackSpec(attack_id, name, threat, restarts, dict(params))
+
+
+def _check_params(suite: str, spec: AttackSpec, factory: Any) -> None:
+    """Name an unknown parameter before building (a clearer message than a TypeError)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # a forwarding factory (e.g. apgd-ce): building it checks the names
+    known = [k for k in params if k not in ("self", "norm", "eps")]
+    for key in spec.params:
+        if key not in params:
+            raise ConfigError(
+                f"suite {suite!r}, attack {spec.id!r}: {spec.name} has no parameter {key!r}; "
+                f"its parameters: {', '.join(known)}"
+            )
+
+
+def suite_from_dict(data: Any, source: str = "<dict>") -> Suite:
+    """Parse (but do not validate against the attack registry) a suite mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a suite file is a mapping with name, threats and attacks")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: the suite needs a name")
+    _unknown(f"suite {name!r}", data, _SUITE_KEYS)
+    if ("threat" in data) == ("threats" in data):
+        raise ConfigError(f"suite {name!r}: give either `threat:` (one) or `threats:` (several)")
+    if "threat" in data:
+        one = data["threat"]
+        if not isinstance(one, dict):
+            raise ConfigError(f"suite {name!r}: threat must be a mapping like {{norm: linf, eps: 0.03}}")
+        tname = one.get("norm") or "threat"
+        raw_threats = {tname: one}
+    else:
+        raw_threats = data["threats"]
+        if not isinstance(raw_threats, dict) or not raw_threats:
+            raise ConfigError(f"suite {name!r}: threats must be a non-empty mapping")
+    threats = {k: _parse_threat(name, k, v) for k, v in raw_threats.items()}
+    raw_attacks = data.get("attacks")
+    if not isinstance(raw_attacks, list) or not raw_attacks:
+        raise ConfigError(f"suite {name!r}: attacks must be a non-empty list")
+    attacks = [_parse_attack(name, i, a, threats) for i, a in enumerate(raw_attacks)]
+    seen: set[str] = set()
+    for a in attacks:
+        if a.id in seen:
+            raise ConfigError(
+                f"suite {name!r}: two attacks have the id {a.id!r}; give each an `id:` of its own"
+            )
+        seen.add(a.id)
+    unused = [t for t in threats if not any(a.threat == t for a in attacks)]
+    if unused:
+        raise ConfigError(f"suite {name!r}: threat {unused[0]!r} has no attack")
+    per_attack = data.get("per_attack", "cumulative")
+    if per_attack not in PER_ATTACK_MODES:
+        raise ConfigError(
+            f"suite {name!r}: per_attack must be one of {', '.join(PER_ATTACK_MODES)}, got {per_attack!r}"
+        )
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise ConfigError(f"suite {name!r}: description must be text")
+    return Suite(name, threats, attacks, description.strip(), per_attack)
+
+
+def packaged_suites() -> list[str]:
+    """Names of the suites shipped in ``mutualat/suites/``."""
+    folder = importlib.resources.files("mutualat") / "suites"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_suite(name_or_path: str | os.PathLike, validate: bool = True) -> Suite:
+    """Load a suite by packaged name (``"quick"``) or from a YAML file; validated by default."""
+    path = Path(name_or_path)
+    text: str
+    if path.is_file():
+        text, source = path.read_text(), str(path)
+    elif path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        raise ConfigError(f"no suite file at {path}")
+    else:
+        resource = importlib.resources.files("mutualat") / "suites" / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise ConfigError(
+                f"unknown suite {str(name_or_path)!r}: neither a file nor a packaged suite; "
+                f"packaged: {', '.join(packaged_suites())}"
+            )
+        text, source = resource.read_text(), f"packaged suite {name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    suite = suite_from_dict(data, source)
+    return suite.validate() if validate else suite
+
+
+def _register_optional_attacks() -> None:
+    # The AutoAttack wrapper registers itself in OPTIONAL_ATTACKS when imported.
+    from mutualat.evaluation import autoattack  # noqa: F401

@@ -1,0 +1,94 @@
+"""PNG plots shaped like the MAT paper's figures (matplotlib, headless).
+
+- :func:`plot_accuracy_vs_eps`: robust accuracy against the radius, one line per model;
+- :func:`plot_alpha_curve`: validation PGD accuracy against alpha (Fig. 3);
+- :func:`plot_kd_scenarios`: clean and robust accuracy of the four KD scenarios (Fig. 2).
+
+Inputs are accuracies as fractions in [0,1]; the axes show percent. Training curves are
+:func:`mutualat.report.plots.plot_training_curves`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_accuracy_vs_eps(curves: Mapping[str, Sequence[tuple[float, float]]], out: Path,
+                         norm: str = "linf") -> Path:
+    """``curves[model] = [(eps, accuracy), ...]``: accuracy (%) against eps, one line per model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for model, points in curves.items():
+        points = sorted(points)
+        ax.plot([e for e, _ in points], [100 * a for _, a in points], marker="o", label=model)
+    ax.set_xlabel(f"{norm} eps")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], out: Path) -> Path:
+    """``values[alpha]`` = validation PGD accuracy, or ``{role: accuracy}``: one line per role.
+
+    Alpha keys may be strings (as JSON keeps them); they are sorted as numbers.
+    """
+    series: dict[str, list[tuple[float, float]]] = {}
+    for alpha, v in values.items():
+        items = v.items() if isinstance(v, Mapping) else [("val PGD", v)]
+        for role, acc in items:
+            series.setdefault(str(role), []).append((float(alpha), float(acc)))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for role, points in series.items():
+        points.sort()
+        ax.plot([a for a, _ in points], [100 * v for _, v in points], marker="o", label=role)
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("validation PGD accuracy (%)")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_kd_scenarios(points: Mapping[str, Mapping[str, tuple[float, float]]], out: Path) -> Path:
+    """``points[scenario][role] = (clean, robust)``: grouped bars, clean and robust per model."""
+    plt = _pyplot()
+    labels, clean, robust = [], [], []
+    for scenario, roles in points.items():
+        for role, (c, r) in sorted(roles.items()):
+            labels.append(f"{scenario}\n{role}")
+            clean.append(100 * c)
+            robust.append(100 * r)
+    xs = range(len(labels))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) + 1), 3.8))
+    ax.bar([x - width / 2 for x in xs], clean, width, label="clean")
+    ax.bar([x + width / 2 for x in xs], robust, width, label="robust (PGD)")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
