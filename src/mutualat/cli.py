@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     demo.add_argument("--device", default="auto")
 
+    alpha = sub.add_parser("alpha-search", help="choose MAT's alpha on the validation split, then train the final run")
+    alpha.add_argument("--config", type=Path, required=True, help="a mat experiment file")
+    alpha.add_argument("--alphas", required=True, help="comma-separated, e.g. 0.2,0.4,0.6,0.8")
+    alpha.add_argument("--out", type=Path, required=True)
+    alpha.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    alpha.add_argument("--no-final", action="store_true", help="stop after choosing alpha")
+
+    scenario = sub.add_parser("scenario", help="one of the four knowledge-distillation scenarios (Fig. 2)")
+    scenario.add_argument("name", help="rob-rob-online, rob-rob-offline, nat-rob-online or nat-rob-offline")
+    scenario.add_argument("--config", type=Path, required=True, help="the base experiment file")
+    scenario.add_argument("--out", type=Path, required=True)
+    scenario.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     from mutualat.cli_eval import add_eval_commands
 
     COMMANDS.update(add_eval_commands(sub))
@@ -74,6 +87,31 @@ def _train(args: argparse.Namespace) -> int:
 
         print(results_table({args.out.name: results}))
     print(f"run folder: {args.out}")
+    return 0
+
+
+@command("alpha-search")
+def _alpha_search(args: argparse.Namespace) -> int:
+    from mutualat.config import load_config
+    from mutualat.experiments import alpha_search
+
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        raise MutualatError(f"--alphas expects numbers separated by commas, got {args.alphas!r}") from None
+    alpha_search(load_config(args.config, args.overrides), alphas, args.out, final=not args.no_final)
+    return 0
+
+
+@command("scenario")
+def _scenario(args: argparse.Namespace) -> int:
+    from mutualat.config import load_config
+    from mutualat.experiments import run_scenario
+
+    results = run_scenario(args.name, load_config(args.config, args.overrides), args.out)
+    from mutualat.report.tables import results_table
+
+    print(results_table({args.name: results}))
     return 0
 
 

@@ -8,7 +8,6 @@ resumed, so running the demo twice costs nothing the second time.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mutualat.config import RunConfig, load_config
@@ -37,22 +36,15 @@ def demo_configs(epochs: int, device: str) -> dict[str, RunConfig]:
 
 
 def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> dict[str, dict]:
+    from mutualat.experiments import run_or_reuse
     from mutualat.report.plots import plot_training_curves
     from mutualat.report.tables import results_table
-    from mutualat.train import Trainer
 
     out = Path(out)
-    results = {}
-    for name, cfg in demo_configs(epochs or DEMO_EPOCHS, device).items():
-        run_dir = out / name
-        done = run_dir / "results.json"
-        if done.is_file():
-            print(f"{name}: reusing the finished run in {run_dir}")
-        else:
-            resume = (run_dir / "checkpoint.pt").is_file()
-            print(f"{name}: {'resuming' if resume else 'training'} in {run_dir}", flush=True)
-            Trainer(None if resume else cfg, run_dir, resume=resume).fit()
-        results[name] = json.loads(done.read_text())
+    results = {
+        name: run_or_reuse(cfg, out / name)
+        for name, cfg in demo_configs(epochs or DEMO_EPOCHS, device).items()
+    }
     print()
     print(results_table(results))
     plot = plot_training_curves({name: out / name for name in results}, out / "demo.png")

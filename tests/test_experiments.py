@@ -1,0 +1,57 @@
+"""Multi-run experiments: the alpha search and the two-stage KD scenarios, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import mutualat
+from mutualat.config import load_config
+from mutualat.errors import ConfigError
+from mutualat.experiments import alpha_search, run_scenario
+
+from conftest import tiny_overrides
+
+
+def _mat(extra: list[str] = ()) -> list[str]:
+    return tiny_overrides(1) + ["method.name=mat", "models.1.name=tinycnn",
+                                "data.train_subset=256", *extra]
+
+
+def test_alpha_search_picks_by_validation_and_retrains_on_everything(tmp_path):
+    summary = alpha_search(load_config(None, _mat()), [0.0, 0.5], tmp_path)
+    curve = summary["alpha_curve"]
+    assert set(curve) == {"0", "0.5"}
+    assert summary["chosen_alpha"] == float(max(curve, key=curve.get))
+    saved = json.loads((tmp_path / "alpha_curve.json").read_text())
+    assert saved["chosen_alpha"] == summary["chosen_alpha"]
+    assert (tmp_path / "alpha_curve.png").stat().st_size > 0
+    final = load_config(tmp_path / "final" / "config.yaml")
+    assert final.data.val_fraction == 0.0
+    assert final.method.params["alpha"] == summary["chosen_alpha"]
+    # A second call reuses every finished run instead of training again.
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")}
+    alpha_search(load_config(None, _mat()), [0.0, 0.5], tmp_path)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")}
+
+
+def test_alpha_search_rejects_what_it_cannot_do(tmp_path):
+    with pytest.raises(ConfigError, match="tunes MAT's alpha"):
+        alpha_search(load_config(None, tiny_overrides(1)), [0.5], tmp_path / "a")
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        alpha_search(load_config(None, _mat(["data.val_fraction=0"])), [0.5], tmp_path / "b")
+
+
+def test_offline_scenario_trains_the_teacher_first_then_freezes_it(tmp_path):
+    run_scenario("nat-rob-offline", load_config(None, _mat()), tmp_path)
+    teacher = tmp_path / "stage1" / "models" / "model.safetensors"
+    stage2 = load_config(tmp_path / "stage2" / "config.yaml")
+    assert stage2.models[0].frozen and stage2.models[0].init == str(teacher)
+    assert stage2.method.params["natural"] == [0]
+    # Only the student is trained and saved in stage 2; the teacher file is unchanged.
+    assert (tmp_path / "stage2" / "models" / "h2.safetensors").is_file()
+    assert not (tmp_path / "stage2" / "models" / "h1.safetensors").exists()
+    results = json.loads((tmp_path / "stage2" / "results.json").read_text())
+    assert list(results["models"]) == ["h2"]
+    assert mutualat.load_model(teacher).training is False
