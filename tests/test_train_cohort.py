@@ -72,7 +72,13 @@ def test_cohort_resume_matches_uninterrupted(tmp_path, monkeypatch):
     for a, b in zip(load_checkpoint(out / "checkpoint.pt")["models"],
                     load_checkpoint(reference / "checkpoint.pt")["models"], strict=True):
         _same(a, b)
-    # Every member is saved on its own and loads as a plain model.
+    # Every member is saved on its own and loads as a plain model; the ensemble averages
+    # their softmax outputs.
+    x = torch.rand(2, 1, 28, 28)
+    members = mutualat.load_cohort(out)
+    assert sorted(members) == ["h1", "h2"]
     for role in ("h1", "h2"):
         model = mutualat.load_model(out / "models" / f"{role}.safetensors")
-        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+        assert model(x).shape == (2, 10)
+    mean_prob = sum(m(x).softmax(1) for m in members.values()) / 2
+    torch.testing.assert_close(mutualat.load_ensemble(out)(x).softmax(1), mean_prob)

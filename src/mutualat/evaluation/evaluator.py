@@ -51,6 +51,7 @@ from mutualat.errors import ConfigError, MutualatError
 from mutualat.evaluation.checks import CheckConfig, run_checks, suite_warnings
 from mutualat.evaluation.suite import Suite, Threat
 from mutualat.evaluation.worst_case import BROKEN, NOT_ATTACKED, ROBUST, accuracy_report, candidates
+from mutualat.models.ensemble import Ensemble
 
 FORMAT_VERSION = 1
 ENSEMBLE = "ensemble"
@@ -59,25 +60,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 class EvaluationError(MutualatError):
     """An evaluation folder that belongs to another evaluation, or inputs that do not fit."""
-
-
-class Ensemble(nn.Module):
-    """The mean of the members' softmax outputs, returned as log-probabilities.
-
-    ``log(mean_n softmax(h_n(x)))`` is a valid logit vector (its softmax is the mean
-    probability, its argmax the ensemble's decision), so every attack and the cross-entropy
-    see the ensemble exactly. Shapes: (B, C, H, W) -> (B, K).
-    """
-
-    def __init__(self, members: list[nn.Module]) -> None:
-        super().__init__()
-        if len(members) < 2:
-            raise ConfigError("an ensemble needs at least two models")
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([torch.log_softmax(m(x), dim=1) for m in self.members])
-        return torch.logsumexp(logp, dim=0) - torch.log(torch.tensor(float(len(self.members))))
 
 
 # --------------------------------------------------------------------------------------------

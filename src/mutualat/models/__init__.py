@@ -7,6 +7,7 @@ every architecture in :data:`MODELS`; a new one is one new file here plus its im
 
 # The family modules register their architectures in MODELS when imported.
 from mutualat.models import preact_resnet, resnet, small_cnn, wide_resnet  # noqa: F401
+from mutualat.models.ensemble import Ensemble, load_cohort, load_ensemble
 from mutualat.models.factory import MODELS, create_model, model_options
 from mutualat.models.flops import count_flops
 from mutualat.models.io import load_model, load_weights_into, read_model_meta, save_model
@@ -14,6 +15,9 @@ from mutualat.models.layers import Normalize
 
 __all__ = [
     "MODELS",
+    "Ensemble",
+    "load_cohort",
+    "load_ensemble",
     "Normalize",
     "count_flops",
     "create_model",
