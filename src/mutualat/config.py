@@ -52,7 +52,7 @@ class AttackConfig:
     norm: str = "linf"
     eps: float = 0.1
     steps: int = 10
-    step_size: float | None = None  # None = 2.5 * eps / steps (Madry et al.)
+    step_size: float | None = None  # None = travel 2.5 eps over the steps (l1: per coordinate, see PGD)
     random_start: bool = True
     bn_mode: str = "eval"  # batch-norm during attack generation (SPEC.md section 6)
 
@@ -109,6 +109,8 @@ class RunConfig:
             _check(eps <= 1.0, f"attack.eps={eps} is larger than the [0,1] pixel range for linf")
         _check(self.attack.steps >= 0, "attack.steps must be >= 0")
         _check(len(self.models) >= 1, "models must list at least one model")
+        _check(self.eval.pgd_steps >= 1 and self.eval.test_pgd_steps >= 1,
+               "eval.pgd_steps and eval.test_pgd_steps must be >= 1")
         _check(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
         _check(
             self.channels_last in ("auto", "on", "off"),

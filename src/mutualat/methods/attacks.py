@@ -12,18 +12,17 @@ from mutualat.config import AttackConfig
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def training_attack(cfg: AttackConfig, loss: str) -> AttackFn:
+def training_attack(cfg: AttackConfig, loss: str | Callable) -> AttackFn:
     """PGD in ``cfg.norm`` maximizing ``loss``; ``steps == 0`` means natural training (x itself)."""
     if cfg.steps == 0:
         return lambda model, x, y: x
     from mutualat.attacks import PGD
 
-    step_size = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / cfg.steps
     return PGD(
         norm=cfg.norm,
         eps=cfg.eps,
         steps=cfg.steps,
-        step_size=step_size,
+        step_size=cfg.step_size,  # None: PGD's per-norm default (2.5 eps / steps of travel)
         random_start=cfg.random_start,
         loss=loss,
         bn_mode=cfg.bn_mode,

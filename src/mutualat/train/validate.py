@@ -17,8 +17,7 @@ def eval_pgd(attack: AttackConfig, steps: int, step_size: float | None):
     """
     from mutualat.attacks import PGD
 
-    size = step_size if step_size is not None else 2.5 * attack.eps / max(steps, 1)
-    return PGD(norm=attack.norm, eps=attack.eps, steps=steps, step_size=size,
+    return PGD(norm=attack.norm, eps=attack.eps, steps=steps, step_size=step_size,
                random_start=False, loss="ce", early_stop=True)
 
 

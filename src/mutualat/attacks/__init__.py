@@ -1,0 +1,39 @@
+"""Attacks: threat models (:mod:`.threat`) apart from attack loops, one attack per module.
+
+Importing this package imports every attack module, so each registers itself in
+:data:`ATTACKS`; build one by name with :func:`create_attack`.
+"""
+
+# Every attack module, imported for its registration (gradient attacks, then the
+# decision-based, noise and unforeseen ones).
+from mutualat.attacks import apgd, cw, ddn, deepfool, fgsm, mim, msd, pgd  # noqa: F401
+from mutualat.attacks import boundary, elastic, fog, gabor  # noqa: F401
+from mutualat.attacks import noise, pointwise, unforeseen  # noqa: F401
+from mutualat.attacks.base import ATTACKS, Attack, attack_mode, create_attack, warn_if_zero_gradient
+from mutualat.attacks.apgd import APGD
+from mutualat.attacks.cw import CarliniWagnerL2
+from mutualat.attacks.ddn import DDN
+from mutualat.attacks.deepfool import DeepFool
+from mutualat.attacks.fgsm import FGSM
+from mutualat.attacks.mim import MIM
+from mutualat.attacks.msd import MSD
+from mutualat.attacks.pgd import PGD
+from mutualat.attacks.threat import ThreatModel, make_threat
+
+__all__ = [
+    "APGD",
+    "ATTACKS",
+    "Attack",
+    "CarliniWagnerL2",
+    "DDN",
+    "DeepFool",
+    "FGSM",
+    "MIM",
+    "MSD",
+    "PGD",
+    "ThreatModel",
+    "attack_mode",
+    "create_attack",
+    "make_threat",
+    "warn_if_zero_gradient",
+]

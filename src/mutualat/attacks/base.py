@@ -1,0 +1,96 @@
+"""The protocol every attack follows: ``attack(model, x, y) -> x_adv``.
+
+- ``x`` is a float batch ``(B, C, H, W)`` of [0,1] pixels on any device, ``y`` int64 ``(B,)``.
+- During the attack the model runs in eval mode (batch-norm uses its running statistics and
+  they are never updated) unless the attack was built with ``bn_mode="train"``; either way
+  every submodule's previous ``training`` flag is restored afterwards, and batch-norm running
+  statistics are restored too in train mode, so an attack never changes the model.
+- The result lies inside the threat model's ball around ``x`` and in [0,1], detached, on the
+  same device and dtype as ``x``. Minimum-norm attacks are judged at the threat model's
+  epsilon: what they return is the found point if it is inside the ball, else its projection.
+- Parameter gradients are neither accumulated nor zeroed: attacks use ``torch.autograd.grad``
+  with respect to the input only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from mutualat.errors import ConfigError
+from mutualat.registry import Registry
+
+ATTACKS: Registry = Registry("attack")
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
+    """Put ``model`` in eval (or train) mode for an attack and restore it exactly afterwards."""
+    if bn_mode not in ("eval", "train"):
+        raise ConfigError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+    flags = [(m, m.training) for m in model.modules()]
+    saved_stats: dict[str, torch.Tensor] = {}
+    if bn_mode == "train":
+        # Train-mode attacks (as in Maini et al.'s and ARD's code) normalize with batch
+        # statistics; the running buffers they would update are put back afterwards.
+        saved_stats = {k: v.detach().clone() for k, v in model.named_buffers()}
+    model.train(bn_mode == "train")
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+        if saved_stats:
+            with torch.no_grad():
+                for name, buf in model.named_buffers():
+                    buf.copy_(saved_stats[name])
+
+
+class Attack:
+    """Base class. Subclasses implement :meth:`perturb`; callers use ``attack(model, x, y)``."""
+
+    #: ``"linf"``, ``"l2"``, ``"l1"`` or ``None`` for attacks without an lp budget (Fog, Gabor, ...).
+    norm: str | None = None
+    eps: float | None = None
+
+    def __init__(self, bn_mode: str = "eval") -> None:
+        if bn_mode not in ("eval", "train"):
+            raise ConfigError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+        self.bn_mode = bn_mode
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
+        if y.shape != x.shape[:1]:
+            raise ValueError(f"labels of shape {tuple(y.shape)} do not fit images {tuple(x.shape)}")
+        with attack_mode(model, self.bn_mode):
+            x_adv = self.perturb(model, x.detach(), y.detach())
+        return x_adv.detach().to(dtype=x.dtype)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def warn_if_zero_gradient(grad: torch.Tensor, attack: str) -> None:
+    """Say why a gradient attack makes no progress instead of silently returning ``x``."""
+    if grad.abs().amax() == 0:
+        warnings.warn(
+            f"{attack}: the input gradient is exactly zero for the whole batch, so the attack "
+            "cannot move; the model may be constant or masking gradients (its robust accuracy "
+            "under gradient attacks says nothing).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def create_attack(name: str, **kwargs: object) -> Attack:
+    """Build a registered attack by name, e.g. ``create_attack("pgd", norm="linf", eps=8/255)``."""
+    return ATTACKS.get(name)(**kwargs)

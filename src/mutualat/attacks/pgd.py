@@ -1,0 +1,220 @@
+"""Projected gradient descent (ascent on the loss) in any lp ball.
+
+Madry, Makelov, Schmidt, Tsipras, Vladu, "Towards Deep Learning Models Resistant to
+Adversarial Attacks" (ICLR 2018); the l1 step is Maini et al.'s sparse step (ICML 2020),
+see :class:`mutualat.attacks.threat.L1Threat`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
+from mutualat.attacks.objectives import LossFn, Objective, resolve_objective
+from mutualat.attacks.threat import LinfThreat, ThreatModel, make_threat
+from mutualat.errors import ConfigError
+
+# Evaluation PGD (early_stop=True) freezes broken examples at every step (a masked step, no
+# synchronisation) and drops them from the working batch, which saves their forward-backward
+# passes. Finding them costs one device->host synchronisation: on the CPU that is free and
+# is done at every step; on an accelerator, where a small model's step takes about a
+# millisecond and a sync stalls the queue, only every _COMPACT_EVERY_ACCEL steps. The batch
+# is rebuilt only once it has shrunk below _COMPACT_BELOW of its size, since gathering the
+# tensors costs about as much as a few elementwise passes.
+_COMPACT_EVERY_ACCEL = 5
+_COMPACT_BELOW = 0.8
+
+# TRADES (Zhang et al. 2019) starts its KL attack from x + 0.001 * N(0, 1).
+_TRADES_INIT_STD = 1e-3
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def default_step_size(threat: ThreatModel, steps: int) -> float:
+    """Madry et al.'s rule of thumb: the steps together travel 2.5 eps.
+
+    For l1 the step size is the per-coordinate move at k = 20 coordinates, so one step
+    travels ``20 * step_size`` in l1 (see :class:`L1Threat`).
+    """
+    travel = 2.5 * threat.eps / steps
+    return travel / 20 if threat.norm == "l1" else travel
+
+
+def input_gradient(
+    model: nn.Module,
+    objective: Objective,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    delta: torch.Tensor,
+    logits_clean: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of the summed per-example loss at ``x + delta``, the logits and the losses.
+
+    ``torch.autograd.grad`` with respect to the input only: parameter ``.grad`` is untouched.
+    """
+    delta = delta.detach().requires_grad_(True)
+    logits = model(x + delta)
+    losses = objective.fn(logits, y, logits_clean)
+    (grad,) = torch.autograd.grad(losses.sum(), delta)
+    return grad, logits.detach(), losses.detach()
+
+
+@ATTACKS.register("pgd")
+class PGD(Attack):
+    """PGD with ``steps`` steepest-ascent steps and projections in the ``norm`` ball.
+
+    Args:
+        norm: "linf", "l2" or "l1".
+        eps: radius of the ball (e.g. 8/255 for linf on CIFAR-10).
+        steps: number of gradient steps (default 10).
+        step_size: step length; default ``2.5 * eps / steps`` (for l1: per coordinate, see
+            :func:`default_step_size`).
+        random_start: start from a uniform point of the ball (as Madry et al.); with
+            ``loss="trades_kl"`` from ``x + 0.001 * N(0, 1)`` instead, as TRADES does.
+        restarts: number of runs; later runs always start at random. Per example the result
+            of the best run is kept: a misclassifying run beats a correct one, ties are
+            broken by the higher loss.
+        loss: "ce", "lc" (MART's L_C, MAT's training attack), "cw" (margin), "dlr",
+            "trades_kl" (KL(f(x) || f(x'))), or a callable
+            ``(logits_adv, y, logits_clean) -> (B,)``.
+        early_stop: evaluation mode: an example stops moving once misclassified (so what is
+            returned for it is a misclassified point) and is dropped from the working batch.
+            Off by default: training PGD is plain PGD.
+        bn_mode: "eval" (default) or "train", see :func:`attack_mode`.
+
+    Shapes: ``x`` (B, C, H, W) in [0,1], ``y`` (B,) int64 -> ``x_adv`` (B, C, H, W).
+    Apart from one zero-gradient check of the first step, the inner loop does not
+    synchronise with the host (no ``.item()``) unless ``early_stop``.
+    """
+
+    def __init__(
+        self,
+        norm: str = "linf",
+        eps: float = 8 / 255,
+        steps: int = 10,
+        step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str | LossFn = "ce",
+        early_stop: bool = False,
+        bn_mode: str = "eval",
+    ) -> None:
+        super().__init__(bn_mode)
+        self.threat = make_threat(norm, eps)
+        self.norm, self.eps = norm, eps
+        self.steps = check_positive_int("steps", steps)
+        self.step_size = (
+            default_step_size(self.threat, steps)
+            if step_size is None
+            else check_positive("step_size", step_size)
+        )
+        self.random_start = bool(random_start)
+        self.restarts = check_positive_int("restarts", restarts)
+        self.loss = loss
+        self._objective = resolve_objective(loss)
+        if loss == "trades_kl" and not self.random_start:
+            raise ConfigError(
+                "loss='trades_kl' needs random_start=True: KL(f(x) || f(x')) has a zero "
+                "gradient at x' = x, so PGD started at x never moves"
+            )
+        self.early_stop = bool(early_stop)
+
+    def _init(self, x: torch.Tensor, random: bool) -> torch.Tensor:
+        if not random:
+            return torch.zeros_like(x)
+        if self.loss == "trades_kl":
+            return self.threat.project(x, _TRADES_INIT_STD * torch.randn_like(x))
+        return self.threat.random_init(x)
+
+    def _stepper(self, x: torch.Tensor):
+        """A function ``(x, delta, grad) -> delta`` for one step on the batch ``x``.
+
+        linf fast path: the ball within the box is a box, so a step is sign, add, clamp
+        (bounds computed once); other norms step and project.
+        """
+        if isinstance(self.threat, LinfThreat):
+            lo, hi = self.threat.bounds(x)
+            return lambda x, delta, grad, lo=lo, hi=hi: torch.add(
+                delta, grad.sign(), alpha=self.step_size
+            ).clamp_(lo, hi)
+
+        def step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+            move = self.threat.ascent_step(grad, self.step_size, x_adv=x + delta)
+            return self.threat.project(x, delta + move)
+
+        return step
+
+    def _run_plain(self, model, x, y, clean, delta) -> torch.Tensor:
+        step = self._stepper(x)
+        for t in range(self.steps):
+            grad, _, _ = input_gradient(model, self._objective, x, y, delta, clean)
+            if t == 0:
+                warn_if_zero_gradient(grad, "pgd")
+            delta = step(x, delta, grad)
+        return delta
+
+    def _run_early_stop(self, model, x, y, clean, delta) -> torch.Tensor:
+        every = 1 if x.device.type == "cpu" else _COMPACT_EVERY_ACCEL
+        out = delta.clone()
+        idx = torch.arange(x.shape[0], device=x.device)  # rows of the working batch in `out`
+        xa, ya, da, ca = x, y, delta, clean
+        step = self._stepper(xa)
+        for t in range(self.steps):
+            grad, logits, _ = input_gradient(model, self._objective, xa, ya, da, ca)
+            if t == 0:
+                warn_if_zero_gradient(grad, "pgd")
+            correct = logits.argmax(dim=1) == ya
+            da = torch.where(correct.reshape(-1, 1, 1, 1), step(xa, da, grad), da)
+            if (t + 1) % every == 0 and t + 1 < self.steps:
+                keep = correct.nonzero().squeeze(1)  # the one synchronisation
+                if keep.numel() < _COMPACT_BELOW * ya.shape[0]:
+                    out[idx] = da
+                    if keep.numel() == 0:
+                        return out
+                    idx, xa, ya, da = idx[keep], xa[keep], ya[keep], da[keep]
+                    ca = None if ca is None else ca[keep]
+                    step = self._stepper(xa)
+        out[idx] = da
+        return out
+
+    def run_once(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 clean: torch.Tensor | None, random: bool) -> torch.Tensor:
+        """One PGD run from a (random) start; returns ``delta``."""
+        delta = self._init(x, random)
+        run = self._run_early_stop if self.early_stop else self._run_plain
+        return run(model, x, y, clean, delta)
+
+    @torch.enable_grad()  # the attack differentiates even when called under no_grad
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        clean = None
+        if self._objective.needs_clean:
+            with torch.no_grad():
+                clean = model(x).detach()
+        best = self.run_once(model, x, y, clean, self.random_start)
+        if self.restarts == 1:
+            return self.threat.finalize(x, best)
+        best_wrong, best_loss = self._score(model, x, y, clean, best)
+        for _ in range(self.restarts - 1):
+            delta = self.run_once(model, x, y, clean, True)
+            wrong, loss = self._score(model, x, y, clean, delta)
+            better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+            best = torch.where(better.reshape(-1, 1, 1, 1), delta, best)
+            best_wrong = best_wrong | wrong
+            best_loss = torch.where(better, loss, best_loss)
+        return self.threat.finalize(x, best)
+
+    @torch.no_grad()
+    def _score(self, model, x, y, clean, delta) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x + delta)
+        return logits.argmax(dim=1) != y, self._objective.fn(logits, y, clean)
