@@ -489,7 +489,8 @@ def test_registered_method_runs_with_real_pgd(case):
 
 
 def test_all_methods_registered():
-    assert {"at", "mat", "trades", "mart", "ard", "act"} <= set(METHODS.names())
+    assert {"at", "mat", "trades", "mart", "ard", "act", "mat-mp", "at-avg", "at-max", "at-msd"} \
+        <= set(METHODS.names())
 
 
 # --- the four KD scenarios --------------------------------------------------------------

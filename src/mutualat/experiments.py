@@ -38,7 +38,7 @@ def last_validation_pgd(run_dir: Path) -> float:
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
     if not epochs:
         raise ConfigError(f"{run_dir} has no validation record; was data.val_fraction 0?")
-    values = [v for k, v in epochs[-1].items() if k.startswith("val_pgd/")]
+    values = [v for k, v in epochs[-1].items() if k.startswith("val_pgd/") and k.count("/") == 1]
     if not values:
         raise ConfigError(f"{run_dir} has no validation PGD accuracy (data.val_fraction is 0)")
     return sum(values) / len(values)

@@ -10,6 +10,7 @@ from mutualat.methods.base import (
 )
 from mutualat.methods import at  # noqa: F401  (registration)
 from mutualat.methods import act, ard, mart, mat, trades  # noqa: F401  (registration)
+from mutualat.methods import at_multi, mat_mp  # noqa: F401  (registration)
 
 __all__ = [
     "METHODS", "Method", "StepResult", "build_method", "register_method", "resolve_method_params",

@@ -56,6 +56,16 @@ class Method:
     def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
         raise NotImplementedError
 
+    def validation_attacks(self, steps: int, step_size: float | None = None) -> dict[str, Any]:
+        """Threat name -> the evaluation attack for per-epoch validation and the final test.
+
+        One PGD in the training threat model by default; multi-perturbation methods return one
+        per threat, and the trainer reports each and their per-example worst case.
+        """
+        from mutualat.train.validate import eval_pgd
+
+        return {self.attack_cfg.norm: eval_pgd(self.attack_cfg, steps, step_size)}
+
     def describe(self) -> dict[str, Any]:
         """What a saved model records about the method that trained it."""
         return {"name": type(self).registered_name, **dataclasses.asdict(self.params)}

@@ -30,7 +30,7 @@ from mutualat.methods import build_method, resolve_method_params
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from mutualat.train.logger import MetricsLog
 from mutualat.train.optim import build_optimizer, build_scheduler
-from mutualat.train.validate import batched_accuracy, eval_pgd
+from mutualat.train.validate import robust_accuracies
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -246,7 +246,7 @@ class Trainer:
             "roles": self.method.roles,
             "dataset": self.cfg.data.name,
             "classes": list(self.dataset.classes),
-            "threat": {"norm": a.norm, "eps": a.eps},
+            "threat": {"norm": a.norm, "eps": a.eps},  # multi-type methods: see method.threats
             "method": self.method.describe(),
             "epoch": self.epoch,
             "seed": self.cfg.seed,
@@ -329,18 +329,22 @@ class Trainer:
         improved: set[str] = set()
         metrics: dict[str, dict[str, float]] = {}
         if self.val is not None:
-            attack = eval_pgd(cfg.attack, cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
+            attacks = self.method.validation_attacks(cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
             x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
             for m in self.members:
                 if m.frozen:
                     continue
-                clean = batched_accuracy(m.model, x, y)
-                robust = batched_accuracy(m.model, x, y, attack)
-                metrics[m.role] = {"val_clean": clean, "val_pgd": robust}
-                record[f"val_clean/{m.role}"] = clean
-                record[f"val_pgd/{m.role}"] = robust
-                if robust > self.best.get(m.role, -1.0):
-                    self.best[m.role] = robust
+                acc = robust_accuracies(m.model, x, y, attacks)
+                # val_pgd is the per-example worst case over the method's threat types (one
+                # type for single-perturbation methods); it selects the best checkpoint.
+                metrics[m.role] = {"val_clean": acc["clean"], "val_pgd": acc["worst"]}
+                record[f"val_clean/{m.role}"] = acc["clean"]
+                record[f"val_pgd/{m.role}"] = acc["worst"]
+                if len(attacks) > 1:
+                    for name in attacks:
+                        record[f"val_{name}/{m.role}"] = metrics[m.role][f"val_{name}"] = acc[name]
+                if acc["worst"] > self.best.get(m.role, -1.0):
+                    self.best[m.role] = acc["worst"]
                     improved.add(m.role)
         self._save_models("", metrics=metrics)
         if improved:
@@ -354,21 +358,23 @@ class Trainer:
     def _final_test(self) -> dict[str, Any]:
         """Clean and PGD accuracy of the last models on the test split (never used to select)."""
         cfg = self.cfg
-        attack = eval_pgd(cfg.attack, cfg.eval.test_pgd_steps, cfg.eval.pgd_step_size)
+        attacks = self.method.validation_attacks(cfg.eval.test_pgd_steps, cfg.eval.pgd_step_size)
         x, y = torch.from_numpy(self.test.images), torch.from_numpy(self.test.labels)
+        threats = ", ".join(f"{a.norm} eps={a.eps:g}" for a in attacks.values())
         results: dict[str, Any] = {
             "method": self.method.registered_name,
             "test_images": len(y),
-            "attack": f"PGD-{cfg.eval.test_pgd_steps} {cfg.attack.norm} eps={cfg.attack.eps:g}",
+            "attack": f"PGD-{cfg.eval.test_pgd_steps} {threats}",
             "models": {},
         }
         for m in self.members:
             if m.frozen:
                 continue
-            results["models"][m.role] = {
-                "clean": batched_accuracy(m.model, x, y),
-                "pgd": batched_accuracy(m.model, x, y, attack),
-            }
+            acc = robust_accuracies(m.model, x, y, attacks)
+            entry = {"clean": acc["clean"], "pgd": acc["worst"]}
+            if len(attacks) > 1:  # per type; "pgd" is then the per-example worst over types
+                entry.update({f"pgd_{name}": acc[name] for name in attacks})
+            results["models"][m.role] = entry
         atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
         self.log.write("test", self.global_step, **{
             f"{k}/{role}": v for role, r in results["models"].items() for k, v in r.items()

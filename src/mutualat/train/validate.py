@@ -21,14 +21,14 @@ def eval_pgd(attack: AttackConfig, steps: int, step_size: float | None):
                random_start=False, loss="ce", early_stop=True)
 
 
-def batched_accuracy(
+def batched_correct(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     attack=None,
     batch_size: int = 256,
-) -> float:
-    """Fraction classified correctly, on clean images or on ``attack``'s output.
+) -> torch.Tensor:
+    """Per-example correctness (bool, on the CPU), on clean images or on ``attack``'s output.
 
     ``images`` may be uint8 (converted to [0,1] here) or float; batches move to the model's
     device. The model is evaluated in eval mode and its previous mode restored.
@@ -36,7 +36,7 @@ def batched_accuracy(
     from mutualat.attacks import attack_mode
 
     device = next(model.parameters()).device
-    correct = 0
+    flags = []
     with attack_mode(model, "eval"):
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device)
@@ -45,5 +45,27 @@ def batched_accuracy(
             if attack is not None:
                 x = attack(model, x, y)
             with torch.no_grad():
-                correct += (model(x).argmax(dim=1) == y).sum().item()
-    return correct / max(len(images), 1)
+                flags.append((model(x).argmax(dim=1) == y).cpu())
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+def batched_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     attack=None, batch_size: int = 256) -> float:
+    """Fraction classified correctly (see :func:`batched_correct`)."""
+    return batched_correct(model, images, labels, attack, batch_size).float().mean().item() \
+        if len(images) else 0.0
+
+
+def robust_accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      attacks: dict, batch_size: int = 256) -> dict[str, float]:
+    """Clean accuracy, accuracy under each attack, and ``"worst"``: per example, correct only
+    if clean and every attack failed (the per-example worst case, never an average)."""
+    clean = batched_correct(model, images, labels, None, batch_size)
+    result = {"clean": clean.float().mean().item()}
+    worst = clean.clone()
+    for name, attack in attacks.items():
+        flags = batched_correct(model, images, labels, attack, batch_size)
+        result[name] = flags.float().mean().item()
+        worst &= flags
+    result["worst"] = worst.float().mean().item()
+    return result

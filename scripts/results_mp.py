@@ -1,0 +1,253 @@
+"""Regenerate docs/RESULTS.md's multiple-perturbation table (the MAT paper's Table 5, CPU scale).
+
+    .venv/bin/python scripts/results_mp.py --data-dir ../shared/data --out runs/results-mp
+
+Trains AT-MAX, AT-AVG, AT-MSD and MAT-MP with the MAX, AVG and MSD generalist strategies
+(``--methods`` adds AT-linf, AT-l2, AT-l1) with the CPU-scale Fashion-MNIST configs
+(configs/cpu/fmnist-mp-*.yaml: linf 0.1, l2 1.0, l1 10, PGD-10 per type, ``tinycnn``),
+then evaluates the last epoch's model (never a best epoch) of each run, the generalist for
+MAT-MP, with the packaged attack suite ``table5-fmnist`` (Maini et al.'s attack suite per
+type, 10 restarts) on a fixed, class-balanced subset of the test split: clean accuracy,
+accuracy under each type (per example the worst over that type's attacks), R_avg (mean of
+the three) and R_worst (per example the worst over all attacks), mean ± std over seeds.
+Runs and evaluations go to --out and are reused or resumed, so the script can be stopped
+and restarted. ``--jobs 2`` trains and evaluates two runs at a time, one thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Table 5's rows in the paper's order (each AT baseline above its MAT counterpart).
+DEFAULT_METHODS = ("at-max", "mat-mp-max", "at-avg", "mat-mp-avg", "at-msd", "mat-mp-msd")
+ALL_METHODS = ("at-linf", "at-l2", "at-l1") + DEFAULT_METHODS
+NAMES = {"at-linf": "AT-l∞", "at-l2": "AT-l2", "at-l1": "AT-l1", "at-max": "AT-MAX",
+         "at-avg": "AT-AVG", "at-msd": "AT-MSD", "mat-mp-max": "MAT-MAX (generalist)",
+         "mat-mp-avg": "MAT-AVG (generalist)", "mat-mp-msd": "MAT-MSD (generalist)"}
+MARKER_BEGIN = "<!-- results-mp:begin -->"
+MARKER_END = "<!-- results-mp:end -->"
+
+
+def overrides(method: str, seed: int, args: argparse.Namespace, n_models: int) -> list[str]:
+    out = [
+        f"seed={seed}",
+        f"data.data_dir={args.data_dir}",
+        f"optim.epochs={args.epochs}",
+        f"data.train_subset={args.train_subset}",
+        "progress=false",
+        "device=cpu",
+        *[f"models.{i}.name={args.arch}" for i in range(n_models)],
+    ]
+    if args.dataset:
+        out.append(f"data.name={args.dataset}")
+    if method.startswith("mat-mp"):
+        out.append(f"method.params.alpha={args.alpha}")
+    return out
+
+
+def config_for(method: str, seed: int, args: argparse.Namespace):
+    import yaml
+
+    from mutualat.config import load_config
+
+    path = REPO / "configs" / "cpu" / f"fmnist-mp-{method}.yaml"
+    n_models = len(yaml.safe_load(path.read_text())["models"])
+    return load_config(path, overrides(method, seed, args, n_models))
+
+
+def test_split(args: argparse.Namespace, dataset_name: str):
+    """The evaluation images: a class-balanced subset of the test split, the same for every run."""
+    from mutualat.data import load_dataset, subset
+
+    dataset = load_dataset(dataset_name, data_dir=args.data_dir)
+    split = subset(dataset.test, args.test_n, seed=0)
+    info = {"dataset": dataset.name, "split": "test", "n": len(split), "subset": args.test_n,
+            "subset_seed": 0}
+    return split, info
+
+
+def train_and_eval(method: str, seed: int, args: argparse.Namespace) -> dict:
+    import torch
+
+    from mutualat.evaluation import evaluate, load_suite
+    from mutualat.experiments import run_or_reuse
+    from mutualat.models import load_model, read_model_meta
+
+    torch.set_num_threads(args.threads)
+    cfg = config_for(method, seed, args)
+    run = Path(args.out) / f"{method}-seed{seed}"
+    tick = time.time()
+    run_or_reuse(cfg, run)
+    train_s = time.time() - tick
+
+    role = "generalist" if method.startswith("mat-mp") else "model"
+    path = run / "models" / f"{role}.safetensors"  # the last epoch's model
+    meta = read_model_meta(path)
+    if role == "generalist" and meta["method"].get("generalist_role") != role:
+        raise RuntimeError(f"{path} does not record itself as the generalist: {meta['method']}")
+    split, data_info = test_split(args, cfg.data.name)
+    suite = load_suite(args.suite)
+    tick = time.time()
+    summary = evaluate(
+        {method: load_model(path)}, suite, split.images, split.labels,
+        run / f"eval-{suite.name}-n{len(split)}", batch_size=args.eval_batch, device="cpu",
+        seed=seed, checks=args.checks, progress=False, data_info=data_info,
+        model_info={method: {k: meta[k] for k in ("role", "method", "epoch", "seed") if k in meta}},
+    )
+    eval_s = time.time() - tick
+    m = summary["models"][method]
+    return {"method": method, "seed": seed, "clean": m["clean"], "threats": m["threats"],
+            "r_avg": m["r_avg"], "r_worst": m["r_worst"], "n": summary["n_examples"],
+            "train_seconds": train_s, "eval_seconds": eval_s,
+            "attack_seconds": {k: a["seconds"] for k, a in m["attacks"].items()},
+            "warnings": summary["warnings"]}
+
+
+def suite_mismatch(args: argparse.Namespace) -> list[str]:
+    """Say where the suite's budgets differ from the training threats (they should agree)."""
+    from mutualat.evaluation import load_suite
+
+    cfg = config_for("at-avg", 0, args)
+    trained = {t["norm"]: t["eps"] for t in cfg.method.params["threats"]}
+    evaluated = {t.norm: t.eps for t in load_suite(args.suite).lp_threats()}
+    return [f"{n}: trained at eps {trained.get(n)}, evaluated at {evaluated.get(n)}"
+            for n in sorted(set(trained) | set(evaluated)) if trained.get(n) != evaluated.get(n)]
+
+
+def threats_text(args: argparse.Namespace) -> str:
+    """The training threats of the configs, e.g. "linf eps 0.1 (PGD-10, step 0.025), ..."."""
+    cfg = config_for("at-avg", 0, args)
+    return ", ".join(f"{t['norm']} eps {t['eps']:g} (PGD-{t['steps']}, step {t['step_size']:g})"
+                     for t in cfg.method.params["threats"])
+
+
+def fmt(values: list[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def table(results: list[dict], methods: list[str]) -> str:
+    rows = []
+    for method in methods:
+        runs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        cols = [[r["clean"] for r in runs]]
+        cols += [[r["threats"][t] for r in runs] for t in ("linf", "l2", "l1")]
+        cols += [[r["r_avg"] for r in runs], [r["r_worst"] for r in runs]]
+        rows.append(f"| {NAMES[method]} | " + " | ".join(fmt(c) for c in cols) + f" | {len(runs)} |")
+    head = ("| model | clean % | l∞ attacks % | l2 attacks % | l1 attacks % | R_avg % | R_worst % "
+            "| seeds |\n|---|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--dataset", default=None,
+                        help="override the configs' dataset (e.g. fashion-mnist-embedded offline)")
+    parser.add_argument("--out", default="runs/results-mp")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=ALL_METHODS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-subset", type=int, default=10000)
+    parser.add_argument("--arch", default="tinycnn")
+    parser.add_argument("--alpha", type=float, default=0.6, help="MAT-MP's alpha (not tuned here)")
+    parser.add_argument("--suite", default="table5-fmnist", help="packaged suite name or YAML file")
+    parser.add_argument("--test-n", type=int, default=500, help="test images evaluated (class-balanced)")
+    parser.add_argument("--eval-batch", type=int, default=250)
+    parser.add_argument("--checks", action="store_true", help="also run the gradient-masking checks")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    parser.add_argument("--write", default=str(REPO / "docs" / "RESULTS.md"))
+    args = parser.parse_args()
+
+    mismatch = suite_mismatch(args)
+    for line in mismatch:
+        print(f"warning: suite {args.suite} and the training threats differ: {line}", flush=True)
+    # The slowest (MAT-MP) runs first so the workers finish together.
+    order = sorted(args.methods, key=lambda m: not m.startswith("mat-mp"))
+    jobs = [(m, s) for m in order for s in args.seeds]
+    start = time.time()
+    results: list[dict] = []
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(train_and_eval, m, s, args) for m, s in jobs]
+        for future in futures:
+            r = future.result()
+            results.append(r)
+            print(f"done {r['method']} seed {r['seed']}: training {r['train_seconds'] / 60:.1f} min, "
+                  f"evaluation {r['eval_seconds'] / 60:.1f} min", flush=True)
+    wall = time.time() - start
+    n_eval = results[0]["n"] if results else 0
+
+    body = "\n".join([
+        MARKER_BEGIN,
+        "## Multiple perturbations (l∞, l2, l1), CPU scale: Fashion-MNIST",
+        "",
+        "Regenerate with `.venv/bin/python scripts/results_mp.py --data-dir ../shared/data` "
+        f"(took {wall / 60:.0f} min of wall time for the runs and evaluations it had to do, "
+        f"{args.jobs} jobs x {args.threads} thread on {_cpu_name()}; torch {_torch_version()}).",
+        "",
+        f"Setup: `configs/cpu/fmnist-mp-*.yaml` with `{args.arch}` models on "
+        f"{args.dataset or 'fashion-mnist'}: threats {threats_text(args)} (l1 step: per "
+        "coordinate at k = 20), MSD over their union with as many iterations as the longest PGD; "
+        f"{args.train_subset:,} training images at most (drawn from what the 20% validation hold-out "
+        f"leaves), {args.epochs} epochs, batch 128, SGD with the paper's step decay. Baselines "
+        "minimize cross-entropy (as Maini et al.); MAT-MP minimizes L_C with "
+        f"alpha = {args.alpha:g} (the paper's CIFAR-10 MAT value, not tuned here); its row is the "
+        "generalist h0. Evaluation of the last epoch's model with the attack suite "
+        f"`{args.suite}` (l∞: PGD-100, FGSM, MIM; l2: PGD-100, Gaussian noise, DeepFool, DDN, "
+        "C&W, pointwise, boundary; l1: PGD-100, salt & pepper, pointwise; 10 restarts where "
+        f"randomized) on {n_eval:,} class-balanced test images. A type's column is the accuracy "
+        "against every attack of that type (per example); R_avg is the mean of the three, R_worst "
+        "the accuracy against all attacks at once (per example, never an average). Mean ± std "
+        f"over seeds {', '.join(map(str, args.seeds))}.",
+        *([""] + [f"Warning: the suite's budgets differ from the training threats: {m}." for m in mismatch]
+          if mismatch else []),
+        "",
+        table(results, [m for m in ALL_METHODS if m in args.methods]),
+        "",
+        MARKER_END,
+    ])
+    path = Path(args.write)
+    text = path.read_text() if path.exists() else "# Results\n\n"
+    if MARKER_BEGIN in text:
+        head, rest = text.split(MARKER_BEGIN, 1)
+        text = head + body + rest.split(MARKER_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results-mp.json").write_text(json.dumps(
+        {"args": vars(args), "wall_seconds": wall, "runs": results}, indent=2))
+    print(table(results, [m for m in ALL_METHODS if m in args.methods]))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+if __name__ == "__main__":
+    main()
