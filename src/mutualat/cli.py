@@ -1,6 +1,6 @@
 """Command line: turns arguments into a config and calls the library, nothing more.
 
-    mutualat train --config FILE --out DIR [--set key=value ...] [--resume]
+    mutualat train --config FILE --out DIR [--set key=value ...] [--resume] [--nproc K]
     mutualat demo [--out DIR]
     mutualat eval --model PATH ... --suite NAME|FILE --data NAME --out DIR
     mutualat transfer --source PATH ... --target PATH ... --data NAME --out DIR
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--data-dir", help="data root (else $MUTUALAT_DATA, else the user cache folder)")
     train.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+    train.add_argument("--nproc", type=int, default=None, metavar="K",
+                       help="train in K processes on this machine (torchrun --standalone); "
+                            "distributed.mode chooses data- or cohort-parallel")
 
     demo = sub.add_parser("demo", help="AT vs MAT on the embedded Fashion-MNIST subset, on CPU")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the demo runs")
@@ -71,6 +74,10 @@ def _train(args: argparse.Namespace) -> int:
     from mutualat.config import load_config
     from mutualat.train import Trainer
 
+    if args.nproc is not None and args.nproc > 1:
+        from mutualat.train.distributed import launch
+
+        return launch(args.nproc, _train_argv(args))
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
@@ -82,12 +89,30 @@ def _train(args: argparse.Namespace) -> int:
         raise MutualatError("train needs --config FILE (or --set key=value) for a new run")
     trainer = Trainer(cfg, args.out, resume=args.resume)
     results = trainer.fit()
+    if not trainer.is_main:  # one of several processes: rank 0 reports
+        return 0
     if results:
         from mutualat.report.tables import results_table
 
         print(results_table({args.out.name: results}))
     print(f"run folder: {args.out}")
     return 0
+
+
+def _train_argv(args: argparse.Namespace) -> list[str]:
+    """The ``train`` arguments, without ``--nproc``, for each launched process."""
+    argv = ["train", "--out", str(args.out)]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    for assignment in args.overrides:
+        argv += ["--set", assignment]
+    if args.resume:
+        argv.append("--resume")
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    if args.device:
+        argv += ["--device", args.device]
+    return argv
 
 
 @command("alpha-search")

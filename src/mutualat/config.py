@@ -84,12 +84,41 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Training on several processes (``torchrun`` or ``mutualat train --nproc K``); a run in
+    one process ignores it. See :mod:`mutualat.train.distributed`."""
+
+    # "data": every process holds every member and trains on its shard of each batch (any
+    # method); "cohort": the members are split over the processes, which exchange their
+    # clean soft labels every step (methods whose members share only those: mat, mat-mp).
+    mode: str = "data"
+    backend: str = "auto"  # "auto" = nccl on CUDA, gloo otherwise; or "nccl", "gloo"
+    # A collective that waits longer than this (another process died or hangs) stops the
+    # run with an error instead of hanging; it must exceed the longest gap between two
+    # collectives (the per-epoch validation of the slowest process).
+    timeout_s: float = 1800.0
+    # Data mode: SyncBatchNorm (batch statistics of the global batch, CUDA only). Default:
+    # each process normalizes its shard with the shard's statistics, as DDP does.
+    sync_bn: bool = False
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # "auto" picks cuda, mps, cpu
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     amp: str = "auto"  # "auto" = bf16 autocast on CUDA only; "bf16" or "off"
     channels_last: str = "auto"  # "auto" = on CUDA only; "on" or "off"
+    # Cohort methods (MAT): run the members' attacks and forwards as one batched computation
+    # (mutualat.methods.cohort_batch). "auto" = the loop on the CPU, where both measured
+    # even; on an accelerator whichever of the two is faster in a one-off timing at the
+    # start (recorded in metrics.jsonl, event "speed"); "batched" or "loop" force it.
+    cohort_batch: str = "auto"
+    # torch.compile: "none"; "model" compiles every member in place (its forward and
+    # backward, so also the attack's passes); "all" also fuses PGD's l-inf update step.
+    # None by default: on this project's CPU, compile made the backward 2x slower
+    # (docs/PERFORMANCE.md); try it on a GPU.
+    compile: str = "none"
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = epoch ends)
     progress: bool = True  # tqdm bar
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +127,7 @@ class RunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> "RunConfig":
         _check(self.optim.epochs >= 1, "optim.epochs must be >= 1")
@@ -116,7 +146,19 @@ class RunConfig:
             self.channels_last in ("auto", "on", "off"),
             f"channels_last must be auto, on or off, got {self.channels_last!r}",
         )
+        _check(self.cohort_batch in ("auto", "batched", "loop"),
+               f"cohort_batch must be auto, batched or loop, got {self.cohort_batch!r}")
+        _check(self.compile in ("none", "model", "all"),
+               f"compile must be none, model or all, got {self.compile!r}")
+        _check(not (self.compile != "none" and self.cohort_batch == "batched"),
+               "cohort_batch=batched cannot be combined with compile (the batched cohort "
+               "calls the members' plain forward); use cohort_batch=auto or loop")
         _check(all(0 < m < 1 for m in self.optim.milestones), "optim.milestones are fractions in (0, 1)")
+        d = self.distributed
+        _check(d.mode in ("data", "cohort"), f"distributed.mode must be data or cohort, got {d.mode!r}")
+        _check(d.backend in ("auto", "nccl", "gloo"),
+               f"distributed.backend must be auto, nccl or gloo, got {d.backend!r}")
+        _check(math.isfinite(d.timeout_s) and d.timeout_s > 0, "distributed.timeout_s must be > 0")
         return self
 
 

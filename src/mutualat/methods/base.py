@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -36,16 +36,31 @@ class NoParams:
     pass
 
 
+# (clean soft labels this process computed {member: (B, K)}, B) -> every member's that the
+# loss uses; see Method.cohort_parallel.
+TargetExchange = Callable[[dict[int, torch.Tensor], int], dict[int, torch.Tensor]]
+
+
 class Method:
     """Base class: subclasses set ``Params`` (a dataclass) and implement :meth:`loss`."""
 
     Params: ClassVar[type] = NoParams
+    # Cohort-parallel training (``distributed.mode: cohort``, mutualat.train.distributed)
+    # splits the members over processes. A method whose members interact only through
+    # detached clean soft labels supports it: it sets ``cohort_parallel``, lists in
+    # ``target_members`` the members whose soft labels its loss uses, accepts ``None`` in
+    # ``models`` for members another process holds (no loss term, no forward), and passes
+    # the soft labels it computed through ``share_targets`` (set by the trainer; an
+    # all-gather between the processes; None in a single process).
+    cohort_parallel: ClassVar[bool] = False
 
     def __init__(self, params: Any, attack: AttackConfig, frozen: Sequence[bool]) -> None:
         self.params = params
         self.attack_cfg = attack
         self.frozen = list(frozen)  # frozen members get no gradient: skip their own losses
         self.roles = self.member_roles(len(self.frozen))
+        self.target_members: list[int] = []
+        self.share_targets: TargetExchange | None = None
 
     def member_roles(self, num_models: int) -> list[str]:
         """Names of the cohort members, in the order of ``RunConfig.models``."""

@@ -31,6 +31,12 @@ Decisions the paper leaves open (each a documented default):
 Cost per step: one clean forward per member (reused as the target: for a natural member
 it is its training forward, detached), one attack and one adversarial forward per
 trainable robust member.
+
+Speed: the local trainable robust members' clean forwards, attacks and adversarial
+forwards can run as one batched computation (:mod:`mutualat.methods.cohort_batch`) instead
+of a loop, chosen by ``RunConfig.cohort_batch`` (set with :meth:`MAT.set_cohort_batch`;
+"auto" by default: the loop on the CPU, a one-off timing on accelerators). Both paths
+compute the same loss; the batched one draws its random numbers for the whole cohort at once.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
+from mutualat.methods.cohort_batch import BatchedCohort, CohortChoice, decide, repeat_for
 
 
 @dataclass
@@ -86,6 +93,7 @@ def check_trainable(method: str, frozen: Sequence[bool]) -> None:
 @register_method("mat")
 class MAT(Method):
     Params = MATParams
+    cohort_parallel = True  # members meet only through detached clean soft labels
 
     def __init__(self, params: MATParams, attack, frozen) -> None:
         super().__init__(params, attack, frozen)
@@ -99,8 +107,62 @@ class MAT(Method):
         check_trainable("mat", self.frozen)
         self.natural = set(params.natural)
         self.trainable = [i for i, f in enumerate(self.frozen) if not f]
+        # Members whose clean soft label is computed (see loss()).
+        self.target_members = [
+            m for m in range(n)
+            if (m in self.natural and m in self.trainable)
+            or (params.alpha > 0 and any(k != m for k in self.trainable))
+        ]
         # The training attack maximizes the training loss L_C (SPEC.md section 6).
         self.attack = training_attack(attack, loss="lc")
+        # Batched cohort (see set_cohort_batch): members that may run as one computation.
+        self.robust = [i for i in self.trainable if i not in self.natural]
+        self.cohort_batch = "auto"  # RunConfig.cohort_batch
+        self.cohort_choice: CohortChoice | None = None  # decided at the latest by loss()
+        self._cohort: BatchedCohort | None = None
+
+    def set_cohort_batch(self, mode: str, models: Sequence[nn.Module | None] | None = None,
+                         x: torch.Tensor | None = None) -> CohortChoice | None:
+        """Loop or batched cohort (``mode``: auto, batched, loop; see
+        :func:`mutualat.methods.cohort_batch.decide`). Given the cohort's ``models`` and a
+        batch ``x`` shaped like the training batches, decide now and return the choice;
+        else the first :meth:`loss` decides."""
+        self.cohort_batch, self.cohort_choice, self._cohort = mode, None, None
+        if models is not None:
+            self.cohort_choice = decide(mode, self._batchable(models), x)
+        return self.cohort_choice
+
+    def _batchable(self, models: Sequence[nn.Module | None]) -> list[nn.Module]:
+        return [models[i] for i in self.robust if models[i] is not None]
+
+    def _batched_members(self, models: Sequence[nn.Module | None], x: torch.Tensor) -> list[int]:
+        """The members this step runs as one batched cohort (none: the plain loop)."""
+        if self.cohort_choice is None:
+            self.cohort_choice = decide(self.cohort_batch, self._batchable(models), x)
+        group = self._batchable(models)
+        if not self.cohort_choice.batched or len(group) < 2:
+            return []
+        if self._cohort is None or len(self._cohort) != len(group) or any(
+                a is not b for a, b in zip(self._cohort.members, group)):
+            self._cohort = BatchedCohort(group)
+        return [i for i in self.robust if models[i] is not None]
+
+    def _cohort_passes(self, batched: list[int], x: torch.Tensor, y: torch.Tensor,
+                       own: dict[int, torch.Tensor], targets: dict[int, torch.Tensor]) -> None:
+        """The loop's three passes (clean target, attack, adversarial forward) for all
+        ``batched`` members at once, on member-major rows; each member's batch-norm sees
+        only its own rows, so its statistics move exactly as in the loop."""
+        cohort, b, k = self._cohort, x.shape[0], len(batched)
+        xs, ys = repeat_for(k, x), y.repeat(k)
+        if any(i in self.target_members for i in batched):  # alpha > 0: all of them
+            with torch.no_grad(), cohort.stacked(grad=False):
+                clean = cohort(xs)
+            targets.update({i: clean[j * b:(j + 1) * b] for j, i in enumerate(batched)})
+        with cohort.stacked(grad=False):
+            x_adv = self.attack(cohort, xs, ys)
+        with cohort.stacked(grad=True):
+            adv = cohort(x_adv)
+        own.update({i: adv[j * b:(j + 1) * b] for j, i in enumerate(batched)})
 
     def member_roles(self, num_models: int) -> list[str]:
         if num_models < 2:
@@ -122,25 +184,34 @@ class MAT(Method):
         # under no_grad. A member nobody learns from (the only trainable one) needs none.
         # With alpha = 0 there is no distillation term and no target is computed, so the
         # cohort trains exactly like N independent L_C-AT runs (no extra clean forwards
-        # moving batch-norm statistics).
+        # moving batch-norm statistics). Cohort-parallel training: a member held by another
+        # process is None here; its soft label arrives through share_targets.
         own: dict[int, torch.Tensor] = {}  # member -> logits its own loss is computed on
         targets: dict[int, torch.Tensor] = {}  # member -> detached clean logits
-        for m in range(n):
+        batched = self._batched_members(models, x)
+        if batched:
+            self._cohort_passes(batched, x, y, own, targets)
+        for m in self.target_members:
+            if models[m] is None or m in batched:
+                continue
             if m in self.natural and m in self.trainable:
                 own[m] = models[m](x)
                 targets[m] = own[m].detach()
-            elif alpha > 0 and any(k != m for k in self.trainable):
+            else:
                 with torch.no_grad():
                     targets[m] = models[m](x)
+        if self.share_targets is not None:
+            targets = self.share_targets(targets, len(y))
+        local = [i for i in self.trainable if models[i] is not None]
 
         # Each robust trainable member's own adversarial batch (Alg. 1, lines 5-8).
-        for i in self.trainable:
+        for i in local:
             if i not in own:
                 own[i] = models[i](self.attack(models[i], x, y))
 
         total = x.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
-        for i in self.trainable:
+        for i in local:
             role, logits = self.roles[i], own[i]
             lc = losses.boosted_cross_entropy(logits, y)
             kl = sum(

@@ -109,6 +109,7 @@ class MATMPParams:
 @register_method("mat-mp")
 class MATMP(Method):
     Params = MATMPParams
+    cohort_parallel = True  # members meet only through detached clean soft labels
 
     def __init__(self, params: MATMPParams, attack, frozen) -> None:
         self.norms = [t.norm for t in params.threats]  # member_roles needs them
@@ -163,11 +164,16 @@ class MATMP(Method):
         targets: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for n in self.target_members:
-                targets[n] = models[n](x)
+                if models[n] is not None:  # None: held by another process (cohort-parallel)
+                    targets[n] = models[n](x)
+        if self.share_targets is not None:
+            targets = self.share_targets(targets, len(y))
 
         total = x.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
         for i in self.trainable:
+            if models[i] is None:
+                continue
             if i == 0:
                 member = self._generalist(models[0], x, y, targets, metrics)
             else:

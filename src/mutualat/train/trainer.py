@@ -5,6 +5,10 @@ each batch, ask the method for its loss, step every trainable member; at each ep
 validate (clean and PGD-20 on the held-out split), save model files and an atomic checkpoint.
 ``resume`` continues from the checkpoint exactly as the uninterrupted run would have: the
 loader's batches depend on (seed, epoch, step) alone and every RNG state is restored.
+
+Launched by torchrun, the same loop runs in every process (:mod:`mutualat.train.distributed`):
+``self.dist`` shards each batch (data mode) or holds some of the members (cohort mode), and
+only rank 0 writes the run folder. In one process every ``self.dist`` call is the identity.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import platform
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ from mutualat.config import RunConfig, dump_config, load_config, to_dict
 from mutualat.device import resolve_device
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import build_method, resolve_method_params
+from mutualat.train import distributed
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from mutualat.train.logger import MetricsLog
 from mutualat.train.optim import build_optimizer, build_scheduler
@@ -35,7 +41,8 @@ from mutualat.train.validate import robust_accuracies
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 # Keys that describe where a run executes, not what it computes: a resumed run may change them.
-ENVIRONMENT_KEYS = ("device", "progress", "data.data_dir")
+ENVIRONMENT_KEYS = ("device", "progress", "data.data_dir", "distributed.backend",
+                    "distributed.timeout_s")
 
 
 @dataclass
@@ -45,6 +52,22 @@ class Member:
     frozen: bool
     optimizer: torch.optim.Optimizer | None
     scheduler: Any
+    index: int = 0  # position in RunConfig.models
+    # What the method calls: the model, or its DistributedDataParallel wrapper (data mode).
+    module: nn.Module | None = None
+
+
+class _NoLog:
+    """The metrics log of the processes other than rank 0: they write nothing."""
+
+    def write(self, event: str, global_step: int, **values: Any) -> None:
+        pass
+
+    def truncate_after(self, global_step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def member_seed(seed: int, index: int) -> int:
@@ -111,10 +134,14 @@ class Trainer:
     def __init__(self, cfg: RunConfig | None, out_dir: str | Path, resume: bool = False) -> None:
         """``cfg`` may be None with ``resume``: the run folder's saved config is used."""
         self.out = Path(out_dir)
-        self.cfg = prepare_run_dir(self.out, resolve_method_params(cfg) if cfg else None, resume)
+        cfg = resolve_method_params(cfg) if cfg else None
+        # Launched by torchrun: join the other processes; rank 0 alone touches the run folder.
+        self.dist = distributed.setup(cfg, self.out)
+        self.cfg = self.dist.from_main(lambda: prepare_run_dir(self.out, cfg, resume))
         self.resume = resume
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
+        self.dist.configure(cfg)
+        self.device = self.dist.device(resolve_device(cfg.device))
         on_cuda = self.device.type == "cuda"
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and on_cuda)
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
@@ -122,14 +149,35 @@ class Trainer:
 
         self._build_data()
         self.method = build_method(cfg)
-        self.members = [self._build_member(i, m) for i, m in enumerate(cfg.models)]
-        self.log = MetricsLog(self.out)
+        self.dist.check(cfg, self.method)
+        # This process's members: all of them, except in cohort mode.
+        self.members = [self._build_member(i, m) for i, m in enumerate(cfg.models)
+                        if self.dist.owns(i)]
+        # Cohort mode: rank 0 keeps a CPU copy of the other processes' members to write their
+        # model files; the methods get their peers' soft labels by an all-gather.
+        self.remote = {i: self._remote_member(i, m) for i, m in enumerate(cfg.models)
+                       if not self.dist.owns(i) and self.dist.is_main}
+        if self.dist.mode == "cohort":
+            self.method.share_targets = partial(
+                self.dist.exchange_targets, members=self.method.target_members,
+                num_classes=self.dataset.num_classes,
+            )
+        self.dist.seed(cfg.seed)
+        self.log = MetricsLog(self.out) if self.dist.is_main else _NoLog()
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the current epoch
         self.global_step = 0
         self.best: dict[str, float] = {}  # role -> best validation robust accuracy
         if resume:
-            self._restore(load_checkpoint(self.out / CHECKPOINT))
+            self._restore(self.dist.state_from_main(lambda: load_checkpoint(self.out / CHECKPOINT)))
+        # Speed options (torch.compile, batched cohort), decided once and logged: train/speed.py.
+        from mutualat.train.speed import apply_speed_options
+        self.log.write("speed", self.global_step, **apply_speed_options(self))
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run folder (always, in a single process)."""
+        return self.dist.is_main
 
     # --- construction ----------------------------------------------------------------
 
@@ -156,17 +204,22 @@ class Trainer:
                 f"data.batch_size={d.batch_size} is larger than the {len(train.labels)} training images"
             )
 
-    def _build_member(self, index: int, mcfg) -> Member:
-        from mutualat.models import create_model, load_weights_into
+    def _create_model(self, index: int, mcfg) -> nn.Module:
+        from mutualat.models import create_model
 
         ds = self.dataset
         c, h, _ = ds.input_shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mcfg.seed if mcfg.seed is not None else member_seed(self.cfg.seed, index))
-            model = create_model(
+            return create_model(
                 mcfg.name, num_classes=ds.num_classes, in_channels=c, input_size=h,
                 mean=ds.mean, std=ds.std, **mcfg.kwargs,
             )
+
+    def _build_member(self, index: int, mcfg) -> Member:
+        from mutualat.models import load_weights_into
+
+        model = self._create_model(index, mcfg)
         if mcfg.init:
             load_weights_into(model, mcfg.init)
         model.to(self.device)
@@ -175,37 +228,64 @@ class Trainer:
         role = self.method.roles[index]
         if mcfg.frozen:
             model.eval().requires_grad_(False)
-            return Member(role, model, True, None, None)
+            return Member(role, model, True, None, None, index, model)
+        module = self.dist.prepare(model, trainable=True)
         optimizer = build_optimizer(model, mcfg, self.cfg.optim)
         scheduler = build_scheduler(optimizer, self.cfg.optim, len(self.loader))
-        return Member(role, model, False, optimizer, scheduler)
+        return Member(role, model, False, optimizer, scheduler, index, module)
+
+    def _remote_member(self, index: int, mcfg) -> Member:
+        """A CPU copy of a member another process trains (its weights arrive before saving)."""
+        return Member(self.method.roles[index], self._create_model(index, mcfg).eval(),
+                      mcfg.frozen, None, None, index)
 
     # --- checkpointing ---------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "config": to_dict(self.cfg),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "best": dict(self.best),
-            "models": [m.model.state_dict() for m in self.members],
-            "optimizers": [m.optimizer.state_dict() if m.optimizer else None for m in self.members],
-            "schedulers": [m.scheduler.state_dict() if m.scheduler else None for m in self.members],
+    def _state(self) -> dict[str, Any] | None:
+        """The whole run's state on rank 0 (None on the other processes, which send theirs)."""
+        part = {
+            "members": {
+                m.index: (
+                    m.model.state_dict(),
+                    m.optimizer.state_dict() if m.optimizer else None,
+                    m.scheduler.state_dict() if m.scheduler else None,
+                )
+                for m in self.members
+            },
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
         }
+        parts = self.dist.gather_state(part)
+        if parts is None:
+            return None
+        members = {i: m for p in parts for i, m in p["members"].items()}
+        n = len(self.cfg.models)
+        state = {
+            "config": to_dict(self.cfg),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "models": [members[i][0] for i in range(n)],
+            "optimizers": [members[i][1] for i in range(n)],
+            "schedulers": [members[i][2] for i in range(n)],
+            "rng": parts[0]["rng"],
+        }
+        if len(parts) > 1:  # every process's RNG, so a resumed run continues exactly
+            state["rng_ranks"] = [p["rng"] for p in parts]
+            state["distributed"] = {"mode": self.dist.mode, "processes": len(parts)}
+        return state
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if len(state["models"]) != len(self.members):
+        if len(state["models"]) != len(self.cfg.models):
             raise CheckpointError(
-                f"checkpoint holds {len(state['models'])} models, the config {len(self.members)}"
+                f"checkpoint holds {len(state['models'])} models, the config {len(self.cfg.models)}"
             )
-        for member, weights, opt, sched in zip(
-            self.members, state["models"], state["optimizers"], state["schedulers"]
-        ):
+        for member in self.members:
+            weights = state["models"][member.index]
+            opt, sched = state["optimizers"][member.index], state["schedulers"][member.index]
             try:
                 member.model.load_state_dict(weights)
             except RuntimeError as exc:
@@ -219,21 +299,40 @@ class Trainer:
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best = dict(state["best"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if state["rng"] is None:  # a process the checkpoint's run did not have
+            self.dist.seed(self.cfg.seed, self.global_step)
+        else:
+            torch.set_rng_state(state["rng"]["torch"])
+            if state["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.log.truncate_after(self.global_step)
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.out / CHECKPOINT, self._state())
+        state = self._state()
+        if state is not None:
+            save_checkpoint(self.out / CHECKPOINT, state)
+
+    def _to_save(self, role_filter: set[str] | None) -> list[Member]:
+        """The trained members whose model files rank 0 writes now (none on other processes);
+        in cohort mode the other processes' weights are gathered into rank 0's copies."""
+        chosen = [m for m in self.members
+                  if not m.frozen and (role_filter is None or m.role in role_filter)]
+        if self.dist.mode != "cohort":
+            return chosen if self.dist.is_main else []
+        parts = self.dist.gather_to_main({m.index: m.model.state_dict() for m in chosen})
+        if parts is None:
+            return []
+        for part in parts[1:]:
+            for index, weights in part.items():
+                self.remote[index].model.load_state_dict(weights)
+                chosen.append(self.remote[index])
+        return sorted(chosen, key=lambda m: m.index)
 
     def _save_models(self, suffix: str, role_filter: set[str] | None = None,
                      metrics: dict[str, Any] | None = None) -> None:
         from mutualat.models import save_model
 
-        for member in self.members:
-            if member.frozen or (role_filter is not None and member.role not in role_filter):
-                continue
+        for member in self._to_save(role_filter):
             meta = self._model_meta(member)
             if metrics:
                 meta["metrics"] = metrics.get(member.role, {})
@@ -258,7 +357,7 @@ class Trainer:
         cfg = self.cfg
         if self.global_step == 0:
             self.log.write("start", 0, config=to_dict(cfg), device=str(self.device),
-                           torch=torch.__version__, host=platform.node())
+                           torch=torch.__version__, host=platform.node(), **self.dist.describe())
         while self.epoch < cfg.optim.epochs:
             self._train_epoch()
             self.epoch += 1
@@ -274,12 +373,18 @@ class Trainer:
         cfg = self.cfg
         batches = self.loader.epoch(self.epoch, start_step=self.step_in_epoch)
         bar = tqdm(
-            batches, total=len(self.loader), initial=self.step_in_epoch, disable=not cfg.progress,
+            batches, total=len(self.loader), initial=self.step_in_epoch,
+            disable=not cfg.progress or not self.dist.is_main,
             desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True,
         )
         trainable = [m for m in self.members if not m.frozen]
+        models: list[nn.Module | None] = [None] * len(cfg.models)  # None: held by another process
+        for m in self.members:
+            models[m.index] = m.module
         tick, images = time.perf_counter(), 0
         for x, y in bar:
+            batch = len(y)  # the global batch: data mode trains this process on its shard
+            x, y = self.dist.shard(x, y)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for m in self.members:
@@ -289,22 +394,29 @@ class Trainer:
                 if self.amp else contextlib.nullcontext()
             )
             with autocast:
-                result = self.method.loss([m.model for m in self.members], x, y)
+                result = self.method.loss(models, x, y)
             for m in trainable:
                 m.optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
+            if trainable:  # cohort mode: a process may hold only frozen members
+                with self.dist.guard("the gradient all-reduce"):
+                    result.loss.backward()
             for m in trainable:
                 if cfg.optim.grad_clip:
                     nn.utils.clip_grad_norm_(m.model.parameters(), cfg.optim.grad_clip)
                 m.optimizer.step()
                 m.scheduler.step()
+            self.dist.after_step([m.model for m in trainable])
             self.step_in_epoch += 1
             self.global_step += 1
-            images += len(y)
+            images += batch
 
             # One host sync per step: needed for the bar anyway, and it catches NaN at once.
+            # Several processes: the loss and metrics of the whole batch and cohort, so that
+            # every process sees a NaN and they stop together.
             values = {k: float(v) for k, v in result.metrics.items()}
             loss = float(result.loss.detach())
+            lrs = {m.index: m.optimizer.param_groups[0]["lr"] for m in trainable[:1]}
+            loss, values, lr = self.dist.reduce_step(loss, values, lrs)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"the {self.method.registered_name} loss became {loss} at epoch "
@@ -314,8 +426,8 @@ class Trainer:
             rate = images / max(time.perf_counter() - tick, 1e-9)
             bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", refresh=False)
             self.log.write(
-                "step", self.global_step, epoch=self.epoch + 1, loss=loss, img_per_s=rate,
-                lr=trainable[0].optimizer.param_groups[0]["lr"] if trainable else 0.0, **values,
+                "step", self.global_step, epoch=self.epoch + 1, loss=loss, img_per_s=rate, lr=lr,
+                **values,
             )
             if cfg.checkpoint_every and self.step_in_epoch % cfg.checkpoint_every == 0 \
                     and self.step_in_epoch < len(self.loader):
@@ -331,29 +443,41 @@ class Trainer:
         if self.val is not None:
             attacks = self.method.validation_attacks(cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
             x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
-            for m in self.members:
-                if m.frozen:
-                    continue
-                acc = robust_accuracies(m.model, x, y, attacks)
+            accuracies = self._evaluate(x, y, attacks)
+            for role in self._trained_roles():
+                acc = accuracies[role]
                 # val_pgd is the per-example worst case over the method's threat types (one
                 # type for single-perturbation methods); it selects the best checkpoint.
-                metrics[m.role] = {"val_clean": acc["clean"], "val_pgd": acc["worst"]}
-                record[f"val_clean/{m.role}"] = acc["clean"]
-                record[f"val_pgd/{m.role}"] = acc["worst"]
+                metrics[role] = {"val_clean": acc["clean"], "val_pgd": acc["worst"]}
+                record[f"val_clean/{role}"] = acc["clean"]
+                record[f"val_pgd/{role}"] = acc["worst"]
                 if len(attacks) > 1:
                     for name in attacks:
-                        record[f"val_{name}/{m.role}"] = metrics[m.role][f"val_{name}"] = acc[name]
-                if acc["worst"] > self.best.get(m.role, -1.0):
-                    self.best[m.role] = acc["worst"]
-                    improved.add(m.role)
+                        record[f"val_{name}/{role}"] = metrics[role][f"val_{name}"] = acc[name]
+                if acc["worst"] > self.best.get(role, -1.0):
+                    self.best[role] = acc["worst"]
+                    improved.add(role)
         self._save_models("", metrics=metrics)
         if improved:
             self._save_models(".best", improved, metrics)
         self._checkpoint()
         self.log.write("epoch", self.global_step, **record)
-        summary = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
-        print(f"epoch {self.epoch}/{cfg.optim.epochs}: {self.last_images_per_s:.0f} img/s"
-              + (f"; {summary}" if summary else ""), flush=True)
+        if self.dist.is_main:
+            summary = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
+            print(f"epoch {self.epoch}/{cfg.optim.epochs}: {self.last_images_per_s:.0f} img/s"
+                  + (f"; {summary}" if summary else ""), flush=True)
+
+    def _trained_roles(self) -> list[str]:
+        return [self.method.roles[i] for i, m in enumerate(self.cfg.models) if not m.frozen]
+
+    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor,
+                  attacks: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """role -> :func:`robust_accuracies` of every trained member, on every process (data
+        mode: each process evaluates its slice of the images; cohort mode: its members)."""
+        lo, hi = self.dist.eval_range(len(labels))
+        local = {m.role: robust_accuracies(m.model, images[lo:hi], labels[lo:hi], attacks)
+                 for m in self.members if not m.frozen}
+        return self.dist.combine_accuracies(local, hi - lo)
 
     def _final_test(self) -> dict[str, Any]:
         """Clean and PGD accuracy of the last models on the test split (never used to select)."""
@@ -367,15 +491,15 @@ class Trainer:
             "attack": f"PGD-{cfg.eval.test_pgd_steps} {threats}",
             "models": {},
         }
-        for m in self.members:
-            if m.frozen:
-                continue
-            acc = robust_accuracies(m.model, x, y, attacks)
+        accuracies = self._evaluate(x, y, attacks)
+        for role in self._trained_roles():
+            acc = accuracies[role]
             entry = {"clean": acc["clean"], "pgd": acc["worst"]}
             if len(attacks) > 1:  # per type; "pgd" is then the per-example worst over types
                 entry.update({f"pgd_{name}": acc[name] for name in attacks})
-            results["models"][m.role] = entry
-        atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
+            results["models"][role] = entry
+        if self.dist.is_main:
+            atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
         self.log.write("test", self.global_step, **{
             f"{k}/{role}": v for role, r in results["models"].items() for k, v in r.items()
         })
