@@ -1,7 +1,7 @@
 """Time mutualat's PGD against torchattacks' PGD on the same model, batch and steps.
 
     python benchmarks/bench_pgd.py [--device cpu|cuda] [--batch 256] [--steps 10] [--repeats 7]
-                                   [--width 1]
+                                   [--width 1] [--model cnn|resnet18|...] [--amp] [--channels-last]
 
 A small CNN is trained for one epoch on Fashion-MNIST (the embedded subset, else the IDX
 files under ../shared/data/fashion-mnist), then both libraries attack the same test batch
@@ -14,20 +14,21 @@ with l-inf PGD (eps 0.1, step 0.01, no random start, so both compute the same th
 Timings are interleaved (ours, theirs, theirs, ours, ...) in one process and the median of
 ``--repeats`` runs is reported, with the ratio ours/theirs (< 1: ours is faster), and the
 robust accuracy each attack leaves. torchattacks is needed only here and in the tests.
+``--model resnet18`` (any registered name) times an untrained model on random data of its
+input shape instead: the timing is meaningful, the accuracies are not.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from common import Row, autocast, build, environment, print_table, random_batch, side_by_side
 from mutualat.attacks import PGD
 
 SHARED_FMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
@@ -72,17 +73,19 @@ def train_model(x: torch.Tensor, y: torch.Tensor, device: torch.device, width: i
     return model.eval()
 
 
-def timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, out
+_TRAINED: dict[tuple[str, int], nn.Module] = {}
 
 
-def main() -> None:
+def trained_cnn(device: torch.device, width: int = 1) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The CNN trained once per process (run_all.py reuses it), and the test split."""
+    xtr, ytr, xte, yte = load_fashion_mnist()
+    key = (str(device), width)
+    if key not in _TRAINED:
+        _TRAINED[key] = train_model(xtr, ytr, device, width)
+    return _TRAINED[key], xte, yte
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=256)
@@ -90,47 +93,65 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--width", type=int, default=1, help="channel multiplier of the CNN")
-    args = parser.parse_args()
+    parser.add_argument("--model", default="cnn",
+                        help="'cnn' (trained on Fashion-MNIST) or a registered model name, "
+                             "untrained, on random data of its input shape (timing only)")
+    parser.add_argument("--amp", action="store_true", help="both attacks under bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true")
+    return parser.parse_args(argv)
 
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    """The two comparisons as table rows (ratio < 1: ours is faster)."""
     import torchattacks  # only the benchmark and the tests need it
 
     device = torch.device(args.device)
-    xtr, ytr, xte, yte = load_fashion_mnist()
-    model = train_model(xtr, ytr, device, args.width)
-    x, y = xte[: args.batch].to(device), yte[: args.batch].to(device)
+    if args.model == "cnn":
+        model, xte, yte = trained_cnn(device, args.width)
+        x, y = xte[: args.batch].to(device), yte[: args.batch].to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        model = build(args.model, device, args.channels_last).eval()
+        x, y = random_batch(args.model, args.batch, device, args.channels_last)
     step = args.eps / args.steps
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
+
+    def accuracy(x_adv: torch.Tensor) -> float:
+        with torch.no_grad(), autocast(device, args.amp):
+            return (model(x_adv).argmax(1) == y).float().mean().item()
 
     common = dict(norm="linf", eps=args.eps, steps=args.steps, step_size=step, random_start=False)
     ours_train = PGD(**common)
     ours_eval = PGD(early_stop=True, **common)
     theirs = torchattacks.PGD(model, eps=args.eps, alpha=step, steps=args.steps, random_start=False)
+
+    def amp(fn):
+        def run():
+            with autocast(device, args.amp):
+                return fn()
+        return run
+
     contenders = {
-        "training PGD": (lambda: ours_train(model, x, y), lambda: theirs(x, y)),
-        "evaluation PGD": (lambda: ours_eval(model, x, y), lambda: theirs(x, y)),
+        "training PGD": (amp(lambda: ours_train(model, x, y)), amp(lambda: theirs(x, y))),
+        "evaluation PGD (early stop)": (amp(lambda: ours_eval(model, x, y)),
+                                        amp(lambda: theirs(x, y))),
     }
-
-    def accuracy(x_adv: torch.Tensor) -> float:
-        with torch.no_grad():
-            return (model(x_adv).argmax(1) == y).float().mean().item()
-
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, steps {args.steps}, eps {args.eps}, width {args.width}, "
-          f"clean accuracy {clean:.3f}")
-    print(f"{'':16} {'ours (ms)':>10} {'torchattacks (ms)':>18} {'ratio':>6} "
-          f"{'ours rob.acc':>13} {'theirs rob.acc':>15}")
+    setting = (f"{args.model}, B={args.batch}, K={args.steps}"
+               + (", bf16" if args.amp else "") + (", NHWC" if args.channels_last else ""))
+    out = []
     for name, (ours, ta) in contenders.items():
-        ours(), ta()  # warm-up
-        t_ours, t_theirs = [], []
-        for r in range(args.repeats):
-            order = [(ours, t_ours), (ta, t_theirs)]
-            for fn, sink in order if r % 2 == 0 else order[::-1]:
-                t, out = timed(fn, device)
-                sink.append(t)
-        m_ours, m_theirs = statistics.median(t_ours), statistics.median(t_theirs)
-        print(f"{name:16} {1e3 * m_ours:10.1f} {1e3 * m_theirs:18.1f} {m_ours / m_theirs:6.2f} "
-              f"{accuracy(ours()):13.3f} {accuracy(ta()):15.3f}")
+        t = side_by_side({"ours": ours, "theirs": ta}, device, args.repeats)
+        out.append(Row("pgd", f"{name}: {setting}", 1e3 * t["ours"], 1e3 * t["theirs"], "ms",
+                       f"robust acc. ours {accuracy(ours()):.3f}, "
+                       f"torchattacks {accuracy(ta()):.3f}, clean {accuracy(x):.3f}"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
+    device = torch.device(args.device)
+    print_table(rows(args), f"PGD-{args.steps} against torchattacks: {environment(device)}")
 
 
 if __name__ == "__main__":

@@ -249,13 +249,46 @@ def time_paths(models: Sequence[nn.Module], x: torch.Tensor,
     return statistics.median(times["loop"]), statistics.median(times["batched"])
 
 
+def trial(models: Sequence[nn.Module], x: torch.Tensor) -> str | None:
+    """Run one train-mode forward and backward of the batched cohort on ``x``; return the
+    error it raised, or ``None``. Buffers, modes, parameters and the random state are left
+    as they were; runs under whatever autocast the caller set.
+
+    Why: kernels differ by device and precision. On an H200 with bf16 autocast and
+    channels_last, batch-norm's backward under vmap failed for a small CNN ("Expected
+    running_mean to have type BFloat16 but got Float") while ResNet-18 and WRN-34-10 ran,
+    so "auto" tries the path before choosing it.
+    """
+    cohort = BatchedCohort(models)
+    xs = repeat_for(len(models), x)
+    modes = [_modes(m) for m in models]
+    devices = [x.device] if x.device.type == "cuda" else []
+    # Detached copies of the parameters and buffers: nothing of the members is touched.
+    params, buffers, _ = cohort._stack_now(grad=False)
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            cohort.train()
+            cohort._stack = (params, buffers, True)
+            torch.autograd.grad(cohort(xs).float().sum(), list(params.values()))
+        return None
+    except RuntimeError as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        cohort._stack = None
+        for m, flags in zip(models, modes):
+            for sub, flag in zip(m.modules(), flags):
+                sub.training = flag
+
+
 def decide(mode: str, models: Sequence[nn.Module], x: torch.Tensor | None) -> CohortChoice:
     """Loop or batched cohort for ``models`` on batches shaped like ``x`` ``(B, C, H, W)``.
 
     ``"loop"``: the loop. ``"batched"``: batched (a :class:`ConfigError` if the members cannot be
-    batched). ``"auto"``: the loop on the CPU (measured even there, and the loop is the
-    reference), else batched if one timed input-gradient pass (:func:`time_paths`) is at
-    least 5% faster batched than looped.
+    batched, or a :func:`trial` step on ``x`` fails). ``"auto"``: the loop on the CPU
+    (measured even there, and the loop is the reference), else batched if a :func:`trial`
+    step runs and one timed input-gradient pass (:func:`time_paths`) is at least 5% faster
+    batched than looped.
     """
     if mode not in MODES:
         raise ConfigError(f"cohort_batch must be one of {', '.join(MODES)}, got {mode!r}")
@@ -268,9 +301,15 @@ def decide(mode: str, models: Sequence[nn.Module], x: torch.Tensor | None) -> Co
             raise ConfigError(f"cohort_batch=batched, but the members cannot be batched: {reason}")
         return CohortChoice(False, reason, n)
     if mode == "batched":
+        failed = None if x is None else trial(models, x)
+        if failed is not None:
+            raise ConfigError(f"cohort_batch=batched, but the batched cohort fails here: {failed}")
         return CohortChoice(True, "cohort_batch=batched", n)
     if x is None or x.device.type == "cpu":
         return CohortChoice(False, "cpu: loop and vmap measured even; the loop is the reference", n)
+    failed = trial(models, x)
+    if failed is not None:
+        return CohortChoice(False, f"the batched path failed: {failed}", n)
     loop_s, batched_s = time_paths(models, x)
     faster = batched_s < _MARGIN * loop_s
     return CohortChoice(faster, "timed: batched faster" if faster else "timed: loop not slower",
