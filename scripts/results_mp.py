@@ -103,6 +103,12 @@ def train_and_eval(method: str, seed: int, args: argparse.Namespace) -> dict:
         model_info={method: {k: meta[k] for k in ("role", "method", "epoch", "seed") if k in meta}},
     )
     eval_s = time.time() - tick
+    # Times add up over invocations, so a reused or resumed run still reports its whole cost.
+    timing_path = run / "timing.json"
+    before = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    train_s += before.get("train_seconds", 0.0)
+    eval_s += before.get("eval_seconds", 0.0)
+    timing_path.write_text(json.dumps({"train_seconds": train_s, "eval_seconds": eval_s}))
     m = summary["models"][method]
     return {"method": method, "seed": seed, "clean": m["clean"], "threats": m["threats"],
             "r_avg": m["r_avg"], "r_worst": m["r_worst"], "n": summary["n_examples"],
@@ -151,6 +157,8 @@ def table(results: list[dict], methods: list[str]) -> str:
 
 
 def main() -> None:
+    from mutualat.evaluation import load_suite
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--dataset", default=None,
@@ -158,12 +166,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/results-mp")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=ALL_METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--train-subset", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--train-subset", type=int, default=6000)
     parser.add_argument("--arch", default="tinycnn")
     parser.add_argument("--alpha", type=float, default=0.6, help="MAT-MP's alpha (not tuned here)")
-    parser.add_argument("--suite", default="table5-fmnist", help="packaged suite name or YAML file")
-    parser.add_argument("--test-n", type=int, default=500, help="test images evaluated (class-balanced)")
+    parser.add_argument("--suite", default="table5-fmnist-cpu",
+                        help="packaged suite name or YAML file (table5-fmnist: the full protocol)")
+    parser.add_argument("--test-n", type=int, default=300, help="test images evaluated (class-balanced)")
     parser.add_argument("--eval-batch", type=int, default=250)
     parser.add_argument("--checks", action="store_true", help="also run the gradient-masking checks")
     parser.add_argument("--jobs", type=int, default=2)
@@ -187,15 +196,18 @@ def main() -> None:
             print(f"done {r['method']} seed {r['seed']}: training {r['train_seconds'] / 60:.1f} min, "
                   f"evaluation {r['eval_seconds'] / 60:.1f} min", flush=True)
     wall = time.time() - start
+    # CPU time of every run, also of runs reused from an earlier invocation (as recorded then).
+    work = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
     n_eval = results[0]["n"] if results else 0
 
     body = "\n".join([
         MARKER_BEGIN,
         "## Multiple perturbations (l∞, l2, l1), CPU scale: Fashion-MNIST",
         "",
-        "Regenerate with `.venv/bin/python scripts/results_mp.py --data-dir ../shared/data` "
-        f"(took {wall / 60:.0f} min of wall time for the runs and evaluations it had to do, "
-        f"{args.jobs} jobs x {args.threads} thread on {_cpu_name()}; torch {_torch_version()}).",
+        "Regenerate with `.venv/bin/python scripts/results_mp.py --data-dir ../shared/data "
+        f"--seeds {' '.join(map(str, args.seeds))}` (its runs and evaluations took "
+        f"{work / 60:.0f} min in all, {args.jobs} jobs x {args.threads} thread at once on "
+        f"{_cpu_name()}; torch {_torch_version()}).",
         "",
         f"Setup: `configs/cpu/fmnist-mp-*.yaml` with `{args.arch}` models on "
         f"{args.dataset or 'fashion-mnist'}: threats {threats_text(args)} (l1 step: per "
@@ -205,9 +217,8 @@ def main() -> None:
         "minimize cross-entropy (as Maini et al.); MAT-MP minimizes L_C with "
         f"alpha = {args.alpha:g} (the paper's CIFAR-10 MAT value, not tuned here); its row is the "
         "generalist h0. Evaluation of the last epoch's model with the attack suite "
-        f"`{args.suite}` (l∞: PGD-100, FGSM, MIM; l2: PGD-100, Gaussian noise, DeepFool, DDN, "
-        "C&W, pointwise, boundary; l1: PGD-100, salt & pepper, pointwise; 10 restarts where "
-        f"randomized) on {n_eval:,} class-balanced test images. A type's column is the accuracy "
+        f"`{args.suite}` ({load_suite(args.suite).description.strip()}) "
+        f"on {n_eval:,} class-balanced test images (the same images for every run). A type's column is the accuracy "
         "against every attack of that type (per example); R_avg is the mean of the three, R_worst "
         "the accuracy against all attacks at once (per example, never an average). Mean ± std "
         f"over seeds {', '.join(map(str, args.seeds))}.",

@@ -43,6 +43,10 @@ def test_dump_round_trip(tmp_path):
         ("progress=maybe", "progress: expected true or false"),
         ("amp=fp8", "amp must be auto, bf16 or off"),
         ("nonsense", "--set expects key=value"),
+        ("models.0.lr=-1", "models.0.lr must be a positive number"),
+        ("models.0.weight_decay=-0.1", "models.0.weight_decay must be >= 0"),
+        ("optim.gamma=-1", "optim.gamma (the decay factor) must be in (0, 1]"),
+        ("optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
     ],
 )
 def test_bad_values_are_named(override, message):

@@ -172,3 +172,35 @@ def test_cli_errors_exit_nonzero(tmp_path, capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "c")]) == 2
     assert "needs --config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("models.0.name=nope", "unknown model 'nope'"),
+    ("data.name=nope", "unknown dataset 'nope'"),
+])
+def test_a_run_that_cannot_be_built_leaves_no_half_made_folder(tmp_path, bad, message):
+    from mutualat.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--set", "optim.epochs=1", "--set", bad]
+    assert main(argv) == 2
+    assert not out.exists(), "a failed start left a run folder behind"
+    # The same --out works once the mistake is corrected.
+    fixed = load_config(None, tiny_overrides(1))
+    Trainer(fixed, out)
+    assert (out / "config.yaml").is_file()
+
+
+def test_resume_takes_environment_options_from_the_command_line(full_run, tmp_path, capsys):
+    """`train --out RUN --resume --device cpu --data-dir D` overlays those on the saved config;
+    any other key is refused with the key named."""
+    import shutil
+
+    from mutualat.cli import main
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+    assert main(["train", "--out", str(out), "--resume", "--device", "cpu",
+                 "--set", "progress=false"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--set", "optim.epochs=5"]) == 2
+    assert "differs from the saved one in optim.epochs" in capsys.readouterr().err

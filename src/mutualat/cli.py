@@ -84,7 +84,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"device={args.device}")
     given = args.config is not None or overrides
-    cfg = load_config(args.config, overrides) if given else None
+    saved = args.out / "config.yaml"
+    if args.resume and args.config is None and overrides and saved.is_file():
+        # `--resume --data-dir D` (or --device, --set progress=false): the saved config with
+        # these on top; a key that is not an environment key is then refused by the trainer.
+        cfg = load_config(saved, overrides)
+    else:
+        cfg = load_config(args.config, overrides) if given else None
     if cfg is None and not args.resume:
         raise MutualatError("train needs --config FILE (or --set key=value) for a new run")
     trainer = Trainer(cfg, args.out, resume=args.resume)

@@ -154,6 +154,16 @@ class RunConfig:
                "cohort_batch=batched cannot be combined with compile (the batched cohort "
                "calls the members' plain forward); use cohort_batch=auto or loop")
         _check(all(0 < m < 1 for m in self.optim.milestones), "optim.milestones are fractions in (0, 1)")
+        o = self.optim
+        _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
+        _check(0.0 < o.gamma <= 1.0, f"optim.gamma (the decay factor) must be in (0, 1], got {o.gamma}")
+        _check(o.grad_clip is None or (math.isfinite(o.grad_clip) and o.grad_clip > 0),
+               f"optim.grad_clip must be a positive number or null, got {o.grad_clip}")
+        for i, m in enumerate(self.models):
+            _check(m.lr is None or (math.isfinite(m.lr) and m.lr > 0),
+                   f"models.{i}.lr must be a positive number, got {m.lr}")
+            _check(m.weight_decay is None or (math.isfinite(m.weight_decay) and m.weight_decay >= 0),
+                   f"models.{i}.weight_decay must be >= 0, got {m.weight_decay}")
         d = self.distributed
         _check(d.mode in ("data", "cohort"), f"distributed.mode must be data or cohort, got {d.mode!r}")
         _check(d.backend in ("auto", "nccl", "gloo"),

@@ -130,6 +130,24 @@ def _diff(a: Any, b: Any, prefix: str = "") -> str:
     return "" if a == b else f"{prefix.rstrip('.')} ({a!r} saved, {b!r} given)"
 
 
+def _undo_new_run_dir(out: Path, existed: bool) -> None:
+    """Empty a new run folder after a failed construction, and remove it if this run made it.
+
+    :func:`prepare_run_dir` starts a new run only in a missing or empty folder, so everything
+    in it (the config, perhaps a metrics log or TensorBoard folder) was written by this run.
+    """
+    import shutil
+
+    for child in out.iterdir() if out.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            out.rmdir()
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig | None, out_dir: str | Path, resume: bool = False) -> None:
         """``cfg`` may be None with ``resume``: the run folder's saved config is used."""
@@ -137,8 +155,20 @@ class Trainer:
         cfg = resolve_method_params(cfg) if cfg else None
         # Launched by torchrun: join the other processes; rank 0 alone touches the run folder.
         self.dist = distributed.setup(cfg, self.out)
+        existed = self.out.exists()
         self.cfg = self.dist.from_main(lambda: prepare_run_dir(self.out, cfg, resume))
         self.resume = resume
+        try:
+            self._build(resume)
+        except BaseException:
+            # A new run whose data, models or method could not be built (an unknown name, a
+            # missing file, a bad value) leaves no half-made folder behind, so the corrected
+            # command can use the same --out. A resumed run's folder is never touched.
+            if not resume and self.dist.is_main:
+                _undo_new_run_dir(self.out, existed)
+            raise
+
+    def _build(self, resume: bool) -> None:
         cfg = self.cfg
         self.dist.configure(cfg)
         self.device = self.dist.device(resolve_device(cfg.device))
