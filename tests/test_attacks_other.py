@@ -68,6 +68,35 @@ def test_every_attack_of_ours_is_registered_and_tested():
     assert {c.split("_l")[0] if c.startswith("pointwise") else c for c in FAST} == OURS
 
 
+def test_every_registered_attack_is_under_a_property_test():
+    """A newly registered attack must join FAST here or GRADIENT_ATTACKS in
+    test_attacks_gradient.py, or this fails: no attack escapes the property tests."""
+    from test_attacks_gradient import GRADIENT_ATTACKS, registry_name
+
+    covered = OURS | {registry_name(c) for c in GRADIENT_ATTACKS}
+    assert set(ATTACKS.names()) == covered, set(ATTACKS.names()) ^ covered
+
+
+class _Constant(nn.Module):
+    """Logits that do not depend on the input: every gradient is exactly zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.arange(10, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(x.shape[0], 10) + 0 * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize("case", sorted(UNFORESEEN))
+def test_unforeseen_warn_on_a_zero_gradient_and_do_not_crash(case: str):
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.warns(RuntimeWarning, match="exactly zero"):
+        x_adv = build(case)(_Constant(), x, y)
+    assert torch.isfinite(x_adv).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
 @pytest.mark.parametrize("case", sorted(FAST))
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_attack_properties(case: str, mode: str):

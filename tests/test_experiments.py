@@ -34,6 +34,20 @@ def test_alpha_search_picks_by_validation_and_retrains_on_everything(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")}
     alpha_search(load_config(None, _mat()), [0.0, 0.5], tmp_path)
     assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")}
+    # `mutualat report` takes the search folder as it is: the alpha curve (Fig. 3) and every
+    # run in it, with training curves read from the runs' real metrics logs.
+    from PIL import Image
+
+    from mutualat.cli import main
+
+    report = tmp_path.parent / (tmp_path.name + "-report")
+    assert main(["report", str(tmp_path), "--out", str(report)]) == 0
+    text = (report / "report.md").read_text()
+    for label in ("alpha-0-h1", "alpha-0.5-h2", "final-h1"):
+        assert f"| {label} |" in text, label
+    for png in ("alpha_curve.png", "training_curves.png"):
+        with Image.open(report / png) as image:
+            image.verify()
 
 
 def test_alpha_search_rejects_what_it_cannot_do(tmp_path):

@@ -14,6 +14,8 @@ which suites and configs cite.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -76,13 +78,21 @@ class ParameterSpaceAttack(Attack):
         params, const = self.init_params(x)
         first_wrong = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.steps):
+        for t in range(self.steps):
             params = [p.detach().requires_grad_(True) for p in params]
             x_adv = self.render(x, params, const).clamp(0.0, 1.0)
             logits = model(x_adv)
             # Summed so each example's parameter gradient is independent of the batch.
             loss = cross_entropy(logits, y, reduction="sum")
             grads = torch.autograd.grad(loss, params)
+            if t == 0 and all(g.abs().amax() == 0 for g in grads):
+                warnings.warn(
+                    f"{type(self).__name__.lower()}: the gradient with respect to the "
+                    "attack's parameters is exactly zero for the whole batch, so the attack "
+                    "cannot move; the model may be constant or masking gradients.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             with torch.no_grad():
                 new = ~fooled & (logits.argmax(dim=1) != y)
                 first_wrong = torch.where(new.reshape(-1, 1, 1, 1), x_adv, first_wrong)

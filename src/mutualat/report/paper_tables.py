@@ -209,6 +209,13 @@ def _is_alpha_map(data: Any) -> bool:
 def _add(inputs: ReportInputs, path: Path, depth: int) -> bool:
     if path.is_dir():
         label = path.resolve().name
+        if (path / "alpha_curve.json").is_file():  # an `alpha-search` output folder
+            _add(inputs, path / "alpha_curve.json", depth + 1)
+            if depth == 0:  # its runs (one per alpha, and the final one) are reported too
+                for child in sorted(path.iterdir()):
+                    if child.is_dir():
+                        _add(inputs, child, 1)
+            return True
         if (path / "summary.json").is_file():
             inputs.evals[_unique(inputs.evals, label)] = _read_json(path / "summary.json")
             return True
@@ -232,6 +239,10 @@ def _add(inputs: ReportInputs, path: Path, depth: int) -> bool:
             inputs.runs[_unique(inputs.runs, path.resolve().parent.name)] = path.parent
         elif _is_alpha_map(data):
             inputs.alphas[_unique(inputs.alphas, path.stem)] = data
+        elif isinstance(data, dict) and _is_alpha_map(data.get("alpha_curve")):
+            # what `mutualat alpha-search` writes: {"alpha_curve": {...}, "chosen_alpha": ...}
+            label = path.resolve().parent.name if path.stem == "alpha_curve" else path.stem
+            inputs.alphas[_unique(inputs.alphas, label)] = data["alpha_curve"]
         else:
             return False
         return True
