@@ -412,6 +412,7 @@ class Trainer:
         for m in self.members:
             models[m.index] = m.module
         tick, images = time.perf_counter(), 0
+        adv_sum, adv_n = 0.0, 0
         for x, y in bar:
             batch = len(y)  # the global batch: data mode trains this process on its shard
             x, y = self.dist.shard(x, y)
@@ -454,7 +455,16 @@ class Trainer:
                     f"rate or check the data. The last checkpoint in {self.out} is intact."
                 )
             rate = images / max(time.perf_counter() - tick, 1e-9)
-            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            # Accuracy on the training adversarial batches over the epoch so far (the mean over
+            # the members whose method reports it).
+            adv = [v for k, v in values.items() if k.startswith("adv_acc/") and k.count("/") == 1]
+            if adv:
+                adv_sum += sum(adv) / len(adv)
+                adv_n += 1
+            postfix = {"loss": f"{loss:.3f}", "img_s": f"{rate:.0f}"}
+            if adv_n:
+                postfix["adv_acc"] = f"{adv_sum / adv_n:.3f}"
+            bar.set_postfix(postfix, refresh=False)
             self.log.write(
                 "step", self.global_step, epoch=self.epoch + 1, loss=loss, img_per_s=rate, lr=lr,
                 **values,
