@@ -52,9 +52,13 @@ def train_one(method: str, seed: int, args: argparse.Namespace) -> tuple[str, in
 
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{method}.yaml", overrides(method, seed, args))
-    start = time.time()
-    results = run_or_reuse(cfg, Path(args.out) / f"{method}-seed{seed}")
-    return method, seed, results, time.time() - start
+    run = Path(args.out) / f"{method}-seed{seed}"
+    results = run_or_reuse(cfg, run)
+    # The run's own duration, also when it was reused from an earlier invocation: from the
+    # config written at its start to the results written at its end (training and the final
+    # test evaluation; a run resumed after an interruption also counts the pause).
+    took = (run / "results.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime
+    return method, seed, results, took
 
 
 def fmt(values: list[float]) -> str:
@@ -105,15 +109,16 @@ def main() -> None:
             results[(method, seed)], seconds[(method, seed)] = res, took
             print(f"done {method} seed {seed} in {took / 60:.1f} min", flush=True)
     wall = time.time() - start
+    work = sum(seconds.values())
 
     body = "\n".join([
         MARKER_BEGIN,
         "## Single perturbation (l-inf), CPU scale: Fashion-MNIST",
         "",
-        "Regenerate with `.venv/bin/python scripts/results_single.py --data-dir ../shared/data` "
-        f"(took {wall / 60:.0f} min of wall time for the runs it had to train, "
-        f"{args.jobs} jobs x {args.threads} thread on {platform.processor() or platform.machine()}, "
-        f"{_cpu_name()}; torch {_torch_version()}).",
+        "Regenerate with `.venv/bin/python scripts/results_single.py --data-dir ../shared/data "
+        f"--seeds {' '.join(map(str, args.seeds))}` (the {len(seconds)} runs took "
+        f"{work / 60:.0f} min in all, {args.jobs} at a time with {args.threads} thread each, "
+        f"on {_cpu_name()} ({platform.machine()}); torch {_torch_version()}).",
         "",
         f"Setup: `configs/cpu/fmnist-*.yaml` with `{args.arch}` models, l-inf eps = 0.1, PGD-10 "
         f"training attack (step 0.025), {args.train_subset:,} training images (drawn from the "

@@ -82,3 +82,21 @@ def test_cohort_resume_matches_uninterrupted(tmp_path, monkeypatch):
         assert model(x).shape == (2, 10)
     mean_prob = sum(m(x).softmax(1) for m in members.values()) / 2
     torch.testing.assert_close(mutualat.load_ensemble(out)(x).softmax(1), mean_prob)
+
+
+def test_a_cohort_may_mix_architectures(tmp_path):
+    """MAT with a tinycnn and a SmallCNN peer: each trained, saved with its own architecture
+    and loadable alone; the ensemble averages the two."""
+    out = tmp_path / "mixed"
+    Trainer(load_config(None, tiny_overrides(1) + [
+        "method.name=mat", "models.1.name=smallcnn", "data.train_subset=128"]), out).fit()
+    h1 = mutualat.load_model(out / "models" / "h1.safetensors")
+    h2 = mutualat.load_model(out / "models" / "h2.safetensors")
+    assert sum(p.numel() for p in h1.parameters()) != sum(p.numel() for p in h2.parameters())
+    x = torch.rand(4, 1, 28, 28)
+    ensemble = mutualat.load_ensemble(out)
+    with torch.no_grad():
+        expected = (h1(x).softmax(1) + h2(x).softmax(1)) / 2
+        got = ensemble(x)
+    # Log-probabilities of the mean of the members' softmax.
+    assert torch.allclose(got.exp(), expected, atol=1e-5)
