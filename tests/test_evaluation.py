@@ -37,6 +37,13 @@ from mutualat.evaluation import checks as masking
 from mutualat.evaluation.suite import known_attacks
 
 
+def _needs_autoattack() -> None:
+    from mutualat.evaluation.autoattack import autoattack_available
+
+    if not autoattack_available():
+        pytest.skip("neither autoattack nor pyautoattack is installed")
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Two shared cores: torch's default thread pool spins and slows tiny models 100x.
@@ -215,7 +222,7 @@ def test_packaged_suites_are_valid(name):
     if missing:
         pytest.skip(f"attacks not registered yet: {', '.join(sorted(set(missing)))}")
     if name == "autoattack":
-        pytest.importorskip("autoattack")
+        _needs_autoattack()
     assert load_suite(name) == suite
 
 
@@ -503,7 +510,7 @@ def test_autoattack_suite_goes_through_the_wrapper(tmp_path, monkeypatch):
 
 
 def test_autoattack_suite_runs_when_installed(tiny_runs, tmp_path):
-    pytest.importorskip("autoattack")
+    _needs_autoattack()
     from mutualat.data import load_dataset, subset
     from mutualat.models import load_model
 

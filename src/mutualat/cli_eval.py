@@ -32,9 +32,10 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
     ev = subparsers.add_parser("eval", help="run an attack suite on models: per-example worst-case robust accuracy")
     ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
                     help="a saved model file (repeatable)")
+    from mutualat.evaluation.suite import packaged_suites
+
     ev.add_argument("--suite", required=True,
-                    help="a packaged suite (quick, table2, table2-fmnist, table3, table5, table5-fmnist, "
-                         "autoattack) or a suite YAML file")
+                    help=f"a packaged suite ({', '.join(packaged_suites())}) or a suite YAML file")
     ev.add_argument("--eps", type=float, help="override the radius of the suite's single lp threat")
     ev.add_argument("--ensemble", action="store_true",
                     help="also evaluate the ensemble (mean of the models' softmax outputs)")

@@ -3,11 +3,15 @@
 ``mutualat eval --suite autoattack`` runs the standard version (APGD-CE, APGD-T, FAB-T,
 Square) of fra31's reference implementation through this wrapper, so the evaluator's
 per-example bookkeeping, checks and summary apply to it unchanged. The package is an
-optional extra, never a dependency of mutualat: install it with
-``pip install git+https://github.com/fra31/auto-attack``.
+optional extra, never a dependency of mutualat: ``pip install "mutualat[autoattack]"`` (or
+``pip install pyautoattack``) installs the authors' code as packaged on the Python package
+index (import name ``pyautoattack``); fra31's repository installed from git (import name
+``autoattack``) is used when present. Their APIs differ slightly; both are handled here.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,18 +21,28 @@ from mutualat.errors import ConfigError
 from mutualat.evaluation.suite import OPTIONAL_ATTACKS
 
 INSTALL_HINT = (
-    "the autoattack suite needs fra31's AutoAttack package, which is not installed; "
-    "install it with: pip install git+https://github.com/fra31/auto-attack"
+    "the autoattack suite needs Croce and Hein's AutoAttack package, which is not installed; "
+    "install it with: pip install 'mutualat[autoattack]' (or pip install "
+    "git+https://github.com/fra31/auto-attack)"
 )
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
+def _autoattack_module() -> tuple[str, Any] | None:
+    """(import name, module) of the installed AutoAttack: fra31's ``autoattack`` or the
+    package index's ``pyautoattack``; None if neither is installed."""
+    import importlib
+
+    for name in ("autoattack", "pyautoattack"):
+        try:
+            return name, importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
 def autoattack_available() -> bool:
-    try:
-        import autoattack  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _autoattack_module() is not None
 
 
 class AutoAttackWrapper(Attack):
@@ -63,10 +77,14 @@ class AutoAttackWrapper(Attack):
         self.norm, self.eps, self.version, self.seed = norm, float(eps), version, int(seed)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from autoattack import AutoAttack
-
-        runner = AutoAttack(model, norm=_NORMS[self.norm], eps=self.eps, version=self.version,
-                            seed=self.seed, verbose=False, device=str(x.device))
+        name, module = _autoattack_module()
+        common = dict(norm=_NORMS[self.norm], eps=self.eps, version=self.version, seed=self.seed,
+                      device=str(x.device))
+        if name == "pyautoattack":  # keyword-only options, `batch_size`, no `verbose`
+            runner = module.AutoAttack(model, **common)
+            x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=x.shape[0])  # (x, y) pair
+            return x_adv
+        runner = module.AutoAttack(model, verbose=False, **common)
         return runner.run_standard_evaluation(x, y, bs=x.shape[0])
 
 
