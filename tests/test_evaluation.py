@@ -323,6 +323,54 @@ def test_interrupted_evaluation_resumes_to_the_same_summary(tmp_path, monkeypatc
     assert MarkedAttack.calls == [] and _numbers(again) == _numbers(reference)
 
 
+class CoinAttack(MarkedAttack):
+    """Breaks each example with probability 0.3 from the global RNG (the evaluator seeds it
+    per restart and batch), so restarts matter and the outcome depends on the seeding."""
+
+    def perturb(self, model, x, y):
+        MarkedAttack.calls.append((self.marker, x.shape[0]))
+        hit = torch.rand(x.shape[0]) < 0.3
+        x_adv = x.clone()
+        step = torch.where(y < 9, self.shift, -self.shift).to(x.dtype)
+        x_adv[:, 0, 0, 0] = torch.where(hit, x[:, 0, 0, 0] + step, x[:, 0, 0, 0])
+        return x_adv
+
+
+def test_an_attack_interrupted_mid_way_resumes_from_its_last_batch(tmp_path, monkeypatch):
+    monkeypatch.setitem(ATTACKS._entries, "test-coin", CoinAttack)
+    suite = suite_from_dict({"name": "coin", "threats": {"linf": {"eps": 0.2}}, "attacks": [
+        {"id": "coin", "name": "test-coin", "threat": "linf", "restarts": 3}]})
+    models = {"m": MarkerModel()}
+    MarkedAttack.calls.clear()
+    reference = run_marked(tmp_path, "reference", models=models, suite=suite, batch_size=4)
+    total = len(MarkedAttack.calls)
+    assert total > 6, "the test needs several batches and restarts"
+
+    MarkedAttack.calls.clear()
+    original = CoinAttack.perturb
+
+    def interrupted(self, model, x, y):
+        if len(MarkedAttack.calls) == 6:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, model, x, y)
+
+    monkeypatch.setattr(CoinAttack, "perturb", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_marked(tmp_path, "resumed", models=models, suite=suite, batch_size=4)
+    attacks = tmp_path / "resumed" / "m" / "attacks"
+    assert (attacks / "coin.partial.npz").is_file() and not (attacks / "coin.npz").exists()
+
+    monkeypatch.setattr(CoinAttack, "perturb", original)
+    MarkedAttack.calls.clear()
+    resumed = run_marked(tmp_path, "resumed", models=models, suite=suite, batch_size=4)
+    assert len(MarkedAttack.calls) == total - 6  # only the batches not done before
+    assert _numbers(resumed) == _numbers(reference)
+    assert not (attacks / "coin.partial.npz").exists() and (attacks / "coin.npz").is_file()
+    with np.load(tmp_path / "reference" / "m" / "correct.npz") as a, \
+            np.load(tmp_path / "resumed" / "m" / "correct.npz") as b:
+        assert np.array_equal(a["outcome"], b["outcome"])
+
+
 def test_a_folder_of_another_evaluation_is_refused(tmp_path):
     run_marked(tmp_path, models={"m": MarkerModel()})
     x, y = marker_data()

@@ -233,26 +233,41 @@ def run_attack(
     seed_key: tuple,
     progress: bool = True,
     desc: str = "",
+    partial: Path | None = None,
 ) -> tuple[np.ndarray, int]:
     """Run ``attack`` ``restarts`` times on the examples where ``todo`` is True.
 
     Returns the outcome column ``(N,)`` (``NOT_ATTACKED`` outside ``todo``) and the number of
     invalid points returned (counted as failures). Each restart only attacks what is still
     robust; each batch is seeded from ``seed_key + (restart, batch)``.
+
+    ``partial``: a file where the progress is saved after every batch (the column so far,
+    the restart and batch reached, the examples that restart attacks); if it exists, the
+    attack continues from there. Since every batch has its own seed, an interrupted and
+    resumed attack gives the same column as an uninterrupted one, and a long attack (C&W,
+    PGD-1000) loses at most one batch to an interruption.
     """
     from tqdm import tqdm
 
     col = np.full(len(labels), NOT_ATTACKED, dtype=np.int8)
     col[todo] = ROBUST
     alive = np.flatnonzero(todo)
-    invalid = 0
-    for restart in range(restarts):
+    invalid, first_restart, first_batch = 0, 0, 0
+    if partial is not None and partial.is_file():
+        with np.load(partial) as f:
+            if f["col"].shape == col.shape and np.array_equal(f["col"] != NOT_ATTACKED, todo):
+                col, alive = f["col"].copy(), f["alive"].copy()
+                invalid, first_restart, first_batch = (int(f["invalid"]), int(f["restart"]),
+                                                       int(f["batch"]))
+    for restart in range(first_restart, restarts):
         if alive.size == 0:
             break
         chunks = [alive[i:i + batch_size] for i in range(0, alive.size, batch_size)]
         label = desc + (f" (restart {restart + 1}/{restarts})" if restarts > 1 else "")
-        for b, idx in enumerate(tqdm(chunks, desc=label, disable=not progress, leave=False,
-                                     dynamic_ncols=True)):
+        start = first_batch if restart == first_restart else 0
+        bar = tqdm(chunks[start:], desc=label, disable=not progress, leave=False,
+                   dynamic_ncols=True, total=len(chunks), initial=start)
+        for b, idx in enumerate(bar, start=start):
             torch.manual_seed(batch_seed(*seed_key, restart, b))
             index = torch.from_numpy(idx)
             x = to_float01(images[index], device)
@@ -268,6 +283,12 @@ def run_attack(
             broken = (~correct_on(model, x_adv, y)) & ok
             invalid += int((~ok).sum())
             col[idx[broken.cpu().numpy()]] = BROKEN
+            if partial is not None and (b + 1 < len(chunks) or restart + 1 < restarts):
+                last = b + 1 == len(chunks)  # the next restart attacks what is still robust
+                _write_npz(partial, col=col,
+                           alive=alive[col[alive] == ROBUST] if last else alive,
+                           restart=restart + 1 if last else restart,
+                           batch=0 if last else b + 1, invalid=invalid)
         alive = alive[col[alive] == ROBUST]
     return col, invalid
 
@@ -311,14 +332,17 @@ def _model_outcomes(
             todo = clean.copy()
         attack = suite.build(spec)
         tick = time.perf_counter()
+        partial = path.with_name(f"{spec.id}.partial.npz")
         col, invalid = run_attack(
             model, attack, suite.threat_of(spec), images, labels, todo, spec.restarts,
             batch_size, device, (seed, name, spec.id), progress, desc=f"{name} {spec.id}",
+            partial=partial,
         )
         seconds = time.perf_counter() - tick
         outcome[:, j] = col
         facts[spec.id] = {"seconds": seconds, "invalid": invalid, "attacked": int(todo.sum())}
         _write_npz(path, outcome=col, seconds=seconds, invalid=invalid, attacked=int(todo.sum()))
+        partial.unlink(missing_ok=True)
         same = [k for k in range(j + 1) if threats[k] == spec.threat]
         acc = float((clean & (outcome[:, same] == ROBUST).all(axis=1)).mean())
         print(f"{name}: {spec.id}: broke {int((col == BROKEN).sum())} of {int(todo.sum())} attacked; "
