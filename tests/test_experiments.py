@@ -69,3 +69,9 @@ def test_offline_scenario_trains_the_teacher_first_then_freezes_it(tmp_path):
     results = json.loads((tmp_path / "stage2" / "results.json").read_text())
     assert list(results["models"]) == ["h2"]
     assert mutualat.load_model(teacher).training is False
+    # The folder records its scenario, so the report's Fig. 2 finds it under any name.
+    from mutualat.report.paper_tables import _kd_points, load_inputs
+
+    assert json.loads((tmp_path / "scenario.json").read_text()) == {"scenario": "nat-rob-offline"}
+    points = _kd_points(load_inputs([tmp_path]).runs)
+    assert set(points) == {"nat-rob-offline"} and "h2" in points["nat-rob-offline"]

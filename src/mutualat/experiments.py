@@ -92,6 +92,26 @@ def run_scenario(name: str, base: RunConfig, out: Path) -> dict[str, Any]:
     stage1_dir = out / "stage1"
     configs = scenario_configs(name, base, stage1_model_file(stage1_dir))
     if len(configs) == 1:
-        return run_or_reuse(configs[0], out, label=name)
-    run_or_reuse(configs[0], stage1_dir, label=f"{name} stage 1 (h1 alone)")
-    return run_or_reuse(configs[1], out / "stage2", label=f"{name} stage 2 (h2 learns from h1)")
+        results = run_or_reuse(configs[0], out, label=name)
+    else:
+        run_or_reuse(configs[0], stage1_dir, label=f"{name} stage 1 (h1 alone)")
+        results = run_or_reuse(configs[1], out / "stage2", label=f"{name} stage 2 (h2 learns from h1)")
+    # What `mutualat report` reads to place these runs in the scenario plot (Fig. 2),
+    # whatever the folder is called.
+    atomic_write_bytes(out / SCENARIO_FILE, json.dumps({"scenario": name}).encode())
+    return results
+
+
+SCENARIO_FILE = "scenario.json"
+
+
+def recorded_scenario(run_dir: Path) -> str | None:
+    """The KD scenario a run folder (or the scenario folder above it) belongs to, if any."""
+    for folder in (Path(run_dir), Path(run_dir).parent):
+        path = folder / SCENARIO_FILE
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()).get("scenario")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                return None
+    return None

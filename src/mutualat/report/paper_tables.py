@@ -271,7 +271,9 @@ def load_inputs(paths: Sequence[str | os.PathLike]) -> ReportInputs:
 
 
 def _kd_points(runs: Mapping[str, Path]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Scenario -> role -> (clean, robust) of runs whose path names a KD scenario."""
+    """Scenario -> role -> (clean, robust) of the runs of a KD scenario: those that
+    ``mutualat scenario`` marked (``scenario.json``), else those whose path names one."""
+    from mutualat.experiments import recorded_scenario
     from mutualat.methods.scenarios import SCENARIOS
 
     points: dict[str, dict[str, tuple[float, float]]] = {}
@@ -280,7 +282,8 @@ def _kd_points(runs: Mapping[str, Path]) -> dict[str, dict[str, tuple[float, flo
         if not results_file.is_file():
             continue
         parts = [p.lower() for p in folder.resolve().parts]
-        scenario = next((s for s in SCENARIOS if any(s in p for p in parts)), None)
+        scenario = recorded_scenario(folder) or next(
+            (s for s in SCENARIOS if any(s in p for p in parts)), None)
         if scenario is None:
             continue
         results = _read_json(results_file)
