@@ -166,8 +166,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/results-mp")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=ALL_METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-subset", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--train-subset", type=int, default=4000)
     parser.add_argument("--arch", default="tinycnn")
     parser.add_argument("--alpha", type=float, default=0.6, help="MAT-MP's alpha (not tuned here)")
     parser.add_argument("--suite", default="table5-fmnist-cpu",
