@@ -27,8 +27,9 @@ loop; floating-point results agree up to summation order.
 
 Whether the batched path is faster depends on the device and the shapes: on this project's
 CPU the batched attack step of a pair of small CNNs took 1.27x the loop's (earlier: about
-even), so ``"auto"`` uses the loop on the CPU and, on an accelerator, times one input-gradient pass of both paths on the real shapes
-once (:func:`decide`). See docs/PERFORMANCE.md.
+even), so ``"auto"`` uses the loop on the CPU and, on an accelerator, times one
+input-gradient pass of both paths on the real shapes once (:func:`decide`). See
+docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
