@@ -187,9 +187,10 @@ def main() -> None:
     mismatch = suite_mismatch(args)
     for line in mismatch:
         print(f"warning: suite {args.suite} and the training threats differ: {line}", flush=True)
-    # The slowest (MAT-MP) runs first so the workers finish together.
+    # Seed by seed, so that a stopped invocation leaves whole seeds (every method) behind and
+    # `--seeds` of those reuses them; within a seed the slowest (MAT-MP) runs go first.
     order = sorted(args.methods, key=lambda m: not m.startswith("mat-mp"))
-    jobs = [(m, s) for m in order for s in args.seeds]
+    jobs = [(m, s) for s in args.seeds for m in order]
     start = time.time()
     results: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
