@@ -82,15 +82,13 @@ def train_and_eval(method: str, seed: int, args: argparse.Namespace) -> dict:
     import torch
 
     from mutualat.evaluation import evaluate, load_suite
-    from mutualat.experiments import run_or_reuse
+    from mutualat.experiments import run_or_reuse, run_seconds
     from mutualat.models import load_model, read_model_meta
 
     torch.set_num_threads(args.threads)
     cfg = config_for(method, seed, args)
     run = Path(args.out) / f"{method}-seed{seed}"
-    tick = time.time()
     run_or_reuse(cfg, run)
-    train_s = time.time() - tick
 
     role = "generalist" if method.startswith("mat-mp") else "model"
     path = run / "models" / f"{role}.safetensors"  # the last epoch's model
@@ -99,25 +97,20 @@ def train_and_eval(method: str, seed: int, args: argparse.Namespace) -> dict:
         raise RuntimeError(f"{path} does not record itself as the generalist: {meta['method']}")
     split, data_info = test_split(args, cfg.data.name)
     suite = load_suite(args.suite)
-    tick = time.time()
     summary = evaluate(
         {method: load_model(path)}, suite, split.images, split.labels,
         run / f"eval-{suite.name}-n{len(split)}", batch_size=args.eval_batch, device="cpu",
         seed=seed, checks=args.checks, progress=False, data_info=data_info,
         model_info={method: {k: meta[k] for k in ("role", "method", "epoch", "seed") if k in meta}},
     )
-    eval_s = time.time() - tick
-    # Times add up over invocations, so a reused or resumed run still reports its whole cost.
-    timing_path = run / "timing.json"
-    before = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    train_s += before.get("train_seconds", 0.0)
-    eval_s += before.get("eval_seconds", 0.0)
-    timing_path.write_text(json.dumps({"train_seconds": train_s, "eval_seconds": eval_s}))
     m = summary["models"][method]
+    # Both read from what the run and the evaluation recorded, so a reused run reports its
+    # whole cost: the run folder's start and end, and each attack's saved seconds.
+    attack_seconds = {k: a["seconds"] for k, a in m["attacks"].items()}
     return {"method": method, "seed": seed, "clean": m["clean"], "threats": m["threats"],
             "r_avg": m["r_avg"], "r_worst": m["r_worst"], "n": summary["n_examples"],
-            "train_seconds": train_s, "eval_seconds": eval_s,
-            "attack_seconds": {k: a["seconds"] for k, a in m["attacks"].items()},
+            "train_seconds": run_seconds(run), "eval_seconds": sum(attack_seconds.values()),
+            "attack_seconds": attack_seconds,
             "warnings": summary["warnings"]}
 
 

@@ -18,21 +18,28 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+MARKER_BEGIN = "<!-- results-single:begin -->"
+MARKER_END = "<!-- results-single:end -->"
+
+
 def variants(args: argparse.Namespace) -> list[str]:
     """The runs of one seed: each baseline once, MAT once per alpha ("mat-alpha0.6")."""
     return ["at", "trades", "mart"] + [f"mat-alpha{a:g}" for a in args.alphas]
 
 
 def base_method(variant: str) -> str:
+    """"mat-alpha0.6" -> "mat"; a baseline's name is its method."""
     return variant.split("-alpha")[0]
-MARKER_BEGIN = "<!-- results-single:begin -->"
-MARKER_END = "<!-- results-single:end -->"
+
+
+def alpha_of(variant: str) -> str:
+    """"mat-alpha0.6" -> "0.6" (as written in the run folder's name)."""
+    return variant.split("-alpha")[1]
 
 
 def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
@@ -47,7 +54,7 @@ def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
         "progress=false",
         "device=cpu",
         *[f"models.{i}.name={args.arch}" for i in range(n_models)],
-        *([f"method.params.alpha={variant.split('-alpha')[1]}"] if method == "mat" else []),
+        *([f"method.params.alpha={alpha_of(variant)}"] if method == "mat" else []),
     ]
 
 
@@ -55,18 +62,14 @@ def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, i
     import torch
 
     from mutualat.config import load_config
-    from mutualat.experiments import run_or_reuse
+    from mutualat.experiments import run_or_reuse, run_seconds
 
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{base_method(variant)}.yaml",
                       overrides(variant, seed, args))
     run = Path(args.out) / f"{variant}-seed{seed}"
     results = run_or_reuse(cfg, run)
-    # The run's own duration, also when it was reused from an earlier invocation: from the
-    # config written at its start to the results written at its end (training and the final
-    # test evaluation; a run resumed after an interruption also counts the pause).
-    took = (run / "results.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime
-    return variant, seed, results, took
+    return variant, seed, results, run_seconds(run)  # training and its final test
 
 
 def fmt(values: list[float]) -> str:
@@ -84,7 +87,7 @@ def table(results: dict[tuple[str, int], dict]) -> str:
             clean = [results[(variant, s)]["models"][role]["clean"] for s in seeds]
             pgd = [results[(variant, s)]["models"][role]["pgd"] for s in seeds]
             if base_method(variant) == "mat":
-                name = f"MAT-{role} (α = {variant.split('-alpha')[1]})"
+                name = f"MAT-{role} (α = {alpha_of(variant)})"
             else:
                 name = {"at": "AT (L_C)", "trades": "TRADES", "mart": "MART"}[variant]
             rows.append(f"| {name} | {fmt(clean)} | {fmt(pgd)} | {len(seeds)} |")
@@ -112,7 +115,6 @@ def main() -> None:
     # baselines first.
     order = sorted(variants(args), key=lambda v: base_method(v) != "mat")
     jobs = [(m, s) for m in order for s in args.seeds]
-    start = time.time()
     results: dict[tuple[str, int], dict] = {}
     seconds: dict[tuple[str, int], float] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
@@ -121,7 +123,6 @@ def main() -> None:
             method, seed, res, took = future.result()
             results[(method, seed)], seconds[(method, seed)] = res, took
             print(f"done {method} seed {seed} in {took / 60:.1f} min", flush=True)
-    wall = time.time() - start
     work = sum(seconds.values())
 
     body = "\n".join([

@@ -33,6 +33,14 @@ def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dic
     return json.loads(done.read_text())
 
 
+def run_seconds(run_dir: Path) -> float:
+    """A finished run's duration, read from its folder (so also for a reused run): from the
+    config written at its start to the results written at its end. A run resumed after an
+    interruption also counts the pause."""
+    run_dir = Path(run_dir)
+    return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
+
+
 def last_validation_pgd(run_dir: Path) -> float:
     """Mean over the trained members of the last epoch's validation PGD accuracy."""
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
