@@ -6,8 +6,9 @@ Trains AT-MAX, AT-AVG, AT-MSD and MAT-MP with the MAX, AVG and MSD generalist st
 (``--methods`` adds AT-linf, AT-l2, AT-l1) with the CPU-scale Fashion-MNIST configs
 (configs/cpu/fmnist-mp-*.yaml: linf 0.1, l2 1.0, l1 10, PGD-10 per type, ``tinycnn``),
 then evaluates the last epoch's model (never a best epoch) of each run, the generalist for
-MAT-MP, with the packaged attack suite ``table5-fmnist`` (Maini et al.'s attack suite per
-type, 10 restarts) on a fixed, class-balanced subset of the test split: clean accuracy,
+MAT-MP, with the packaged attack suite ``table5-fmnist-cpu`` (Maini et al.'s attack suite
+per type with fewer restarts and C&W iterations; ``--suite table5-fmnist`` is the full one,
+10 restarts) on a fixed, class-balanced subset of the test split: clean accuracy,
 accuracy under each type (per example the worst over that type's attacks), R_avg (mean of
 the three) and R_worst (per example the worst over all attacks), mean ± std over seeds.
 Runs and evaluations go to --out and are reused or resumed, so the script can be stopped
@@ -18,12 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+
+import torch
+import yaml
+
+from mutualat.config import load_config
+from mutualat.data import load_dataset, subset
+from mutualat.evaluation import evaluate, load_suite
+from mutualat.evaluation.evaluator import hardware_info
+from mutualat.experiments import mean_std_percent, run_or_reuse, run_seconds, write_section
+from mutualat.models import load_model, read_model_meta
 
 REPO = Path(__file__).resolve().parents[1]
 # Table 5's rows in the paper's order (each AT baseline above its MAT counterpart).
@@ -58,10 +67,6 @@ def overrides(method: str, seed: int, args: argparse.Namespace, n_models: int) -
 
 
 def config_for(method: str, seed: int, args: argparse.Namespace):
-    import yaml
-
-    from mutualat.config import load_config
-
     path = REPO / "configs" / "cpu" / f"fmnist-mp-{method}.yaml"
     n_models = len(yaml.safe_load(path.read_text())["models"])
     return load_config(path, overrides(method, seed, args, n_models))
@@ -69,8 +74,6 @@ def config_for(method: str, seed: int, args: argparse.Namespace):
 
 def test_split(args: argparse.Namespace, dataset_name: str):
     """The evaluation images: a class-balanced subset of the test split, the same for every run."""
-    from mutualat.data import load_dataset, subset
-
     dataset = load_dataset(dataset_name, data_dir=args.data_dir)
     split = subset(dataset.test, args.test_n, seed=0)
     info = {"dataset": dataset.name, "split": "test", "n": len(split), "subset": args.test_n,
@@ -79,12 +82,6 @@ def test_split(args: argparse.Namespace, dataset_name: str):
 
 
 def train_and_eval(method: str, seed: int, args: argparse.Namespace) -> dict:
-    import torch
-
-    from mutualat.evaluation import evaluate, load_suite
-    from mutualat.experiments import run_or_reuse, run_seconds
-    from mutualat.models import load_model, read_model_meta
-
     torch.set_num_threads(args.threads)
     cfg = config_for(method, seed, args)
     run = Path(args.out) / f"{method}-seed{seed}"
@@ -116,8 +113,6 @@ def train_and_eval(method: str, seed: int, args: argparse.Namespace) -> dict:
 
 def suite_mismatch(args: argparse.Namespace) -> list[str]:
     """Say where the suite's budgets differ from the training threats (they should agree)."""
-    from mutualat.evaluation import load_suite
-
     cfg = config_for("at-avg", 0, args)
     trained = {t["norm"]: t["eps"] for t in cfg.method.params["threats"]}
     evaluated = {t.norm: t.eps for t in load_suite(args.suite).lp_threats()}
@@ -132,12 +127,6 @@ def threats_text(args: argparse.Namespace) -> str:
                      for t in cfg.method.params["threats"])
 
 
-def fmt(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
-
-
 def table(results: list[dict], methods: list[str]) -> str:
     rows = []
     for method in methods:
@@ -147,15 +136,14 @@ def table(results: list[dict], methods: list[str]) -> str:
         cols = [[r["clean"] for r in runs]]
         cols += [[r["threats"][t] for r in runs] for t in ("linf", "l2", "l1")]
         cols += [[r["r_avg"] for r in runs], [r["r_worst"] for r in runs]]
-        rows.append(f"| {NAMES[method]} | " + " | ".join(fmt(c) for c in cols) + f" | {len(runs)} |")
+        cells = " | ".join(mean_std_percent(c) for c in cols)
+        rows.append(f"| {NAMES[method]} | {cells} | {len(runs)} |")
     head = ("| model | clean % | l∞ attacks % | l2 attacks % | l1 attacks % | R_avg % | R_worst % "
             "| seeds |\n|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 
 def main() -> None:
-    from mutualat.evaluation import load_suite
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--dataset", default=None,
@@ -198,6 +186,7 @@ def main() -> None:
     work = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
     n_eval = results[0]["n"] if results else 0
 
+    cpu = hardware_info(torch.device("cpu"))["cpu"]
     body = "\n".join([
         MARKER_BEGIN,
         "## Multiple perturbations (l∞, l2, l1), CPU scale: Fashion-MNIST",
@@ -205,7 +194,7 @@ def main() -> None:
         "Regenerate with `.venv/bin/python scripts/results_mp.py --data-dir ../shared/data "
         f"--seeds {' '.join(map(str, args.seeds))}` (its runs and evaluations took "
         f"{work / 60:.0f} min in all, {args.jobs} jobs x {args.threads} thread at once on "
-        f"{_cpu_name()}; torch {_torch_version()}).",
+        f"{cpu}; torch {torch.__version__}).",
         "",
         f"Setup: `configs/cpu/fmnist-mp-*.yaml` with `{args.arch}` models on "
         f"{args.dataset or 'fashion-mnist'}: threats {threats_text(args)} (l1 step: per "
@@ -227,35 +216,11 @@ def main() -> None:
         "",
         MARKER_END,
     ])
-    path = Path(args.write)
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    if MARKER_BEGIN in text:
-        head, rest = text.split(MARKER_BEGIN, 1)
-        text = head + body + rest.split(MARKER_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section(Path(args.write), MARKER_BEGIN, MARKER_END, body)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results-mp.json").write_text(json.dumps(
         {"args": vars(args), "wall_seconds": wall, "runs": results}, indent=2))
     print(table(results, [m for m in ALL_METHODS if m in args.methods]))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 if __name__ == "__main__":

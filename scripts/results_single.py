@@ -17,10 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+
+import torch
+
+from mutualat.config import load_config
+from mutualat.evaluation.evaluator import hardware_info
+from mutualat.experiments import mean_std_percent, run_or_reuse, run_seconds, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER_BEGIN = "<!-- results-single:begin -->"
@@ -59,23 +64,12 @@ def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
 
 
 def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, int, dict, float]:
-    import torch
-
-    from mutualat.config import load_config
-    from mutualat.experiments import run_or_reuse, run_seconds
-
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{base_method(variant)}.yaml",
                       overrides(variant, seed, args))
     run = Path(args.out) / f"{variant}-seed{seed}"
     results = run_or_reuse(cfg, run)
     return variant, seed, results, run_seconds(run)  # training and its final test
-
-
-def fmt(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
 
 
 def table(results: dict[tuple[str, int], dict]) -> str:
@@ -90,7 +84,7 @@ def table(results: dict[tuple[str, int], dict]) -> str:
                 name = f"MAT-{role} (α = {alpha_of(variant)})"
             else:
                 name = {"at": "AT (L_C)", "trades": "TRADES", "mart": "MART"}[variant]
-            rows.append(f"| {name} | {fmt(clean)} | {fmt(pgd)} | {len(seeds)} |")
+            rows.append(f"| {name} | {mean_std_percent(clean)} | {mean_std_percent(pgd)} | {len(seeds)} |")
     head = "| method | clean % | PGD-100 % | seeds |\n|---|---|---|---|"
     return head + "\n" + "\n".join(rows)
 
@@ -125,6 +119,7 @@ def main() -> None:
             print(f"done {method} seed {seed} in {took / 60:.1f} min", flush=True)
     work = sum(seconds.values())
 
+    cpu = hardware_info(torch.device("cpu"))["cpu"]
     body = "\n".join([
         MARKER_BEGIN,
         "## Single perturbation (l-inf), CPU scale: Fashion-MNIST",
@@ -132,7 +127,7 @@ def main() -> None:
         "Regenerate with `.venv/bin/python scripts/results_single.py --data-dir ../shared/data "
         f"--seeds {' '.join(map(str, args.seeds))}` (the {len(seconds)} runs took "
         f"{work / 60:.0f} min in all, {args.jobs} at a time with {args.threads} thread each, "
-        f"on {_cpu_name()} ({platform.machine()}); torch {_torch_version()}).",
+        f"on {cpu} ({platform.machine()}); torch {torch.__version__}).",
         "",
         f"Setup: `configs/cpu/fmnist-*.yaml` with `{args.arch}` models, l-inf eps = 0.1, PGD-10 "
         f"training attack (step 0.025), {args.train_subset:,} training images (drawn from the "
@@ -149,35 +144,11 @@ def main() -> None:
         "",
         MARKER_END,
     ])
-    path = Path(args.write)
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    if MARKER_BEGIN in text:
-        head, rest = text.split(MARKER_BEGIN, 1)
-        text = head + body + rest.split(MARKER_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section(Path(args.write), MARKER_BEGIN, MARKER_END, body)
     (Path(args.out) / "results-single.json").write_text(json.dumps(
         {f"{m}-seed{s}": {"results": r, "seconds": seconds[(m, s)]} for (m, s), r in results.items()},
         indent=2))
     print(table(results))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 if __name__ == "__main__":

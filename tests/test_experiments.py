@@ -9,7 +9,7 @@ import pytest
 import mutualat
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
-from mutualat.experiments import alpha_search, run_scenario
+from mutualat.experiments import alpha_search, mean_std_percent, run_scenario, write_section
 
 from conftest import tiny_overrides
 
@@ -75,3 +75,29 @@ def test_offline_scenario_trains_the_teacher_first_then_freezes_it(tmp_path):
     assert json.loads((tmp_path / "scenario.json").read_text()) == {"scenario": "nat-rob-offline"}
     points = _kd_points(load_inputs([tmp_path]).runs)
     assert set(points) == {"nat-rob-offline"} and "h2" in points["nat-rob-offline"]
+
+
+def test_mean_std_percent_is_the_sample_std_in_percent():
+    # mean 0.5, sample variance ((0.1)^2 + 0 + (0.1)^2) / 2 = 0.01 -> std 0.1
+    assert mean_std_percent([0.4, 0.5, 0.6]) == "50.00 ± 10.00"
+    assert mean_std_percent([0.123]) == "12.30 ± 0.00"
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\nkept above\n<!-- a:begin -->\nold\n<!-- a:end -->\nkept below\n")
+    write_section(doc, "<!-- a:begin -->", "<!-- a:end -->", "<!-- a:begin -->\nnew\n<!-- a:end -->")
+    assert doc.read_text() == ("# Results\n\nkept above\n<!-- a:begin -->\nnew\n<!-- a:end -->"
+                               "\nkept below\n")
+    # A second section without markers yet goes at the end, the first one untouched.
+    write_section(doc, "<!-- b:begin -->", "<!-- b:end -->", "<!-- b:begin -->\nB\n<!-- b:end -->")
+    assert doc.read_text().endswith("kept below\n\n<!-- b:begin -->\nB\n<!-- b:end -->\n")
+    assert "<!-- a:begin -->\nnew\n<!-- a:end -->" in doc.read_text()
+
+
+def test_write_section_refuses_a_broken_document_and_leaves_it_alone(tmp_path):
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("<!-- a:begin -->\nhand-edited, end marker lost\n")
+    with pytest.raises(ValueError, match="without"):
+        write_section(doc, "<!-- a:begin -->", "<!-- a:end -->", "<!-- a:begin -->\nx\n<!-- a:end -->")
+    assert doc.read_text() == "<!-- a:begin -->\nhand-edited, end marker lost\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +40,32 @@ def run_seconds(run_dir: Path) -> float:
     interruption also counts the pause."""
     run_dir = Path(run_dir)
     return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
+
+
+def mean_std_percent(values: Sequence[float]) -> str:
+    """Fractions as "mean ± std" in percent, the sample std over seeds (0 for one value)."""
+    mean = 100 * statistics.mean(values)
+    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def write_section(path: Path, begin: str, end: str, body: str) -> None:
+    """Put ``body`` (which starts with ``begin`` and ends with ``end``) in the document at
+    ``path`` in place of the text between those markers, or at its end if they are absent;
+    the rest of the document is kept as it is."""
+    path = Path(path)
+    if not (body.startswith(begin) and body.rstrip().endswith(end)):
+        raise ValueError("the section must start and end with its markers")
+    text = path.read_text() if path.exists() else "# Results\n\n"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        if end not in rest:
+            raise ValueError(f"{path} has {begin!r} without {end!r}; mend the document first")
+        text = head + body + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def last_validation_pgd(run_dir: Path) -> float:
