@@ -31,7 +31,7 @@ from mutualat.config import load_config
 from mutualat.data import load_dataset, subset
 from mutualat.evaluation import evaluate, load_suite
 from mutualat.evaluation.evaluator import hardware_info
-from mutualat.experiments import mean_std_percent, run_or_reuse, run_seconds, write_section
+from mutualat.experiments import command_line, mean_std_percent, run_or_reuse, run_seconds, write_section
 from mutualat.models import load_model, read_model_meta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def overrides(method: str, seed: int, args: argparse.Namespace, n_models: int) -
         out.append(f"data.name={args.dataset}")
     if method.startswith("mat-mp"):
         out.append(f"method.params.alpha={args.alpha}")
-    return out
+    return out + list(args.set)  # the user's own overrides last: they win
 
 
 def config_for(method: str, seed: int, args: argparse.Namespace):
@@ -120,9 +120,8 @@ def suite_mismatch(args: argparse.Namespace) -> list[str]:
             for n in sorted(set(trained) | set(evaluated)) if trained.get(n) != evaluated.get(n)]
 
 
-def threats_text(args: argparse.Namespace) -> str:
-    """The training threats of the configs, e.g. "linf eps 0.1 (PGD-10, step 0.025), ..."."""
-    cfg = config_for("at-avg", 0, args)
+def threats_text(cfg) -> str:
+    """A run's training threats, e.g. "linf eps 0.1 (PGD-10, step 0.025), ..."."""
     return ", ".join(f"{t['norm']} eps {t['eps']:g} (PGD-{t['steps']}, step {t['step_size']:g})"
                      for t in cfg.method.params["threats"])
 
@@ -160,6 +159,8 @@ def main() -> None:
     parser.add_argument("--test-n", type=int, default=300, help="test images evaluated (class-balanced)")
     parser.add_argument("--eval-batch", type=int, default=250)
     parser.add_argument("--checks", action="store_true", help="also run the gradient-masking checks")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (repeatable), e.g. data.val_subset=500")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--write", default=str(REPO / "docs" / "RESULTS.md"))
@@ -187,20 +188,22 @@ def main() -> None:
     n_eval = results[0]["n"] if results else 0
 
     cpu = hardware_info(torch.device("cpu"))["cpu"]
+    cfg = config_for("at-avg", args.seeds[0], args)  # what every run shares
+    command = command_line("scripts/results_mp.py", parser, args, always=("data_dir", "seeds"))
     body = "\n".join([
         MARKER_BEGIN,
         "## Multiple perturbations (l∞, l2, l1), CPU scale: Fashion-MNIST",
         "",
-        "Regenerate with `.venv/bin/python scripts/results_mp.py --data-dir ../shared/data "
-        f"--seeds {' '.join(map(str, args.seeds))}` (its runs and evaluations took "
+        f"Regenerate with `{command}` (its runs and evaluations took "
         f"{work / 60:.0f} min in all, {args.jobs} jobs x {args.threads} thread at once on "
         f"{cpu}; torch {torch.__version__}).",
         "",
         f"Setup: `configs/cpu/fmnist-mp-*.yaml` with `{args.arch}` models on "
-        f"{args.dataset or 'fashion-mnist'}: threats {threats_text(args)} (l1 step: per "
+        f"{cfg.data.name}: threats {threats_text(cfg)} (l1 step: per "
         "coordinate at k = 20), MSD over their union with as many iterations as the longest PGD; "
-        f"{args.train_subset:,} training images at most (drawn from what the 20% validation hold-out "
-        f"leaves), {args.epochs} epochs, batch 128, SGD with the paper's step decay. Baselines "
+        f"{cfg.data.train_subset:,} training images at most (drawn from what the "
+        f"{cfg.data.val_fraction:.0%} validation hold-out leaves), {cfg.optim.epochs} epochs, "
+        f"batch {cfg.data.batch_size}, SGD with the paper's step decay. Baselines "
         "minimize cross-entropy (as Maini et al.); MAT-MP minimizes L_C with "
         f"alpha = {args.alpha:g} (the paper's CIFAR-10 MAT value, not tuned here); its row is the "
         "generalist h0. Evaluation of the last epoch's model with the attack suite "

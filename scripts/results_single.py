@@ -25,7 +25,7 @@ import torch
 
 from mutualat.config import load_config
 from mutualat.evaluation.evaluator import hardware_info
-from mutualat.experiments import mean_std_percent, run_or_reuse, run_seconds, write_section
+from mutualat.experiments import command_line, mean_std_percent, run_or_reuse, run_seconds, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER_BEGIN = "<!-- results-single:begin -->"
@@ -120,12 +120,12 @@ def main() -> None:
     work = sum(seconds.values())
 
     cpu = hardware_info(torch.device("cpu"))["cpu"]
+    command = command_line("scripts/results_single.py", parser, args, always=("data_dir", "seeds"))
     body = "\n".join([
         MARKER_BEGIN,
         "## Single perturbation (l-inf), CPU scale: Fashion-MNIST",
         "",
-        "Regenerate with `.venv/bin/python scripts/results_single.py --data-dir ../shared/data "
-        f"--seeds {' '.join(map(str, args.seeds))}` (the {len(seconds)} runs took "
+        f"Regenerate with `{command}` (the {len(seconds)} runs took "
         f"{work / 60:.0f} min in all, {args.jobs} at a time with {args.threads} thread each, "
         f"on {cpu} ({platform.machine()}); torch {torch.__version__}).",
         "",

@@ -6,8 +6,10 @@ interrupted one resumed, so an experiment can be stopped and restarted at any po
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,6 +49,30 @@ def mean_std_percent(values: Sequence[float]) -> str:
     mean = 100 * statistics.mean(values)
     std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{mean:.2f} ± {std:.2f}"
+
+
+def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 always: Sequence[str] = (), leave_out: Sequence[str] = ("write",)) -> str:
+    """The command that reproduces ``args``: ``.venv/bin/python script`` with every option whose
+    value is not its default (and those named in ``always``), for a document to quote."""
+    parts = [".venv/bin/python", script]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help" or action.dest in leave_out:
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default and action.dest not in always:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._AppendAction):
+            for item in value:
+                parts += [flag, str(item)]
+        elif isinstance(value, bool):
+            parts += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def write_section(path: Path, begin: str, end: str, body: str) -> None:

@@ -1,0 +1,84 @@
+"""The committed commands that regenerate docs/RESULTS.md: run end to end on tiny settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from mutualat.experiments import command_line, mean_std_percent
+
+from conftest import REPO
+
+TINY_SUITE = """\
+name: tiny-mp
+description: one 5-step PGD per threat
+per_attack: cumulative
+threats:
+  linf: {eps: 0.1}
+  l2: {eps: 1.0}
+  l1: {eps: 10.0}
+attacks:
+  - {id: pgd-linf, name: pgd, threat: linf, params: {steps: 5, step_size: 0.03}}
+  - {id: pgd-l2, name: pgd, threat: l2, params: {steps: 5, step_size: 0.3}}
+  - {id: pgd-l1, name: pgd, threat: l1, params: {steps: 5, step_size: 0.2}}
+"""
+
+
+def test_command_line_names_exactly_what_differs_from_the_defaults():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", default="/abs/data")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--checks", action="store_true")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--write", default="docs/RESULTS.md")
+    args = parser.parse_args(["--data-dir", "../d", "--epochs", "5", "--checks",
+                              "--set", "a=1", "--set", "b=x y", "--write", "/tmp/x.md"])
+    assert command_line("s.py", parser, args, always=("seeds",)) == (
+        ".venv/bin/python s.py --data-dir ../d --seeds 0 1 2 --checks --set a=1 --set 'b=x y'")
+
+
+def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path):
+    suite = tmp_path / "tiny-mp.yaml"
+    suite.write_text(TINY_SUITE)
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\nwritten by hand, kept\n")
+    cmd = [sys.executable, str(REPO / "scripts" / "results_mp.py"), "--dataset",
+           "fashion-mnist-embedded", "--out", str(tmp_path / "runs"), "--methods", "at-avg",
+           "mat-mp-avg", "--seeds", "0", "1", "--epochs", "1", "--train-subset", "96",
+           "--test-n", "40", "--suite", str(suite), "--jobs", "1",
+           "--set", "data.val_subset=64", "--set", "data.test_subset=64",
+           "--set", "data.batch_size=48", "--write", str(doc)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    text = doc.read_text()
+    assert text.startswith("# Results\n\nwritten by hand, kept\n")
+    assert "--set data.val_subset=64" in text and "--seeds 0 1" in text
+    # The setup it states is the one the runs had, overrides included.
+    assert "on fashion-mnist-embedded:" in text and "96 training images" in text
+    assert "1 epochs, batch 48" in text and "on 40 class-balanced test images" in text
+
+    data = json.loads((tmp_path / "runs" / "results-mp.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in data["runs"]) == [
+        ("at-avg", 0), ("at-avg", 1), ("mat-mp-avg", 0), ("mat-mp-avg", 1)]
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
+            if line.startswith("| AT-AVG") or line.startswith("| MAT-AVG")}
+    assert set(rows) == {"AT-AVG", "MAT-AVG (generalist)"}
+    for method, name in (("at-avg", "AT-AVG"), ("mat-mp-avg", "MAT-AVG (generalist)")):
+        runs = [r for r in data["runs"] if r["method"] == method]
+        assert all(r["n"] == 40 for r in runs)
+        for r in runs:  # R_worst can never exceed the worst single type
+            assert r["r_worst"] <= min(r["threats"].values()) + 1e-9
+        cells = rows[name].strip("|").split(" | ")
+        assert cells[1].strip() == mean_std_percent([r["clean"] for r in runs])
+        assert cells[6].strip() == mean_std_percent([r["r_worst"] for r in runs])
+        assert cells[7].strip() == "2"
+    assert (tmp_path / "runs" / "mat-mp-avg-seed0" / "models" / "generalist.safetensors").is_file()
+
+    # A second invocation reuses every run and evaluation and writes the same document.
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("reusing the finished run") == 4
+    assert doc.read_text() == text
