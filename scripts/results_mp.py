@@ -41,6 +41,7 @@ ALL_METHODS = ("at-linf", "at-l2", "at-l1") + DEFAULT_METHODS
 NAMES = {"at-linf": "AT-l∞", "at-l2": "AT-l2", "at-l1": "AT-l1", "at-max": "AT-MAX",
          "at-avg": "AT-AVG", "at-msd": "AT-MSD", "mat-mp-max": "MAT-MAX (generalist)",
          "mat-mp-avg": "MAT-AVG (generalist)", "mat-mp-msd": "MAT-MSD (generalist)"}
+DEFAULT_ALPHA = 0.6  # the paper's CIFAR-10 MAT value
 MARKER_BEGIN = "<!-- results-mp:begin -->"
 MARKER_END = "<!-- results-mp:end -->"
 
@@ -72,6 +73,14 @@ def config_for(method: str, seed: int, args: argparse.Namespace):
     return load_config(path, overrides(method, seed, args, n_models))
 
 
+def run_name(method: str, seed: int, args: argparse.Namespace) -> str:
+    """"mat-mp-max-seed0"; a MAT-MP run at another alpha than the default is its own folder
+    ("mat-mp-max-alpha0.3-seed0"), so runs of several alphas can share --out."""
+    if method.startswith("mat-mp") and args.alpha != DEFAULT_ALPHA:
+        return f"{method}-alpha{args.alpha:g}-seed{seed}"
+    return f"{method}-seed{seed}"
+
+
 def test_split(args: argparse.Namespace, dataset_name: str):
     """The evaluation images: a class-balanced subset of the test split, the same for every run."""
     dataset = load_dataset(dataset_name, data_dir=args.data_dir)
@@ -84,7 +93,7 @@ def test_split(args: argparse.Namespace, dataset_name: str):
 def train_and_eval(method: str, seed: int, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cfg = config_for(method, seed, args)
-    run = Path(args.out) / f"{method}-seed{seed}"
+    run = Path(args.out) / run_name(method, seed, args)
     run_or_reuse(cfg, run)
 
     role = "generalist" if method.startswith("mat-mp") else "model"
@@ -153,7 +162,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train-subset", type=int, default=4000)
     parser.add_argument("--arch", default="tinycnn")
-    parser.add_argument("--alpha", type=float, default=0.6, help="MAT-MP's alpha (not tuned here)")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="MAT-MP's alpha (not tuned here)")
     parser.add_argument("--suite", default="table5-fmnist-cpu",
                         help="packaged suite name or YAML file (table5-fmnist: the full protocol)")
     parser.add_argument("--test-n", type=int, default=300, help="test images evaluated (class-balanced)")

@@ -9,7 +9,14 @@ import pytest
 import mutualat
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
-from mutualat.experiments import alpha_search, mean_std_percent, run_scenario, write_section
+from mutualat.experiments import (
+    alpha_search,
+    mean_std_percent,
+    run_or_reuse,
+    run_scenario,
+    write_section,
+)
+from mutualat.train.logger import read_metrics
 
 from conftest import tiny_overrides
 
@@ -48,6 +55,21 @@ def test_alpha_search_picks_by_validation_and_retrains_on_everything(tmp_path):
     for png in ("alpha_curve.png", "training_curves.png"):
         with Image.open(report / png) as image:
             image.verify()
+
+
+def test_alpha_search_of_mat_mp_selects_on_the_generalist(tmp_path):
+    # A generalist and one l2 specialist, two 2-step threats: the criterion is the
+    # generalist's validation accuracy (worst over the types), not the cohort's mean.
+    cfg = load_config(None, tiny_overrides(1) + [
+        "method.name=mat-mp", "models.1.name=tinycnn", "data.train_subset=128",
+        "method.params.threats=[{norm: linf, eps: 0.1, steps: 2}, {norm: l2, eps: 1.0, steps: 2}]",
+        "models.2.name=tinycnn"])
+    summary = alpha_search(cfg, [0.2, 0.8], tmp_path, final=False)
+    for alpha, value in summary["alpha_curve"].items():
+        last = [r for r in read_metrics(tmp_path / f"alpha-{alpha}") if r["event"] == "epoch"][-1]
+        assert value == last["val_pgd/generalist"]
+        assert last["val_pgd/generalist"] <= min(last["val_linf/generalist"], last["val_l2/generalist"])
+    assert "generalist" in summary["criterion"]
 
 
 def test_alpha_search_rejects_what_it_cannot_do(tmp_path):
@@ -101,3 +123,17 @@ def test_write_section_refuses_a_broken_document_and_leaves_it_alone(tmp_path):
     with pytest.raises(ValueError, match="without"):
         write_section(doc, "<!-- a:begin -->", "<!-- a:end -->", "<!-- a:begin -->\nx\n<!-- a:end -->")
     assert doc.read_text() == "<!-- a:begin -->\nhand-edited, end marker lost\n"
+
+
+def test_a_finished_run_is_reused_only_for_the_same_config(tmp_path):
+    run = tmp_path / "run"
+    first = run_or_reuse(load_config(None, tiny_overrides(1) + ["data.train_subset=128"]), run)
+    before = (run / "results.json").read_bytes()
+    # Environment keys (device, progress, data_dir, ...) may differ: the same run is reused.
+    again = run_or_reuse(load_config(None, tiny_overrides(1) + ["data.train_subset=128",
+                                                               "progress=true"]), run)
+    assert again == first
+    # Another method setting is another experiment: refused, nothing touched.
+    with pytest.raises(ConfigError, match="another config.*optim.epochs"):
+        run_or_reuse(load_config(None, tiny_overrides(2) + ["data.train_subset=128"]), run)
+    assert (run / "results.json").read_bytes() == before

@@ -14,8 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from mutualat.config import RunConfig
+from mutualat.config import RunConfig, load_config
 from mutualat.errors import ConfigError
+from mutualat.methods.mat_mp import GENERALIST
 from mutualat.train.checkpoint import atomic_write_bytes
 from mutualat.train.logger import read_metrics
 
@@ -23,11 +24,18 @@ from mutualat.train.logger import read_metrics
 def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` unless it already finished there; returns its results."""
     from mutualat.train import Trainer
+    from mutualat.train.trainer import config_difference
 
     run_dir = Path(run_dir)
     label = label or run_dir.name
     done = run_dir / "results.json"
     if done.is_file():
+        differs = config_difference(load_config(run_dir / "config.yaml"), cfg)
+        if differs:
+            raise ConfigError(
+                f"{label}: {run_dir} holds a finished run of another config (it differs in "
+                f"{differs}); choose another output folder (nothing was overwritten)"
+            )
         print(f"{label}: reusing the finished run in {run_dir}", flush=True)
     else:
         resume = (run_dir / "checkpoint.pt").is_file()
@@ -94,25 +102,34 @@ def write_section(path: Path, begin: str, end: str, body: str) -> None:
     path.write_text(text)
 
 
-def last_validation_pgd(run_dir: Path) -> float:
-    """Mean over the trained members of the last epoch's validation PGD accuracy."""
+def last_validation_pgd(run_dir: Path, role: str | None = None) -> float:
+    """The last epoch's validation PGD accuracy (for several threat types, per example the
+    worst over them): of the member ``role``, or the mean over the trained members."""
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
     if not epochs:
         raise ConfigError(f"{run_dir} has no validation record; was data.val_fraction 0?")
-    values = [v for k, v in epochs[-1].items() if k.startswith("val_pgd/") and k.count("/") == 1]
+    values = {k.split("/", 1)[1]: v for k, v in epochs[-1].items()
+              if k.startswith("val_pgd/") and k.count("/") == 1}
     if not values:
         raise ConfigError(f"{run_dir} has no validation PGD accuracy (data.val_fraction is 0)")
-    return sum(values) / len(values)
+    if role is not None:
+        if role not in values:
+            raise ConfigError(f"{run_dir} has no validation PGD accuracy of {role!r} "
+                              f"(members: {', '.join(values)})")
+        return values[role]
+    return sum(values.values()) / len(values)
 
 
 def alpha_search(base: RunConfig, alphas: Sequence[float], out: Path, final: bool = True) -> dict:
     """The paper's alpha selection (Sec. 3.2.6, Fig. 3).
 
-    Trains ``base`` (a ``mat`` config) once per alpha on the training split minus the
-    held-out validation fraction, picks the alpha with the highest validation PGD accuracy
-    of the last epoch (mean over the cohort; never the test split), writes
-    ``alpha_curve.json`` and ``alpha_curve.png``, then (``final``) retrains with the chosen
-    alpha on the full training set (``data.val_fraction = 0``) in ``out/final``.
+    Trains ``base`` (a ``mat`` or ``mat-mp`` config) once per alpha on the training split
+    minus the held-out validation fraction, picks the alpha with the highest validation PGD
+    accuracy of the last epoch (never the test split): for MAT the mean over the cohort, for
+    MAT-MP the generalist's (the model it delivers), per example the worst over the threat
+    types. Writes ``alpha_curve.json`` and ``alpha_curve.png``, then (``final``) retrains
+    with the chosen alpha on the full training set (``data.val_fraction = 0``) in
+    ``out/final``.
     """
     if base.method.name not in ("mat", "mat-mp"):
         raise ConfigError(f"alpha search tunes MAT's alpha; the config's method is {base.method.name!r}")
@@ -121,6 +138,7 @@ def alpha_search(base: RunConfig, alphas: Sequence[float], out: Path, final: boo
     if not alphas:
         raise ConfigError("alpha search needs at least one alpha")
     out = Path(out)
+    role = GENERALIST if base.method.name == "mat-mp" else None
     curve: dict[str, float] = {}
     for alpha in alphas:
         cfg = copy.deepcopy(base)
@@ -128,10 +146,11 @@ def alpha_search(base: RunConfig, alphas: Sequence[float], out: Path, final: boo
         cfg.eval.test = True  # results.json marks the run as finished; test numbers are not used here
         run_dir = out / f"alpha-{alpha:g}"
         run_or_reuse(cfg, run_dir, label=f"alpha={alpha:g}")
-        curve[f"{alpha:g}"] = last_validation_pgd(run_dir)
+        curve[f"{alpha:g}"] = last_validation_pgd(run_dir, role)
     chosen = max(curve, key=lambda a: (curve[a], -float(a)))
     summary = {"alpha_curve": curve, "chosen_alpha": float(chosen),
-               "criterion": f"validation PGD-{base.eval.pgd_steps} accuracy, last epoch, cohort mean"}
+               "criterion": f"validation PGD-{base.eval.pgd_steps} accuracy, last epoch, "
+                            + ("the generalist's, worst over the threat types" if role else "cohort mean")}
     atomic_write_bytes(out / "alpha_curve.json", json.dumps(summary, indent=2).encode())
     from mutualat.report.paper_plots import plot_alpha_curve
 

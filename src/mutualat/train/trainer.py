@@ -14,6 +14,7 @@ only rank 0 writes the run folder. In one process every ``self.dist`` call is th
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import platform
@@ -91,14 +92,11 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
         saved_cfg = load_config(saved)
         if cfg is None:
             return saved_cfg
-        a, b = to_dict(saved_cfg), to_dict(cfg)
-        for key in ENVIRONMENT_KEYS:
-            _pop(a, key)
-            _pop(b, key)
-        if a != b:
+        differs = config_difference(saved_cfg, cfg)
+        if differs:
             raise ConfigError(
                 f"cannot resume {out}: the given config differs from the saved one in "
-                f"{_diff(a, b)}; resume without --config/--set, or start a new --out"
+                f"{differs}; resume without --config/--set, or start a new --out"
             )
         return cfg
     if cfg is None:
@@ -111,6 +109,16 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(saved, dump_config(cfg).encode())
     return cfg
+
+
+def config_difference(saved: RunConfig, given: RunConfig) -> str:
+    """Where two configs differ, ignoring :data:`ENVIRONMENT_KEYS` ("" when they agree); the
+    method parameters are compared with their defaults filled in, as a run saves them."""
+    a, b = (to_dict(resolve_method_params(copy.deepcopy(c))) for c in (saved, given))
+    for key in ENVIRONMENT_KEYS:
+        _pop(a, key)
+        _pop(b, key)
+    return "" if a == b else _diff(a, b)
 
 
 def _pop(tree: dict, dotted: str) -> None:
