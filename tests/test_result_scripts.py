@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+from mutualat.config import load_config
 from mutualat.experiments import command_line, mean_std_percent
 
 from conftest import REPO
@@ -47,7 +48,7 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     doc.write_text("# Results\n\nwritten by hand, kept\n")
     cmd = [sys.executable, str(REPO / "scripts" / "results_mp.py"), "--dataset",
            "fashion-mnist-embedded", "--out", str(tmp_path / "runs"), "--methods", "at-avg",
-           "mat-mp-avg", "--seeds", "0", "1", "--epochs", "1", "--train-subset", "96",
+           "mat-mp-avg", "--alphas", "0.5", "--seeds", "0", "1", "--epochs", "1", "--train-subset", "96",
            "--test-n", "40", "--suite", str(suite), "--jobs", "1",
            "--set", "data.val_subset=64", "--set", "data.test_subset=64",
            "--set", "data.batch_size=48", "--write", str(doc)]
@@ -61,13 +62,15 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     assert "1 epochs, batch 48" in text and "on 40 class-balanced test images" in text
 
     data = json.loads((tmp_path / "runs" / "results-mp.json").read_text())
-    assert sorted((r["method"], r["seed"]) for r in data["runs"]) == [
-        ("at-avg", 0), ("at-avg", 1), ("mat-mp-avg", 0), ("mat-mp-avg", 1)]
+    assert sorted((r["variant"], r["seed"]) for r in data["runs"]) == [
+        ("at-avg", 0), ("at-avg", 1), ("mat-mp-avg-alpha0.5", 0), ("mat-mp-avg-alpha0.5", 1)]
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
             if line.startswith("| AT-AVG") or line.startswith("| MAT-AVG")}
-    assert set(rows) == {"AT-AVG", "MAT-AVG (generalist)"}
-    for method, name in (("at-avg", "AT-AVG"), ("mat-mp-avg", "MAT-AVG (generalist)")):
-        runs = [r for r in data["runs"] if r["method"] == method]
+    assert set(rows) == {"AT-AVG", "MAT-AVG (generalist, α = 0.5)"}
+    assert load_config(tmp_path / "runs" / "mat-mp-avg-alpha0.5-seed1" / "config.yaml"
+                       ).method.params["alpha"] == 0.5
+    for variant, name in (("at-avg", "AT-AVG"), ("mat-mp-avg-alpha0.5", "MAT-AVG (generalist, α = 0.5)")):
+        runs = [r for r in data["runs"] if r["variant"] == variant]
         assert all(r["n"] == 40 for r in runs)
         for r in runs:  # R_worst can never exceed the worst single type
             assert r["r_worst"] <= min(r["threats"].values()) + 1e-9
@@ -75,7 +78,7 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
         assert cells[1].strip() == mean_std_percent([r["clean"] for r in runs])
         assert cells[6].strip() == mean_std_percent([r["r_worst"] for r in runs])
         assert cells[7].strip() == "2"
-    assert (tmp_path / "runs" / "mat-mp-avg-seed0" / "models" / "generalist.safetensors").is_file()
+    assert (tmp_path / "runs" / "mat-mp-avg-alpha0.5-seed0" / "models" / "generalist.safetensors").is_file()
 
     # A second invocation reuses every run and evaluation and writes the same document.
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
