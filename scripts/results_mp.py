@@ -127,11 +127,17 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
     # Both read from what the run and the evaluation recorded, so a reused run reports its
     # whole cost: the run folder's start and end, and each attack's saved seconds.
     attack_seconds = {k: a["seconds"] for k, a in m["attacks"].items()}
+    # Each type's PGD alone (its first PGD in the suite: with per-attack "cumulative" records
+    # that is its accuracy on its own), to set beside the whole suite's per-type accuracy.
+    pgd_alone: dict[str, float] = {}
+    for a in m["attacks"].values():
+        if a["name"] == "pgd" and a["threat"] not in pgd_alone:
+            pgd_alone[a["threat"]] = a["accuracy"]
     return {"variant": variant, "method": method, "alpha": alpha_of(variant), "seed": seed,
             "clean": m["clean"], "threats": m["threats"],
             "r_avg": m["r_avg"], "r_worst": m["r_worst"], "n": summary["n_examples"],
             "train_seconds": run_seconds(run), "eval_seconds": sum(attack_seconds.values()),
-            "attack_seconds": attack_seconds,
+            "attack_seconds": attack_seconds, "pgd_alone": pgd_alone,
             "warnings": summary["warnings"]}
 
 
@@ -166,6 +172,25 @@ def table(results: list[dict], variants: list[str]) -> str:
         rows.append(f"| {name} | {cells} | {len(runs)} |")
     head = ("| model | clean % | l∞ attacks % | l2 attacks % | l1 attacks % | R_avg % | R_worst % "
             "| seeds |\n|---|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows)
+
+
+def pgd_table(results: list[dict], variants: list[str]) -> str:
+    """Per type: PGD alone against every attack of the suite (a large drop says PGD's
+    gradients mislead on that model, i.e. the PGD number alone would overstate robustness)."""
+    rows = []
+    for variant in variants:
+        runs = [r for r in results if r["variant"] == variant]
+        if not runs or not all(set(r["pgd_alone"]) == {"linf", "l2", "l1"} for r in runs):
+            continue
+        cells = []
+        for t in ("linf", "l2", "l1"):
+            cells += [mean_std_percent([r["pgd_alone"][t] for r in runs]),
+                      mean_std_percent([r["threats"][t] for r in runs])]
+        name = NAMES[method_of(variant)] + (f" (α = {alpha_of(variant)})" if alpha_of(variant) else "")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    head = ("| model | l∞ PGD alone % | l∞ all attacks % | l2 PGD alone % | l2 all attacks % "
+            "| l1 PGD alone % | l1 all attacks % |\n|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 
@@ -246,6 +271,11 @@ def main() -> None:
           if mismatch else []),
         "",
         table(results, variants(args)),
+        "",
+        "Each type's PGD alone (100 steps, the suite's restarts) beside all of that type's "
+        "attacks, same runs, same images:",
+        "",
+        pgd_table(results, variants(args)),
         "",
         MARKER_END,
     ])

@@ -64,7 +64,8 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     data = json.loads((tmp_path / "runs" / "results-mp.json").read_text())
     assert sorted((r["variant"], r["seed"]) for r in data["runs"]) == [
         ("at-avg", 0), ("at-avg", 1), ("mat-mp-avg-alpha0.5", 0), ("mat-mp-avg-alpha0.5", 1)]
-    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
+    main_table, pgd_table = text.split("Each type's PGD alone", 1)
+    rows = {line.split(" | ")[0].strip("| "): line for line in main_table.splitlines()
             if line.startswith("| AT-AVG") or line.startswith("| MAT-AVG")}
     assert set(rows) == {"AT-AVG", "MAT-AVG (generalist, α = 0.5)"}
     assert load_config(tmp_path / "runs" / "mat-mp-avg-alpha0.5-seed1" / "config.yaml"
@@ -78,6 +79,11 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
         assert cells[1].strip() == mean_std_percent([r["clean"] for r in runs])
         assert cells[6].strip() == mean_std_percent([r["r_worst"] for r in runs])
         assert cells[7].strip() == "2"
+        # PGD alone can only be weaker than all of a type's attacks (here PGD is all of them).
+        for r in runs:
+            assert r["pgd_alone"] == r["threats"]
+    pgd_rows = [line for line in pgd_table.splitlines() if line.startswith("| MAT-AVG (α = 0.5) |")]
+    assert len(pgd_rows) == 1 and len(pgd_rows[0].strip("|").split(" | ")) == 7
     assert (tmp_path / "runs" / "mat-mp-avg-alpha0.5-seed0" / "models" / "generalist.safetensors").is_file()
 
     # A second invocation reuses every run and evaluation and writes the same document.
