@@ -262,7 +262,7 @@ def main() -> None:
         f"{' and '.join(f'{a:g}' for a in args.alphas)} (0.6: the paper's CIFAR-10 MAT value; "
         "0.3: the best of 0.3, 0.6 and 0.9 on the validation split, see the alpha probe below); "
         "its rows are the generalist h0's. Evaluation of the last epoch's model with the attack suite "
-        f"`{args.suite}` ({load_suite(args.suite).description.strip()}) "
+        f"`{args.suite}` ({load_suite(args.suite).description.strip().rstrip('.')}) "
         f"on {n_eval:,} class-balanced test images (the same images for every run). A type's column is the accuracy "
         "against every attack of that type (per example); R_avg is the mean of the three, R_worst "
         "the accuracy against all attacks at once (per example, never an average). Mean ± std "
