@@ -26,11 +26,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m mutualat demo --out runs/demo
 
+# MUTUALAT_REQUIRE_REFERENCES: the reference libraries installed above must import (the
+# cross-checks against torchattacks and AutoAttack fail instead of skipping).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	MUTUALAT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	MUTUALAT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -9,6 +9,7 @@ CNNs on the embedded Fashion-MNIST subset.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -41,6 +42,8 @@ def _needs_autoattack() -> None:
     from mutualat.evaluation.autoattack import autoattack_available
 
     if not autoattack_available():
+        if os.environ.get("MUTUALAT_REQUIRE_REFERENCES"):  # `make test` installs pyautoattack
+            pytest.fail("pyautoattack (the test extra) does not import")
         pytest.skip("neither autoattack nor pyautoattack is installed")
 
 
