@@ -32,7 +32,15 @@ from mutualat.config import load_config
 from mutualat.data import load_dataset, subset
 from mutualat.evaluation import evaluate, load_suite
 from mutualat.evaluation.evaluator import hardware_info
-from mutualat.experiments import command_line, mean_std_percent, run_or_reuse, run_seconds, write_section
+from mutualat.experiments import (
+    command_line,
+    mean_std_percent,
+    run_or_reuse,
+    run_seconds,
+    split_alpha,
+    with_alpha,
+    write_section,
+)
 from mutualat.models import load_model, read_model_meta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,19 +60,15 @@ MARKER_END = "<!-- results-mp:end -->"
 def variants(args: argparse.Namespace) -> list[str]:
     """The runs of one seed in the table's order: each method, MAT-MP once per alpha
     ("mat-mp-max-alpha0.6") right below its AT counterpart's row."""
-    return [f"{m}-alpha{a:g}" if m.startswith("mat-mp") else m
+    return [with_alpha(m, a) if m.startswith("mat-mp") else m
             for m in ALL_METHODS if m in args.methods
             for a in (args.alphas if m.startswith("mat-mp") else [None])]
 
 
-def method_of(variant: str) -> str:
-    """"mat-mp-max-alpha0.6" -> "mat-mp-max"; a baseline's name is its method."""
-    return variant.split("-alpha")[0]
-
-
-def alpha_of(variant: str) -> str | None:
-    """"mat-mp-max-alpha0.6" -> "0.6" (as written in the run folder's name); None for AT."""
-    return variant.split("-alpha")[1] if "-alpha" in variant else None
+def row_name(variant: str, generalist: str = "generalist, ") -> str:
+    """"mat-mp-max-alpha0.6" -> "MAT-MAX (generalist, α = 0.6)"; "at-max" -> "AT-MAX"."""
+    method, alpha = split_alpha(variant)
+    return NAMES[method] + (f" ({generalist}α = {alpha})" if alpha else "")
 
 
 def overrides(variant: str, seed: int, args: argparse.Namespace, n_models: int) -> list[str]:
@@ -83,13 +87,14 @@ def overrides(variant: str, seed: int, args: argparse.Namespace, n_models: int) 
     ]
     if args.dataset:
         out.append(f"data.name={args.dataset}")
-    if alpha_of(variant) is not None:
-        out.append(f"method.params.alpha={alpha_of(variant)}")
+    alpha = split_alpha(variant)[1]
+    if alpha is not None:
+        out.append(f"method.params.alpha={alpha}")
     return out + list(args.set)  # the user's own overrides last: they win
 
 
 def config_for(variant: str, seed: int, args: argparse.Namespace):
-    path = REPO / "configs" / "cpu" / f"fmnist-mp-{method_of(variant)}.yaml"
+    path = REPO / "configs" / "cpu" / f"fmnist-mp-{split_alpha(variant)[0]}.yaml"
     n_models = len(yaml.safe_load(path.read_text())["models"])
     return load_config(path, overrides(variant, seed, args, n_models))
 
@@ -108,7 +113,7 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
     cfg = config_for(variant, seed, args)
     run = Path(args.out) / f"{variant}-seed{seed}"
     run_or_reuse(cfg, run)
-    method = method_of(variant)
+    method = split_alpha(variant)[0]
 
     role = "generalist" if method.startswith("mat-mp") else "model"
     path = run / "models" / f"{role}.safetensors"  # the last epoch's model
@@ -127,13 +132,16 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
     # Both read from what the run and the evaluation recorded, so a reused run reports its
     # whole cost: the run folder's start and end, and each attack's saved seconds.
     attack_seconds = {k: a["seconds"] for k, a in m["attacks"].items()}
-    # Each type's PGD alone (its first PGD in the suite: with per-attack "cumulative" records
-    # that is its accuracy on its own), to set beside the whole suite's per-type accuracy.
-    pgd_alone: dict[str, float] = {}
+    # Each type's PGD alone, to set beside the whole suite's per-type accuracy. A
+    # "standalone" suite records every attack on its own; a "cumulative" one only a type's
+    # first attack, so there it holds where that first attack is PGD (as in the packaged suites).
+    standalone = summary["per_attack"] == "standalone"
+    first: dict[str, dict] = {}
     for a in m["attacks"].values():
-        if a["name"] == "pgd" and a["threat"] not in pgd_alone:
-            pgd_alone[a["threat"]] = a["accuracy"]
-    return {"variant": variant, "method": method, "alpha": alpha_of(variant), "seed": seed,
+        if a["name"] == "pgd" or not standalone:
+            first.setdefault(a["threat"], a)
+    pgd_alone = {t: a["accuracy"] for t, a in first.items() if a["name"] == "pgd"}
+    return {"variant": variant, "method": method, "seed": seed,
             "clean": m["clean"], "threats": m["threats"],
             "r_avg": m["r_avg"], "r_worst": m["r_worst"], "n": summary["n_examples"],
             "train_seconds": run_seconds(run), "eval_seconds": sum(attack_seconds.values()),
@@ -141,11 +149,10 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
             "warnings": summary["warnings"]}
 
 
-def suite_mismatch(args: argparse.Namespace) -> list[str]:
+def suite_mismatch(cfg, suite) -> list[str]:
     """Say where the suite's budgets differ from the training threats (they should agree)."""
-    cfg = config_for("at-avg", 0, args)
     trained = {t["norm"]: t["eps"] for t in cfg.method.params["threats"]}
-    evaluated = {t.norm: t.eps for t in load_suite(args.suite).lp_threats()}
+    evaluated = {t.norm: t.eps for t in suite.lp_threats()}
     return [f"{n}: trained at eps {trained.get(n)}, evaluated at {evaluated.get(n)}"
             for n in sorted(set(trained) | set(evaluated)) if trained.get(n) != evaluated.get(n)]
 
@@ -166,10 +173,7 @@ def table(results: list[dict], variants: list[str]) -> str:
         cols += [[r["threats"][t] for r in runs] for t in ("linf", "l2", "l1")]
         cols += [[r["r_avg"] for r in runs], [r["r_worst"] for r in runs]]
         cells = " | ".join(mean_std_percent(c) for c in cols)
-        name = NAMES[method_of(variant)]
-        if alpha_of(variant) is not None:
-            name += f" (generalist, α = {alpha_of(variant)})"
-        rows.append(f"| {name} | {cells} | {len(runs)} |")
+        rows.append(f"| {row_name(variant)} | {cells} | {len(runs)} |")
     head = ("| model | clean % | l∞ attacks % | l2 attacks % | l1 attacks % | R_avg % | R_worst % "
             "| seeds |\n|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
@@ -187,8 +191,7 @@ def pgd_table(results: list[dict], variants: list[str]) -> str:
         for t in ("linf", "l2", "l1"):
             cells += [mean_std_percent([r["pgd_alone"][t] for r in runs]),
                       mean_std_percent([r["threats"][t] for r in runs])]
-        name = NAMES[method_of(variant)] + (f" (α = {alpha_of(variant)})" if alpha_of(variant) else "")
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(f"| {row_name(variant, generalist='')} | " + " | ".join(cells) + " |")
     head = ("| model | l∞ PGD alone % | l∞ all attacks % | l2 PGD alone % | l2 all attacks % "
             "| l1 PGD alone % | l1 all attacks % |\n|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
@@ -220,12 +223,14 @@ def main() -> None:
     parser.add_argument("--write", default=str(REPO / "docs" / "RESULTS.md"))
     args = parser.parse_args()
 
-    mismatch = suite_mismatch(args)
+    cfg = config_for("at-avg", args.seeds[0], args)  # what every run shares (but alpha)
+    suite = load_suite(args.suite)
+    mismatch = suite_mismatch(cfg, suite)
     for line in mismatch:
         print(f"warning: suite {args.suite} and the training threats differ: {line}", flush=True)
     # Seed by seed, so that a stopped invocation leaves whole seeds (every method) behind and
     # `--seeds` of those reuses them; within a seed the slowest (MAT-MP) runs go first.
-    order = sorted(variants(args), key=lambda v: alpha_of(v) is None)
+    order = sorted(variants(args), key=lambda v: split_alpha(v)[1] is None)
     jobs = [(v, s) for s in args.seeds for v in order]
     start = time.time()
     results: list[dict] = []
@@ -242,7 +247,6 @@ def main() -> None:
     n_eval = results[0]["n"] if results else 0
 
     cpu = hardware_info(torch.device("cpu"))["cpu"]
-    cfg = config_for("at-avg", args.seeds[0], args)  # what every run shares (but alpha)
     command = command_line("scripts/results_mp.py", parser, args, always=("data_dir", "seeds"))
     body = "\n".join([
         MARKER_BEGIN,
@@ -262,7 +266,7 @@ def main() -> None:
         f"{' and '.join(f'{a:g}' for a in args.alphas)} (0.6: the paper's CIFAR-10 MAT value; "
         "0.3: the best of 0.3, 0.6 and 0.9 on the validation split, see the alpha probe below); "
         "its rows are the generalist h0's. Evaluation of the last epoch's model with the attack suite "
-        f"`{args.suite}` ({load_suite(args.suite).description.strip().rstrip('.')}) "
+        f"`{args.suite}` ({suite.description.strip().rstrip('.')}) "
         f"on {n_eval:,} class-balanced test images (the same images for every run). A type's column is the accuracy "
         "against every attack of that type (per example); R_avg is the mean of the three, R_worst "
         "the accuracy against all attacks at once (per example, never an average). Mean ± std "

@@ -25,7 +25,15 @@ import torch
 
 from mutualat.config import load_config
 from mutualat.evaluation.evaluator import hardware_info
-from mutualat.experiments import command_line, mean_std_percent, run_or_reuse, run_seconds, write_section
+from mutualat.experiments import (
+    command_line,
+    mean_std_percent,
+    run_or_reuse,
+    run_seconds,
+    split_alpha,
+    with_alpha,
+    write_section,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER_BEGIN = "<!-- results-single:begin -->"
@@ -34,21 +42,11 @@ MARKER_END = "<!-- results-single:end -->"
 
 def variants(args: argparse.Namespace) -> list[str]:
     """The runs of one seed: each baseline once, MAT once per alpha ("mat-alpha0.6")."""
-    return ["at", "trades", "mart"] + [f"mat-alpha{a:g}" for a in args.alphas]
-
-
-def base_method(variant: str) -> str:
-    """"mat-alpha0.6" -> "mat"; a baseline's name is its method."""
-    return variant.split("-alpha")[0]
-
-
-def alpha_of(variant: str) -> str:
-    """"mat-alpha0.6" -> "0.6" (as written in the run folder's name)."""
-    return variant.split("-alpha")[1]
+    return ["at", "trades", "mart"] + [with_alpha("mat", a) for a in args.alphas]
 
 
 def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
-    method = base_method(variant)
+    method, alpha = split_alpha(variant)
     n_models = 2 if method == "mat" else 1
     return [
         f"seed={seed}",
@@ -59,13 +57,13 @@ def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
         "progress=false",
         "device=cpu",
         *[f"models.{i}.name={args.arch}" for i in range(n_models)],
-        *([f"method.params.alpha={alpha_of(variant)}"] if method == "mat" else []),
+        *([f"method.params.alpha={alpha}"] if alpha else []),
     ]
 
 
 def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, int, dict, float]:
     torch.set_num_threads(args.threads)
-    cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{base_method(variant)}.yaml",
+    cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{split_alpha(variant)[0]}.yaml",
                       overrides(variant, seed, args))
     run = Path(args.out) / f"{variant}-seed{seed}"
     results = run_or_reuse(cfg, run)
@@ -75,13 +73,14 @@ def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, i
 def table(results: dict[tuple[str, int], dict]) -> str:
     rows = []
     # Baselines first, then MAT per alpha.
-    for variant in sorted(dict.fromkeys(v for v, _ in results), key=lambda v: base_method(v) == "mat"):
+    for variant in sorted(dict.fromkeys(v for v, _ in results), key=lambda v: split_alpha(v)[1] is not None):
         seeds = sorted(s for v, s in results if v == variant)
         for role in results[(variant, seeds[0])]["models"]:
             clean = [results[(variant, s)]["models"][role]["clean"] for s in seeds]
             pgd = [results[(variant, s)]["models"][role]["pgd"] for s in seeds]
-            if base_method(variant) == "mat":
-                name = f"MAT-{role} (α = {alpha_of(variant)})"
+            alpha = split_alpha(variant)[1]
+            if alpha:
+                name = f"MAT-{role} (α = {alpha})"
             else:
                 name = {"at": "AT (L_C)", "trades": "TRADES", "mart": "MART"}[variant]
             rows.append(f"| {name} | {mean_std_percent(clean)} | {mean_std_percent(pgd)} | {len(seeds)} |")
@@ -107,7 +106,7 @@ def main() -> None:
 
     # The slowest (MAT) runs first so two workers finish together; the table lists the
     # baselines first.
-    order = sorted(variants(args), key=lambda v: base_method(v) != "mat")
+    order = sorted(variants(args), key=lambda v: split_alpha(v)[1] is None)
     jobs = [(m, s) for m in order for s in args.seeds]
     results: dict[tuple[str, int], dict] = {}
     seconds: dict[tuple[str, int], float] = {}

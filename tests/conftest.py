@@ -23,6 +23,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def reference_missing(reason: str) -> None:
+    """A reference library (torchattacks, AutoAttack) is not importable: skip, except under
+    `make test` (CI), which installs them and sets MUTUALAT_REQUIRE_REFERENCES: fail there."""
+    if os.environ.get("MUTUALAT_REQUIRE_REFERENCES"):
+        pytest.fail(f"{reason} (make test installs it)")
+    pytest.skip(reason)
+
+
 def tiny_overrides(epochs: int = 2) -> list[str]:
     """A run of a few seconds on the embedded data: 512 training images, 2-step PGD."""
     return [

@@ -4,7 +4,6 @@ of robust accuracy against torchattacks on a quickly trained Fashion-MNIST model
 from __future__ import annotations
 
 import gzip
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from torch import nn
 
 from mutualat.attacks import ATTACKS, MSD, PGD, create_attack, make_threat
 from mutualat.errors import ConfigError
+
+from conftest import reference_missing
 
 # Every gradient attack with few steps, so that the whole property suite runs in seconds.
 GRADIENT_ATTACKS: dict[str, dict] = {
@@ -292,10 +293,10 @@ CROSS_CHECKS = {
 
 @pytest.mark.parametrize("name", CROSS_CHECKS)
 def test_robust_accuracy_matches_torchattacks(trained, name):
-    if os.environ.get("MUTUALAT_REQUIRE_REFERENCES"):  # `make test` (CI) installs it: no skip
+    try:
         import torchattacks as ta
-    else:
-        ta = pytest.importorskip("torchattacks")
+    except ImportError as error:
+        reference_missing(f"could not import 'torchattacks': {error}")
     model, x, y = trained
     if name == "deepfool":
         x, y = x[:100], y[:100]

@@ -9,7 +9,6 @@ CNNs on the embedded Fashion-MNIST subset.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,14 +36,14 @@ from mutualat.evaluation import (
 from mutualat.evaluation import checks as masking
 from mutualat.evaluation.suite import known_attacks
 
+from conftest import reference_missing
+
 
 def _needs_autoattack() -> None:
     from mutualat.evaluation.autoattack import autoattack_available
 
     if not autoattack_available():
-        if os.environ.get("MUTUALAT_REQUIRE_REFERENCES"):  # `make test` installs pyautoattack
-            pytest.fail("pyautoattack (the test extra) does not import")
-        pytest.skip("neither autoattack nor pyautoattack is installed")
+        reference_missing("neither autoattack nor pyautoattack is installed")
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,8 @@ from mutualat.experiments import (
     mean_std_percent,
     run_or_reuse,
     run_scenario,
+    split_alpha,
+    with_alpha,
     write_section,
 )
 from mutualat.train.logger import read_metrics
@@ -137,3 +139,9 @@ def test_a_finished_run_is_reused_only_for_the_same_config(tmp_path):
     with pytest.raises(ConfigError, match="another config.*optim.epochs"):
         run_or_reuse(load_config(None, tiny_overrides(2) + ["data.train_subset=128"]), run)
     assert (run / "results.json").read_bytes() == before
+
+
+def test_variant_names_round_trip_the_alpha_as_written():
+    assert with_alpha("mat-mp-max", 0.6) == "mat-mp-max-alpha0.6"
+    assert split_alpha(with_alpha("mat", 0.30)) == ("mat", "0.3")
+    assert split_alpha("at-max") == ("at-max", None)

@@ -52,6 +52,18 @@ def run_seconds(run_dir: Path) -> float:
     return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
 
 
+def with_alpha(method: str, alpha: float) -> str:
+    """A run variant's name for a method at one alpha: ("mat-mp-max", 0.6) -> "mat-mp-max-alpha0.6"."""
+    return f"{method}-alpha{alpha:g}"
+
+
+def split_alpha(variant: str) -> tuple[str, str | None]:
+    """The inverse of :func:`with_alpha`: "mat-alpha0.3" -> ("mat", "0.3") (the alpha as
+    written in the name); a name without an alpha -> (name, None)."""
+    method, _, alpha = variant.partition("-alpha")
+    return method, alpha or None
+
+
 def mean_std_percent(values: Sequence[float]) -> str:
     """Fractions as "mean ± std" in percent, the sample std over seeds (0 for one value)."""
     mean = 100 * statistics.mean(values)
