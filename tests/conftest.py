@@ -11,6 +11,10 @@ import torch
 # Test models are tiny: one thread avoids oversubscribing the 2-core CI machine when a test
 # starts a training subprocess beside itself, and makes timings steadier.
 torch.set_num_threads(1)
+# The same for the training subprocesses tests start: a run compared with an in-process
+# reference must use the same thread count (the convolutions' summation order depends on it;
+# a CLI resume at 2 threads against a 1-thread reference differed by more than 1e-5).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MUTUALAT_SHARED_DATA", REPO.parent / "shared" / "data"))
