@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -107,8 +108,12 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # "auto" picks cuda, mps, cpu
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    amp: str = "auto"  # "auto" = bf16 autocast on CUDA only; "bf16" or "off"
-    channels_last: str = "auto"  # "auto" = on CUDA only; "on" or "off"
+    # bf16 autocast of the training step and the channels_last memory format: "auto" =
+    # on the CPU whichever a one-off timed trial finds fastest (recorded in metrics.jsonl),
+    # on CUDA both, else neither (mutualat.train.precision); or force "bf16"/"off", "on"/"off".
+    # Evaluation (validation, final test, mutualat eval) always runs in fp32.
+    amp: str = "auto"
+    channels_last: str = "auto"
     # Cohort methods (MAT): run the members' attacks and forwards as one batched computation
     # (mutualat.methods.cohort_batch). "auto" = the loop on the CPU, where both measured
     # even; on an accelerator whichever of the two is faster in a one-off timing at the
@@ -199,6 +204,10 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+# A decimal number as YAML 1.2 and Python write it, exponent included ("1e-1", "-2.5E+3").
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -237,10 +246,17 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            # YAML 1.1 reads a mantissa without a dot ("1e-1", "5e-4") as a string.
+            return float(value)
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):
+            # YAML 1.1 reads on/off (and yes/no) as booleans; the switches that take
+            # "on"/"off" (channels_last, amp=off) get back the word the user wrote.
+            return "on" if value else "off"
         raise ConfigError(f"{path}: expected a string, got {value!r}")
     raise ConfigError(f"{path}: unsupported type {tp}")
 
@@ -250,8 +266,13 @@ def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    parts = key.strip().split(".")
+    set_value(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+
+
+def set_value(data: dict, key: str, value: Any) -> None:
+    """Set the dotted ``key`` (``models.0.lr``) of the plain config mapping ``data`` to
+    ``value``, creating the mappings and list items on the way."""
+    parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
@@ -305,9 +326,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         data = to_dict(from_dict(RunConfig, data))
         for assignment in overrides:
             apply_override(data, assignment)
+    return config_from_data(data)
+
+
+def config_from_data(data: dict) -> RunConfig:
+    """A validated :class:`RunConfig` from a plain mapping (as a config file holds it)."""
     # A model entry given as a bare name is shorthand for {name: ...}.
     if isinstance(data.get("models"), list):
-        data["models"] = [{"name": m} if isinstance(m, str) else m for m in data["models"]]
+        data = {**data, "models": [{"name": m} if isinstance(m, str) else m for m in data["models"]]}
     return from_dict(RunConfig, data).validate()
 
 
