@@ -56,6 +56,9 @@ COHORT_MAT_MP = COMMON + [
 ]
 # Data mode with a cohort: every process holds both members, each wrapped in DDP.
 DATA_MAT = DATA_AT + ["method.name=mat", "models.1.name=madrycnn", "eval.test=false"]
+# Cohort mode with bf16 and channels_last left to the CPU trial (rank 0 times, all follow).
+COHORT_TRIAL = [o for o in COHORT_MAT if not o.startswith("deterministic")] + [
+    "amp=auto", "channels_last=auto", "eval.test=false"]
 # Random starts on, three epochs, a checkpoint every step: the kill-and-resume run.
 RESUMABLE = tiny_overrides(3) + [
     "data.train_subset=256", "data.val_subset=64", "eval.test=false", "checkpoint_every=1",
@@ -142,7 +145,8 @@ def runs(tmp_path_factory) -> Path:
     _spawn(_fit_worker, [(str(root / "data-2"), DATA_AT), (str(root / "cohort-2"), COHORT_MAT),
                          (str(root / "data-mat-2"), DATA_MAT),
                          (str(root / "cohort-mp-2"), COHORT_MAT_MP),
-                         (str(root / "resumable-2"), RESUMABLE)])
+                         (str(root / "resumable-2"), RESUMABLE),
+                         (str(root / "cohort-trial-2"), COHORT_TRIAL)])
     return root
 
 
@@ -186,6 +190,16 @@ def test_cohort_parallel_mat_mp_equals_the_single_process_run(runs):
     _same_weights(runs / "cohort-mp-2", runs / "cohort-mp-single")
     for role in ("generalist", "linf", "l2"):
         assert (runs / "cohort-mp-2" / "models" / f"{role}.safetensors").is_file(), role
+
+
+def test_the_precision_trial_decides_once_for_every_process(runs):
+    speed = next(r for r in _records(runs / "cohort-trial-2") if r["event"] == "speed")
+    assert speed["precision_how"] == "trial"
+    assert len(speed["precision_trial_s"]) == 4
+    chosen = load_checkpoint(runs / "cohort-trial-2" / "checkpoint.pt")["precision"]
+    assert chosen == {"amp": speed["amp"] == "bf16", "channels_last": speed["channels_last"]}
+    for name in ("h1.safetensors", "h2.safetensors"):
+        assert (runs / "cohort-trial-2" / "models" / name).is_file()
 
 
 def test_kill_9_under_torchrun_then_resume_with_nproc(runs, tmp_path):

@@ -41,6 +41,10 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
                     help="also evaluate the ensemble (mean of the models' softmax outputs)")
     ev.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     ev.add_argument("--check-n", type=int, default=256, help="examples the measured checks use (default 256)")
+    ev.add_argument("--amp", choices=("off", "bf16"), default="off",
+                    help="off (default): fp32 throughout. bf16: the models run under bf16 autocast "
+                         "(faster on processors with bf16 units; lower-precision gradients can "
+                         "weaken attacks, so the summary says so)")
     _data_args(ev)
     _run_args(ev)
     ev.set_defaults(handler=run_eval)
@@ -175,7 +179,7 @@ def run_eval(args: argparse.Namespace) -> int:
     checks = False if args.no_checks else CheckConfig(n=args.check_n)
     evaluate(models, suite, images, labels, args.out, batch_size=args.batch_size, device=device,
              seed=args.seed, ensemble=args.ensemble, checks=checks, progress=not args.no_progress,
-             data_info=data_info, model_info=info)
+             data_info=data_info, model_info=info, amp=args.amp)
     print(f"summary: {args.out / 'summary.json'}")
     return 0
 

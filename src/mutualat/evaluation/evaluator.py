@@ -52,6 +52,7 @@ from mutualat.evaluation.checks import CheckConfig, run_checks, suite_warnings
 from mutualat.evaluation.suite import Suite, Threat
 from mutualat.evaluation.worst_case import BROKEN, NOT_ATTACKED, ROBUST, accuracy_report, candidates
 from mutualat.models.ensemble import Ensemble
+from mutualat.train.precision import AutocastModel
 
 FORMAT_VERSION = 1
 ENSEMBLE = "ensemble"
@@ -371,6 +372,7 @@ def build_summary(
     model_info: Mapping[str, Mapping[str, Any]] | None,
     checks: Mapping[str, Any] | None,
     started: str | None,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """The ``summary.json`` record. Accuracies are fractions in [0,1]::
 
@@ -384,7 +386,7 @@ def build_summary(
                            "attacks": {id: {name, threat, restarts, params, eps, accuracy,
                                             attacked, broken, invalid, seconds}},
                            "correct_file": "<name>/correct.npz"}},
-         "checks": {...} or null, "warnings": [...]}
+         "checks": {...} or null, "precision": "fp32" | "bf16 autocast", "warnings": [...]}
     """
     specs = suite.attacks
     ids, threats = [s.id for s in specs], [s.threat for s in specs]
@@ -421,6 +423,9 @@ def build_summary(
         warnings += suite_warnings(name, [s.to_dict() for s in specs], outcome, clean, suite.per_attack)
     if checks:
         warnings += list(checks.get("warnings", []))
+    if amp == "bf16":
+        warnings.append("the models ran under bf16 autocast (eval --amp bf16): lower-precision "
+                        "gradients can weaken gradient attacks; confirm a claim in fp32")
     return {
         "format_version": FORMAT_VERSION,
         "date": utc_now(),
@@ -435,6 +440,7 @@ def build_summary(
         "hardware": hardware_info(device),
         "models": models,
         "checks": dict(checks) if checks else None,
+        "precision": "bf16 autocast" if amp == "bf16" else "fp32",
         "warnings": warnings,
     }
 
@@ -482,6 +488,7 @@ def evaluate(
     progress: bool = True,
     data_info: Mapping[str, Any] | None = None,
     model_info: Mapping[str, Mapping[str, Any]] | None = None,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """Evaluate ``models`` (name -> module mapping [0,1] images to logits) under ``suite``.
 
@@ -493,6 +500,10 @@ def evaluate(
         checks: run the gradient-masking checks (True, False, or a :class:`CheckConfig`).
         data_info, model_info: recorded in the summary as they are (dataset name, split,
             model file metadata...).
+        amp: "off" (default): every forward and backward in fp32. "bf16": the models run
+            under bf16 autocast (the perturbation stays fp32); faster where the processor
+            has bf16 units, but a lower-precision gradient can weaken an attack and make a
+            model look more robust than it is. The summary records it (``precision``).
 
     Returns the summary (also written to ``out_dir/summary.json``) and prints its table and
     warnings. The models are moved to ``device``; the global torch random state is restored
@@ -505,6 +516,8 @@ def evaluate(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not models:
         raise ConfigError("evaluate needs at least one model")
+    if amp not in ("off", "bf16"):
+        raise ConfigError(f"amp must be off or bf16, got {amp!r}")
     suite.validate()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     x_all, y_all = as_tensors(images, labels)
@@ -518,11 +531,14 @@ def evaluate(
         named[name] = model.to(dev)
     if ensemble:
         named[ENSEMBLE] = Ensemble(list(named.values()))
+    if amp == "bf16":
+        named = {k: AutocastModel(m) for k, m in named.items()}
 
     # What decides the numbers; a rerun must match it (the description is only prose).
     suite_identity = {k: v for k, v in suite.to_dict().items() if k != "description"}
     identity = {
         "suite": suite_identity, "seed": seed, "batch_size": batch_size,
+        **({"precision": "bf16"} if amp == "bf16" else {}),  # fp32 folders stay valid
         "n_examples": len(y_all), "data": fingerprint_data(x_all, y_all),
         "models": {k: fingerprint_model(m) for k, m in named.items()},
     }
@@ -542,7 +558,7 @@ def evaluate(
                                    checks if isinstance(checks, CheckConfig) else CheckConfig())
     summary = build_summary(
         suite, results, seed=seed, batch_size=batch_size, device=dev, data_info=data_info,
-        model_info=model_info, checks=check_record, started=started,
+        model_info=model_info, checks=check_record, started=started, amp=amp,
     )
     _write_json(out / "summary.json", summary)
     print(summary_table(summary))

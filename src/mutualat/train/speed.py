@@ -10,15 +10,14 @@
   the run's real shape (random pixels from a private generator, so the run's random stream
   is untouched), under the run's autocast and memory format.
 
-bf16 autocast and channels_last are the trainer's own ``amp`` and ``channels_last``
-settings; they are recorded here too, so a run's log says how it was computed. On CUDA,
+bf16 autocast and channels_last are chosen before the members are built
+(:mod:`mutualat.train.precision`) and recorded in the same log event. On CUDA,
 unless ``deterministic``, ``torch.backends.cudnn.benchmark`` is switched on (the training
 shapes are fixed, so cuDNN's one-off algorithm search pays for itself).
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -59,16 +58,13 @@ def apply_speed_options(trainer: "Trainer") -> dict[str, Any]:
     record: dict[str, Any] = {
         "device": str(trainer.device),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "amp": "bf16" if trainer.amp else "off",
-        "channels_last": bool(trainer.channels_last),
         "compile": cfg.compile,
     }
     if not hasattr(method, "set_cohort_batch"):
         return {**record, "cohort_batched": False, "cohort_reason": "not a cohort method"}
     x = sample_batch(cfg.data.batch_size, tuple(trainer.dataset.input_shape), trainer.device,
                      trainer.channels_last)
-    autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16)
-                if trainer.amp else contextlib.nullcontext())
+    autocast = trainer.precision.chosen.autocast(trainer.device)
     # Data-parallel training (mutualat.train.distributed) needs the loop: the batched cohort
     # calls the members around their DistributedDataParallel wrappers, whose gradients would
     # then not be averaged over the processes.

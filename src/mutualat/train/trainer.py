@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import platform
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from mutualat.train import distributed
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from mutualat.train.logger import MetricsLog
 from mutualat.train.optim import build_optimizer, build_scheduler
+from mutualat.train.precision import Precision, choose_precision, device_rule
 from mutualat.train.validate import robust_accuracies
 
 CHECKPOINT = "checkpoint.pt"
@@ -180,14 +182,25 @@ class Trainer:
         cfg = self.cfg
         self.dist.configure(cfg)
         self.device = self.dist.device(resolve_device(cfg.device))
-        on_cuda = self.device.type == "cuda"
-        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and on_cuda)
-        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
         _seed_everything(cfg.seed, cfg.deterministic)
 
         self._build_data()
         self.method = build_method(cfg)
         self.dist.check(cfg, self.method)
+        state = (self.dist.state_from_main(lambda: load_checkpoint(self.out / CHECKPOINT))
+                 if resume else None)
+        # bf16 autocast and channels_last: forced by the config, kept from the checkpoint, or
+        # timed on this run's shapes (train/precision.py). Rank 0 decides for every process.
+        saved = None
+        if state is not None:
+            # A checkpoint from before the trial existed was computed by the device rule.
+            saved = state.get("precision") or dataclasses.asdict(
+                device_rule(cfg.amp, cfg.channels_last, self.device))
+        self.precision = self.dist.from_main(lambda: choose_precision(
+            cfg.amp, cfg.channels_last, self.device, self._trial_step, saved=saved,
+            deterministic=cfg.deterministic))
+        self.amp = self.precision.chosen.amp
+        self.channels_last = self.precision.chosen.channels_last
         # This process's members: all of them, except in cohort mode.
         self.members = [self._build_member(i, m) for i, m in enumerate(cfg.models)
                         if self.dist.owns(i)]
@@ -206,11 +219,12 @@ class Trainer:
         self.step_in_epoch = 0  # completed steps of the current epoch
         self.global_step = 0
         self.best: dict[str, float] = {}  # role -> best validation robust accuracy
-        if resume:
-            self._restore(self.dist.state_from_main(lambda: load_checkpoint(self.out / CHECKPOINT)))
+        if state is not None:
+            self._restore(state)
         # Speed options (torch.compile, batched cohort), decided once and logged: train/speed.py.
         from mutualat.train.speed import apply_speed_options
-        self.log.write("speed", self.global_step, **apply_speed_options(self))
+        self.log.write("speed", self.global_step, **apply_speed_options(self),
+                       **self.precision.record())
 
     @property
     def is_main(self) -> bool:
@@ -272,6 +286,38 @@ class Trainer:
         scheduler = build_scheduler(optimizer, self.cfg.optim, len(self.loader))
         return Member(role, model, False, optimizer, scheduler, index, module)
 
+    def _trial_step(self, precision: Precision) -> Callable[[], None]:
+        """One training step of this run computed as ``precision`` says, on fresh copies of
+        the members and a batch of random pixels of the training shape (this process's share
+        in data mode): the unit :func:`choose_precision` times. Nothing of the run is touched."""
+        from mutualat.train.speed import sample_batch
+
+        cfg = self.cfg
+        models = []
+        for i, mcfg in enumerate(cfg.models):
+            model = self._create_model(i, mcfg).to(self.device)
+            if precision.channels_last:
+                model.to(memory_format=torch.channels_last)
+            models.append(model.eval().requires_grad_(False) if mcfg.frozen else model.train())
+        method = build_method(cfg)
+        if hasattr(method, "set_cohort_batch"):
+            method.set_cohort_batch("loop")  # the cohort path is chosen afterwards, in speed.py
+        batch = cfg.data.batch_size // (self.dist.world if self.dist.mode == "data" else 1)
+        x = sample_batch(batch, tuple(self.dataset.input_shape), self.device, precision.channels_last)
+        generator = torch.Generator(device=self.device).manual_seed(1)
+        y = torch.randint(0, self.dataset.num_classes, (batch,), generator=generator,
+                          device=self.device)
+
+        def step() -> None:
+            for model in models:
+                model.zero_grad(set_to_none=True)
+            with precision.autocast(self.device):
+                loss = method.loss(models, x, y).loss
+            if loss.requires_grad:
+                loss.backward()
+
+        return step
+
     def _remote_member(self, index: int, mcfg) -> Member:
         """A CPU copy of a member another process trains (its weights arrive before saving)."""
         return Member(self.method.roles[index], self._create_model(index, mcfg).eval(),
@@ -310,6 +356,7 @@ class Trainer:
             "optimizers": [members[i][1] for i in range(n)],
             "schedulers": [members[i][2] for i in range(n)],
             "rng": parts[0]["rng"],
+            "precision": self.precision.state(),
         }
         if len(parts) > 1:  # every process's RNG, so a resumed run continues exactly
             state["rng_ranks"] = [p["rng"] for p in parts]
@@ -421,6 +468,7 @@ class Trainer:
             models[m.index] = m.module
         tick, images = time.perf_counter(), 0
         adv_sum, adv_n = 0.0, 0
+        total_steps = cfg.optim.epochs * len(self.loader)
         for x, y in bar:
             batch = len(y)  # the global batch: data mode trains this process on its shard
             x, y = self.dist.shard(x, y)
@@ -428,11 +476,8 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             for m in self.members:
                 m.model.train(not m.frozen)
-            autocast = (
-                torch.autocast(self.device.type, dtype=torch.bfloat16)
-                if self.amp else contextlib.nullcontext()
-            )
-            with autocast:
+            self.method.progress = self.global_step / total_steps
+            with self.precision.chosen.autocast(self.device):
                 result = self.method.loss(models, x, y)
             for m in trainable:
                 m.optimizer.zero_grad(set_to_none=True)
