@@ -61,6 +61,9 @@ class Method:
         self.roles = self.member_roles(len(self.frozen))
         self.target_members: list[int] = []
         self.share_targets: TargetExchange | None = None
+        # Completed training steps / all steps, set by the trainer before each step; a loss
+        # whose weights follow a schedule (MAT's alpha_warmup) reads it.
+        self.progress = 1.0
 
     def member_roles(self, num_models: int) -> list[str]:
         """Names of the cohort members, in the order of ``RunConfig.models``."""

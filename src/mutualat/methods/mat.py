@@ -52,6 +52,7 @@ from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.cohort_batch import BatchedCohort, CohortChoice, decide, repeat_for
+from mutualat.methods.peers import check_target_bn, check_warmup, peer_logits, scheduled_alpha
 
 
 @dataclass
@@ -64,10 +65,17 @@ class MATParams:
     natural: list[int] = field(default_factory=list)
     # KL temperature; the paper uses 1 (SPEC.md section 6). KL is scaled by T^2.
     temperature: float = 1.0
+    # Beyond the paper (mutualat.methods.peers): alpha rises linearly from 0 over this
+    # fraction of training; and how a peer's clean target forward treats batch-norm
+    # ("update" as the paper, "keep" its running statistics, or "eval" mode).
+    alpha_warmup: float = 0.0
+    target_bn: str = "update"
 
     def validate(self) -> None:
         check_weight("method.params.alpha", self.alpha)
         check_temperature(self.temperature)
+        check_warmup(self.alpha_warmup)
+        check_target_bn(self.target_bn)
         if any(i < 0 for i in self.natural):
             raise ConfigError(f"method.params.natural holds model indices >= 0, got {self.natural}")
         if len(set(self.natural)) != len(self.natural):
@@ -133,6 +141,8 @@ class MAT(Method):
         return self.cohort_choice
 
     def _batchable(self, models: Sequence[nn.Module | None]) -> list[nn.Module]:
+        if self.params.target_bn != "update":
+            return []  # the batched path's target forward always updates batch-norm: the loop
         return [models[i] for i in self.robust if models[i] is not None]
 
     def _batched_members(self, models: Sequence[nn.Module | None], x: torch.Tensor) -> list[int]:
@@ -177,7 +187,8 @@ class MAT(Method):
         n = len(models)
         if n != len(self.frozen):
             raise ValueError(f"mat was built for {len(self.frozen)} models, got {n}")
-        alpha, t = self.params.alpha, self.params.temperature
+        alpha = scheduled_alpha(self.params.alpha, self.params.alpha_warmup, self.progress)
+        t = self.params.temperature
 
         # Clean forwards: a natural trainable member's training forward (with gradient) is
         # also its soft label for the peers; every other member's soft label is computed
@@ -198,8 +209,7 @@ class MAT(Method):
                 own[m] = models[m](x)
                 targets[m] = own[m].detach()
             else:
-                with torch.no_grad():
-                    targets[m] = models[m](x)
+                targets[m] = peer_logits(models[m], x, self.params.target_bn)
         if self.share_targets is not None:
             targets = self.share_targets(targets, len(y))
         local = [i for i in self.trainable if models[i] is not None]
@@ -226,4 +236,6 @@ class MAT(Method):
             metrics[f"kl/{role}"] = (kl / (n - 1)).detach()  # mean KL to one peer
             # Accuracy on the member's training input: x_adv, or x for a natural member.
             metrics[f"adv_acc/{role}"] = accuracy(logits, y)
+        if self.params.alpha_warmup > 0:
+            metrics["alpha"] = torch.tensor(alpha)
         return StepResult(total, metrics)

@@ -64,6 +64,7 @@ from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.mat import check_temperature, check_trainable, check_weight
+from mutualat.methods.peers import check_target_bn, check_warmup, peer_logits, scheduled_alpha
 from mutualat.methods.multi import (
     ThreatSpec,
     check_msd_steps,
@@ -92,6 +93,10 @@ class MATMPParams:
     # Also distill the generalist's clean prediction into every specialist (see the module
     # docstring: SPEC.md reads Eq. 6 as specialists-only, the default).
     generalist_teaches: bool = False
+    # Beyond the paper, as for MAT (mutualat.methods.peers): alpha's linear warm-up over
+    # this fraction of training, and how a peer's target forward treats batch-norm.
+    alpha_warmup: float = 0.0
+    target_bn: str = "update"
 
     def validate(self) -> None:
         if self.generalist not in GENERALIST_STRATEGIES:
@@ -101,6 +106,8 @@ class MATMPParams:
             )
         check_weight("method.params.alpha", self.alpha)
         check_temperature(self.temperature)
+        check_warmup(self.alpha_warmup)
+        check_target_bn(self.target_bn)
         # The paper's M >= 2 (Sec. 2.2): with one type there is nothing to generalize over.
         check_threats(self.threats, minimum=2)
         check_msd_steps(self.msd_steps)
@@ -153,6 +160,10 @@ class MATMP(Method):
 
     # --- the loss -----------------------------------------------------------------------
 
+    def alpha(self) -> float:
+        """This step's distillation weight (``alpha`` after its warm-up)."""
+        return scheduled_alpha(self.params.alpha, self.params.alpha_warmup, self.progress)
+
     def _kd(self, target: torch.Tensor, logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         t = self.params.temperature
         return losses.distillation_kl(target, logits, t, reduction) * t**2
@@ -162,10 +173,9 @@ class MATMP(Method):
         if len(models) != len(self.frozen):
             raise ValueError(f"mat-mp was built for {len(self.frozen)} models, got {len(models)}")
         targets: dict[int, torch.Tensor] = {}
-        with torch.no_grad():
-            for n in self.target_members:
-                if models[n] is not None:  # None: held by another process (cohort-parallel)
-                    targets[n] = models[n](x)
+        for n in self.target_members:
+            if models[n] is not None:  # None: held by another process (cohort-parallel)
+                targets[n] = peer_logits(models[n], x, self.params.target_bn)
         if self.share_targets is not None:
             targets = self.share_targets(targets, len(y))
 
@@ -185,7 +195,7 @@ class MATMP(Method):
     def _specialist(self, i: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     targets: dict[int, torch.Tensor], metrics: dict) -> torch.Tensor:
         """Eq. 6 for specialist ``i`` (1..M) on its own type's adversarial batch."""
-        alpha, m = self.params.alpha, len(self.norms)
+        alpha, m = self.alpha(), len(self.norms)
         role = self.roles[i]
         logits = model(self.attacks[i - 1](model, x, y))
         lc = losses.boosted_cross_entropy(logits, y)
@@ -198,7 +208,7 @@ class MATMP(Method):
 
     def _generalist(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     targets: dict[int, torch.Tensor], metrics: dict) -> torch.Tensor:
-        alpha, m = self.params.alpha, len(self.norms)
+        alpha, m = self.alpha(), len(self.norms)
         use_kl = alpha > 0
         if self.params.generalist == "msd":  # Eq. 9: one MSD batch, every specialist teaches
             logits = model(self.msd(model, x, y))
