@@ -38,7 +38,9 @@ def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dic
             )
         print(f"{label}: reusing the finished run in {run_dir}", flush=True)
     else:
-        resume = (run_dir / "checkpoint.pt").is_file()
+        # A folder with a config was started before: resume it (from its checkpoint, or from
+        # scratch if it stopped before the first one); the trainer checks the config.
+        resume = (run_dir / "config.yaml").is_file()
         print(f"{label}: {'resuming' if resume else 'training'} in {run_dir}", flush=True)
         Trainer(cfg, run_dir, resume=resume).fit()
     return json.loads(done.read_text())

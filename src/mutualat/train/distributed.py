@@ -275,7 +275,7 @@ class Distributed(Solo):
         parts = None
         if self.is_main:
             loaded = _attempt(load)
-            parts = ([loaded] * self.world if loaded[0] == "error"
+            parts = ([loaded] * self.world if loaded[0] == "error" or loaded[1] is None
                      else [("ok", self._part_for(loaded[1], r)) for r in range(self.world)])
         box: list[Any] = [None]
         with self.guard("receiving the checkpoint from rank 0"):

@@ -21,6 +21,7 @@ import math
 import platform
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mutualat.config import RunConfig, dump_config, load_config, to_dict
+from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
 from mutualat.device import resolve_device
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import build_method, resolve_method_params
@@ -43,6 +44,8 @@ from mutualat.train.validate import robust_accuracies
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
+RUN_FILE = "run.json"  # the run's identity, written at creation
+LOCK = ".lock"  # held by the process training into the folder
 # Keys that describe where a run executes, not what it computes: a resumed run may change them.
 ENVIRONMENT_KEYS = ("device", "progress", "data.data_dir", "distributed.backend",
                     "distributed.timeout_s")
@@ -103,14 +106,109 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
         return cfg
     if cfg is None:
         raise ConfigError("a new run needs a config")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
+    present = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    if present:
+        if saved.is_file() and not (out / CHECKPOINT).is_file():
+            raise ConfigError(
+                f"run folder {out} holds a run that never reached its first checkpoint "
+                f"({', '.join(present)}); pass --resume to start it again from scratch with its "
+                "saved config, or choose another --out (nothing was overwritten)"
+            )
         raise ConfigError(
             f"run folder {out} already exists and is not empty; pass --resume to continue it "
             "or choose another --out (nothing was overwritten)"
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(saved, dump_config(cfg).encode())
+    # The run's identity: a checkpoint copied in from another run is refused on resume.
+    atomic_write_bytes(out / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}).encode())
     return cfg
+
+
+def resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from, checked against the folder; None when the
+    run never reached its first checkpoint (it then starts again from scratch, see
+    :func:`_clear_dead_start`). Nothing is changed when the checkpoint does not belong here."""
+    out = Path(out)
+    if not (out / CHECKPOINT).is_file():
+        if (out / "results.json").is_file():
+            raise CheckpointError(
+                f"{out} holds a finished run (results.json) but no {CHECKPOINT}: there is "
+                "nothing to resume, and starting again would overwrite its models"
+            )
+        return None
+    state = load_checkpoint(out / CHECKPOINT)
+    try:
+        recorded = from_dict(RunConfig, state.get("config"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{out / CHECKPOINT} records a config this version cannot read: "
+                              f"{exc}") from None
+    differs = config_difference(recorded, cfg)
+    if differs:
+        raise CheckpointError(
+            f"{out / CHECKPOINT} was written by another config than {out / CONFIG}: they differ "
+            f"in {differs} (checkpoint first); restore the folder's config.yaml or start a new "
+            "--out (nothing was changed)"
+        )
+    identity = _run_id(out)
+    if identity is not None and state.get("run_id") is not None and state["run_id"] != identity:
+        raise CheckpointError(
+            f"{out / CHECKPOINT} belongs to another run (run id {state['run_id']}, this folder's "
+            f"{identity}); put this run's checkpoint back or start a new --out (nothing was changed)"
+        )
+    return state
+
+
+def _run_id(out: Path) -> str | None:
+    try:
+        return json.loads((out / RUN_FILE).read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a run folder from before run identities
+
+
+def _clear_dead_start(out: Path) -> list[str]:
+    """What a run killed before its first checkpoint left (a log, perhaps model files of its
+    first epoch): removed, so that it starts again from scratch. Returns the names removed."""
+    removed = []
+    for name in ("metrics.jsonl", "results.json"):
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    for model in sorted((out / "models").glob("*.safetensors")):
+        model.unlink()
+        removed.append(f"models/{model.name}")
+    return removed
+
+
+def remove_stale_temporaries(out: Path) -> list[str]:
+    """Temporaries of atomic writes (``.NAME.XXXX.tmp``) a kill left in the run folder; only
+    called by the process holding the folder's lock, so none of them is being written."""
+    removed = []
+    for folder in (out, out / "models"):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(str(tmp.relative_to(out)))
+    return removed
+
+
+def lock_run_dir(out: Path) -> Any:
+    """Hold ``out/.lock`` (an advisory lock the OS drops when the process dies) so that two
+    processes never train into one folder; a second one gets a clear error."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK, "a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"run folder {out} is in use by another training process; wait for it "
+                          "to end or choose another --out (nothing was changed)") from None
+    return handle
 
 
 def config_difference(saved: RunConfig, given: RunConfig) -> str:
@@ -166,6 +264,11 @@ class Trainer:
         # Launched by torchrun: join the other processes; rank 0 alone touches the run folder.
         self.dist = distributed.setup(cfg, self.out)
         existed = self.out.exists()
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out} is a file, not a folder; choose another --out")
+        held: dict[str, Any] = {}  # rank 0's lock on the run folder, held while this lives
+        self.dist.from_main(lambda: held.update(lock=lock_run_dir(self.out)))
+        self._lock = held.get("lock")
         self.cfg = self.dist.from_main(lambda: prepare_run_dir(self.out, cfg, resume))
         self.resume = resume
         try:
@@ -187,8 +290,8 @@ class Trainer:
         self._build_data()
         self.method = build_method(cfg)
         self.dist.check(cfg, self.method)
-        state = (self.dist.state_from_main(lambda: load_checkpoint(self.out / CHECKPOINT))
-                 if resume else None)
+        self.run_id = self.dist.from_main(lambda: _run_id(self.out))
+        state = self.dist.state_from_main(self._resume_state) if resume else None
         # bf16 autocast and channels_last: forced by the config, kept from the checkpoint, or
         # timed on this run's shapes (train/precision.py). Rank 0 decides for every process.
         saved = None
@@ -225,6 +328,21 @@ class Trainer:
         from mutualat.train.speed import apply_speed_options
         self.log.write("speed", self.global_step, **apply_speed_options(self),
                        **self.precision.record())
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """Rank 0: the checked checkpoint to continue from, or None to start again from
+        scratch (a run killed before its first checkpoint); stale temporaries removed."""
+        state = resume_state(self.out, self.cfg)
+        stale = remove_stale_temporaries(self.out)
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) an interrupted write left in "
+                  f"{self.out}: {', '.join(stale)}", flush=True)
+        if state is None:
+            removed = _clear_dead_start(self.out)
+            print(f"{self.out} has no checkpoint (the run stopped before the end of its first "
+                  f"epoch): starting it again from scratch with its saved config"
+                  + (f"; removed {', '.join(removed)}" if removed else ""), flush=True)
+        return state
 
     @property
     def is_main(self) -> bool:
@@ -357,6 +475,7 @@ class Trainer:
             "schedulers": [members[i][2] for i in range(n)],
             "rng": parts[0]["rng"],
             "precision": self.precision.state(),
+            "run_id": self.run_id,
         }
         if len(parts) > 1:  # every process's RNG, so a resumed run continues exactly
             state["rng_ranks"] = [p["rng"] for p in parts]
@@ -502,10 +621,14 @@ class Trainer:
             lrs = {m.index: m.optimizer.param_groups[0]["lr"] for m in trainable[:1]}
             loss, values, lr = self.dist.reduce_step(loss, values, lrs)
             if not math.isfinite(loss):
+                where = (f"The last checkpoint in {self.out} is intact"
+                         if (self.out / CHECKPOINT).is_file() else
+                         f"No checkpoint was written yet; --resume starts {self.out} again from "
+                         "scratch with its config")
                 raise TrainingError(
                     f"the {self.method.registered_name} loss became {loss} at epoch "
                     f"{self.epoch + 1}, step {self.step_in_epoch} ({values}); lower the learning "
-                    f"rate or check the data. The last checkpoint in {self.out} is intact."
+                    f"rate or check the data. {where}."
                 )
             rate = images / max(time.perf_counter() - tick, 1e-9)
             # Accuracy on the training adversarial batches over the epoch so far (the mean over
