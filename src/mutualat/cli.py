@@ -1,6 +1,7 @@
 """Command line: turns arguments into a config and calls the library, nothing more.
 
     mutualat train --config FILE --out DIR [--set key=value ...] [--resume] [--nproc K]
+    mutualat compare PLAN.yaml --out DIR [--jobs K] [--data-dir D] [--device DEV]
     mutualat demo [--out DIR]
     mutualat eval --model PATH ... --suite NAME|FILE --data NAME --out DIR
     mutualat transfer --source PATH ... --target PATH ... --data NAME --out DIR
@@ -62,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     scenario.add_argument("--config", type=Path, required=True, help="the base experiment file")
     scenario.add_argument("--out", type=Path, required=True)
     scenario.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    compare = sub.add_parser(
+        "compare", help="a fair comparison of methods: per-variant hyperparameters chosen on "
+                        "validation, seeds, AutoAttack, paired differences (configs/plans/)")
+    compare.add_argument("plan", type=Path, help="a plan YAML file (see configs/plans/)")
+    compare.add_argument("--out", type=Path, required=True,
+                         help="study folder; the same command continues an interrupted study")
+    compare.add_argument("--jobs", type=int, default=1, metavar="K",
+                         help="run K trainings or evaluations at once, one thread each (default 1)")
+    compare.add_argument("--threads", type=int, default=None,
+                         help="torch threads per task (default: 1 with --jobs > 1)")
+    compare.add_argument("--data-dir", help="data root (else $MUTUALAT_DATA, else the user cache folder)")
+    compare.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+    compare.add_argument("--status", action="store_true",
+                         help="say what is finished, running-ready and waiting, then exit")
 
     from mutualat.cli_eval import add_eval_commands
 
@@ -143,6 +159,28 @@ def _scenario(args: argparse.Namespace) -> int:
     from mutualat.report.tables import results_table
 
     print(results_table({args.name: results}))
+    return 0
+
+
+@command("compare")
+def _compare(args: argparse.Namespace) -> int:
+    from mutualat.compare import Study, load_plan, run_study
+
+    environment = {}
+    if args.data_dir:
+        environment["data.data_dir"] = args.data_dir
+    if args.device:
+        environment["device"] = args.device
+    plan = load_plan(args.plan, environment)
+    if args.status:
+        ready, waiting = Study(plan, args.out).tasks()
+        for task in ready:
+            print(f"ready    {task.key}")
+        print(f"{len(ready)} ready, {waiting} waiting on them")
+        return 0
+    report = run_study(plan, args.out, jobs=args.jobs, threads=args.threads)
+    print(report.read_text())
+    print(f"report: {report}")
     return 0
 
 

@@ -1,0 +1,17 @@
+"""Fair comparisons of training methods: ``mutualat compare PLAN.yaml --out DIR``.
+
+Per variant, a hyperparameter grid trained with one seed on the training split minus the
+held-out validation split; the grid point with the best validation robust accuracy (never a
+test number); that setting trained for every seed; every model (and each cohort's ensemble,
+and a compute-matched ensemble of independently trained models) evaluated on the same
+class-balanced test images with a suite that includes AutoAttack; mean ± std over seeds and
+paired differences to a baseline with 95% intervals. See :mod:`mutualat.compare.plan` for
+the plan file and :mod:`mutualat.compare.study` for the folder layout.
+"""
+
+from mutualat.compare.plan import Plan, load_plan, setting_label
+from mutualat.compare.runner import StudyError, run_study
+from mutualat.compare.study import Selection, Study, validation_score
+
+__all__ = ["Plan", "Selection", "Study", "StudyError", "load_plan", "run_study", "setting_label",
+           "validation_score"]

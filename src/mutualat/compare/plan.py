@@ -1,0 +1,261 @@
+"""A comparison plan: which methods, which hyperparameter grid, which seeds, which suite.
+
+A plan is a YAML file (examples in ``configs/plans/``)::
+
+    name: fmnist-smallcnn
+    base: fmnist-smallcnn-base.yaml       # a run config, relative to the plan file
+    set: {optim.epochs: 50}               # overrides for every run (dotted config keys)
+    variants:                             # name -> the overrides that make the variant
+      at-lc: {method.name: at, method.params.loss: lc}
+      mat-a0.6: {method.name: mat, method.params.alpha: 0.6, models: [smallcnn, smallcnn]}
+    grid:                                 # searched per variant on the validation split
+      lr: [0.025, 0.05, 0.1]              # "lr" and "weight_decay" apply to every model
+    grids:                                # optional: a variant's own grid instead
+      mat-a0.6: {lr: [0.05, 0.1, 0.2]}
+    seeds: [0, 1, 2]                      # the grid is trained with the first seed
+    select: last                          # the validation number that picks: last | best
+    checkpoints: [last, best]             # which models are evaluated and reported
+    baseline: at-lc                       # paired differences are taken against it
+    control: {variant: at-lc, members: 2} # compute-matched ensemble of independent runs
+    suite: comparison-fmnist              # packaged suite name or a suite file
+    eval: {n: 2000, batch_size: 500, seed: 0, members: all, ensembles: [last, best]}
+
+Everything is checked when the plan is loaded, before any data is read or any run starts:
+unknown keys, variant names, every (variant, grid point, seed) config, the suite.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mutualat.config import RunConfig, config_from_data, load_config, set_value, to_dict
+from mutualat.errors import ConfigError
+
+#: A grid point's shorthands: set on every model of the cohort.
+MODEL_KEYS = ("lr", "weight_decay")
+CHECKPOINTS = ("last", "best")
+#: The control's extra members are initialized from ``seed + k`` (k = 1 .. members - 1), as a
+#: cohort's member k is, and train on the same data in the same order as the seed's run.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_TOP_KEYS = {"name", "description", "base", "set", "variants", "grid", "grids", "seeds", "select",
+             "checkpoints", "baseline", "control", "suite", "eval"}
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    n: int = 2000  # class-balanced, seeded subset of the test split: the same images for all
+    batch_size: int = 256
+    seed: int = 0  # the subset's and every attack's seed
+    checks: bool = True  # the evaluator's gradient-masking checks
+    # A cohort's members evaluated: "all", or "first" (h1, which starts from the same weights
+    # as the single-model runs of the same seed: the tightest pairing) when the budget is short.
+    members: str = "all"
+    # The checkpoints at which ensembles (each cohort's, the control's) are evaluated.
+    ensembles: tuple[str, ...] = CHECKPOINTS
+
+
+@dataclass(frozen=True)
+class Control:
+    variant: str
+    members: int
+
+
+@dataclass
+class Plan:
+    name: str
+    base: dict[str, Any]  # the base run config as plain data
+    variants: dict[str, dict[str, Any]]  # name -> {dotted key: value}
+    grids: dict[str, dict[str, list[Any]]]  # variant -> {key: values}
+    seeds: list[int]
+    baseline: str
+    suite: str
+    select: str = "last"
+    checkpoints: list[str] = field(default_factory=lambda: list(CHECKPOINTS))
+    control: Control | None = None
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    common: dict[str, Any] = field(default_factory=dict)  # the plan's `set`
+    description: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)  # data.data_dir, device
+
+    # --- the runs -----------------------------------------------------------------
+
+    def settings(self, variant: str) -> list[dict[str, Any]]:
+        """Every grid point of ``variant``, in the grid's order."""
+        grid = self.grids[variant]
+        keys = list(grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+    def config(self, variant: str, setting: dict[str, Any], seed: int,
+               init_seed: int | None = None) -> RunConfig:
+        """The run config of ``variant`` at grid point ``setting`` and ``seed``; ``init_seed``
+        initializes the single model from another seed (a control member)."""
+        data = copy.deepcopy(self.base)
+        data = to_dict(config_from_data(data))
+        overrides = {**self.common, **self.variants[variant]}
+        if overrides.get("method.name", data["method"]["name"]) != data["method"]["name"]:
+            data["method"]["params"] = {}  # another method: the base's parameters do not apply
+        for key, value in overrides.items():
+            set_value(data, key, copy.deepcopy(value))
+        data = to_dict(config_from_data(data))  # bare model names -> mappings
+        for key, value in setting.items():
+            if key in MODEL_KEYS:
+                for model in data["models"]:
+                    model[key] = value
+            else:
+                set_value(data, key, copy.deepcopy(value))
+        data["seed"] = seed
+        if init_seed is not None:
+            data["models"][0]["seed"] = init_seed
+        for key, value in self.environment.items():
+            set_value(data, key, value)
+        return config_from_data(data)
+
+    @property
+    def grid_seed(self) -> int:
+        return self.seeds[0]
+
+
+def setting_label(setting: dict[str, Any]) -> str:
+    """A grid point as a folder name: {"lr": 0.05} -> "lr0.05"."""
+    parts = []
+    for key, value in setting.items():
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{key.split('.')[-1]}{text}")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", "-".join(parts)) or "default"
+
+
+def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Plan:
+    """Read and check a plan file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"plan file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"plan file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"plan file {path} must hold a mapping")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"plan {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(_TOP_KEYS))}")
+    where = f"plan {path}"
+    base: dict[str, Any] = {}
+    if raw.get("base") is not None:
+        base_path = (path.parent / raw["base"]) if not Path(raw["base"]).is_absolute() else Path(raw["base"])
+        base = to_dict(load_config(base_path))
+    variants = _mapping(raw.get("variants"), f"{where}: variants")
+    if not variants:
+        raise ConfigError(f"{where}: variants must name at least one variant")
+    for name, overrides in variants.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"{where}: variant name {name!r} must be letters, digits and ._+-")
+        variants[name] = _mapping(overrides, f"{where}: variants.{name}")
+    default_grid = _grid(raw.get("grid") or {}, f"{where}: grid")
+    own = _mapping(raw.get("grids"), f"{where}: grids")
+    for name in own:
+        if name not in variants:
+            raise ConfigError(f"{where}: grids names {name!r}, which is not a variant")
+    grids = {v: _grid(own[v], f"{where}: grids.{v}") if v in own else default_grid for v in variants}
+    seeds = raw.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"{where}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    select = raw.get("select", "last")
+    if select not in CHECKPOINTS:
+        raise ConfigError(f"{where}: select must be last or best, got {select!r}")
+    checkpoints = raw.get("checkpoints", list(CHECKPOINTS))
+    if (not isinstance(checkpoints, list) or not checkpoints
+            or any(c not in CHECKPOINTS for c in checkpoints)):
+        raise ConfigError(f"{where}: checkpoints lists last and/or best, got {checkpoints!r}")
+    baseline = raw.get("baseline")
+    if baseline not in variants:
+        raise ConfigError(f"{where}: baseline must name a variant ({', '.join(variants)}), got {baseline!r}")
+    control = None
+    if raw.get("control") is not None:
+        c = _mapping(raw["control"], f"{where}: control")
+        if c.get("variant") not in variants or not isinstance(c.get("members"), int) or c["members"] < 2:
+            raise ConfigError(f"{where}: control needs a variant (one of {', '.join(variants)}) "
+                              f"and members >= 2, got {c!r}")
+        control = Control(c["variant"], c["members"])
+    suite = raw.get("suite")
+    if not isinstance(suite, str):
+        raise ConfigError(f"{where}: suite must name a packaged suite or a suite file")
+    if (path.parent / suite).is_file():
+        suite = str(path.parent / suite)
+    ev = _mapping(raw.get("eval"), f"{where}: eval")
+    unknown = set(ev) - {"n", "batch_size", "seed", "checks", "members", "ensembles"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown eval key(s) {', '.join(sorted(unknown))}")
+    if "ensembles" in ev:
+        if not isinstance(ev["ensembles"], list) or any(c not in checkpoints for c in ev["ensembles"]):
+            raise ConfigError(f"{where}: eval.ensembles lists checkpoints of {checkpoints}, "
+                              f"got {ev['ensembles']!r}")
+        ev["ensembles"] = tuple(ev["ensembles"])
+    spec = EvalSpec(**ev)
+    if not (isinstance(spec.n, int) and spec.n >= 1 and isinstance(spec.batch_size, int)
+            and spec.batch_size >= 1):
+        raise ConfigError(f"{where}: eval.n and eval.batch_size must be integers >= 1")
+    if spec.members not in ("all", "first"):
+        raise ConfigError(f"{where}: eval.members must be all or first, got {spec.members!r}")
+    plan = Plan(
+        name=str(raw.get("name") or path.stem), base=base, variants=variants, grids=grids,
+        seeds=list(seeds), baseline=baseline, suite=suite, select=select,
+        checkpoints=list(checkpoints), control=control, eval=spec,
+        common=_mapping(raw.get("set"), f"{where}: set"), description=str(raw.get("description") or ""),
+        environment=dict(environment or {}),
+    )
+    check_plan(plan)
+    return plan
+
+
+def check_plan(plan: Plan) -> None:
+    """Build every run config and the method of each, and load the suite, so a mistake in
+    the plan stops it before anything runs."""
+    from mutualat.evaluation import load_suite
+    from mutualat.methods import build_method
+
+    for variant in plan.variants:
+        for setting in plan.settings(variant):
+            for seed in plan.seeds:
+                try:
+                    cfg = plan.config(variant, setting, seed)
+                    build_method(copy.deepcopy(cfg))
+                except ConfigError as exc:
+                    raise ConfigError(f"plan {plan.name}, variant {variant} "
+                                      f"({setting_label(setting)}, seed {seed}): {exc}") from None
+    if plan.control is not None:
+        cfg = plan.config(plan.control.variant, plan.settings(plan.control.variant)[0], plan.grid_seed)
+        if len(cfg.models) != 1:
+            raise ConfigError(f"plan {plan.name}: the control's variant {plan.control.variant!r} "
+                              f"must train one model, it trains {len(cfg.models)}")
+    load_suite(plan.suite)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _grid(value: Any, where: str) -> dict[str, list[Any]]:
+    grid = _mapping(value, where)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{key} must be a non-empty list of values, got {values!r}")
+        # YAML 1.1 reads "5e-2" as a string: numbers are numbers here, as in run configs.
+        values = [float(v) if isinstance(v, str) and _NUMBER.match(v.strip()) else v for v in values]
+        grid[key] = values
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{where}.{key} lists a value twice: {values!r}")
+    return grid

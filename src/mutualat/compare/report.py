@@ -1,0 +1,280 @@
+"""The comparison's report: ``comparison.json`` (every number), ``comparison.md`` (made from
+the JSON alone, so the table always equals it) and ``curves.png`` (per-epoch validation and
+training accuracy of every variant's chosen run, first seed).
+
+Rows: a single-model variant gives one row; a cohort variant (MAT) gives its members (per
+seed the mean over the members) and its ensemble (mean of the members' softmax); the control
+is the ensemble of independently trained single-model runs of the control variant, as many
+as a cohort has members (the same compute as one cohort). Each row reports, per checkpoint
+(last epoch, best by validation), the mean ± std over seeds of clean accuracy, every attack
+of the suite and R_worst (per example the worst case over the whole suite), and the paired
+difference to the baseline with its 95% t interval (:mod:`mutualat.compare.stats`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from mutualat.compare.stats import INTERVAL, mean_std, paired_interval
+from mutualat.compare.study import CONTROL, Study
+from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.train.logger import read_metrics
+
+PAIRED_METRICS = ("clean", "r_worst")
+
+
+def collect(study: Study) -> dict[str, Any]:
+    """Everything the report states, from the study's folder."""
+    from mutualat.evaluation.evaluator import hardware_info, versions
+
+    import torch
+
+    plan = study.plan
+    selections = {v: study.selection(v) for v in plan.variants}
+    rows = []
+    for variant in plan.variants:
+        for checkpoint in plan.checkpoints:
+            rows += _variant_rows(study, variant, checkpoint)
+    if plan.control is not None:
+        for checkpoint in plan.eval.ensembles:
+            rows.append(_row(f"{plan.control.variant} ×{plan.control.members} ensemble (control)",
+                             CONTROL, "control", checkpoint,
+                             {s: _summary(study.eval_dir(CONTROL, s, checkpoint))["models"]["ensemble"]
+                              for s in plan.seeds}))
+    for row in rows:
+        base = next(r for r in rows if r["variant"] == plan.baseline
+                    and r["checkpoint"] == row["checkpoint"] and r["kind"] in ("single", "members"))
+        row["baseline"] = row is base
+        row["paired"] = {}
+        for metric in PAIRED_METRICS:
+            diffs = [row["seeds"][s][metric] - base["seeds"][s][metric] for s in row["seeds"]]
+            p = paired_interval(diffs)
+            row["paired"][metric] = {"differences": diffs, "mean": p.mean, "low": p.low,
+                                     "high": p.high, "excludes_zero": p.excludes_zero}
+    first = _summary(study.eval_dir(plan.baseline, plan.grid_seed, plan.checkpoints[0]))
+    return {
+        "plan": {"name": plan.name, "description": plan.description, "seeds": plan.seeds,
+                 "select": plan.select, "checkpoints": plan.checkpoints, "baseline": plan.baseline,
+                 "control": (vars(plan.control) if plan.control else None),
+                 "suite": first["suite"], "eval": vars(plan.eval), "variants": plan.variants,
+                 "grids": plan.grids},
+        "attacks": [a["id"] for a in first["suite"]["attacks"]],
+        "test_images": first["n_examples"],
+        "interval": INTERVAL,
+        "selection": {v: {"chosen": s.chosen, "label": s.label, "scores": s.scores,
+                          "criterion": s.criterion, "at_edge": s.at_edge}
+                      for v, s in selections.items()},
+        "rows": rows,
+        "runs": _runs(study, selections),
+        "hardware": hardware_info(torch.device("cpu")), "versions": versions(),
+    }
+
+
+def _variant_rows(study: Study, variant: str, checkpoint: str) -> list[dict[str, Any]]:
+    seeds = study.plan.seeds
+    summaries = {s: _summary(study.eval_dir(variant, s, checkpoint)) for s in seeds}
+    models = summaries[seeds[0]]["models"]
+    members = [m for m in models if m != "ensemble"]
+    cohort = len(study.plan.config(variant, study.plan.settings(variant)[0], seeds[0]).models) > 1
+    if not cohort:
+        return [_row(variant, variant, "single", checkpoint,
+                     {s: summaries[s]["models"][members[0]] for s in seeds})]
+    per_seed = {s: _mean_of([summaries[s]["models"][m] for m in members]) for s in seeds}
+    label = "members" if len(members) > 1 else f"member {members[0]}"
+    rows = [_row(f"{variant} ({label})", variant, "members", checkpoint, per_seed)]
+    if "ensemble" in models:
+        rows.append(_row(f"{variant} (ensemble)", variant, "ensemble", checkpoint,
+                         {s: summaries[s]["models"]["ensemble"] for s in seeds}))
+    return rows
+
+
+def _summary(eval_dir: Path) -> dict[str, Any]:
+    return json.loads((eval_dir / "summary.json").read_text())
+
+
+def _numbers(model: dict[str, Any]) -> dict[str, Any]:
+    return {"clean": model["clean"], "r_worst": model["r_worst"],
+            "attacks": {k: a["accuracy"] for k, a in model["attacks"].items()}}
+
+
+def _mean_of(models: list[dict[str, Any]]) -> dict[str, Any]:
+    numbers = [_numbers(m) for m in models]
+    return {"clean": statistics.mean(n["clean"] for n in numbers),
+            "r_worst": statistics.mean(n["r_worst"] for n in numbers),
+            "attacks": {k: statistics.mean(n["attacks"][k] for n in numbers)
+                        for k in numbers[0]["attacks"]},
+            "members": numbers}
+
+
+def _row(name: str, variant: str, kind: str, checkpoint: str,
+         per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    seeds = {s: (v if "members" in v else _numbers(v)) for s, v in per_seed.items()}
+    values = list(seeds.values())
+    summary = {}
+    for metric in ("clean", "r_worst"):
+        summary[metric] = mean_std([v[metric] for v in values])
+    for attack in values[0]["attacks"]:
+        summary[attack] = mean_std([v["attacks"][attack] for v in values])
+    return {"row": name, "variant": variant, "kind": kind, "checkpoint": checkpoint,
+            "seeds": seeds, "mean_std": summary}
+
+
+def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training run of the study with what it cost (wall and CPU seconds of the task
+    processes that ran it, summed over invocations; None for a run this study reused from
+    elsewhere without a record)."""
+    out = []
+    for run in sorted((study.out / "runs").glob("*/*/seed*")):
+        if not study.finished(run):
+            continue
+        slug = "__".join(["train", *run.relative_to(study.out / "runs").parts])
+        record_file = study.out / "tasks" / f"{slug}.record.json"
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        variant, label = run.parts[-3], run.parts[-2]
+        chosen = selections.get(variant)
+        out.append({"variant": variant, "setting": label, "run": run.name,
+                    "chosen": bool(chosen and chosen.label == label),
+                    "wall_s": record.get("wall_s"), "cpu_s": record.get("cpu_s")})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown, from the JSON only
+# --------------------------------------------------------------------------------------------
+
+
+def _pm(pair: list[float] | tuple[float, float]) -> str:
+    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
+
+
+def _diff(paired: dict[str, Any], baseline: bool) -> str:
+    if baseline:
+        return "—"
+    if paired["low"] is None:
+        return f"{100 * paired['mean']:+.2f}"
+    mark = " *" if paired["excludes_zero"] else ""
+    return f"{100 * paired['mean']:+.2f} [{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}]{mark}"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    plan = data["plan"]
+    attacks = data["attacks"]
+    lines = [f"## Comparison `{plan['name']}`", ""]
+    if plan["description"]:
+        lines += [plan["description"].strip(), ""]
+    lines += [f"Seeds {', '.join(map(str, plan['seeds']))}; {data['test_images']} test images "
+              f"(class-balanced, the same for every model); suite `{plan['suite']['name']}` "
+              f"({', '.join(attacks)}), R_worst = per example the worst case over the suite. "
+              f"Accuracy in %, mean ± std over seeds. Δ = paired difference to "
+              f"`{plan['baseline']}` with its {data['interval']}; * = the interval excludes 0.", ""]
+    for checkpoint in plan["checkpoints"]:
+        title = "last epoch" if checkpoint == "last" else "best epoch by validation robust accuracy"
+        lines += [f"### Models of the {title}", ""]
+        header = ["model", "clean", *attacks, "R_worst", "Δ clean", "Δ R_worst"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in data["rows"]:
+            if row["checkpoint"] != checkpoint:
+                continue
+            ms = row["mean_std"]
+            cells = [row["row"], _pm(ms["clean"]), *(_pm(ms[a]) for a in attacks), _pm(ms["r_worst"]),
+                     *(_diff(row["paired"][m], row["baseline"]) for m in PAIRED_METRICS)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Hyperparameters chosen on the validation split", ""]
+    lines += ["| variant | grid point: validation score (%) | chosen |", "|---|---|---|"]
+    for variant, sel in data["selection"].items():
+        scores = ", ".join(f"{label}: {100 * v:.1f}" for label, v in sel["scores"].items())
+        edge = " (at the edge of the grid)" if sel["at_edge"] else ""
+        lines.append(f"| {variant} | {scores} | {sel['label']}{edge} |")
+    criterion = next(iter(data["selection"].values()))["criterion"]
+    lines += ["", f"Score: {criterion}.", ""]
+    lines += ["### Runs", "", "| variant | setting | run | chosen | wall (min) | CPU (min) |",
+              "|---|---|---|---|---|---|"]
+    for run in data["runs"]:
+        wall = f"{run['wall_s'] / 60:.1f}" if run["wall_s"] is not None else "—"
+        cpu = f"{run['cpu_s'] / 60:.1f}" if run["cpu_s"] is not None else "—"
+        lines.append(f"| {run['variant']} | {run['setting']} | {run['run']} | "
+                     f"{'yes' if run['chosen'] else ''} | {wall} | {cpu} |")
+    total = sum(r["cpu_s"] or 0 for r in data["runs"])
+    hw = data["hardware"]
+    lines += ["", f"Training CPU time in all: {total / 3600:.1f} h. Hardware: {hw.get('cpu')} "
+              f"({hw.get('cpu_count')} cores), torch {data['versions']['torch']}.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------------------------
+
+
+def epoch_curves(run_dir: Path) -> dict[str, list[float]]:
+    """Per epoch, mean over the trained members: validation clean and PGD accuracy, the
+    training adversarial accuracy (mean over the epoch's steps) and the learning rate."""
+    records = read_metrics(run_dir)
+    epochs = [r for r in records if r["event"] == "epoch"]
+    steps = [r for r in records if r["event"] == "step"]
+
+    def members(record: dict[str, Any], prefix: str) -> float | None:
+        values = [v for k, v in record.items() if k.startswith(prefix) and k.count("/") == 1]
+        return sum(values) / len(values) if values else None
+
+    train_adv, lr = [], []
+    for e in range(1, len(epochs) + 1):
+        mine = [r for r in steps if r.get("epoch") == e]
+        accs = [a for a in (members(r, "adv_acc/") for r in mine) if a is not None]
+        train_adv.append(sum(accs) / len(accs) if accs else float("nan"))
+        rates = [next(iter(r["lr"].values())) if isinstance(r.get("lr"), dict) else r.get("lr")
+                 for r in mine]
+        lr.append(rates[-1] if rates else float("nan"))
+    return {"val_clean": [members(r, "val_clean/") for r in epochs],
+            "val_pgd": [members(r, "val_pgd/") for r in epochs],
+            "train_adv": train_adv, "lr": lr}
+
+
+def plot_curves(study: Study, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    plan = study.plan
+    variants = list(plan.variants)
+    cols = min(3, len(variants))
+    rows = (len(variants) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, variant in zip(axes.flat, variants):
+        chosen = study.selection(variant)
+        curves = epoch_curves(study.run_dir(variant, chosen.chosen, plan.grid_seed))
+        x = list(range(1, len(curves["val_pgd"]) + 1))
+        ax.plot(x, [100 * v for v in curves["val_clean"]], label="val clean")
+        ax.plot(x, [100 * v for v in curves["val_pgd"]], label="val PGD")
+        ax.plot(x, [100 * v for v in curves["train_adv"]], label="train adversarial", linestyle="--")
+        optim = plan.config(variant, chosen.chosen, plan.grid_seed).optim
+        for fraction in optim.milestones:  # the learning-rate decays (stepped per batch)
+            ax.axvline(fraction * optim.epochs, color="grey", linewidth=0.6, linestyle=":")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{variant} ({chosen.label})", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(variants):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{plan.name}: seed {plan.grid_seed}, chosen settings (dotted: lr decays)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(study: Study) -> Path:
+    data = collect(study)
+    atomic_write_bytes(study.out / "comparison.json", json.dumps(data, indent=2).encode())
+    plot_curves(study, study.out / "curves.png")
+    path = study.out / "comparison.md"
+    atomic_write_bytes(path, (markdown(data) + "\n![curves](curves.png)\n").encode())
+    return path

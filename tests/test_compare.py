@@ -1,0 +1,226 @@
+"""`mutualat compare`: plans checked before anything runs, the paired interval, selection on
+the validation split only, a tiny plan end to end (killed, resumed, reused), and the report
+table equal to its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mutualat.compare import Study, load_plan
+from mutualat.compare.report import markdown
+from mutualat.compare.stats import paired_interval, t_quantile_975
+from mutualat.compare.worker import run_train
+from mutualat.errors import ConfigError
+
+TINY_SUITE = """\
+name: tiny
+per_attack: cumulative
+threats:
+  linf: {eps: 0.1}
+attacks:
+  - {id: pgd-5, name: pgd, params: {steps: 5, early_stop: true}}
+  - {id: fgsm, name: fgsm}
+"""
+
+TINY_PLAN = """\
+name: tiny
+description: A tiny plan for tests.
+set:
+  data.name: fashion-mnist-embedded
+  data.train_subset: 128
+  data.val_subset: 64
+  data.test_subset: 32
+  data.batch_size: 32
+  optim.epochs: 2
+  attack.steps: 1
+  eval.pgd_steps: 2
+  eval.test_pgd_steps: 1
+  models: [tinycnn]
+  progress: false
+  deterministic: true
+  device: cpu
+variants:
+  at: {method.name: at, method.params.loss: lc}
+  mat: {method.name: mat, models: [tinycnn, tinycnn], method.params.alpha_warmup: 0.5}
+grid:
+  lr: [0.02, 5e-2]
+seeds: [0, 1]
+checkpoints: [last, best]
+baseline: at
+control: {variant: at, members: 2}
+suite: tiny-suite.yaml
+eval: {n: 40, batch_size: 40, checks: false, members: all, ensembles: [last, best]}
+"""
+
+
+def _write_plan(folder: Path, text: str = TINY_PLAN) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny-suite.yaml").write_text(TINY_SUITE)
+    path = folder / "plan.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_paired_interval_on_hand_made_numbers():
+    p = paired_interval([0.01, 0.02, 0.03])
+    half = 4.303 * 0.01 / 3 ** 0.5
+    assert p.mean == pytest.approx(0.02)
+    assert (p.low, p.high) == pytest.approx((0.02 - half, 0.02 + half))
+    assert not p.excludes_zero  # 0.02 - 0.0248 < 0
+    tight = paired_interval([0.020, 0.021, 0.019])
+    assert tight.excludes_zero and tight.low > 0
+    single = paired_interval([0.05])
+    assert single.low is None and not single.excludes_zero
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(1000) == 1.96
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("baseline: at", "baseline: atx"), "baseline must name a variant"),
+    (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be a list of distinct"),
+    (("lr: [0.02, 5e-2]", "lr: []"), "grid.lr must be a non-empty list"),
+    (("method.params.loss: lc}", "method.params.loss: lc, optim.epochz: 3}"), "variant at .*optim"),
+    (("method.params.alpha_warmup: 0.5}", "method.params.alpha_warmup: 2}"), "variant mat .*alpha_warmup"),
+    (("suite: tiny-suite.yaml", "suite: no-such-suite"), "no-such-suite"),
+    (("name: tiny\n", "name: tiny\nbogus: 1\n"), "unknown key"),
+    (("control: {variant: at, members: 2}", "control: {variant: mat, members: 2}"), "control"),
+])
+def test_a_bad_plan_is_refused_before_anything_runs(tmp_path, edit, message):
+    old, new = edit
+    assert old in TINY_PLAN
+    path = _write_plan(tmp_path / "plan", TINY_PLAN.replace(old, new, 1))
+    out = tmp_path / "out"
+    code = subprocess.run([sys.executable, "-m", "mutualat", "compare", str(path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert code.returncode == 2
+    assert re.search(message, code.stderr), code.stderr
+    assert not out.exists()
+
+
+def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
+    """The grid trained twice, once with the test labels permuted: the same scores and choice."""
+    from mutualat import data as data_module
+
+    plan = load_plan(_write_plan(tmp_path / "plan"))
+    original = data_module.load_dataset
+
+    def permuted_test_labels(*args, **kwargs):
+        dataset = original(*args, **kwargs)
+        labels = dataset.test.labels.copy()
+        dataset.test.labels[:] = np.random.default_rng(0).permutation(labels)
+        assert (dataset.test.labels != labels).any()
+        return dataset
+
+    selections = []
+    for name, patch in (("plain", False), ("permuted", True)):
+        if patch:
+            monkeypatch.setattr(data_module, "load_dataset", permuted_test_labels)
+        study = Study(plan, tmp_path / name)
+        for task in study.tasks()[0]:
+            if task.priority == (0, 0):  # the grid
+                run_train(task.spec)
+        selections.append({v: study.selection(v) for v in plan.variants})
+    plain, permuted = selections
+    for variant in plan.variants:
+        assert plain[variant].scores == permuted[variant].scores
+        assert plain[variant].chosen == permuted[variant].chosen
+    # The test split did change: the trainer's own end-of-run test numbers moved.
+    results = [json.loads((tmp_path / n / "runs/at/lr0.02/seed0/results.json").read_text())
+               for n in ("plain", "permuted")]
+    assert results[0]["models"] != results[1]["models"]
+
+
+def _compare(plan: Path, out: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out),
+                             "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, **popen)
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory) -> tuple[Path, Path, dict[str, int]]:
+    """The tiny plan, killed after its first finished task, then run to the end."""
+    root = tmp_path_factory.mktemp("compare")
+    plan = _write_plan(root / "plan")
+    out = root / "out"
+    tick = time.perf_counter()
+    first = _compare(plan, out)
+    for line in first.stdout:
+        if line.startswith("done"):
+            break
+    first.send_signal(signal.SIGKILL)  # the scheduler dies; its running tasks are orphaned
+    first.wait()
+    time.sleep(1.0)
+    finished_before = {str(p): p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/results.json")}
+    assert finished_before, "nothing had finished before the kill"
+    second = _compare(plan, out)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    took = time.perf_counter() - tick
+    return plan, out, {"finished_before": finished_before, "seconds": took, "output": output}
+
+
+def test_a_tiny_plan_runs_end_to_end(finished_study):
+    plan, out, facts = finished_study
+    for name in ("comparison.json", "comparison.md", "curves.png"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "comparison.json").read_text())
+    rows = {(r["row"], r["checkpoint"]) for r in data["rows"]}
+    assert rows == {(name, c) for c in ("last", "best") for name in
+                    ("at", "mat (members)", "mat (ensemble)", "at ×2 ensemble (control)")}
+    # Every grid point was trained once with the first seed; the chosen one for every seed;
+    # the control's second members share the seed's data and start from seed + 1.
+    runs = {(r["variant"], r["setting"], r["run"]) for r in data["runs"]}
+    chosen = {v: s["label"] for v, s in data["selection"].items()}
+    assert {("at", "lr0.02", "seed0"), ("at", "lr0.05", "seed0"), ("mat", "lr0.02", "seed0"),
+            ("mat", "lr0.05", "seed0")} <= runs
+    assert {("at", chosen["at"], "seed1"), ("mat", chosen["mat"], "seed1"),
+            ("at", chosen["at"], "seed0-init1"), ("at", chosen["at"], "seed1-init2")} <= runs
+    assert len(runs) == 8
+
+
+def test_the_killed_study_reused_what_had_finished(finished_study):
+    _, _, facts = finished_study
+    for path, mtime in facts["finished_before"].items():
+        assert Path(path).stat().st_mtime_ns == mtime, path
+
+
+def test_the_table_equals_its_json(finished_study):
+    _, out, _ = finished_study
+    data = json.loads((out / "comparison.json").read_text())
+    text = (out / "comparison.md").read_text()
+    assert markdown(data) in text
+    for row in data["rows"]:
+        section = text.split("### Models of the " + ("last epoch" if row["checkpoint"] == "last"
+                                                     else "best epoch"))[1]
+        line = next(l for l in section.splitlines() if l.startswith(f"| {row['row']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        ms = row["mean_std"]
+        expected = [ms["clean"], *(ms[a] for a in data["attacks"]), ms["r_worst"]]
+        for cell, (mean, std) in zip(cells[1:], expected):
+            assert cell == f"{100 * mean:.2f} ± {100 * std:.2f}"
+        # mean ± std recomputed from the per-seed numbers
+        seeds = list(row["seeds"].values())
+        assert ms["r_worst"][0] == pytest.approx(np.mean([s["r_worst"] for s in seeds]))
+        if not row["baseline"]:
+            diff = row["paired"]["r_worst"]
+            assert cells[-1].startswith(f"{100 * diff['mean']:+.2f} [")
+
+
+def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study):
+    plan, out, _ = finished_study
+    before = (out / "comparison.md").read_text()
+    again = _compare(plan, out)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert "start " not in output
+    assert (out / "comparison.md").read_text() == before
