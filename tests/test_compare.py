@@ -94,15 +94,16 @@ def test_paired_interval_on_hand_made_numbers():
     (("name: tiny\n", "name: tiny\nbogus: 1\n"), "unknown key"),
     (("control: {variant: at, members: 2}", "control: {variant: mat, members: 2}"), "control"),
 ])
-def test_a_bad_plan_is_refused_before_anything_runs(tmp_path, edit, message):
+def test_a_bad_plan_is_refused_before_anything_runs(tmp_path, capsys, edit, message):
+    from mutualat.cli import main
+
     old, new = edit
     assert old in TINY_PLAN
     path = _write_plan(tmp_path / "plan", TINY_PLAN.replace(old, new, 1))
     out = tmp_path / "out"
-    code = subprocess.run([sys.executable, "-m", "mutualat", "compare", str(path), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert code.returncode == 2
-    assert re.search(message, code.stderr), code.stderr
+    assert main(["compare", str(path), "--out", str(out)]) == 2
+    stderr = capsys.readouterr().err
+    assert re.search(message, stderr), stderr
     assert not out.exists()
 
 
@@ -139,11 +140,11 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     assert results[0]["models"] != results[1]["models"]
 
 
-def _compare(plan: Path, out: Path, **popen) -> subprocess.Popen:
+def _compare(plan: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out),
-                             "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, **popen)
+                             "--jobs", "2", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +217,25 @@ def test_the_table_equals_its_json(finished_study):
             assert cells[-1].startswith(f"{100 * diff['mean']:+.2f} [")
 
 
-def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study):
+def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study, tmp_path):
     plan, out, _ = finished_study
     before = (out / "comparison.md").read_text()
-    again = _compare(plan, out)
-    output, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, output
-    assert "start " not in output
-    assert (out / "comparison.md").read_text() == before
+    document = tmp_path / "docs" / "RESULTS.md"
+    document.parent.mkdir()
+    document.write_text("# Results\n\nkept as it is\n")
+    texts = []
+    for _ in range(2):
+        again = _compare(plan, out, "--write", str(document))
+        output, _ = again.communicate(timeout=300)
+        assert again.returncode == 0, output
+        assert "start " not in output
+        assert (out / "comparison.md").read_text() == before
+        texts.append(document.read_text())
+    assert texts[0] == texts[1]  # byte-identical section from the reused runs
+    text = texts[0]
+    assert text.startswith("# Results\n\nkept as it is\n")
+    assert "<!-- compare:tiny:begin -->" in text and "<!-- compare:tiny:end -->" in text
+    assert "Regenerate with `mutualat compare " in text and "CPU-hours of training" in text
+    assert (document.parent / "figures" / "tiny-curves.png").is_file()
+    data = json.loads((out / "comparison.json").read_text())
+    assert markdown(data).split("\n", 1)[1] in text

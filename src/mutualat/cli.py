@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
     compare.add_argument("--status", action="store_true",
                          help="say what is finished, running-ready and waiting, then exit")
+    compare.add_argument("--write", type=Path, metavar="DOC",
+                         help="also write the report as a section of this Markdown document "
+                              "(between its markers; the curves go to figures/ beside it)")
 
     from mutualat.cli_eval import add_eval_commands
 
@@ -181,6 +184,12 @@ def _compare(args: argparse.Namespace) -> int:
     report = run_study(plan, args.out, jobs=args.jobs, threads=args.threads)
     print(report.read_text())
     print(f"report: {report}")
+    if args.write:
+        from mutualat.compare.report import write_document
+        from mutualat.experiments import shell_command
+
+        write_document(Study(plan, args.out), args.write, shell_command(["mutualat"] + sys.argv[1:]))
+        print(f"written into {args.write}")
     return 0
 
 

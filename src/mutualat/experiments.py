@@ -97,6 +97,22 @@ def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Na
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def shell_command(argv: Sequence[str]) -> str:
+    """``argv`` as a shell command for a document: quoted, with the home folder written ``~``
+    (a path under it is specific to one machine)."""
+    import os
+
+    home = os.path.expanduser("~").rstrip("/")
+
+    def tidy(arg: str) -> str:
+        quoted = shlex.quote(arg)
+        if arg == home or arg.startswith(home + "/"):
+            return "~" + shlex.quote(arg[len(home):]) if arg != home else "~"
+        return quoted
+
+    return " ".join(tidy(a) for a in argv)
+
+
 def write_section(path: Path, begin: str, end: str, body: str) -> None:
     """Put ``body`` (which starts with ``begin`` and ends with ``end``) in the document at
     ``path`` in place of the text between those markers, or at its end if they are absent;

@@ -271,6 +271,62 @@ def plot_curves(study: Study, path: Path) -> None:
     plt.close(fig)
 
 
+def cost(study: Study) -> dict[str, Any]:
+    """What the study cost, from its task records: CPU and wall seconds of the training and
+    evaluation tasks, and the span from the first start to the last end (pauses between
+    sittings included)."""
+    records = []
+    for path in sorted((study.out / "tasks").glob("*.record.json")):
+        record = json.loads(path.read_text())
+        record["kind"] = "train" if path.name.startswith("train__") else "eval"
+        records.append(record)
+    total = {kind: {"cpu_s": sum(r["cpu_s"] for r in records if r["kind"] == kind),
+                    "wall_s": sum(r["wall_s"] for r in records if r["kind"] == kind),
+                    "tasks": sum(r["kind"] == kind for r in records)} for kind in ("train", "eval")}
+    starts = [r["started"] for r in records if "started" in r]
+    ends = [r["ended"] for r in records if "ended" in r]
+    total["span_s"] = (max(ends) - min(starts)) if starts and ends else None
+    return total
+
+
+def document_section(study: Study, command: str) -> str:
+    """The comparison as a section of docs/RESULTS.md (between its markers), with the
+    command that regenerates it, what it cost and the hardware; the curves are referenced as
+    ``figures/<plan>-curves.png`` beside the document."""
+    data = json.loads((study.out / "comparison.json").read_text())
+    spent = cost(study)
+    hw = data["hardware"]
+    hours = {k: spent[k]["cpu_s"] / 3600 for k in ("train", "eval")}
+    span = f"; {spent['span_s'] / 3600:.1f} h from first start to last end" if spent["span_s"] else ""
+    name = study.plan.name
+    head = [
+        f"<!-- compare:{name}:begin -->",
+        markdown(data).replace(f"## Comparison `{name}`", f"## The comparison `{name}`", 1),
+        f"![Per-epoch validation and training accuracy](figures/{name}-curves.png)", "",
+        f"Regenerate with `{command}` (the plan is `configs/plans/{name}.yaml`; finished runs "
+        f"and evaluations in the output folder are reused). Cost: {hours['train']:.1f} CPU-hours "
+        f"of training in {spent['train']['tasks']} runs, {hours['eval']:.1f} CPU-hours of "
+        f"evaluation in {spent['eval']['tasks']} tasks{span}; {hw.get('cpu')}, "
+        f"{hw.get('cpu_count')} cores, one thread per task, torch {data['versions']['torch']}.",
+        f"<!-- compare:{name}:end -->",
+    ]
+    return "\n".join(head)
+
+
+def write_document(study: Study, document: Path, command: str) -> None:
+    """Write :func:`document_section` into ``document`` and the curves beside it."""
+    import shutil
+
+    from mutualat.experiments import write_section
+
+    name = study.plan.name
+    figure = Path(document).parent / "figures" / f"{name}-curves.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study.out / "curves.png", figure)
+    write_section(Path(document), f"<!-- compare:{name}:begin -->", f"<!-- compare:{name}:end -->",
+                  document_section(study, command))
+
+
 def write_report(study: Study) -> Path:
     data = collect(study)
     atomic_write_bytes(study.out / "comparison.json", json.dumps(data, indent=2).encode())

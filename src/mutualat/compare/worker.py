@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, started = time.perf_counter(), time.process_time(), time.time()
     status = "failed"
     try:
         {"train": run_train, "eval": run_eval}[task["kind"]](task["spec"])
@@ -88,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _add_to_record(record_path(task_file), time.perf_counter() - wall,
-                       time.process_time() - cpu, status)
+                       time.process_time() - cpu, status, started)
 
 
-def _add_to_record(path: Path, wall_s: float, cpu_s: float, status: str) -> None:
-    """Add one invocation's seconds to the task's record (several if it was resumed)."""
-    record = {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0}
+def _add_to_record(path: Path, wall_s: float, cpu_s: float, status: str, started: float) -> None:
+    """Add one invocation's seconds to the task's record (several if it was resumed); the
+    record also keeps when the task first started and last ended (Unix time)."""
+    record = {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0, "started": started}
     if path.is_file():
         try:
             record.update(json.loads(path.read_text()))
@@ -103,6 +104,7 @@ def _add_to_record(path: Path, wall_s: float, cpu_s: float, status: str) -> None
     record["cpu_s"] += cpu_s
     record["invocations"] += 1
     record["status"] = status
+    record["ended"] = time.time()
     atomic_write_bytes(path, json.dumps(record, indent=2).encode())
 
 
