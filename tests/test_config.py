@@ -47,6 +47,9 @@ def test_dump_round_trip(tmp_path):
         ("models.0.weight_decay=-0.1", "models.0.weight_decay must be >= 0"),
         ("optim.gamma=-1", "optim.gamma (the decay factor) must be in (0, 1]"),
         ("optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
+        ("data.train_subset=-5", "data.train_subset must be a positive integer or null, got -5"),
+        ("data.val_subset=0", "data.val_subset must be a positive integer or null, got 0"),
+        ("data.test_subset=-1", "data.test_subset must be a positive integer or null, got -1"),
     ],
 )
 def test_bad_values_are_named(override, message):

@@ -138,6 +138,9 @@ class RunConfig:
         _check(self.optim.epochs >= 1, "optim.epochs must be >= 1")
         _check(self.data.batch_size >= 1, "data.batch_size must be >= 1")
         _check(0.0 <= self.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
+        for key in ("train_subset", "val_subset", "test_subset"):
+            n = getattr(self.data, key)
+            _check(n is None or n >= 1, f"data.{key} must be a positive integer or null, got {n}")
         eps = self.attack.eps
         _check(math.isfinite(eps) and eps > 0, f"attack.eps must be a positive number, got {eps}")
         if self.attack.norm == "linf":
