@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mutualat.attacks.threat import check_within_inputs
 from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
 from mutualat.device import resolve_device
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
@@ -289,6 +290,9 @@ class Trainer:
 
         self._build_data()
         self.method = build_method(cfg)
+        # An l2 or l1 ball wider than the input space itself (the shape is known only now).
+        for key, norm, eps in self.method.threat_radii():
+            check_within_inputs(key, norm, eps, self.dataset.input_shape)
         self.dist.check(cfg, self.method)
         self.run_id = self.dist.from_main(lambda: _run_id(self.out))
         state = self.dist.state_from_main(self._resume_state) if resume else None
