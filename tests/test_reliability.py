@@ -1,16 +1,20 @@
 """Faults injected into runs, and what the user gets: a clear error that names the problem,
-exits non-zero and changes nothing already written.
+exits non-zero and changes nothing already written, or a run that goes on as if nothing
+happened.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from mutualat.cli import main
 from mutualat.config import load_config
+from mutualat.errors import DataError
 from mutualat.train import Trainer
+from mutualat.train.logger import MetricsLog, read_metrics
 
 from conftest import tiny_overrides
 
@@ -20,6 +24,37 @@ def _train_argv(out: Path, overrides: list[str], *extra: str) -> list[str]:
     for assignment in overrides:
         argv += ["--set", assignment]
     return argv
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """The uninterrupted 2-epoch reference run."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    Trainer(load_config(None, tiny_overrides(2)), out).fit()
+    return out
+
+
+def test_a_torn_last_metrics_line_is_skipped_and_a_corrupt_one_named(full_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    log = run / "metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines) + '{"event": "step", "global_st')  # killed mid-write
+    assert len(read_metrics(run)) == len(lines)
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "training_curves.png").is_file()
+
+    log.write_text("".join(lines[:2]) + '{"event": "st\n' + "".join(lines[2:]))
+    assert main(["report", str(run), "--out", str(tmp_path / "report2")]) == 2
+    assert f"{log}, line 3, is not a JSON record" in capsys.readouterr().err
+
+    # The trainer's own truncation on resume: the same rules.
+    log.write_text("".join(lines) + '{"event": "step", "global_st')
+    MetricsLog(run, tensorboard=False).truncate_after(10**9)
+    assert log.read_text() == "".join(lines)
+    log.write_text("".join(lines[:2]) + '{"event": "st\n' + "".join(lines[2:]))
+    with pytest.raises(DataError, match="line 3, is not a JSON record"):
+        MetricsLog(run, tensorboard=False).truncate_after(10**9)
 
 
 @pytest.mark.parametrize("overrides, message", [
