@@ -5,18 +5,32 @@ happened.
 
 from __future__ import annotations
 
+import errno
+import gc
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from mutualat.cli import main
 from mutualat.config import load_config
-from mutualat.errors import DataError
-from mutualat.train import Trainer
+from mutualat.errors import DataError, TrainingError
+from mutualat.train import Trainer, checkpoint
+from mutualat.train.checkpoint import load_checkpoint
 from mutualat.train.logger import MetricsLog, read_metrics
 
 from conftest import tiny_overrides
+
+
+def _assert_identical_weights(a: Path, b: Path) -> None:
+    """Bit for bit: both runs computed the same thing in this process (one thread)."""
+    wa, wb = (load_checkpoint(run / "checkpoint.pt")["models"] for run in (a, b))
+    for ma, mb in zip(wa, wb, strict=True):
+        assert ma.keys() == mb.keys()
+        for key in ma:
+            assert torch.equal(ma[key], mb[key]), key
 
 
 def _train_argv(out: Path, overrides: list[str], *extra: str) -> list[str]:
@@ -32,6 +46,62 @@ def full_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "full"
     Trainer(load_config(None, tiny_overrides(2)), out).fit()
     return out
+
+
+def test_a_nan_before_the_first_checkpoint_does_not_claim_one(tmp_path, monkeypatch):
+    from mutualat.methods.at import AT
+    from mutualat.methods.base import StepResult
+
+    def nan_loss(self, models, x, y):
+        return StepResult(models[0](x).sum() * float("nan"))
+
+    monkeypatch.setattr(AT, "loss", nan_loss)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError) as info:
+        Trainer(load_config(None, tiny_overrides(1)), out).fit()
+    message = str(info.value)
+    assert "loss became nan at epoch 1, step 1" in message
+    assert f"no checkpoint was written yet: --resume starts {out} again from scratch" in message
+    assert "intact" not in message and not (out / "checkpoint.pt").exists()
+
+
+class _FullDisk:
+    """The ``os`` module as mutualat.train.checkpoint sees it on a full disk."""
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    @staticmethod
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(full_run, tmp_path,
+                                                                        monkeypatch):
+    out = tmp_path / "run"
+    original = Trainer._end_of_epoch
+    first: dict[str, bytes] = {}
+
+    def fill_the_disk_after_epoch_1(self):
+        original(self)
+        if self.epoch == 1:
+            first["checkpoint"] = (out / "checkpoint.pt").read_bytes()
+            monkeypatch.setattr(checkpoint, "os", _FullDisk())
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", fill_the_disk_after_epoch_1)
+    with pytest.raises(TrainingError) as info:
+        Trainer(load_config(None, tiny_overrides(2)), out).fit()
+    message = str(info.value)
+    del info  # its traceback holds the stopped trainer, and with it the run folder's lock
+    gc.collect()
+    assert f"could not write checkpoint.pt in {out} ({os.strerror(errno.ENOSPC)})" in message
+    assert (f"the previous checkpoint ({out / 'checkpoint.pt'}, at the end of epoch 1) is "
+            "intact: --resume continues from it once the disk has room") in message
+    assert (out / "checkpoint.pt").read_bytes() == first["checkpoint"]
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.undo()  # space again
+    Trainer(None, out, resume=True).fit()
+    _assert_identical_weights(out, full_run)
 
 
 def test_a_torn_last_metrics_line_is_skipped_and_a_corrupt_one_named(full_run, tmp_path, capsys):
