@@ -4,6 +4,7 @@ import pytest
 
 from mutualat.config import RunConfig, dump_config, load_config, to_dict
 from mutualat.errors import ConfigError
+from mutualat.methods import resolve_method_params
 
 
 def test_defaults_and_overrides():
@@ -47,6 +48,9 @@ def test_dump_round_trip(tmp_path):
         ("models.0.weight_decay=-0.1", "models.0.weight_decay must be >= 0"),
         ("optim.gamma=-1", "optim.gamma (the decay factor) must be in (0, 1]"),
         ("optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
+        ("data.train_subset=-5", "data.train_subset must be a positive integer or null, got -5"),
+        ("data.val_subset=0", "data.val_subset must be a positive integer or null, got 0"),
+        ("data.test_subset=-1", "data.test_subset must be a positive integer or null, got -1"),
     ],
 )
 def test_bad_values_are_named(override, message):
@@ -66,3 +70,26 @@ def test_missing_and_invalid_files(tmp_path):
     scalar.write_text("3\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(scalar)
+
+
+def test_scientific_notation_is_a_number_in_overrides_files_and_method_params(tmp_path):
+    """YAML 1.1 reads 1e-1 (no dot) as a string; every float of a run config takes it."""
+    assert load_config(None, ["attack.eps=1e-1"]).attack.eps == 0.1
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "attack: {eps: 1e-1}\n"
+        "models: [{name: tinycnn, lr: 5E-2, weight_decay: 5e-4}]\n"
+        "method:\n"
+        "  name: mat-mp\n"
+        "  params:\n"
+        "    threats:\n"
+        "      - {norm: linf, eps: 3e-2}\n"
+        "      - {norm: l2, eps: 5e-1, step_size: 5e-2}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.attack.eps == 0.1
+    assert (cfg.models[0].lr, cfg.models[0].weight_decay) == (0.05, 0.0005)
+    threats = resolve_method_params(cfg).method.params["threats"]
+    assert [(t["eps"], t["step_size"]) for t in threats] == [(0.03, None), (0.5, 0.05)]
+    # A string field keeps its text: only numbers are read as numbers.
+    assert load_config(None, ["data.name=fashion-mnist-embedded"]).data.name == "fashion-mnist-embedded"

@@ -278,10 +278,12 @@ def test_image_folder_png_round_trip(tmp_path: Path) -> None:
 def test_image_folder_jpeg_tar_with_top_folder(tmp_path: Path) -> None:
     root = tmp_path / "mydata"
     write_image_folder(root, np.random.default_rng(7), fmt="JPEG", test_name="val")
-    (root / "README.txt").write_text("not an image")  # ignored
+    (root / "README.txt").write_text("not an image")  # skipped, with a note
     archive = write_tar(root, tmp_path / "mydata.tar.gz", arcname="mydata")
-    from_tar = read_image_folder(archive, progress=False)
-    from_dir = read_image_folder(root, progress=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not images: mydata/README"):
+        from_tar = read_image_folder(archive, progress=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not images: README"):
+        from_dir = read_image_folder(root, progress=False)
     for got, expected in zip(from_tar[:2], from_dir[:2]):
         np.testing.assert_array_equal(got.images, expected.images)
         np.testing.assert_array_equal(got.labels, expected.labels)
@@ -290,6 +292,22 @@ def test_image_folder_jpeg_tar_with_top_folder(tmp_path: Path) -> None:
     np.testing.assert_array_equal(from_tar[0].images[0], first.transpose(2, 0, 1))
     assert len(from_tar[1]) == 6  # val/ served as the test split
 
+
+
+def test_image_folder_says_which_files_it_skipped(tmp_path: Path) -> None:
+    """Files that are not images are left out with a one-line note counting them; hidden
+    files are left out silently."""
+    root = tmp_path / "root"
+    write_image_folder(root, np.random.default_rng(10))
+    for name in ("a.txt", "b.json", "c.md", "d.csv"):
+        (root / "train" / "ant" / name).write_text("not an image")
+    (root / "train" / "ant" / ".DS_Store").write_text("hidden")
+    with pytest.warns(UserWarning) as caught:
+        train, _, _ = read_image_folder(root, progress=False)
+    assert len(train) == 9
+    notes = [str(w.message) for w in caught]
+    assert notes == [f"{root}: skipped 4 file(s) that are not images: train/ant/a.txt, "
+                     "train/ant/b.json, train/ant/c.md and 1 more"]
 
 def test_image_folder_grey_and_mixed(tmp_path: Path) -> None:
     written = write_image_folder(tmp_path / "grey", np.random.default_rng(8), mode="L")

@@ -213,6 +213,24 @@ def test_suite_errors_name_the_culprit(tmp_path):
         load_suite("nope")
 
 
+
+def test_suite_file_takes_scientific_notation(tmp_path):
+    """An eps or attack parameter written 1e-1 (a string to YAML 1.1) is a number."""
+    path = tmp_path / "sci.yaml"
+    path.write_text(
+        "name: sci\n"
+        "threats:\n"
+        "  linf: {eps: 3e-2}\n"
+        "  l2: {eps: 5E-1}\n"
+        "attacks:\n"
+        "  - {id: pgd-linf, name: pgd, threat: linf, params: {steps: 5, step_size: 1e-2}}\n"
+        "  - {id: pgd-l2, name: pgd, threat: l2}\n"
+    )
+    suite = load_suite(path)
+    assert (suite.threats["linf"].eps, suite.threats["l2"].eps) == (0.03, 0.5)
+    attack = suite.build(suite.attacks[0])
+    assert (attack.eps, attack.step_size) == (0.03, 0.01)
+
 @pytest.mark.parametrize("name", packaged_suites())
 def test_packaged_suites_are_valid(name):
     import yaml

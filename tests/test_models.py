@@ -272,6 +272,43 @@ def test_foreign_and_mismatched_files(tmp_path: Path) -> None:
         load_model(shape)
 
 
+
+@pytest.mark.parametrize("claim", [{"widen_factor": 200}, {"num_classes": 10**12}],
+                         ids=["widen-200", "1e12-classes"])
+def test_a_forged_header_is_refused_before_a_network_is_built(tmp_path: Path, monkeypatch,
+                                                              claim: dict) -> None:
+    """A small file whose record claims a huge network (GBs, or more than any memory) is
+    refused from the shapes in its header; nothing is built on a real device."""
+    from mutualat.models import io
+
+    small = create_model("wrn", depth=10, widen_factor=1, in_channels=1, input_size=28)
+    forged = _write(tmp_path / "forged.safetensors", small.state_dict(),
+                    {"format_version": 1, "model": {**small.spec, **claim}})
+    assert forged.stat().st_size < 400_000
+    built_for_real = []
+
+    def create_model_on_meta_only(**spec):
+        if torch.get_default_device().type != "meta":
+            built_for_real.append(spec)
+            raise AssertionError("load_model built the claimed network before checking the file")
+        return create_model(**spec)
+
+    monkeypatch.setattr(io, "create_model", create_model_on_meta_only)
+    with pytest.raises(CheckpointError, match=r"forged\.safetensors: the weights do not fit a "
+                                              r"'wrn' model; .*mis-shaped: .*\(file \("):
+        load_model(forged)
+    assert built_for_real == []
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_the_meta_skeleton_has_the_shapes_of_the_model(name: str) -> None:
+    """load_model checks a file against the architecture built on the meta device."""
+    real = create_model(name, num_classes=7, in_channels=1, input_size=28)
+    with torch.device("meta"):
+        skeleton = create_model(name, num_classes=7, in_channels=1, input_size=28)
+    assert {k: v.shape for k, v in skeleton.state_dict().items()} == \
+        {k: v.shape for k, v in real.state_dict().items()}
+
 def test_save_rejects_bad_input(tmp_path: Path) -> None:
     model = create_model("tinycnn")
     with pytest.raises(TypeError, match="'metrics' is not"):

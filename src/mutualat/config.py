@@ -138,6 +138,9 @@ class RunConfig:
         _check(self.optim.epochs >= 1, "optim.epochs must be >= 1")
         _check(self.data.batch_size >= 1, "data.batch_size must be >= 1")
         _check(0.0 <= self.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
+        for key in ("train_subset", "val_subset", "test_subset"):
+            n = getattr(self.data, key)
+            _check(n is None or n >= 1, f"data.{key} must be a positive integer or null, got {n}")
         eps = self.attack.eps
         _check(math.isfinite(eps) and eps > 0, f"attack.eps must be a positive number, got {eps}")
         if self.attack.norm == "linf":
@@ -247,7 +250,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str) and _NUMBER.match(value.strip()):
-            # YAML 1.1 reads a mantissa without a dot ("1e-1", "5e-4") as a string.
+            # read_yaml reads "1e-1" as a number; data built elsewhere may hold it as text.
             return float(value)
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is str:
@@ -261,12 +264,30 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported type {tp}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that scientific notation is a float wherever it is
+    written: YAML 1.1 needs a dot and a signed exponent ("1.0e-1"), and reads "1e-1" or
+    "5E4" as strings, which no float field, suite, plan or method parameter would accept."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text as every mutualat file is read (config, suite, plan, ``--set`` values):
+    safe, with numbers in scientific notation read as numbers."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def apply_override(data: dict, assignment: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to the plain config mapping ``data``."""
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    set_value(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    set_value(data, key.strip(), read_yaml(raw) if raw.strip() else None)
 
 
 def set_value(data: dict, key: str, value: Any) -> None:
@@ -314,7 +335,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = read_yaml(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -93,11 +93,15 @@ class ThreatModel:
         checker's tolerance). The last projection therefore uses a radius shrunk by that
         bound; the loops in between use the exact projection.
         """
-        d = x[0].numel()
         half_ulp = torch.finfo(x.dtype).eps / 2
-        slack = half_ulp * {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[self.norm]
+        slack = half_ulp * self.diameter(x[0].numel())
         radius = max(self.eps - slack, self.eps / 2)
         return (x + self.project_ball(delta, radius)).clamp(0.0, 1.0)
+
+    def diameter(self, numel: int) -> float:
+        """The largest norm of ``x - x'`` between two inputs of ``numel`` values in [0,1]: 1
+        in linf, sqrt(numel) in l2, numel in l1. A ball of this radius holds every input."""
+        return {"linf": 1.0, "l2": math.sqrt(numel), "l1": float(numel)}[self.norm]
 
     def norm_of(self, delta: torch.Tensor) -> torch.Tensor:
         """The ``(B,)`` norms of a batch of perturbations.
@@ -248,6 +252,20 @@ _THREATS: dict[str, Callable[[str, float], ThreatModel]] = {
     "l2": L2Threat,
     "l1": L1Threat,
 }
+
+
+def check_within_inputs(key: str, norm: str, eps: float, input_shape: Sequence[int]) -> None:
+    """Refuse, naming the config ``key``, an ``eps`` larger than the diameter of the [0,1]
+    inputs of ``input_shape`` (C, H, W) in ``norm``: such a ball reaches every image from every
+    other, so an attack in it can turn any image into any other, and training learns nothing."""
+    diameter = make_threat(norm, eps).diameter(math.prod(input_shape))
+    if eps > diameter:
+        shape = "x".join(map(str, input_shape))
+        raise ConfigError(
+            f"{key}={eps:g} is larger than the {norm} diameter of the input space ({diameter:g} "
+            f"for {shape} images in [0,1]): the ball would reach every image from every other; "
+            "choose a smaller eps"
+        )
 
 
 def make_threat(norm: str, eps: float) -> ThreatModel:

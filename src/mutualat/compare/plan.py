@@ -35,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from mutualat.config import RunConfig, config_from_data, load_config, set_value, to_dict
+from mutualat.config import (RunConfig, config_from_data, load_config, read_yaml, set_value,
+                             to_dict)
 from mutualat.errors import ConfigError
 
 #: A grid point's shorthands: set on every model of the cohort.
@@ -44,7 +45,6 @@ CHECKPOINTS = ("last", "best")
 #: The control's extra members are initialized from ``seed + k`` (k = 1 .. members - 1), as a
 #: cohort's member k is, and train on the same data in the same order as the seed's run.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _TOP_KEYS = {"name", "description", "base", "set", "variants", "grid", "grids", "seeds", "select",
              "checkpoints", "baseline", "control", "suite", "eval"}
 
@@ -138,7 +138,7 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
     if not path.is_file():
         raise ConfigError(f"plan file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"plan file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -253,9 +253,6 @@ def _grid(value: Any, where: str) -> dict[str, list[Any]]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.{key} must be a non-empty list of values, got {values!r}")
-        # YAML 1.1 reads "5e-2" as a string: numbers are numbers here, as in run configs.
-        values = [float(v) if isinstance(v, str) and _NUMBER.match(v.strip()) else v for v in values]
-        grid[key] = values
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"{where}.{key} lists a value twice: {values!r}")
     return grid

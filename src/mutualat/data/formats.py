@@ -13,6 +13,7 @@ import os
 import pickle
 import struct
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -332,11 +333,16 @@ def _list_files(source: Path) -> list[tuple[PurePosixPath, str]]:
 def _image_files(source: Path) -> tuple[list[_ImageFile], list[_ImageFile], list[str]]:
     """(train files, test files, sorted class names), each list sorted by (class, name)."""
     extensions = {ext.lower() for ext in Image.registered_extensions()}
-    paths = [
-        (p, h) for p, h in _list_files(source)
-        if p.suffix.lower() in extensions
-        and not any(part.startswith(".") or part == "__MACOSX" for part in p.parts)
-    ]
+    # Hidden files and macOS resource forks are no data; other files that are no images are
+    # skipped too, but said, so that a folder of unsupported images does not pass unseen.
+    visible = [(p, h) for p, h in _list_files(source)
+               if not any(part.startswith(".") or part == "__MACOSX" for part in p.parts)]
+    paths = [(p, h) for p, h in visible if p.suffix.lower() in extensions]
+    skipped = [str(p) for p, _ in visible if p.suffix.lower() not in extensions]
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(f"{source}: skipped {len(skipped)} file(s) that are not images: "
+                      f"{', '.join(skipped[:3])}{more}", stacklevel=3)
     # A tar of a folder usually holds that folder: strip one shared top level that is no split.
     tops = {p.parts[0] for p, _ in paths}
     if len(tops) == 1 and tops.isdisjoint({"train", *TEST_SPLIT_NAMES}):

@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from mutualat.config import read_yaml
 from mutualat.errors import ConfigError
 from mutualat.registry import Registry
 
@@ -390,7 +391,7 @@ def load_suite(name_or_path: str | os.PathLike, validate: bool = True) -> Suite:
             )
         text, source = resource.read_text(), f"packaged suite {name_or_path}"
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     suite = suite_from_dict(data, source)

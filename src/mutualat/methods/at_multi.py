@@ -40,6 +40,7 @@ from mutualat.methods.multi import (
     msd_attack,
     pick_per_example,
     threat_attacks,
+    threat_radii,
     threats_field,
     validation_attacks,
 )
@@ -81,6 +82,9 @@ class _MultiAT(Method):
 
         ``step_size`` is ignored: each threat's PGD takes its own norm's default."""
         return validation_attacks(self.params.threats, steps)
+
+    def threat_radii(self) -> list[tuple[str, str, float]]:
+        return super().threat_radii() + threat_radii(self.params.threats)
 
     def member_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, role: str,
                     metrics: dict) -> torch.Tensor:

@@ -84,6 +84,11 @@ class Method:
 
         return {self.attack_cfg.norm: eval_pgd(self.attack_cfg, steps, step_size)}
 
+    def threat_radii(self) -> list[tuple[str, str, float]]:
+        """``(config key, norm, eps)`` of every ball the method attacks in; the trainer checks
+        each against the input space once the data is loaded."""
+        return [("attack.eps", self.attack_cfg.norm, self.attack_cfg.eps)]
+
     def describe(self) -> dict[str, Any]:
         """What a saved model records about the method that trained it."""
         return {"name": type(self).registered_name, **dataclasses.asdict(self.params)}

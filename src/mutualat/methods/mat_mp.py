@@ -72,6 +72,7 @@ from mutualat.methods.multi import (
     msd_attack,
     pick_per_example,
     threat_attacks,
+    threat_radii,
     threats_field,
     validation_attacks,
 )
@@ -157,6 +158,9 @@ class MATMP(Method):
 
         ``step_size`` is ignored: each threat's PGD takes its own norm's default."""
         return validation_attacks(self.params.threats, steps)
+
+    def threat_radii(self) -> list[tuple[str, str, float]]:
+        return super().threat_radii() + threat_radii(self.params.threats)
 
     # --- the loss -----------------------------------------------------------------------
 

@@ -101,6 +101,12 @@ def check_threats(threats: Sequence[ThreatSpec], minimum: int = 1,
         raise ConfigError(f"{where} lists a norm twice: {norms}")
 
 
+def threat_radii(threats: Sequence[ThreatSpec],
+                 where: str = "method.params.threats") -> list[tuple[str, str, float]]:
+    """``(config key, norm, eps)`` of every threat of the list (:meth:`Method.threat_radii`)."""
+    return [(f"{where}.{i}.eps", t.norm, t.eps) for i, t in enumerate(threats)]
+
+
 def check_msd_steps(value: int | None) -> None:
     if value is not None and value < 1:
         raise ConfigError(f"method.params.msd_steps must be >= 1 (or null), got {value}")

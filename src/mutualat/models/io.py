@@ -123,10 +123,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
             f"{path} holds a model of architecture {name!r}, which this version of mutualat "
             f"does not know; known: {', '.join(MODELS.names())}"
         )
+    # The record alone must not decide how much memory is taken (a forged header could claim
+    # a network of terabytes): the architecture is first built on the meta device, which
+    # allocates nothing, and its shapes are checked against the tensors the file holds.
     try:
-        model = create_model(**spec)
-    except (ConfigError, TypeError) as exc:
+        with torch.device("meta"):
+            skeleton = create_model(**spec)
+    except (ConfigError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild its {name!r} model: {exc}") from None
+    _check_fit(path, name, _shapes(skeleton.state_dict()), _file_shapes(path))
+    model = create_model(**spec)  # now known to be the size of the file's weights
     _load_state(model, path)
     return model.eval().to(device)
 
@@ -155,17 +161,39 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike) -> dict:
 
 
 def _load_state(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load the file's weights into ``model`` once the header says that they fit it."""
+    name = getattr(model, "spec", {}).get("name", type(model).__name__)
+    _check_fit(path, name, _shapes(model.state_dict()), _file_shapes(path))
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read the weights: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    model.load_state_dict(tensors, strict=True)
+
+
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, read from the safetensors header (no tensor is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read the weights: {exc}") from None
+
+
+def _check_fit(path: str | os.PathLike, name: str, expected: dict[str, tuple[int, ...]],
+               found: dict[str, tuple[int, ...]]) -> None:
+    """A :class:`CheckpointError` naming the keys where the file's tensors (``found``) and
+    the architecture's (``expected``) differ."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     misshaped = sorted(
-        f"{k} (file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in set(expected) & set(tensors)
-        if tensors[k].shape != expected[k].shape
+        f"{k} (file {found[k]}, model {expected[k]})"
+        for k in set(expected) & set(found)
+        if found[k] != expected[k]
     )
     problems = [
         f"{label}: {_first(items)}"
@@ -174,11 +202,9 @@ def _load_state(model: nn.Module, path: str | os.PathLike) -> None:
         if items
     ]
     if problems:
-        name = getattr(model, "spec", {}).get("name", type(model).__name__)
         raise CheckpointError(
             f"{path}: the weights do not fit a {name!r} model; " + "; ".join(problems)
         )
-    model.load_state_dict(tensors, strict=True)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mutualat.attacks.threat import check_within_inputs
 from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
 from mutualat.device import resolve_device
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
@@ -289,6 +290,9 @@ class Trainer:
 
         self._build_data()
         self.method = build_method(cfg)
+        # An l2 or l1 ball wider than the input space itself (the shape is known only now).
+        for key, norm, eps in self.method.threat_radii():
+            check_within_inputs(key, norm, eps, self.dataset.input_shape)
         self.dist.check(cfg, self.method)
         self.run_id = self.dist.from_main(lambda: _run_id(self.out))
         state = self.dist.state_from_main(self._resume_state) if resume else None
@@ -322,6 +326,8 @@ class Trainer:
         self.step_in_epoch = 0  # completed steps of the current epoch
         self.global_step = 0
         self.best: dict[str, float] = {}  # role -> best validation robust accuracy
+        # (epoch, step_in_epoch) of the checkpoint in the run folder; None before the first.
+        self.checkpointed: tuple[int, int] | None = None
         if state is not None:
             self._restore(state)
         # Speed options (torch.compile, batched cohort), decided once and logged: train/speed.py.
@@ -503,6 +509,7 @@ class Trainer:
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best = dict(state["best"])
+        self.checkpointed = (self.epoch, self.step_in_epoch)
         if state["rng"] is None:  # a process the checkpoint's run did not have
             self.dist.seed(self.cfg.seed, self.global_step)
         else:
@@ -514,7 +521,32 @@ class Trainer:
     def _checkpoint(self) -> None:
         state = self._state()
         if state is not None:
-            save_checkpoint(self.out / CHECKPOINT, state)
+            with self._writing(CHECKPOINT):
+                save_checkpoint(self.out / CHECKPOINT, state)
+        self.checkpointed = (self.epoch, self.step_in_epoch)
+
+    @contextlib.contextmanager
+    def _writing(self, name: str):
+        """A write into the run folder that fails (a full disk, a quota) stops the run with a
+        sentence saying what survives instead of an OSError traceback; the atomic writes
+        have removed their temporary file and left the previous version in place."""
+        try:
+            yield
+        except OSError as exc:
+            raise TrainingError(
+                f"could not write {name} in {self.out} ({exc.strerror or exc}); "
+                f"{self._what_survives()} once the disk has room."
+            ) from None
+
+    def _what_survives(self) -> str:
+        """Where ``--resume`` would continue from, for a message about a stopped run."""
+        if self.checkpointed is None:
+            return (f"no checkpoint was written yet: --resume starts {self.out} again from "
+                    "scratch with its config")
+        epoch, step = self.checkpointed
+        at = f"the end of epoch {epoch}" if step == 0 else f"step {step} of epoch {epoch + 1}"
+        return (f"the previous checkpoint ({self.out / CHECKPOINT}, at {at}) is intact: "
+                "--resume continues from it")
 
     def _to_save(self, role_filter: set[str] | None) -> list[Member]:
         """The trained members whose model files rank 0 writes now (none on other processes);
@@ -540,7 +572,9 @@ class Trainer:
             meta = self._model_meta(member)
             if metrics:
                 meta["metrics"] = metrics.get(member.role, {})
-            save_model(member.model, self.out / "models" / f"{member.role}{suffix}.safetensors", meta)
+            name = f"models/{member.role}{suffix}.safetensors"
+            with self._writing(name):
+                save_model(member.model, self.out / name, meta)
 
     def _model_meta(self, member: Member) -> dict[str, Any]:
         a = self.cfg.attack
@@ -621,14 +655,10 @@ class Trainer:
             lrs = {m.index: m.optimizer.param_groups[0]["lr"] for m in trainable[:1]}
             loss, values, lr = self.dist.reduce_step(loss, values, lrs)
             if not math.isfinite(loss):
-                where = (f"The last checkpoint in {self.out} is intact"
-                         if (self.out / CHECKPOINT).is_file() else
-                         f"No checkpoint was written yet; --resume starts {self.out} again from "
-                         "scratch with its config")
                 raise TrainingError(
                     f"the {self.method.registered_name} loss became {loss} at epoch "
                     f"{self.epoch + 1}, step {self.step_in_epoch} ({values}); lower the learning "
-                    f"rate or check the data. {where}."
+                    f"rate or check the data; {self._what_survives()}."
                 )
             rate = images / max(time.perf_counter() - tick, 1e-9)
             # Accuracy on the training adversarial batches over the epoch so far (the mean over
@@ -715,7 +745,8 @@ class Trainer:
                 entry.update({f"pgd_{name}": acc[name] for name in attacks})
             results["models"][role] = entry
         if self.dist.is_main:
-            atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
+            with self._writing("results.json"):
+                atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
         self.log.write("test", self.global_step, **{
             f"{k}/{role}": v for role, r in results["models"].items() for k, v in r.items()
         })

@@ -1,0 +1,281 @@
+"""Faults injected into runs, and what the user gets: an exact resume, or a clear error that
+names the problem, exits non-zero and changes nothing already written (file hashes compared).
+
+Each test injects one fault: a kill during the first checkpoint write, a NaN before the first
+checkpoint, an edited config.yaml, a checkpoint swapped in from another run, a full disk, a
+torn or corrupt metrics line, an --out that is a file, an l2/l1 eps wider than the input space.
+README.md ("Reliability") points at them.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mutualat.cli import main
+from mutualat.config import dump_config, load_config
+from mutualat.errors import DataError, TrainingError
+from mutualat.train import Trainer, checkpoint
+from mutualat.train.checkpoint import load_checkpoint
+from mutualat.train.logger import MetricsLog, read_metrics
+
+from conftest import tiny_overrides
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and its SHA-256: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _assert_identical_weights(a: Path, b: Path) -> None:
+    """Bit for bit: both runs computed the same thing in this process (one thread)."""
+    wa, wb = (load_checkpoint(run / "checkpoint.pt")["models"] for run in (a, b))
+    for ma, mb in zip(wa, wb, strict=True):
+        assert ma.keys() == mb.keys()
+        for key in ma:
+            assert torch.equal(ma[key], mb[key]), key
+
+
+def _train_argv(out: Path, overrides: list[str], *extra: str) -> list[str]:
+    argv = ["train", "--out", str(out), *extra]
+    for assignment in overrides:
+        argv += ["--set", assignment]
+    return argv
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """The uninterrupted 2-epoch reference run."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    Trainer(load_config(None, tiny_overrides(2)), out).fit()
+    return out
+
+
+# `mutualat train` that dies by SIGKILL once the first checkpoint's temporary file is written
+# and synced, just before it would be renamed to checkpoint.pt: the worst instant to die.
+_KILLED_IN_FIRST_CHECKPOINT_WRITE = """
+import os, signal, sys
+from mutualat.cli import main
+
+rename = os.replace
+
+def replace(src, dst):
+    if os.path.basename(dst) == "checkpoint.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst)
+
+os.replace = replace
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def dead_start(tmp_path_factory) -> Path:
+    """A run folder whose training was killed during its first checkpoint write."""
+    root = tmp_path_factory.mktemp("dead")
+    config = root / "tiny.yaml"
+    config.write_text(dump_config(load_config(None, tiny_overrides(2))))
+    out = root / "run"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_IN_FIRST_CHECKPOINT_WRITE, "train", "--config",
+         str(config), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "checkpoint.pt").exists()
+    assert [p.name for p in out.glob(".checkpoint.pt.*.tmp")], "the kill left no temporary"
+    return out
+
+
+def test_a_kill_during_the_first_checkpoint_write_resumes_from_scratch_bit_identical(
+        full_run, dead_start, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(dead_start, out)
+    stale = [p.name for p in out.glob(".checkpoint.pt.*.tmp")]
+    Trainer(None, out, resume=True).fit()
+    said = capsys.readouterr().out
+    assert f"removed 1 temporary file(s) an interrupted write left in {out}: {stale[0]}" in said
+    assert "has no checkpoint (the run stopped before the end of its first epoch): starting " \
+           "it again from scratch" in said
+    assert "removed metrics.jsonl, models/model.best.safetensors, models/model.safetensors" in said
+    assert not list(out.glob(".*.tmp"))
+    _assert_identical_weights(out, full_run)
+    events = [r["event"] for r in read_metrics(out)]
+    assert events.count("start") == 1 and events.count("epoch") == 2
+
+
+def test_a_new_run_into_a_dead_start_is_refused_naming_what_is_there(dead_start, capsys):
+    before = _hashes(dead_start)
+    assert main(_train_argv(dead_start, tiny_overrides(2))) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {dead_start} holds a run that never reached its first checkpoint" in err
+    assert "config.yaml" in err and "metrics.jsonl" in err and "models" in err
+    assert "pass --resume to start it again from scratch" in err
+    assert _hashes(dead_start) == before
+
+
+def test_a_nan_before_the_first_checkpoint_does_not_claim_one(tmp_path, monkeypatch):
+    from mutualat.methods.at import AT
+    from mutualat.methods.base import StepResult
+
+    def nan_loss(self, models, x, y):
+        return StepResult(models[0](x).sum() * float("nan"))
+
+    monkeypatch.setattr(AT, "loss", nan_loss)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError) as info:
+        Trainer(load_config(None, tiny_overrides(1)), out).fit()
+    message = str(info.value)
+    assert "loss became nan at epoch 1, step 1" in message
+    assert f"no checkpoint was written yet: --resume starts {out} again from scratch" in message
+    assert "intact" not in message and not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("key, value, difference", [
+    ("attack.eps", 0.3, "attack.eps (0.1 saved, 0.3 given)"),
+    ("optim.epochs", 3, "optim.epochs (2 saved, 3 given)"),
+])
+def test_an_edited_config_yaml_is_refused_and_nothing_changes(full_run, tmp_path, capsys,
+                                                              key, value, difference):
+    out = tmp_path / "run"
+    shutil.copytree(full_run, out)
+    edited = load_config(out / "config.yaml", [f"{key}={value}"])
+    (out / "config.yaml").write_text(dump_config(edited))
+    before = _hashes(out)
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint.pt'} was written by another config than" in err
+    assert f"they differ in {difference}" in err
+    assert _hashes(out) == before
+
+
+def test_a_checkpoint_from_another_run_is_refused_and_nothing_changes(full_run, tmp_path,
+                                                                      monkeypatch, capsys):
+    other = tmp_path / "other"  # the same config, another run: stopped after its first epoch
+    original = Trainer._end_of_epoch
+
+    def stop_after_first_epoch(self):
+        original(self)
+        raise _Stop
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_first_epoch)
+    with pytest.raises(_Stop):
+        Trainer(load_config(None, tiny_overrides(2)), other).fit()
+    monkeypatch.undo()
+
+    out = tmp_path / "run"
+    shutil.copytree(full_run, out)
+    shutil.copyfile(other / "checkpoint.pt", out / "checkpoint.pt")
+    before = _hashes(out)
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    assert f"{out / 'checkpoint.pt'} belongs to another run" in capsys.readouterr().err
+    assert _hashes(out) == before  # metrics.jsonl among them: not truncated to step 8
+
+
+class _FullDisk:
+    """The ``os`` module as mutualat.train.checkpoint sees it on a full disk."""
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    @staticmethod
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(full_run, tmp_path,
+                                                                        monkeypatch):
+    out = tmp_path / "run"
+    original = Trainer._end_of_epoch
+    first: dict[str, bytes] = {}
+
+    def fill_the_disk_after_epoch_1(self):
+        original(self)
+        if self.epoch == 1:
+            first["checkpoint"] = (out / "checkpoint.pt").read_bytes()
+            monkeypatch.setattr(checkpoint, "os", _FullDisk())
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", fill_the_disk_after_epoch_1)
+    with pytest.raises(TrainingError) as info:
+        Trainer(load_config(None, tiny_overrides(2)), out).fit()
+    message = str(info.value)
+    del info  # its traceback holds the stopped trainer, and with it the run folder's lock
+    gc.collect()
+    assert f"could not write checkpoint.pt in {out} ({os.strerror(errno.ENOSPC)})" in message
+    assert (f"the previous checkpoint ({out / 'checkpoint.pt'}, at the end of epoch 1) is "
+            "intact: --resume continues from it once the disk has room") in message
+    assert (out / "checkpoint.pt").read_bytes() == first["checkpoint"]
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.undo()  # space again
+    Trainer(None, out, resume=True).fit()
+    _assert_identical_weights(out, full_run)
+
+
+def test_a_torn_last_metrics_line_is_skipped_and_a_corrupt_one_named(full_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    log = run / "metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines) + '{"event": "step", "global_st')  # killed mid-write
+    assert len(read_metrics(run)) == len(lines)
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "training_curves.png").is_file()
+
+    log.write_text("".join(lines[:2]) + '{"event": "st\n' + "".join(lines[2:]))
+    assert main(["report", str(run), "--out", str(tmp_path / "report2")]) == 2
+    assert f"{log}, line 3, is not a JSON record" in capsys.readouterr().err
+
+    # The trainer's own truncation on resume: the same rules.
+    log.write_text("".join(lines) + '{"event": "step", "global_st')
+    MetricsLog(run, tensorboard=False).truncate_after(10**9)
+    assert log.read_text() == "".join(lines)
+    log.write_text("".join(lines[:2]) + '{"event": "st\n' + "".join(lines[2:]))
+    with pytest.raises(DataError, match="line 3, is not a JSON record"):
+        MetricsLog(run, tensorboard=False).truncate_after(10**9)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys, resume):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    argv = _train_argv(notes, [] if resume else tiny_overrides(1), *(["--resume"] if resume else []))
+    assert main(argv) == 2
+    assert f"--out {notes} is a file, not a folder; choose another --out" in capsys.readouterr().err
+    assert notes.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["attack.norm=l2", "attack.eps=1000000"],
+     "attack.eps=1e+06 is larger than the l2 diameter of the input space (28 for 1x28x28 "
+     "images in [0,1])"),
+    (["attack.norm=l1", "attack.eps=785"],
+     "attack.eps=785 is larger than the l1 diameter of the input space (784 for 1x28x28"),
+    (["method.name=mat-mp", "models.1.name=tinycnn", "models.2.name=tinycnn",
+      "method.params.threats=[{norm: linf, eps: 0.1}, {norm: l2, eps: 100}]"],
+     "method.params.threats.1.eps=100 is larger than the l2 diameter of the input space (28"),
+])
+def test_an_eps_wider_than_the_input_space_is_refused(tmp_path, capsys, overrides, message):
+    out = tmp_path / "run"
+    assert main(_train_argv(out, tiny_overrides(1) + overrides)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_eps_up_to_the_input_space_diameter_is_accepted(tmp_path):
+    cfg = load_config(None, tiny_overrides(1) + ["attack.norm=l2", "attack.eps=28"])
+    assert Trainer(cfg, tmp_path / "run").cfg.attack.eps == 28.0
