@@ -10,7 +10,6 @@ README.md ("Reliability") points at them.
 from __future__ import annotations
 
 import errno
-import gc
 import hashlib
 import os
 import shutil
@@ -213,9 +212,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(full_run,
     monkeypatch.setattr(Trainer, "_end_of_epoch", fill_the_disk_after_epoch_1)
     with pytest.raises(TrainingError) as info:
         Trainer(load_config(None, tiny_overrides(2)), out).fit()
-    message = str(info.value)
-    del info  # its traceback holds the stopped trainer, and with it the run folder's lock
-    gc.collect()
+    message = str(info.value)  # the failed trainer let go of the folder: resume below works
     assert f"could not write checkpoint.pt in {out} ({os.strerror(errno.ENOSPC)})" in message
     assert (f"the previous checkpoint ({out / 'checkpoint.pt'}, at the end of epoch 1) is "
             "intact: --resume continues from it once the disk has room") in message
@@ -279,3 +276,21 @@ def test_an_eps_wider_than_the_input_space_is_refused(tmp_path, capsys, override
 def test_an_eps_up_to_the_input_space_diameter_is_accepted(tmp_path):
     cfg = load_config(None, tiny_overrides(1) + ["attack.norm=l2", "attack.eps=28"])
     assert Trainer(cfg, tmp_path / "run").cfg.attack.eps == 28.0
+
+
+def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path):
+    from mutualat.errors import ConfigError
+
+    out = tmp_path / "run"
+    first = Trainer(load_config(None, tiny_overrides(1)), out)  # holds the folder's lock
+    before = _hashes(out)
+    code = subprocess.run([sys.executable, "-m", "mutualat", "train", "--out", str(out), "--resume"],
+                          capture_output=True, text=True, timeout=120)
+    assert code.returncode == 2
+    assert "in use by another training process" in code.stderr
+    assert _hashes(out) == before
+    with pytest.raises(ConfigError, match="in use by another training process"):
+        Trainer(None, out, resume=True)
+    first.fit()  # ends, and lets go
+    assert subprocess.run([sys.executable, "-m", "mutualat", "train", "--out", str(out), "--resume"],
+                          capture_output=True, text=True, timeout=300).returncode == 0

@@ -105,7 +105,8 @@ class AutoAttackWrapper(Attack):
             self._standard_settings(runner)
             x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=x.shape[0])  # (x, y) pair
             return x_adv
-        runner = module.AutoAttack(model, verbose=False, attacks_to_run=self.attacks or [], **common)
+        custom = {"attacks_to_run": self.attacks} if self.attacks is not None else {}
+        runner = module.AutoAttack(model, verbose=False, **custom, **common)
         self._standard_settings(runner)
         return runner.run_standard_evaluation(x, y, bs=x.shape[0])
 

@@ -280,6 +280,7 @@ class Trainer:
             # command can use the same --out. A resumed run's folder is never touched.
             if not resume and self.dist.is_main:
                 _undo_new_run_dir(self.out, existed)
+            self.release()
             raise
 
     def _build(self, resume: bool) -> None:
@@ -593,17 +594,28 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        if self.global_step == 0:
-            self.log.write("start", 0, config=to_dict(cfg), device=str(self.device),
-                           torch=torch.__version__, host=platform.node(), **self.dist.describe())
-        while self.epoch < cfg.optim.epochs:
-            self._train_epoch()
-            self.epoch += 1
-            self.step_in_epoch = 0
-            self._end_of_epoch()
-        results = self._final_test() if cfg.eval.test else {}
-        self.log.close()
-        return results
+        try:
+            if self.global_step == 0:
+                self.log.write("start", 0, config=to_dict(cfg), device=str(self.device),
+                               torch=torch.__version__, host=platform.node(), **self.dist.describe())
+            while self.epoch < cfg.optim.epochs:
+                self._train_epoch()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self._end_of_epoch()
+            results = self._final_test() if cfg.eval.test else {}
+            self.log.close()
+            return results
+        finally:
+            # Finished or failed, the folder is free for the next process (or a --resume in
+            # this one): not only once this object is garbage-collected.
+            self.release()
+
+    def release(self) -> None:
+        """Let go of the run folder's lock (see :func:`lock_run_dir`); idempotent."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()
 
     def _train_epoch(self) -> None:
         from tqdm import tqdm
