@@ -41,7 +41,7 @@ import re
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from mutualat.evaluation.checks import CheckConfig, run_checks, suite_warnings
 from mutualat.evaluation.suite import Suite, Threat
 from mutualat.evaluation.worst_case import BROKEN, NOT_ATTACKED, ROBUST, accuracy_report, candidates
 from mutualat.models.ensemble import Ensemble
+from mutualat.models.layers import Preprocessed
 from mutualat.train.precision import AutocastModel
 
 FORMAT_VERSION = 1
@@ -489,6 +490,7 @@ def evaluate(
     data_info: Mapping[str, Any] | None = None,
     model_info: Mapping[str, Mapping[str, Any]] | None = None,
     amp: str = "off",
+    preprocessing: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` (name -> module mapping [0,1] images to logits) under ``suite``.
 
@@ -504,6 +506,10 @@ def evaluate(
             under bf16 autocast (the perturbation stays fp32); faster where the processor
             has bf16 units, but a lower-precision gradient can weaken an attack and make a
             model look more robust than it is. The summary records it (``precision``).
+        preprocessing: ``(mean, std)`` per channel, in [0,1] units, for models that expect
+            normalized input (normalization done by the data pipeline, as torchvision's
+            ``Normalize``): each model is wrapped in :class:`~mutualat.models.Preprocessed`,
+            so attacks still perturb [0,1] pixels and radii mean what the suite says.
 
     Returns the summary (also written to ``out_dir/summary.json``) and prints its table and
     warnings. The models are moved to ``device``; the global torch random state is restored
@@ -521,6 +527,9 @@ def evaluate(
     suite.validate()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     x_all, y_all = as_tensors(images, labels)
+    if preprocessing is not None:
+        mean, std = _preprocessing(preprocessing)
+        models = {k: Preprocessed(m, mean, std) for k, m in models.items()}
     named: dict[str, nn.Module] = {}
     for name, model in models.items():
         if not isinstance(name, str) or not _NAME.match(name) or (name == ENSEMBLE and ensemble):
@@ -565,6 +574,14 @@ def evaluate(
     for w in summary["warnings"]:
         print(f"warning: {w}")
     return summary
+
+
+def _preprocessing(value: Any) -> tuple[list[float], list[float]]:
+    try:
+        mean, std = value
+        return [float(v) for v in mean], [float(v) for v in std]
+    except (TypeError, ValueError):
+        raise ConfigError(f"preprocessing must be (mean, std), two sequences of numbers; got {value!r}") from None
 
 
 def _checks(named: Mapping[str, nn.Module], suite: Suite, x: torch.Tensor, y: torch.Tensor,
