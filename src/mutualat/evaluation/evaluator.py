@@ -35,6 +35,7 @@ import datetime
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import re
@@ -53,11 +54,15 @@ from mutualat.evaluation.suite import Suite, Threat
 from mutualat.evaluation.worst_case import BROKEN, NOT_ATTACKED, ROBUST, accuracy_report, candidates
 from mutualat.models.ensemble import Ensemble
 from mutualat.models.layers import Preprocessed
+from mutualat.train.logger import log_summary
 from mutualat.train.precision import AutocastModel
 
 FORMAT_VERSION = 1
 ENSEMBLE = "ensemble"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+logger = logging.getLogger(__name__)
 
 
 class EvaluationError(MutualatError):
@@ -347,8 +352,8 @@ def _model_outcomes(
         partial.unlink(missing_ok=True)
         same = [k for k in range(j + 1) if threats[k] == spec.threat]
         acc = float((clean & (outcome[:, same] == ROBUST).all(axis=1)).mean())
-        print(f"{name}: {spec.id}: broke {int((col == BROKEN).sum())} of {int(todo.sum())} attacked; "
-              f"{spec.threat} accuracy so far {acc:.2%} ({seconds:.1f} s)", flush=True)
+        logger.info(f"{name}: {spec.id}: broke {int((col == BROKEN).sum())} of {int(todo.sum())} "
+                    f"attacked; {spec.threat} accuracy so far {acc:.2%} ({seconds:.1f} s)")
     _write_npz(
         mdir / "correct.npz",
         attacks=np.array([s.id for s in specs]), threats=np.array(threats),
@@ -511,8 +516,8 @@ def evaluate(
             ``Normalize``): each model is wrapped in :class:`~mutualat.models.Preprocessed`,
             so attacks still perturb [0,1] pixels and radii mean what the suite says.
 
-    Returns the summary (also written to ``out_dir/summary.json``) and prints its table and
-    warnings. The models are moved to ``device``; the global torch random state is restored
+    Returns the summary (also written to ``out_dir/summary.json``; :func:`summary_table` gives
+    its table) and logs its warnings. The models are moved to ``device``; the global torch random state is restored
     afterwards. The unit of resumption is one (model, attack): an attack interrupted halfway
     runs again from its start.
     """
@@ -570,9 +575,9 @@ def evaluate(
         model_info=model_info, checks=check_record, started=started, amp=amp,
     )
     _write_json(out / "summary.json", summary)
-    print(summary_table(summary))
+    log_summary(out, summary)  # TensorBoard / W&B, when there
     for w in summary["warnings"]:
-        print(f"warning: {w}")
+        logger.warning(w)
     return summary
 
 
