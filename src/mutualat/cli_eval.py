@@ -2,7 +2,7 @@
 
     mutualat eval --model [NAME=]PATH [--model ...] --suite NAME|FILE --data NAME
                   [--data-dir D] [--data-path P] [--split test] [--n N] --out DIR [--ensemble]
-                  [--eps EPS] [--batch-size B] [--device auto] [--seed S] [--no-checks]
+                  [--eps [THREAT=]E[,E...]] [--batch-size B] [--device auto] [--seed S] [--no-checks]
                   [--check-n N] [--no-progress]
     mutualat transfer --source [NAME=]PATH ... --target [NAME=]PATH ... --data NAME [--n N]
                   --out DIR [--norm linf] [--eps EPS] [--steps 100] [--step-size 0.003]
@@ -16,6 +16,7 @@ default name is its run and role: ``runs/mat/models/h1.safetensors`` -> ``mat-h1
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -37,7 +38,10 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
 
     ev.add_argument("--suite", required=True,
                     help=f"a packaged suite ({', '.join(packaged_suites())}) or a suite YAML file")
-    ev.add_argument("--eps", type=float, help="override the radius of the suite's single lp threat")
+    ev.add_argument("--eps", action="append", metavar="[THREAT=]E[,E...]",
+                    help="one value: the radius of the suite's single lp threat. Several (or "
+                         "THREAT=..., repeatable): an eps sweep, robust accuracy against eps per "
+                         "threat in eps_sweep.png/.md/.json (values like 8/255 allowed)")
     ev.add_argument("--ensemble", action="store_true",
                     help="also evaluate the ensemble (mean of the models' softmax outputs)")
     ev.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
@@ -221,11 +225,15 @@ def check_fit(info: dict[str, dict], images: Any, labels: Any) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from mutualat.device import resolve_device
-    from mutualat.evaluation import CheckConfig, evaluate, load_suite
+    from mutualat.evaluation import CheckConfig, evaluate, load_suite, summary_table
+
+    from mutualat.evaluation.sweep import eps_sweep, parse_eps, sweep_table
 
     suite = load_suite(args.suite)
-    if args.eps is not None:
-        suite = suite.with_eps(args.eps)
+    points = parse_eps(args.eps, suite) if args.eps else None
+    if points and len(args.eps) == 1 and "=" not in args.eps[0] and len(next(iter(points.values()))) == 1:
+        suite = suite.with_eps(next(iter(points.values()))[0])  # one radius: a plain evaluation
+        points = None
     check_dataset(args)
     sources = check_models(parse_models(args.model), args)
     device = resolve_device(args.device)
@@ -235,9 +243,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.check_n < 1:
         raise ConfigError(f"--check-n must be >= 1, got {args.check_n}")
     checks = False if args.no_checks else CheckConfig(n=args.check_n)
-    evaluate(models, suite, images, labels, args.out, batch_size=args.batch_size, device=device,
+    if points:
+        eps_sweep(models, suite, points, images, labels, args.out, checks=checks,
+                  batch_size=args.batch_size, device=device, seed=args.seed, ensemble=args.ensemble,
+                  progress=not args.no_progress, data_info=data_info, model_info=info, amp=args.amp)
+        print(sweep_table(json.loads((args.out / "eps_sweep.json").read_text())))
+        print(f"robust accuracy against eps: {args.out / 'eps_sweep.png'}")
+        return 0
+    summary = evaluate(models, suite, images, labels, args.out, batch_size=args.batch_size, device=device,
              seed=args.seed, ensemble=args.ensemble, checks=checks, progress=not args.no_progress,
              data_info=data_info, model_info=info, amp=args.amp)
+    print(summary_table(summary))
     print(f"summary: {args.out / 'summary.json'}")
     return 0
 
@@ -290,9 +306,12 @@ def run_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The three subcommands on their own (``python -m mutualat.cli_eval``), as ``mutualat``
     runs them once wired: a :class:`MutualatError` prints ``error: ...`` and returns 2."""
+    from mutualat.console import setup_logging
+
     parser = argparse.ArgumentParser(prog="mutualat", description="evaluate, transfer, report")
     handlers = add_eval_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    setup_logging()
     try:
         return handlers[args.command](args)
     except MutualatError as exc:
