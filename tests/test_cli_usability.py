@@ -417,3 +417,19 @@ def test_evaluate_wraps_models_that_expect_normalized_input(tmp_path) -> None:
         without = model(x).argmax(1)
     assert not torch.equal(with_norm, without)  # so the wrapping is what made them agree
     assert given["models"]["m"]["clean"] == pytest.approx((with_norm == y).float().mean().item())
+
+
+def test_transfer_between_foreign_models(tmp_path, capsys) -> None:
+    from mutualat.cli_eval import main as eval_main
+
+    (tmp_path / "zoo.py").write_text(FACTORY)
+    a = f"a=py:{tmp_path / 'zoo.py'}:build?width=4&channels=1"
+    b = f"b=py:{tmp_path / 'zoo.py'}:build?width=6&channels=1"
+    common = ["--data", "fashion-mnist-embedded", "--n", "10", "--no-progress", "--device", "cpu",
+              "--steps", "2", "--out", str(tmp_path / "t")]
+    # A foreign source records no training threat: the radius must be given.
+    assert eval_main(["transfer", "--source", a, "--target", b] + common) == 2
+    assert "records no linf training eps; pass --eps" in capsys.readouterr().err
+    assert eval_main(["transfer", "--source", a, "--target", b, "--target", a, "--eps", "0.1"] + common) == 0
+    result = json.loads((tmp_path / "t" / "transfer.json").read_text())
+    assert set(result["sources"]) == {"a"} and set(result["targets"]) == {"a", "b"}

@@ -159,12 +159,14 @@ def check_models(sources: dict[str, Any], args: argparse.Namespace) -> dict[str,
     from mutualat.models import check_source
 
     defaults = {"arch": args.arch, "mean": args.mean, "std": args.std}
-    if args.data in ("cifar10", "cifar100"):
-        defaults["dataset"] = args.data  # robustbench: the zoo of the data being evaluated
     filled = {}
     for name, source in sources.items():
-        if source.kind != "file":
+        if source.kind == "torch":
             source = source.with_defaults(**defaults)
+        elif source.kind == "robustbench":
+            # The zoo of the data being evaluated, unless the source says otherwise.
+            zoo = args.data if args.data in ("cifar10", "cifar100") else None
+            source = source.with_defaults(**defaults, dataset=zoo)
         filled[name] = check_source(source)
     return filled
 
