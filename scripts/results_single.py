@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mutualat.config import load_config
+from mutualat.console import setup_logging
 from mutualat.evaluation.evaluator import hardware_info
 from mutualat.experiments import (
     command_line,
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--write", default=str(REPO / "docs" / "RESULTS.md"))
     args = parser.parse_args()
+    setup_logging()  # the trainer's and evaluator's progress lines, as the CLI shows them
 
     # The slowest (MAT) runs first so two workers finish together; the table lists the
     # baselines first.
