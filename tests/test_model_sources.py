@@ -377,3 +377,22 @@ def test_ard_distils_from_a_plain_pytorch_teacher(tmp_path: Path) -> None:
     student = read_model_meta(tmp_path / "run" / "models" / "student.safetensors")
     assert student["role"] == "student"
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["event"] == "epoch"
+
+
+def test_cli_builds_a_state_dict_for_the_data_it_evaluates(tmp_path: Path) -> None:
+    """A tinycnn state dict evaluated on 28x28 data: size comes from the data, classes and
+    channels from the weights, normalization from the file, the record into the summary."""
+    from mutualat.cli_eval import main
+
+    torch.manual_seed(8)
+    ours = randomize_batchnorm(create_model("tinycnn", in_channels=1, input_size=28, mean=[0.28], std=[0.35]))
+    torch.save({"state_dict": ours.state_dict()}, tmp_path / "tiny.pth")
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", f"torch:{tmp_path / 'tiny.pth'}", "--arch", "tinycnn", "--suite", "quick",
+                 "--data", "fashion-mnist-embedded", "--n", "12", "--no-checks", "--no-progress",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    info = json.loads((out / "summary.json").read_text())["models"]["tiny"]["info"]
+    assert info["model"]["input_size"] == 28 and info["model"]["in_channels"] == 1
+    assert info["model"]["mean"] == pytest.approx([0.28])
+    assert info["source"]["kind"] == "torch" and info["source"]["layout"] == "mutualat"
+    assert len(info["source"]["sha256"]) == 16

@@ -12,7 +12,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from mutualat.config import ModelConfig
+from mutualat.data import DATASETS
 from mutualat.errors import ConfigError
+from mutualat.evaluation.suite import attack_factory, known_attacks, load_suite, packaged_suites
+from mutualat.methods import METHODS
+from mutualat.models import MODELS, SOURCES, model_options
+from mutualat.train.optim import lr_and_weight_decay
 
 
 @dataclass
@@ -50,10 +56,6 @@ def _defaults(fn: Callable[..., Any], skip: tuple[str, ...] = ()) -> dict[str, A
 
 
 def models() -> list[Entry]:
-    from mutualat.config import ModelConfig
-    from mutualat.models import MODELS, model_options
-    from mutualat.train.optim import lr_and_weight_decay
-
     entries = []
     for name in MODELS.names():
         builder = MODELS.get(name)
@@ -64,8 +66,6 @@ def models() -> list[Entry]:
 
 
 def methods() -> list[Entry]:
-    from mutualat.methods import METHODS
-
     entries = []
     for name in METHODS.names():
         cls = METHODS.get(name)
@@ -80,8 +80,6 @@ def methods() -> list[Entry]:
 
 
 def attacks() -> list[Entry]:
-    from mutualat.evaluation.suite import attack_factory, known_attacks
-
     entries = []
     for name in known_attacks():
         factory = attack_factory(name)
@@ -91,8 +89,6 @@ def attacks() -> list[Entry]:
 
 
 def suites() -> list[Entry]:
-    from mutualat.evaluation.suite import load_suite, packaged_suites
-
     entries = []
     for name in packaged_suites():
         suite = load_suite(name, validate=False)
@@ -105,16 +101,12 @@ def suites() -> list[Entry]:
 
 
 def datasets() -> list[Entry]:
-    from mutualat.data import DATASETS
-
     # Every dataset takes the same two settings (data.data_dir / --data-dir and data.path).
     where = {"data_dir": "--data-dir, else $MUTUALAT_DATA, else ~/.cache/mutualat", "path": None}
     return [Entry(name, _first_line(DATASETS.get(name)), dict(where)) for name in DATASETS.names()]
 
 
 def sources() -> list[Entry]:
-    from mutualat.models import SOURCES
-
     return [Entry(f"{name}:", SOURCES.get(name).describe) for name in SOURCES.names()]
 
 

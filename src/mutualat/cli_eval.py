@@ -171,6 +171,14 @@ def check_models(sources: dict[str, Any], args: argparse.Namespace) -> dict[str,
     return filled
 
 
+def sized(sources: dict[str, Any], images: Any) -> dict[str, Any]:
+    """Foreign state dicts built for the data's image size unless they say ``size=`` (our
+    architectures pool globally; the size only matters to flattening ones and to the record)."""
+    side = int(images.shape[-1])
+    return {name: s.with_defaults(size=side) if s.kind in ("torch", "robustbench") else s
+            for name, s in sources.items()}
+
+
 def load_models(sources: dict[str, Any], device: Any) -> tuple[dict[str, Any], dict[str, dict]]:
     """{name: model} and {name: metadata record} of parsed sources."""
     from mutualat.models import open_model
@@ -228,7 +236,6 @@ def check_fit(info: dict[str, dict], images: Any, labels: Any) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from mutualat.device import resolve_device
     from mutualat.evaluation import CheckConfig, evaluate, load_suite, summary_table
-
     from mutualat.evaluation.sweep import eps_sweep, parse_eps, sweep_table
 
     suite = load_suite(args.suite)
@@ -238,12 +245,12 @@ def run_eval(args: argparse.Namespace) -> int:
         points = None
     check_dataset(args)
     sources = check_models(parse_models(args.model), args)
-    device = resolve_device(args.device)
-    models, info = load_models(sources, device)
-    images, labels, data_info = load_data(args)
-    check_fit(info, images, labels)
     if args.check_n < 1:
         raise ConfigError(f"--check-n must be >= 1, got {args.check_n}")
+    images, labels, data_info = load_data(args)
+    device = resolve_device(args.device)
+    models, info = load_models(sized(sources, images), device)
+    check_fit(info, images, labels)
     checks = False if args.no_checks else CheckConfig(n=args.check_n)
     if points:
         eps_sweep(models, suite, points, images, labels, args.out, checks=checks,
@@ -270,12 +277,12 @@ def run_transfer(args: argparse.Namespace) -> int:
     for name in set(source_specs) & set(target_specs):
         if _identity(source_specs[name]) != _identity(target_specs[name]):
             raise ConfigError(f"a source and a target are both named {name!r}; name them with NAME=SOURCE")
+    images, labels, _ = load_data(args)
     device = resolve_device(args.device)
-    sources, source_info = load_models(source_specs, device)
-    targets, target_info = load_models(target_specs, device)
+    sources, source_info = load_models(sized(source_specs, images), device)
+    targets, target_info = load_models(sized(target_specs, images), device)
     for name in set(sources) & set(targets):
         targets[name] = sources[name]  # the same file: one model, the white-box diagonal
-    images, labels, _ = load_data(args)
     check_fit({**source_info, **target_info}, images, labels)
     attacks = {}
     for name, record in source_info.items():

@@ -20,7 +20,11 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from mutualat.errors import ConfigError
+from mutualat.evaluation.evaluator import evaluate
 from mutualat.evaluation.suite import Suite
+from mutualat.report.paper_plots import plot_eps_sweep
+from mutualat.report.tables import markdown_table
+from mutualat.train.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +91,6 @@ def eps_sweep(
     ``evaluate_kwargs`` go to :func:`~mutualat.evaluation.evaluate` (batch_size, device,
     seed, ensemble, progress, data_info, model_info, amp, preprocessing).
     """
-    from mutualat.evaluation.evaluator import evaluate
-    from mutualat.report.paper_plots import plot_eps_sweep
-
     out = Path(out_dir)
     record: dict[str, Any] = {}
     for threat, values in points.items():
@@ -118,8 +119,6 @@ def eps_sweep(
 
 def sweep_table(record: Mapping[str, Any]) -> str:
     """Markdown: per threat, a row per model, clean then each eps, accuracies in percent."""
-    from mutualat.report.tables import markdown_table
-
     parts = []
     for threat, e in record.items():
         header = ["model", "clean"] + [f"{threat} {eps:g}" for eps in e["eps"]]
@@ -129,6 +128,4 @@ def sweep_table(record: Mapping[str, Any]) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    from mutualat.train.checkpoint import atomic_write_bytes
-
     atomic_write_bytes(path, text.encode())

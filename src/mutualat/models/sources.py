@@ -49,6 +49,7 @@ from torch import nn
 
 from mutualat.errors import CheckpointError, ConfigError
 from mutualat.models import io
+from mutualat.models.layouts import load_converted, to_our_layout
 from mutualat.registry import Registry
 
 FORMAT_VERSION = io.FORMAT_VERSION
@@ -306,8 +307,6 @@ def load_weights_into(model: nn.Module, source: str | os.PathLike | ModelSource)
     model's: the weights were trained with it, so the model must normalize as they expect
     (``model.spec`` is updated to match). Mode and device of ``model`` are kept.
     """
-    from mutualat.models.layouts import load_converted, to_our_layout
-
     parsed = parse_source(source)
     if parsed.kind == "file":
         return io.load_weights_into(model, parsed.target)

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from mutualat.config import RunConfig
 from mutualat.errors import ConfigError
 from mutualat.train.preflight import check_names
+from mutualat.train.trainer import Trainer
 
 
 class _FirstBatch:
@@ -66,8 +67,6 @@ def dry_run(cfg: RunConfig, out: Path | None = None, resume: bool = False) -> di
 
     ``out``: the run folder the real command would use, checked but never created or written.
     """
-    from mutualat.train.trainer import Trainer
-
     check_names(cfg)
     if out is not None:
         check_out_dir(out, resume)

@@ -8,7 +8,10 @@ error names the config key.
 from __future__ import annotations
 
 from mutualat.config import RunConfig
+from mutualat.data import AUGMENTATIONS, DATASETS
 from mutualat.errors import CheckpointError, ConfigError
+from mutualat.methods import METHODS
+from mutualat.models import MODELS, check_source, model_options
 
 LP_NORMS = ("linf", "l2", "l1")
 
@@ -17,10 +20,6 @@ def check_names(cfg: RunConfig) -> None:
     """Raise :class:`ConfigError` (or :class:`CheckpointError` for a missing ``init`` file)
     naming the key, if the dataset, method, a model architecture or option, a model's
     ``init`` source, the attack norm or the augmentation is unknown. Reads no data."""
-    from mutualat.data import AUGMENTATIONS, DATASETS
-    from mutualat.methods import METHODS
-    from mutualat.models import MODELS, check_source, model_options
-
     _named("data.name", lambda: DATASETS.get(cfg.data.name))
     if cfg.data.augment is not None and cfg.data.augment not in AUGMENTATIONS:
         raise ConfigError(f"data.augment: unknown augmentation {cfg.data.augment!r}; "
