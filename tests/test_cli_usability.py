@@ -433,3 +433,15 @@ def test_transfer_between_foreign_models(tmp_path, capsys) -> None:
     assert eval_main(["transfer", "--source", a, "--target", b, "--target", a, "--eps", "0.1"] + common) == 0
     result = json.loads((tmp_path / "t" / "transfer.json").read_text())
     assert set(result["sources"]) == {"a"} and set(result["targets"]) == {"a", "b"}
+
+
+def test_compare_checks_every_variants_names_first(tmp_path, capsys, no_data) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "name": "typo", "base": str(REPO / "configs/plans/fmnist-smallcnn-base.yaml"),
+        "variants": {"at": {"method.name": "at"}, "mat": {"method.name": "mat", "models": ["smallcnn", "smalcnn"]}},
+        "grid": {"lr": [0.05]}, "seeds": [0], "baseline": "at", "suite": "quick",
+    }))
+    assert main(["compare", str(plan), "--out", str(tmp_path / "study")]) == 2
+    assert "plan variant 'mat': models.1.name: unknown model 'smalcnn'" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()

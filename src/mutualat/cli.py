@@ -263,6 +263,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.device:
         environment["device"] = args.device
     plan = load_plan(_config_file(args.plan), environment)
+    _check_plan_names(plan)
     if args.status:
         ready, waiting = Study(plan, args.out).tasks()
         for task in ready:
@@ -298,6 +299,20 @@ def _configs(args: argparse.Namespace) -> int:
     written = copy_configs(args.out, force=args.force)
     print(f"copied {len(written)} configs to {args.out}")
     return 0
+
+
+def _check_plan_names(plan) -> None:
+    """Every variant's names (models, method, dataset, teachers) before any task reads data."""
+    from mutualat.methods import resolve_method_params
+    from mutualat.train.preflight import check_names
+
+    for variant in plan.variants:
+        for setting in plan.settings(variant):
+            cfg = plan.config(variant, setting, plan.grid_seed)
+            try:
+                check_names(resolve_method_params(cfg))
+            except MutualatError as exc:
+                raise type(exc)(f"plan variant {variant!r}: {exc}") from None
 
 
 @command("demo")
