@@ -110,6 +110,7 @@ def test_split(args: argparse.Namespace, dataset_name: str):
 
 
 def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    setup_logging()  # a spawned worker: its runs' messages reach the script's output too
     torch.set_num_threads(args.threads)
     cfg = config_for(variant, seed, args)
     run = Path(args.out) / f"{variant}-seed{seed}"

@@ -63,6 +63,7 @@ def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
 
 
 def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, int, dict, float]:
+    setup_logging()  # a spawned worker: its runs' messages reach the script's output too
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{split_alpha(variant)[0]}.yaml",
                       overrides(variant, seed, args))

@@ -445,3 +445,18 @@ def test_compare_checks_every_variants_names_first(tmp_path, capsys, no_data) ->
     assert main(["compare", str(plan), "--out", str(tmp_path / "study")]) == 2
     assert "plan variant 'mat': models.1.name: unknown model 'smalcnn'" in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+def test_every_trained_members_learning_rate_is_recorded_wherever_it_runs() -> None:
+    from mutualat.config import ModelConfig
+    from mutualat.train.optim import member_learning_rates
+
+    models = [ModelConfig(name="tinycnn", lr=0.1), ModelConfig(name="tinycnn", lr=0.02),
+              ModelConfig(name="tinycnn", frozen=True)]
+    roles = ["h1", "h2", "teacher"]
+    # Both held here: their optimizers' rates as they are.
+    assert member_learning_rates(models, roles, {0: 0.01, 1: 0.0021}) == {"lr/h1": 0.01, "lr/h2": 0.0021}
+    # h2 held by another process: its base rate on the same schedule (0.1 -> 0.01 is x0.1).
+    lrs = member_learning_rates(models, roles, {0: 0.01})
+    assert set(lrs) == {"lr/h1", "lr/h2"} and lrs["lr/h2"] == pytest.approx(0.002)
+    assert member_learning_rates(models, roles, {}) == {}

@@ -39,7 +39,7 @@ from mutualat.methods import build_method, resolve_method_params
 from mutualat.train import distributed
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from mutualat.train.logger import MetricsLog
-from mutualat.train.optim import build_optimizer, build_scheduler
+from mutualat.train.optim import build_optimizer, build_scheduler, member_learning_rates
 from mutualat.train.precision import Precision, choose_precision, device_rule
 from mutualat.train.preflight import check_names
 from mutualat.train.validate import robust_accuracies
@@ -648,7 +648,8 @@ class Trainer:
             bar.set_postfix(postfix, refresh=False)
             self.log.write(
                 "step", self.global_step, epoch=self.epoch + 1, loss=loss, img_per_s=rate, lr=lr,
-                **{f"lr/{m.role}": m.optimizer.param_groups[0]["lr"] for m in trainable},
+                **member_learning_rates(cfg.models, self.method.roles, {
+                    m.index: m.optimizer.param_groups[0]["lr"] for m in trainable}),
                 **values,
             )
             if cfg.checkpoint_every and self.step_in_epoch % cfg.checkpoint_every == 0 \
