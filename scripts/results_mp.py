@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from mutualat.config import load_config
+from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
 from mutualat.evaluation import evaluate, load_suite
 from mutualat.evaluation.evaluator import hardware_info
@@ -109,6 +110,7 @@ def test_split(args: argparse.Namespace, dataset_name: str):
 
 
 def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    setup_logging()  # a spawned worker: its runs' messages reach the script's output too
     torch.set_num_threads(args.threads)
     cfg = config_for(variant, seed, args)
     run = Path(args.out) / f"{variant}-seed{seed}"
@@ -222,6 +224,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--write", default=str(REPO / "docs" / "RESULTS.md"))
     args = parser.parse_args()
+    setup_logging()  # the trainer's and evaluator's progress lines, as the CLI shows them
 
     cfg = config_for("at-avg", args.seeds[0], args)  # what every run shares (but alpha)
     suite = load_suite(args.suite)

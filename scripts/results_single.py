@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mutualat.config import load_config
+from mutualat.console import setup_logging
 from mutualat.evaluation.evaluator import hardware_info
 from mutualat.experiments import (
     command_line,
@@ -62,6 +63,7 @@ def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
 
 
 def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, int, dict, float]:
+    setup_logging()  # a spawned worker: its runs' messages reach the script's output too
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{split_alpha(variant)[0]}.yaml",
                       overrides(variant, seed, args))
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--write", default=str(REPO / "docs" / "RESULTS.md"))
     args = parser.parse_args()
+    setup_logging()  # the trainer's and evaluator's progress lines, as the CLI shows them
 
     # The slowest (MAT) runs first so two workers finish together; the table lists the
     # baselines first.

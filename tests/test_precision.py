@@ -132,9 +132,9 @@ def test_validation_and_test_run_in_fp32_when_training_used_bf16(tmp_path, monke
     modes = []
     original = trainer_module.robust_accuracies
 
-    def recording(model, images, labels, attacks):
+    def recording(model, images, labels, attacks, **kwargs):
         modes.append(torch.is_autocast_enabled("cpu"))
-        return original(model, images, labels, attacks)
+        return original(model, images, labels, attacks, **kwargs)
 
     monkeypatch.setattr(trainer_module, "robust_accuracies", recording)
     trainer = Trainer(load_config(None, tiny_overrides(1) + ["amp=bf16"]), tmp_path / "run")

@@ -1,21 +1,31 @@
 """Command line: turns arguments into a config and calls the library, nothing more.
 
     mutualat train --config FILE --out DIR [--set key=value ...] [--resume] [--nproc K]
+                   [--print-config] [--dry-run]
     mutualat compare PLAN.yaml --out DIR [--jobs K] [--data-dir D] [--device DEV]
     mutualat demo [--out DIR]
-    mutualat eval --model PATH ... --suite NAME|FILE --data NAME --out DIR
-    mutualat transfer --source PATH ... --target PATH ... --data NAME --out DIR
+    mutualat eval --model SOURCE ... --suite NAME|FILE --data NAME --out DIR [--eps E[,E...]]
+    mutualat transfer --source SOURCE ... --target SOURCE ... --data NAME --out DIR
     mutualat report RUN_OR_SUMMARY ... --out DIR
+    mutualat list models|methods|attacks|suites|datasets|sources [--json]
+    mutualat configs [--out DIR]
+    mutualat --version
+
+A ``--config`` or plan that is not a file is looked up among the configs shipped in the
+package (``--config cpu/fmnist-mat.yaml``; ``mutualat configs`` lists them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mutualat.errors import MutualatError
+import mutualat
+from mutualat.errors import ConfigError, MutualatError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -30,13 +40,19 @@ def command(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mutualat", description="Mutual Adversarial Training: train, attack, evaluate."
+        prog="mutualat", description="Mutual Adversarial Training: train, attack, evaluate.",
+        epilog="'mutualat list models|methods|attacks|suites|datasets|sources' shows what each "
+               "name accepts; 'mutualat COMMAND --help' the options of a command.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a method (AT, TRADES, MAT, ...) from a config file")
-    train.add_argument("--config", type=Path, help="experiment YAML file (see configs/)")
-    train.add_argument("--out", type=Path, required=True, help="run folder (must be new unless --resume)")
+    train.add_argument("--config", type=Path,
+                       help="experiment YAML file, or a shipped one (cpu/fmnist-mat.yaml; "
+                            "mutualat configs lists them)")
+    train.add_argument("--out", type=Path,
+                       help="run folder (must be new unless --resume; not needed by --print-config)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set optim.epochs=3 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -45,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=int, default=None, metavar="K",
                        help="train in K processes on this machine (torchrun --standalone); "
                             "distributed.mode chooses data- or cohort-parallel")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (every default filled in) and exit")
+    train.add_argument("--dry-run", action="store_true",
+                       help="build data, models and method, run one training step, exit; "
+                            "nothing is written to --out")
 
     demo = sub.add_parser("demo", help="AT vs MAT on the embedded Fashion-MNIST subset, on CPU")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the demo runs")
@@ -57,12 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     alpha.add_argument("--out", type=Path, required=True)
     alpha.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     alpha.add_argument("--no-final", action="store_true", help="stop after choosing alpha")
+    _environment_args(alpha)
 
     scenario = sub.add_parser("scenario", help="one of the four knowledge-distillation scenarios (Fig. 2)")
     scenario.add_argument("name", help="rob-rob-online, rob-rob-offline, nat-rob-online or nat-rob-offline")
     scenario.add_argument("--config", type=Path, required=True, help="the base experiment file")
     scenario.add_argument("--out", type=Path, required=True)
     scenario.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _environment_args(scenario)
+
+    listing = sub.add_parser("list", help="what can be named: models, methods, attacks, suites, "
+                                          "datasets, sources, with their options and defaults")
+    from mutualat.catalog import KINDS
+
+    listing.add_argument("kind", choices=list(KINDS))
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    configs = sub.add_parser("configs", help="list the experiment files shipped in the package, "
+                                             "or copy them out (--out)")
+    configs.add_argument("--out", type=Path, help="copy every shipped config into this folder")
+    configs.add_argument("--force", action="store_true", help="overwrite files already in --out")
 
     compare = sub.add_parser(
         "compare", help="a fair comparison of methods: per-variant hyperparameters chosen on "
@@ -88,30 +123,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _environment_args(p: argparse.ArgumentParser) -> None:
+    """Where a run executes (not what it computes), as ``train`` takes them."""
+    p.add_argument("--data-dir", help="data root (else $MUTUALAT_DATA, else the user cache folder)")
+    p.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
+
+
+def _environment_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    return overrides
+
+
+def _version() -> str:
+    import torch
+
+    return (f"mutualat {mutualat.__version__} (torch {torch.__version__}, "
+            f"python {platform.python_version()})")
+
+
+def _config_file(path: Path | None) -> Path | None:
+    from mutualat.bundled import resolve_config
+
+    return None if path is None else resolve_config(path)
+
+
 @command("train")
 def _train(args: argparse.Namespace) -> int:
     from mutualat.config import load_config
     from mutualat.train import Trainer
 
-    if args.nproc is not None and args.nproc > 1:
+    if args.out is None and not args.print_config and not (args.dry_run and not args.resume):
+        raise ConfigError("train needs --out DIR (the run folder)")
+    if args.nproc is not None and args.nproc > 1 and not (args.print_config or args.dry_run):
         from mutualat.train.distributed import launch
 
         return launch(args.nproc, _train_argv(args))
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    if args.device:
-        overrides.append(f"device={args.device}")
-    given = args.config is not None or overrides
-    saved = args.out / "config.yaml"
-    if args.resume and args.config is None and overrides and saved.is_file():
+    overrides = list(args.overrides) + _environment_overrides(args)
+    config = _config_file(args.config)
+    given = config is not None or overrides
+    saved = args.out / "config.yaml" if args.out is not None else None
+    if args.resume and config is None and saved is not None and saved.is_file():
         # `--resume --data-dir D` (or --device, --set progress=false): the saved config with
         # these on top; a key that is not an environment key is then refused by the trainer.
         cfg = load_config(saved, overrides)
     else:
-        cfg = load_config(args.config, overrides) if given else None
+        cfg = load_config(config, overrides) if given else None
     if cfg is None and not args.resume:
         raise MutualatError("train needs --config FILE (or --set key=value) for a new run")
+    if cfg is None and (args.print_config or args.dry_run):
+        raise ConfigError(f"{args.out} has no config.yaml to show or rehearse")
+    if args.print_config:
+        from mutualat.config import dump_config
+        from mutualat.methods import resolve_method_params
+
+        print(dump_config(resolve_method_params(cfg)), end="")
+        return 0
+    if args.dry_run:
+        return _dry_run(cfg, args)
     trainer = Trainer(cfg, args.out, resume=args.resume)
     results = trainer.fit()
     if not trainer.is_main:  # one of several processes: rank 0 reports
@@ -140,6 +212,23 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _dry_run(cfg, args: argparse.Namespace) -> int:
+    from mutualat.train.dry_run import dry_run
+
+    built = dry_run(cfg, args.out, resume=args.resume)
+    step = built["step"]
+    print(f"data: {built['data']} {'x'.join(map(str, built['input_shape']))}, "
+          f"{built['train_images']} train / {built['val_images']} validation / "
+          f"{built['test_images']} test images, batch {built['batch_size']}, on {built['device']}")
+    for role, member in built["members"].items():
+        print(f"{role}: {member['model']}, {member['parameters']:,} parameters"
+              + (" (frozen)" if member["frozen"] else ""))
+    print(f"method {built['method']}: one step, loss {step['loss']:.4f} in {built['step_seconds']:.2f} s")
+    where = f"; {args.out} was not touched" if args.out is not None else ""
+    print(f"dry run passed{where}")
+    return 0
+
+
 @command("alpha-search")
 def _alpha_search(args: argparse.Namespace) -> int:
     from mutualat.config import load_config
@@ -149,7 +238,8 @@ def _alpha_search(args: argparse.Namespace) -> int:
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     except ValueError:
         raise MutualatError(f"--alphas expects numbers separated by commas, got {args.alphas!r}") from None
-    alpha_search(load_config(args.config, args.overrides), alphas, args.out, final=not args.no_final)
+    cfg = load_config(_config_file(args.config), args.overrides + _environment_overrides(args))
+    alpha_search(cfg, alphas, args.out, final=not args.no_final)
     return 0
 
 
@@ -158,7 +248,8 @@ def _scenario(args: argparse.Namespace) -> int:
     from mutualat.config import load_config
     from mutualat.experiments import run_scenario
 
-    results = run_scenario(args.name, load_config(args.config, args.overrides), args.out)
+    cfg = load_config(_config_file(args.config), args.overrides + _environment_overrides(args))
+    results = run_scenario(args.name, cfg, args.out)
     from mutualat.report.tables import results_table
 
     print(results_table({args.name: results}))
@@ -174,7 +265,8 @@ def _compare(args: argparse.Namespace) -> int:
         environment["data.data_dir"] = args.data_dir
     if args.device:
         environment["device"] = args.device
-    plan = load_plan(args.plan, environment)
+    plan = load_plan(_config_file(args.plan), environment)
+    _check_plan_names(plan)
     if args.status:
         ready, waiting = Study(plan, args.out).tasks()
         for task in ready:
@@ -193,16 +285,62 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("list")
+def _list(args: argparse.Namespace) -> int:
+    from mutualat.catalog import catalog, format_entries
+
+    entries = catalog(args.kind)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2, default=str))
+    else:
+        print(format_entries(entries))
+    return 0
+
+
+@command("configs")
+def _configs(args: argparse.Namespace) -> int:
+    from mutualat.bundled import copy_configs, packaged_configs
+
+    if args.out is None:
+        for name in packaged_configs():
+            print(name)
+        return 0
+    written = copy_configs(args.out, force=args.force)
+    print(f"copied {len(written)} configs to {args.out}")
+    return 0
+
+
+def _check_plan_names(plan) -> None:
+    """Every variant's names (models, method, dataset, teachers) before any task reads data."""
+    from mutualat.methods import resolve_method_params
+    from mutualat.train.preflight import check_names
+
+    for variant in plan.variants:
+        for setting in plan.settings(variant):
+            cfg = plan.config(variant, setting, plan.grid_seed)
+            try:
+                check_names(resolve_method_params(cfg))
+            except MutualatError as exc:
+                raise type(exc)(f"plan variant {variant!r}: {exc}") from None
+
+
 @command("demo")
 def _demo(args: argparse.Namespace) -> int:
     from mutualat.demo import run_demo
+    from mutualat.report.tables import results_table
 
-    run_demo(args.out, epochs=args.epochs, device=args.device)
+    results, plot = run_demo(args.out, epochs=args.epochs, device=args.device)
+    print()
+    print(results_table(results))
+    print(f"\ntraining curves: {plot}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mutualat.console import setup_logging
+
     args = build_parser().parse_args(argv)
+    setup_logging()
     try:
         return COMMANDS[args.command](args)
     except MutualatError as exc:

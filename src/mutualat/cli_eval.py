@@ -2,7 +2,7 @@
 
     mutualat eval --model [NAME=]PATH [--model ...] --suite NAME|FILE --data NAME
                   [--data-dir D] [--data-path P] [--split test] [--n N] --out DIR [--ensemble]
-                  [--eps EPS] [--batch-size B] [--device auto] [--seed S] [--no-checks]
+                  [--eps [THREAT=]E[,E...]] [--batch-size B] [--device auto] [--seed S] [--no-checks]
                   [--check-n N] [--no-progress]
     mutualat transfer --source [NAME=]PATH ... --target [NAME=]PATH ... --data NAME [--n N]
                   --out DIR [--norm linf] [--eps EPS] [--steps 100] [--step-size 0.003]
@@ -16,6 +16,7 @@ default name is its run and role: ``runs/mat/models/h1.safetensors`` -> ``mat-h1
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -30,13 +31,17 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
     """Register ``eval``, ``transfer`` and ``report`` on an argparse ``subparsers`` object;
     returns ``{command: handler}`` (each parser also gets ``handler`` as a default)."""
     ev = subparsers.add_parser("eval", help="run an attack suite on models: per-example worst-case robust accuracy")
-    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
-                    help="a saved model file (repeatable)")
+    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
+                    help="a mutualat model file, torch:FILE.pt, robustbench:NAME or "
+                         "py:module:function (repeatable; see 'Evaluate your own model')")
     from mutualat.evaluation.suite import packaged_suites
 
     ev.add_argument("--suite", required=True,
                     help=f"a packaged suite ({', '.join(packaged_suites())}) or a suite YAML file")
-    ev.add_argument("--eps", type=float, help="override the radius of the suite's single lp threat")
+    ev.add_argument("--eps", action="append", metavar="[THREAT=]E[,E...]",
+                    help="one value: the radius of the suite's single lp threat. Several (or "
+                         "THREAT=..., repeatable): an eps sweep, robust accuracy against eps per "
+                         "threat in eps_sweep.png/.md/.json (values like 8/255 allowed)")
     ev.add_argument("--ensemble", action="store_true",
                     help="also evaluate the ensemble (mean of the models' softmax outputs)")
     ev.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
@@ -46,12 +51,15 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
                          "(faster on processors with bf16 units; lower-precision gradients can "
                          "weaken attacks, so the summary says so)")
     _data_args(ev)
+    _source_args(ev)
     _run_args(ev)
     ev.set_defaults(handler=run_eval)
 
     tr = subparsers.add_parser("transfer", help="transfer (black-box) attacks: sources x targets accuracy matrix")
-    tr.add_argument("--source", action="append", required=True, metavar="[NAME=]PATH")
-    tr.add_argument("--target", action="append", required=True, metavar="[NAME=]PATH")
+    tr.add_argument("--source", action="append", required=True, metavar="[NAME=]SOURCE",
+                    help="a model the attacks are crafted on (any model source, repeatable)")
+    tr.add_argument("--target", action="append", required=True, metavar="[NAME=]SOURCE",
+                    help="a model the crafted examples are tried on (repeatable)")
     tr.add_argument("--norm", choices=("linf", "l2", "l1"),
                     help="threat of the attack (default: each source's training threat, else linf)")
     tr.add_argument("--eps", type=float, help="radius (default: each source's training eps)")
@@ -59,6 +67,7 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
     tr.add_argument("--step-size", type=float,
                     help="PGD step (default 0.003 in linf, the paper's; 2.5 eps / steps otherwise)")
     _data_args(tr)
+    _source_args(tr)
     _run_args(tr)
     tr.set_defaults(handler=run_transfer)
 
@@ -78,6 +87,24 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, help="a seeded, class-balanced subset of N examples (default: all)")
 
 
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("foreign models (torch:, robustbench: sources that do not say it)")
+    g.add_argument("--arch", help="our architecture the weights belong to (mutualat list models)")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]",
+                   help="input normalization mean the weights were trained with ([0,1] units)")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="input normalization std")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    return values
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (resumed if it exists)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -93,40 +120,83 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def model_name(path: Path) -> str:
     """The default name of a model file (see the module docstring)."""
-    stem = path.name.removesuffix(".safetensors")
-    if path.parent.name == "models" and path.parent.parent.name:
-        run = path.parent.parent.name
-        name = run if stem == "model" else f"{run}-{stem}"
-    else:
-        name = stem
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip("._+-") or "model"
+    from mutualat.models.sources import io_model_name
+
+    return io_model_name(Path(path))
 
 
-def parse_models(items: Sequence[str]) -> dict[str, Path]:
-    """``[NAME=]PATH`` items -> {name: path}; one path given twice is one model."""
-    named: dict[str, Path] = {}
+# A NAME= prefix: what a name may be (no ':', '?', '/'), so that "torch:f.pt?arch=wrn" and
+# "runs/x=1/model.safetensors" are read as sources, not as names.
+_NAME_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]*)=(.+)$")
+
+
+def parse_models(items: Sequence[str]) -> dict[str, Any]:
+    """``[NAME=]SOURCE`` items -> {name: parsed source}; one source given twice is one model."""
+    from mutualat.models import parse_source
+
+    named: dict[str, Any] = {}
     for item in items:
-        name, sep, path = item.partition("=")
-        p = Path(path if sep else item)
-        name = name if sep else model_name(p)
-        if name in named and named[name].resolve() != p.resolve():
+        match = _NAME_PREFIX.match(item)
+        source = parse_source(match.group(2) if match else item)
+        name = match.group(1) if match else source.default_name()
+        if name in named and _identity(named[name]) != _identity(source):
             raise ConfigError(
-                f"two model files would both be named {name!r} ({named[name]} and {p}); "
-                "name them with NAME=PATH"
+                f"two models would both be named {name!r} ({named[name].text} and {source.text}); "
+                "name them with NAME=SOURCE"
             )
-        named[name] = p
+        named[name] = source
     return named
 
 
-def load_models(paths: dict[str, Path], device: Any) -> tuple[dict[str, Any], dict[str, dict]]:
-    from mutualat.models import load_model, read_model_meta
+def _identity(source: Any) -> str:
+    """What makes two sources the same model: a file's resolved path, else the text."""
+    return str(Path(source.target).resolve()) if source.kind == "file" else source.text
+
+
+def check_models(sources: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Every source with the command's --arch/--mean/--std filled in, checked before any data
+    is read (files exist, names are known)."""
+    from mutualat.models import check_source
+
+    defaults = {"arch": args.arch, "mean": args.mean, "std": args.std}
+    filled = {}
+    for name, source in sources.items():
+        if source.kind == "torch":
+            source = source.with_defaults(**defaults)
+        elif source.kind == "robustbench":
+            # The zoo of the data being evaluated, unless the source says otherwise.
+            zoo = args.data if args.data in ("cifar10", "cifar100") else None
+            source = source.with_defaults(**defaults, dataset=zoo)
+        filled[name] = check_source(source)
+    return filled
+
+
+def sized(sources: dict[str, Any], images: Any) -> dict[str, Any]:
+    """Foreign state dicts built for the data's image size unless they say ``size=`` (our
+    architectures pool globally; the size only matters to flattening ones and to the record)."""
+    side = int(images.shape[-1])
+    return {name: s.with_defaults(size=side) if s.kind in ("torch", "robustbench") else s
+            for name, s in sources.items()}
+
+
+def load_models(sources: dict[str, Any], device: Any) -> tuple[dict[str, Any], dict[str, dict]]:
+    """{name: model} and {name: metadata record} of parsed sources."""
+    from mutualat.models import open_model
 
     models, info = {}, {}
-    for name, path in paths.items():
-        record = read_model_meta(path)
-        info[name] = {"path": str(path), **record}
-        models[name] = load_model(path, device=device)
+    for name, source in sources.items():
+        loaded = open_model(source, device=device)
+        where = source.target if source.kind == "file" else source.text
+        info[name] = {"path": where, **loaded.record}
+        models[name] = loaded.model
     return models, info
+
+
+def check_dataset(args: argparse.Namespace) -> None:
+    """An unknown --data is an error before any model or data is loaded."""
+    from mutualat.data import DATASETS
+
+    DATASETS.get(args.data)
 
 
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
@@ -165,21 +235,34 @@ def check_fit(info: dict[str, dict], images: Any, labels: Any) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from mutualat.device import resolve_device
-    from mutualat.evaluation import CheckConfig, evaluate, load_suite
+    from mutualat.evaluation import CheckConfig, evaluate, load_suite, summary_table
+    from mutualat.evaluation.sweep import eps_sweep, parse_eps, sweep_table
 
     suite = load_suite(args.suite)
-    if args.eps is not None:
-        suite = suite.with_eps(args.eps)
-    device = resolve_device(args.device)
-    models, info = load_models(parse_models(args.model), device)
-    images, labels, data_info = load_data(args)
-    check_fit(info, images, labels)
+    points = parse_eps(args.eps, suite) if args.eps else None
+    if points and len(args.eps) == 1 and "=" not in args.eps[0] and len(next(iter(points.values()))) == 1:
+        suite = suite.with_eps(next(iter(points.values()))[0])  # one radius: a plain evaluation
+        points = None
+    check_dataset(args)
+    sources = check_models(parse_models(args.model), args)
     if args.check_n < 1:
         raise ConfigError(f"--check-n must be >= 1, got {args.check_n}")
+    images, labels, data_info = load_data(args)
+    device = resolve_device(args.device)
+    models, info = load_models(sized(sources, images), device)
+    check_fit(info, images, labels)
     checks = False if args.no_checks else CheckConfig(n=args.check_n)
-    evaluate(models, suite, images, labels, args.out, batch_size=args.batch_size, device=device,
+    if points:
+        eps_sweep(models, suite, points, images, labels, args.out, checks=checks,
+                  batch_size=args.batch_size, device=device, seed=args.seed, ensemble=args.ensemble,
+                  progress=not args.no_progress, data_info=data_info, model_info=info, amp=args.amp)
+        print(sweep_table(json.loads((args.out / "eps_sweep.json").read_text())))
+        print(f"robust accuracy against eps: {args.out / 'eps_sweep.png'}")
+        return 0
+    summary = evaluate(models, suite, images, labels, args.out, batch_size=args.batch_size, device=device,
              seed=args.seed, ensemble=args.ensemble, checks=checks, progress=not args.no_progress,
              data_info=data_info, model_info=info, amp=args.amp)
+    print(summary_table(summary))
     print(f"summary: {args.out / 'summary.json'}")
     return 0
 
@@ -188,16 +271,18 @@ def run_transfer(args: argparse.Namespace) -> int:
     from mutualat.device import resolve_device
     from mutualat.evaluation import default_attack, transfer_matrix, write_transfer
 
+    check_dataset(args)
+    source_specs = check_models(parse_models(args.source), args)
+    target_specs = check_models(parse_models(args.target), args)
+    for name in set(source_specs) & set(target_specs):
+        if _identity(source_specs[name]) != _identity(target_specs[name]):
+            raise ConfigError(f"a source and a target are both named {name!r}; name them with NAME=SOURCE")
+    images, labels, _ = load_data(args)
     device = resolve_device(args.device)
-    source_paths, target_paths = parse_models(args.source), parse_models(args.target)
-    for name in set(source_paths) & set(target_paths):
-        if source_paths[name].resolve() != target_paths[name].resolve():
-            raise ConfigError(f"source and target files are both named {name!r}; name them with NAME=PATH")
-    sources, source_info = load_models(source_paths, device)
-    targets, target_info = load_models(target_paths, device)
+    sources, source_info = load_models(sized(source_specs, images), device)
+    targets, target_info = load_models(sized(target_specs, images), device)
     for name in set(sources) & set(targets):
         targets[name] = sources[name]  # the same file: one model, the white-box diagonal
-    images, labels, _ = load_data(args)
     check_fit({**source_info, **target_info}, images, labels)
     attacks = {}
     for name, record in source_info.items():
@@ -230,9 +315,12 @@ def run_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The three subcommands on their own (``python -m mutualat.cli_eval``), as ``mutualat``
     runs them once wired: a :class:`MutualatError` prints ``error: ...`` and returns 2."""
+    from mutualat.console import setup_logging
+
     parser = argparse.ArgumentParser(prog="mutualat", description="evaluate, transfer, report")
     handlers = add_eval_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    setup_logging()
     try:
         return handlers[args.command](args)
     except MutualatError as exc:

@@ -35,18 +35,15 @@ def demo_configs(epochs: int, device: str) -> dict[str, RunConfig]:
     return runs
 
 
-def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> dict[str, dict]:
+def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> tuple[dict[str, dict], Path]:
+    """Train (or reuse) both runs in ``out``; returns their results and the curves' PNG."""
     from mutualat.experiments import run_or_reuse
     from mutualat.report.plots import plot_training_curves
-    from mutualat.report.tables import results_table
 
     out = Path(out)
     results = {
         name: run_or_reuse(cfg, out / name)
         for name, cfg in demo_configs(epochs or DEMO_EPOCHS, device).items()
     }
-    print()
-    print(results_table(results))
     plot = plot_training_curves({name: out / name for name in results}, out / "demo.png")
-    print(f"\nvalidation curves: {plot}")
-    return results
+    return results, plot

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import shlex
 import statistics
 from pathlib import Path
@@ -19,6 +20,8 @@ from mutualat.errors import ConfigError
 from mutualat.methods.mat_mp import GENERALIST
 from mutualat.train.checkpoint import atomic_write_bytes
 from mutualat.train.logger import read_metrics
+
+logger = logging.getLogger(__name__)
 
 
 def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dict[str, Any]:
@@ -36,12 +39,12 @@ def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dic
                 f"{label}: {run_dir} holds a finished run of another config (it differs in "
                 f"{differs}); choose another output folder (nothing was overwritten)"
             )
-        print(f"{label}: reusing the finished run in {run_dir}", flush=True)
+        logger.info(f"{label}: reusing the finished run in {run_dir}")
     else:
         # A folder with a config was started before: resume it (from its checkpoint, or from
         # scratch if it stopped before the first one); the trainer checks the config.
         resume = (run_dir / "config.yaml").is_file()
-        print(f"{label}: {'resuming' if resume else 'training'} in {run_dir}", flush=True)
+        logger.info(f"{label}: {'resuming' if resume else 'training'} in {run_dir}")
         Trainer(cfg, run_dir, resume=resume).fit()
     return json.loads(done.read_text())
 
@@ -185,7 +188,7 @@ def alpha_search(base: RunConfig, alphas: Sequence[float], out: Path, final: boo
     from mutualat.report.paper_plots import plot_alpha_curve
 
     plot_alpha_curve({float(a): v for a, v in curve.items()}, out / "alpha_curve.png")
-    print(f"alpha curve (validation PGD): {curve}; chosen alpha = {chosen}", flush=True)
+    logger.info(f"alpha curve (validation PGD): {curve}; chosen alpha = {chosen}")
     if final:
         cfg = copy.deepcopy(base)
         cfg.method.params = {**cfg.method.params, "alpha": float(chosen)}

@@ -9,7 +9,7 @@ Importing this package imports every attack module, so each registers itself in
 from mutualat.attacks import apgd, cw, ddn, deepfool, fgsm, mim, msd, pgd  # noqa: F401
 from mutualat.attacks import boundary, elastic, fog, gabor  # noqa: F401
 from mutualat.attacks import noise, pointwise, unforeseen  # noqa: F401
-from mutualat.attacks.base import ATTACKS, Attack, attack_mode, create_attack, warn_if_zero_gradient
+from mutualat.attacks.base import ATTACKS, Attack, BoundAttack, attack_mode, create_attack, warn_if_zero_gradient
 from mutualat.attacks.apgd import APGD
 from mutualat.attacks.cw import CarliniWagnerL2
 from mutualat.attacks.ddn import DDN
@@ -24,6 +24,7 @@ __all__ = [
     "APGD",
     "ATTACKS",
     "Attack",
+    "BoundAttack",
     "CarliniWagnerL2",
     "DDN",
     "DeepFool",

@@ -74,9 +74,29 @@ class Attack:
             x_adv = self.perturb(model, x.detach(), y.detach())
         return x_adv.detach().to(dtype=x.dtype)
 
+    def bind(self, model: nn.Module) -> "BoundAttack":
+        """This attack fixed to ``model``: ``attack.bind(model)(x, y)``, the call shape of
+        torchattacks (``PGD(model, eps=...)(images, labels)``) for code written against it.
+        The attack stays model-free; the binding holds both."""
+        return BoundAttack(self, model)
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+
+class BoundAttack:
+    """An :class:`Attack` and the model it runs on: ``bound(x, y) -> x_adv``, same contract."""
+
+    def __init__(self, attack: Attack, model: nn.Module) -> None:
+        self.attack = attack
+        self.model = model
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.attack(self.model, x, y)
+
+    def __repr__(self) -> str:
+        return f"{self.attack!r}.bind({type(self.model).__name__})"
 
 
 def warn_if_zero_gradient(grad: torch.Tensor, attack: str) -> None:

@@ -12,6 +12,7 @@ finished runs and evaluations are reused, interrupted ones resumed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from mutualat.compare.plan import Plan
 from mutualat.compare.study import Study, Task
 from mutualat.errors import MutualatError
 from mutualat.train.checkpoint import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
 
@@ -72,11 +75,11 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
                 code = entry.process.returncode
                 took = time.perf_counter() - entry.started
                 if code == 0:
-                    print(f"done   {key} ({took:.0f} s)", flush=True)
+                    logger.info(f"done   {key} ({took:.0f} s)")
                 else:
                     failed[key] = code
-                    print(f"FAILED {key} (exit {code}); see {out / 'logs' / (entry.task.slug + '.log')}",
-                          flush=True)
+                    logger.info(f"FAILED {key} (exit {code}); see "
+                                f"{out / 'logs' / (entry.task.slug + '.log')}")
     except KeyboardInterrupt:
         for entry in running.values():
             entry.process.wait()
@@ -103,7 +106,7 @@ def _start(task: Task, out: Path, threads: int | None) -> _Running:
     process = subprocess.Popen([sys.executable, "-m", "mutualat.compare.worker", str(task_file)],
                                stdout=log, stderr=subprocess.STDOUT, env=env,
                                preexec_fn=_die_with_parent)
-    print(f"start  {task.key}", flush=True)
+    logger.info(f"start  {task.key}")
     return _Running(task, process, time.perf_counter(), log)
 
 

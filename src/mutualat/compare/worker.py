@@ -65,7 +65,10 @@ def record_path(task_file: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mutualat.console import setup_logging
+
     argv = sys.argv[1:] if argv is None else argv
+    setup_logging()  # the trainer's and evaluator's messages reach the task's log file
     if len(argv) != 1:
         print("usage: python -m mutualat.compare.worker TASK.json", file=sys.stderr)
         return 2

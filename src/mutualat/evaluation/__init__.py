@@ -31,6 +31,7 @@ from mutualat.evaluation.suite import (
     packaged_suites,
     suite_from_dict,
 )
+from mutualat.evaluation.sweep import eps_sweep, parse_eps, sweep_table
 from mutualat.evaluation.transfer import default_attack, transfer_matrix, write_transfer
 from mutualat.evaluation.worst_case import (
     BROKEN,
@@ -47,8 +48,8 @@ from mutualat.evaluation.worst_case import (
 __all__ = [
     "AttackSpec", "BROKEN", "CheckConfig", "ENSEMBLE", "Ensemble", "EvaluationError",
     "NOT_ATTACKED", "ROBUST", "Suite", "Threat", "accuracy_report", "build_summary", "candidates",
-    "cumulative_accuracy", "default_attack", "evaluate", "fingerprint_model", "load_suite",
-    "packaged_suites", "per_threat", "run_attack", "run_checks", "standalone_accuracy",
-    "suite_from_dict", "suite_warnings", "summary_table", "transfer_matrix", "worst_case",
+    "cumulative_accuracy", "default_attack", "eps_sweep", "evaluate", "fingerprint_model", "load_suite",
+    "packaged_suites", "parse_eps", "per_threat", "run_attack", "run_checks", "standalone_accuracy",
+    "suite_from_dict", "suite_warnings", "summary_table", "sweep_table", "transfer_matrix", "worst_case",
     "write_transfer",
 ]

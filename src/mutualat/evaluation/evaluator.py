@@ -35,13 +35,14 @@ import datetime
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import re
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,11 +53,16 @@ from mutualat.evaluation.checks import CheckConfig, run_checks, suite_warnings
 from mutualat.evaluation.suite import Suite, Threat
 from mutualat.evaluation.worst_case import BROKEN, NOT_ATTACKED, ROBUST, accuracy_report, candidates
 from mutualat.models.ensemble import Ensemble
+from mutualat.models.layers import Preprocessed
+from mutualat.train.logger import log_summary
 from mutualat.train.precision import AutocastModel
 
 FORMAT_VERSION = 1
 ENSEMBLE = "ensemble"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+logger = logging.getLogger(__name__)
 
 
 class EvaluationError(MutualatError):
@@ -346,8 +352,8 @@ def _model_outcomes(
         partial.unlink(missing_ok=True)
         same = [k for k in range(j + 1) if threats[k] == spec.threat]
         acc = float((clean & (outcome[:, same] == ROBUST).all(axis=1)).mean())
-        print(f"{name}: {spec.id}: broke {int((col == BROKEN).sum())} of {int(todo.sum())} attacked; "
-              f"{spec.threat} accuracy so far {acc:.2%} ({seconds:.1f} s)", flush=True)
+        logger.info(f"{name}: {spec.id}: broke {int((col == BROKEN).sum())} of {int(todo.sum())} "
+                    f"attacked; {spec.threat} accuracy so far {acc:.2%} ({seconds:.1f} s)")
     _write_npz(
         mdir / "correct.npz",
         attacks=np.array([s.id for s in specs]), threats=np.array(threats),
@@ -489,6 +495,7 @@ def evaluate(
     data_info: Mapping[str, Any] | None = None,
     model_info: Mapping[str, Mapping[str, Any]] | None = None,
     amp: str = "off",
+    preprocessing: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` (name -> module mapping [0,1] images to logits) under ``suite``.
 
@@ -504,9 +511,13 @@ def evaluate(
             under bf16 autocast (the perturbation stays fp32); faster where the processor
             has bf16 units, but a lower-precision gradient can weaken an attack and make a
             model look more robust than it is. The summary records it (``precision``).
+        preprocessing: ``(mean, std)`` per channel, in [0,1] units, for models that expect
+            normalized input (normalization done by the data pipeline, as torchvision's
+            ``Normalize``): each model is wrapped in :class:`~mutualat.models.Preprocessed`,
+            so attacks still perturb [0,1] pixels and radii mean what the suite says.
 
-    Returns the summary (also written to ``out_dir/summary.json``) and prints its table and
-    warnings. The models are moved to ``device``; the global torch random state is restored
+    Returns the summary (also written to ``out_dir/summary.json``; :func:`summary_table` gives
+    its table) and logs its warnings. The models are moved to ``device``; the global torch random state is restored
     afterwards. The unit of resumption is one (model, attack): an attack interrupted halfway
     runs again from its start.
     """
@@ -521,6 +532,9 @@ def evaluate(
     suite.validate()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     x_all, y_all = as_tensors(images, labels)
+    if preprocessing is not None:
+        mean, std = _preprocessing(preprocessing)
+        models = {k: Preprocessed(m, mean, std) for k, m in models.items()}
     named: dict[str, nn.Module] = {}
     for name, model in models.items():
         if not isinstance(name, str) or not _NAME.match(name) or (name == ENSEMBLE and ensemble):
@@ -561,10 +575,18 @@ def evaluate(
         model_info=model_info, checks=check_record, started=started, amp=amp,
     )
     _write_json(out / "summary.json", summary)
-    print(summary_table(summary))
+    log_summary(out, summary)  # TensorBoard / W&B, when there
     for w in summary["warnings"]:
-        print(f"warning: {w}")
+        logger.warning(w)
     return summary
+
+
+def _preprocessing(value: Any) -> tuple[list[float], list[float]]:
+    try:
+        mean, std = value
+        return [float(v) for v in mean], [float(v) for v in std]
+    except (TypeError, ValueError):
+        raise ConfigError(f"preprocessing must be (mean, std), two sequences of numbers; got {value!r}") from None
 
 
 def _checks(named: Mapping[str, nn.Module], suite: Suite, x: torch.Tensor, y: torch.Tensor,

@@ -165,6 +165,26 @@ class Suite:
         new.threats[lp[0].name].eps = float(eps)
         return new
 
+    def with_threat_eps(self, threat: str, eps: float) -> "Suite":
+        """A copy where threat ``threat`` has radius (or, without a norm, strength) ``eps``."""
+        if threat not in self.threats:
+            raise ConfigError(f"suite {self.name!r} has no threat {threat!r}; its threats: "
+                              f"{', '.join(self.threats)}")
+        _check_eps(f"suite {self.name!r}: {threat} eps", self.threats[threat].norm, eps)
+        new = copy.deepcopy(self)
+        new.threats[threat].eps = float(eps)
+        return new
+
+    def only(self, threat: str) -> "Suite":
+        """A copy holding one threat type and its attacks (a point of an eps sweep)."""
+        if threat not in self.threats:
+            raise ConfigError(f"suite {self.name!r} has no threat {threat!r}; its threats: "
+                              f"{', '.join(self.threats)}")
+        new = copy.deepcopy(self)
+        new.threats = {threat: new.threats[threat]}
+        new.attacks = [a for a in new.attacks if a.threat == threat]
+        return new
+
     # --- serialization -------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ gradient masking (Athalye et al. 2018) and is written into ``warnings``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from mutualat.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: The paper's Table 4 attack: PGD-100 with step 0.003.
 DEFAULT_STEPS = 100
@@ -103,7 +106,7 @@ def transfer_matrix(
     white_box = {t: accuracy[t][t] for t in targets if t in sources}
     warnings = transfer_vs_whitebox(accuracy, white_box, tol)
     for w in warnings:
-        print(f"warning: {w}")
+        logger.warning(w)
     return {
         "format_version": 1,
         "date": utc_now(),

@@ -49,3 +49,20 @@ class Normalize(nn.Module):
         mean = [round(v, 4) for v in self.mean.flatten().tolist()]
         std = [round(v, 4) for v in self.std.flatten().tolist()]
         return f"mean={mean}, std={std}"
+
+
+class Preprocessed(nn.Module):
+    """``model((x - mean) / std)``: a model that expects normalized input, taking [0,1] pixels.
+
+    For models from elsewhere whose normalization lives in the data pipeline (torchvision's
+    ``transforms.Normalize``): wrapped, they speak [0,1] pixels like ours, so attack radii
+    and the [0,1] box mean what they say. ``(B, C, H, W)`` -> whatever ``model`` returns.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))

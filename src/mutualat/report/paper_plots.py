@@ -1,6 +1,7 @@
 """PNG plots shaped like the MAT paper's figures (matplotlib, headless).
 
 - :func:`plot_accuracy_vs_eps`: robust accuracy against the radius, one line per model;
+- :func:`plot_eps_sweep`: the same for every threat of an ``eval --eps`` sweep, a panel each;
 - :func:`plot_alpha_curve`: validation PGD accuracy against alpha (Fig. 3);
 - :func:`plot_kd_scenarios`: clean and robust accuracy of the four KD scenarios (Fig. 2).
 
@@ -45,6 +46,28 @@ def plot_accuracy_vs_eps(curves: Mapping[str, Sequence[tuple[float, float]]], ou
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_eps_sweep(sweep: Mapping[str, Mapping[str, object]], out: Path) -> Path:
+    """An eps sweep (:func:`mutualat.evaluation.sweep.eps_sweep`), one panel per threat:
+    ``sweep[threat] = {"norm": ..., "curves": {model: [(eps, accuracy), ...]}}``; accuracy
+    at eps 0 is the clean accuracy."""
+    plt = _pyplot()
+    threats = list(sweep)
+    fig, axes = plt.subplots(1, len(threats), figsize=(4.8 * len(threats), 3.8), squeeze=False)
+    for ax, threat in zip(axes[0], threats):
+        entry = sweep[threat]
+        for model, points in entry["curves"].items():
+            points = sorted((float(e), float(a)) for e, a in points)
+            ax.plot([e for e, _ in points], [100 * a for _, a in points], marker="o", label=model)
+        norm = entry.get("norm")
+        ax.set_title(threat)
+        ax.set_xlabel(f"{norm} eps" if norm else f"{threat} strength")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _save(fig, out)
 
 

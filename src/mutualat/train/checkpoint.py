@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,22 @@ CHECKPOINT_FORMAT = 1
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically, with the mode a plain ``open`` gives (0644
+    under umask 022): ``tempfile.mkstemp`` would create 0600, and the rename would keep it,
+    so results, configs and checkpoints were unreadable to the group, unlike model files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A name no other writer picks ("x" refuses an existing file), matching the ".NAME.*.tmp"
+    # pattern that a resumed run clears after a kill.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

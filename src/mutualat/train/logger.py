@@ -1,26 +1,109 @@
-"""Metrics to ``metrics.jsonl`` in the run folder, and to TensorBoard when it is installed."""
+"""Metrics to ``metrics.jsonl`` in the run folder, and the same scalars to TensorBoard (when
+installed) and Weights & Biases (when enabled).
+
+``metrics.jsonl`` is the record every report reads. :class:`ScalarSinks` mirrors each of its
+numbers (nested ones flattened to ``event/key/sub``) to the dashboards people already use:
+
+- TensorBoard: ``<run>/tensorboard`` whenever ``torch.utils.tensorboard`` imports
+  (``pip install "mutualat[tensorboard]"``);
+- Weights & Biases: when ``MUTUALAT_WANDB`` is set (``1``/``on``: project ``mutualat``; any
+  other word: that project) and ``wandb`` imports (``pip install "mutualat[wandb]"``). The W&B
+  run is named after the folder and keyed by the run's id, so ``--resume`` continues it;
+  W&B's own variables (``WANDB_MODE=offline``, ``WANDB_ENTITY``...) apply as usual.
+
+An environment variable rather than a config key: where a run reports is not part of what it
+computes, so turning W&B on never makes a run folder differ from its config.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
+
+logger = logging.getLogger(__name__)
+
+WANDB_ENV = "MUTUALAT_WANDB"
+_OFF = ("", "0", "off", "false", "no")
 
 from mutualat.errors import DataError
 
 
-class MetricsLog:
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+def scalars(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """Every finite number in ``values`` as ``(key, value)``, nested mappings flattened with
+    ``/`` (booleans and text are not scalars)."""
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from scalars(value, f"{name}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            yield name, float(value)
+
+
+def wandb_project() -> str | None:
+    """The W&B project :data:`WANDB_ENV` asks for, or None when W&B is off."""
+    value = os.environ.get(WANDB_ENV, "").strip()
+    if value.lower() in _OFF:
+        return None
+    return "mutualat" if value.lower() in ("1", "on", "true", "yes") else value
+
+
+class ScalarSinks:
+    """TensorBoard and W&B, each only when available: ``log(event, step, values)`` sends the
+    scalars of one ``metrics.jsonl`` record as ``event/key``."""
+
+    def __init__(self, folder: Path, tensorboard: bool = True, job: str = "train",
+                 run_id: str | None = None) -> None:
+        folder = Path(folder)
         self._tb = None
+        self._wandb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+                self._tb = SummaryWriter(log_dir=str(folder / "tensorboard"))
+        project = wandb_project()
+        if project is not None:
+            try:
+                import wandb
+            except ImportError:
+                logger.warning(f"{WANDB_ENV} is set but wandb is not installed (pip install "
+                               "\"mutualat[wandb]\"); logging to metrics.jsonl only")
+                wandb = None
+            if wandb is not None:
+                self._wandb = wandb.init(project=project, name=folder.name, dir=str(folder),
+                                         id=run_id, resume="allow" if run_id else None,
+                                         job_type=job)
+
+    def log(self, event: str, global_step: int, values: Mapping[str, Any]) -> None:
+        flat = dict(scalars(values, f"{event}/"))
+        if self._tb is not None:
+            for key, value in flat.items():
+                self._tb.add_scalar(key, value, global_step)
+        if self._wandb is not None:
+            if event == "start" and isinstance(values.get("config"), Mapping):
+                self._wandb.config.update(dict(values["config"]), allow_val_change=True)
+            if flat:
+                self._wandb.log(flat, step=global_step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.sinks = ScalarSinks(Path(run_dir), tensorboard, "train", _run_id(Path(run_dir)))
 
     def truncate_after(self, global_step: int) -> None:
         """On resume, drop records written after the checkpoint the run continues from (and a
@@ -35,14 +118,33 @@ class MetricsLog:
         record = {"event": event, "global_step": global_step, **values}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, default=float) + "\n")
-        if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(f"{event}/{key}", value, global_step)
+        self.sinks.log(event, global_step, values)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        self.sinks.close()
+
+
+def _run_id(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def log_summary(out_dir: Path, summary: Mapping[str, Any]) -> None:
+    """An evaluation summary's numbers to TensorBoard and W&B (as ``eval/<model>/...``):
+    clean, R_avg, R_worst, each threat type and each attack, at step 0."""
+    values = {
+        name: {"clean": m["clean"], "r_avg": m["r_avg"], "r_worst": m["r_worst"],
+               "threats": m["threats"],
+               "attacks": {a: entry["accuracy"] for a, entry in m["attacks"].items()}}
+        for name, m in summary["models"].items()
+    }
+    sinks = ScalarSinks(Path(out_dir), job="eval")
+    try:
+        sinks.log("eval", 0, values)
+    finally:
+        sinks.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
 from torch import nn
 
@@ -26,6 +28,23 @@ def lr_and_weight_decay(model_cfg: ModelConfig) -> tuple[float, float]:
         model_cfg.lr if model_cfg.lr is not None else lr,
         model_cfg.weight_decay if model_cfg.weight_decay is not None else wd,
     )
+
+
+def member_learning_rates(models: Sequence[ModelConfig], roles: Sequence[str],
+                          current: Mapping[int, float]) -> dict[str, float]:
+    """``{"lr/<role>": rate}`` of every trained member, for the step records.
+
+    ``current``: ``{member index: its optimizer's rate}`` of the members this process holds.
+    Every member follows the same schedule from its own base rate, so a member held by
+    another process (cohort-parallel training) has ``base * (rate / base)`` of a held one:
+    the records name every member whatever the placement.
+    """
+    if not current:
+        return {}
+    index, rate = next(iter(current.items()))
+    factor = rate / lr_and_weight_decay(models[index])[0]
+    return {f"lr/{roles[i]}": current.get(i, lr_and_weight_decay(m)[0] * factor)
+            for i, m in enumerate(models) if not m.frozen}
 
 
 def build_optimizer(model: nn.Module, model_cfg: ModelConfig, cfg: OptimConfig) -> torch.optim.SGD:

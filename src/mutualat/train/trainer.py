@@ -17,6 +17,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import math
 import platform
 import random
@@ -39,9 +40,12 @@ from mutualat.methods import build_method, resolve_method_params
 from mutualat.train import distributed
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from mutualat.train.logger import MetricsLog
-from mutualat.train.optim import build_optimizer, build_scheduler
+from mutualat.train.optim import build_optimizer, build_scheduler, member_learning_rates
 from mutualat.train.precision import Precision, choose_precision, device_rule
+from mutualat.train.preflight import check_names
 from mutualat.train.validate import robust_accuracies
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -285,6 +289,7 @@ class Trainer:
 
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
+        check_names(cfg)  # before any data is read: a typo costs a second, not a download
         self.dist.configure(cfg)
         self.device = self.dist.device(resolve_device(cfg.device))
         _seed_everything(cfg.seed, cfg.deterministic)
@@ -342,13 +347,13 @@ class Trainer:
         state = resume_state(self.out, self.cfg)
         stale = remove_stale_temporaries(self.out)
         if stale:
-            print(f"removed {len(stale)} temporary file(s) an interrupted write left in "
-                  f"{self.out}: {', '.join(stale)}", flush=True)
+            logger.info(f"removed {len(stale)} temporary file(s) an interrupted write left in "
+                        f"{self.out}: {', '.join(stale)}")
         if state is None:
             removed = _clear_dead_start(self.out)
-            print(f"{self.out} has no checkpoint (the run stopped before the end of its first "
-                  f"epoch): starting it again from scratch with its saved config"
-                  + (f"; removed {', '.join(removed)}" if removed else ""), flush=True)
+            logger.info(f"{self.out} has no checkpoint (the run stopped before the end of its "
+                        f"first epoch): starting it again from scratch with its saved config"
+                        + (f"; removed {', '.join(removed)}" if removed else ""))
         return state
 
     @property
@@ -685,6 +690,8 @@ class Trainer:
             bar.set_postfix(postfix, refresh=False)
             self.log.write(
                 "step", self.global_step, epoch=self.epoch + 1, loss=loss, img_per_s=rate, lr=lr,
+                **member_learning_rates(cfg.models, self.method.roles, {
+                    m.index: m.optimizer.param_groups[0]["lr"] for m in trainable}),
                 **values,
             )
             if cfg.checkpoint_every and self.step_in_epoch % cfg.checkpoint_every == 0 \
@@ -701,7 +708,7 @@ class Trainer:
         if self.val is not None:
             attacks = self.method.validation_attacks(cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
             x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
-            accuracies = self._evaluate(x, y, attacks)
+            accuracies = self._evaluate(x, y, attacks, f"validation {self.epoch}")
             for role in self._trained_roles():
                 acc = accuracies[role]
                 # val_pgd is the per-example worst case over the method's threat types (one
@@ -722,18 +729,20 @@ class Trainer:
         self.log.write("epoch", self.global_step, **record)
         if self.dist.is_main:
             summary = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
-            print(f"epoch {self.epoch}/{cfg.optim.epochs}: {self.last_images_per_s:.0f} img/s"
-                  + (f"; {summary}" if summary else ""), flush=True)
+            logger.info(f"epoch {self.epoch}/{cfg.optim.epochs}: {self.last_images_per_s:.0f} "
+                        f"img/s" + (f"; {summary}" if summary else ""))
 
     def _trained_roles(self) -> list[str]:
         return [self.method.roles[i] for i, m in enumerate(self.cfg.models) if not m.frozen]
 
     def _evaluate(self, images: torch.Tensor, labels: torch.Tensor,
-                  attacks: dict[str, Any]) -> dict[str, dict[str, float]]:
+                  attacks: dict[str, Any], desc: str = "") -> dict[str, dict[str, float]]:
         """role -> :func:`robust_accuracies` of every trained member, on every process (data
         mode: each process evaluates its slice of the images; cohort mode: its members)."""
         lo, hi = self.dist.eval_range(len(labels))
-        local = {m.role: robust_accuracies(m.model, images[lo:hi], labels[lo:hi], attacks)
+        bar = self.cfg.progress and self.dist.is_main
+        local = {m.role: robust_accuracies(m.model, images[lo:hi], labels[lo:hi], attacks,
+                                           progress=f"{desc} {m.role}" if bar else None)
                  for m in self.members if not m.frozen}
         return self.dist.combine_accuracies(local, hi - lo)
 
@@ -749,7 +758,7 @@ class Trainer:
             "attack": f"PGD-{cfg.eval.test_pgd_steps} {threats}",
             "models": {},
         }
-        accuracies = self._evaluate(x, y, attacks)
+        accuracies = self._evaluate(x, y, attacks, "test")
         for role in self._trained_roles():
             acc = accuracies[role]
             entry = {"clean": acc["clean"], "pgd": acc["worst"]}

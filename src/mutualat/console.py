@@ -1,0 +1,48 @@
+"""Where the library's messages go when mutualat runs as a program.
+
+Library modules report through :mod:`logging` (``logging.getLogger(__name__)``), never
+``print``, so that code importing mutualat decides what it sees. The command line (and the
+compare worker processes) call :func:`setup_logging`: INFO and above to stdout, warnings
+prefixed ``warning:``, written with ``tqdm.write`` so a message never tears a progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tqdm import tqdm
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            text = f"warning: {text}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class TqdmHandler(logging.Handler):
+    """Writes each record above any progress bar in place (``tqdm.write``), to the
+    ``sys.stdout`` of the moment (so redirections and test captures see it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+            sys.stdout.flush()
+        except Exception:  # logging must never raise into the program
+            self.handleError(record)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Send the ``mutualat`` loggers' records at ``level`` and above to stdout (idempotent)."""
+    root = logging.getLogger("mutualat")
+    for handler in list(root.handlers):
+        if isinstance(handler, TqdmHandler):
+            root.removeHandler(handler)
+    handler = TqdmHandler()
+    handler.setFormatter(_Formatter())
+    root.addHandler(handler)
+    root.setLevel(level)
