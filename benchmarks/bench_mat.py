@@ -6,12 +6,10 @@
 
 A step is what the trainer does per batch: the method's loss (attacks included), backward,
 an SGD step of every member. AT is the MAT paper's AT (L_C loss, L_C-maximizing PGD-K with
-a random start); MAT runs N members of the same architecture with alpha 0.6, once as the
-plain loop and once as the batched cohort (mutualat.methods.cohort_batch). All contenders
-are timed interleaved in one process (median of --repeats). The ratio MAT / (N x AT) is the
-cohort's overhead: MAT adds N clean forwards for the peer targets, so the loop is
-expected slightly above 1; the batched cohort can go below 1 where batching makes kernels
-more efficient. Untrained models on random data of the model's input shape.
+a random start); MAT runs N members of the same architecture with alpha 0.6. All
+contenders are timed interleaved in one process (median of --repeats). The ratio
+MAT / (N x AT) is the cohort's overhead: MAT adds N clean forwards for the peer targets, so
+it is expected slightly above 1. Untrained models on random data of the model's input shape.
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ import torch
 from common import Row, autocast, build, environment, print_table, random_batch, side_by_side
 from mutualat.config import AttackConfig
 from mutualat.methods.at import AT, ATParams
-from mutualat.methods.cohort_batch import decide, time_paths
 from mutualat.methods.mat import MAT, MATParams
+from mutualat.train.cohort import Cohort
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,16 +35,16 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast, as the trainer on CUDA")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--no-batched", action="store_true", help="time only the loop")
     return parser.parse_args(argv)
 
 
 def trainer_step(method, models, optimizer, x, y, device, amp):
-    """What Trainer._train_epoch does for one batch."""
+    """What the trainer does for one batch (mutualat.train.trainer.Trainer._step)."""
+    cohort = Cohort.of(models, method)
 
     def step() -> None:
         with autocast(device, amp):
-            result = method.loss(models, x, y)
+            result = method.loss(cohort, x, y)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         optimizer.step()
@@ -69,32 +67,19 @@ def rows(args: argparse.Namespace) -> list[Row]:
     at_models = cohort(1)
     fns = {"AT": trainer_step(AT(ATParams(loss="lc"), attack, [False]), at_models,
                               sgd(at_models), x, y, device, args.amp)}
-    paths = ["loop"] if args.no_batched else ["loop", "batched"]
     for n in args.cohorts:
-        for path in paths:
-            models = cohort(n)
-            method = MAT(MATParams(alpha=0.6), attack, [False] * n)
-            method.set_cohort_batch(path)
-            fns[f"MAT N={n} {path}"] = trainer_step(method, models, sgd(models), x, y,
-                                                    device, args.amp)
+        models = cohort(n)
+        method = MAT(MATParams(alpha=0.6), attack, [False] * n)
+        fns[f"MAT N={n}"] = trainer_step(method, models, sgd(models), x, y, device, args.amp)
     t = side_by_side(fns, device, args.repeats)
-    # What cohort_batch="auto" decides for this shape (on the CPU it does not time: loop).
-    with autocast(device, args.amp):
-        choice = decide("auto", cohort(2), x)
-        loop_s, batched_s = time_paths(cohort(2), x)
     setting = (f"{args.model}, B={args.batch}, K={args.steps}"
                + (", bf16" if args.amp else "") + (", NHWC" if args.channels_last else ""))
     out = [Row("mat", f"AT step: {setting}", 1e3 * t["AT"], 1e3 * t["AT"], "ms",
                f"{args.batch / t['AT']:.0f} img/s (per model)")]
     for n in args.cohorts:
-        for path in paths:
-            key = f"MAT N={n} {path}"
-            out.append(Row("mat", f"MAT N={n} ({path}) vs {n} x AT: {setting}", 1e3 * t[key],
-                           n * 1e3 * t["AT"], "ms",
-                           f"{n * args.batch / t[key]:.0f} img/s (model-images)"))
-    out.append(Row("mat", f"attack step, N=2 batched vs loop: {setting}", 1e3 * batched_s,
-                   1e3 * loop_s, "ms", f"cohort_batch=auto chooses "
-                   f"{'batched' if choice.batched else 'loop'} ({choice.reason})"))
+        key = f"MAT N={n}"
+        out.append(Row("mat", f"MAT N={n} vs {n} x AT: {setting}", 1e3 * t[key],
+                       n * 1e3 * t["AT"], "ms", f"{n * args.batch / t[key]:.0f} img/s (model-images)"))
     return out
 
 

@@ -59,7 +59,6 @@ def _step(name: str, method_name: str, setting: Precision, args, device):
     attack = AttackConfig(eps=0.1 if x.shape[1] == 1 else 8 / 255, steps=args.steps)
     if method_name == "mat":
         method = MAT(MATParams(alpha=0.6), attack, [False] * cohort)
-        method.set_cohort_batch("loop")
     else:
         method = AT(ATParams(loss="lc"), attack, [False])
     params = [p for m in models for p in m.parameters()]

@@ -9,7 +9,7 @@ training step (N = 2, no random start, so the step is deterministic), and the PG
 (as the fraction of pixels equal to the CPU's and the mean distance in units of eps: PGD
 follows gradient signs, which flip where a gradient is near zero, so a few pixels differ
 even in fp32). Also checked on the device: PGD's perturbation and its gradient stay fp32
-under autocast; the batched cohort's loss equals the loop's; training PGD makes no host
+under autocast; training PGD makes no host
 synchronisation (``torch.cuda.set_sync_debug_mode``); a zero gradient still warns.
 
 Every check prints PASS or FAIL with its measurement; the exit code is 1 if any failed.
@@ -30,6 +30,7 @@ import mutualat.attacks.pgd as pgd
 from common import autocast, build, random_batch
 from mutualat.config import AttackConfig
 from mutualat.methods.mat import MAT, MATParams
+from mutualat.train.cohort import Cohort
 
 EPS = 8 / 255
 failures: list[str] = []
@@ -83,9 +84,8 @@ def _run(model_cpu, x_cpu, y_cpu, device, amp: bool, channels_last: bool) -> dic
         m.train()
     method = MAT(MATParams(alpha=0.6), AttackConfig(eps=EPS, steps=3, random_start=False),
                  [False, False])
-    method.set_cohort_batch("loop")
     with autocast(device, amp):
-        out["loss"] = method.loss([model, peer], x, y).loss.float().cpu()
+        out["loss"] = method.loss(Cohort.of([model, peer], method), x, y).loss.float().cpu()
     return out
 
 
@@ -138,22 +138,6 @@ def device_checks(device: torch.device, model_cpu, x_cpu, y_cpu, amp: bool) -> N
     ok = x_adv.dtype == torch.float32 and all(d == g == torch.float32 for d, g, _ in seen)
     report("PGD delta fp32 under bf16 autocast", ok,
            f"delta/grad/logits dtypes {sorted(set(seen), key=str)}, x_adv {x_adv.dtype}")
-
-    # The batched cohort computes the loop's loss (fp32 and as trained).
-    for use_amp in sorted({False, amp}):
-        twins = [build(model_cpu.spec["name"], device, False, seed=s).train() for s in (0, 1)]
-        copies = copy.deepcopy(twins)
-        losses = []
-        for mode, models in (("loop", twins), ("batched", copies)):
-            method = MAT(MATParams(), AttackConfig(eps=EPS, steps=3, random_start=False),
-                         [False, False])
-            method.set_cohort_batch(mode)
-            with autocast(device, use_amp), (contextlib.nullcontext() if use_amp else strict_fp32()):
-                losses.append(method.loss(models, x, y).loss.float())
-        r = relative(losses[1], losses[0])
-        tol = 2e-2 if use_amp else 1e-3
-        report(f"batched cohort loss = loop loss ({'bf16' if use_amp else 'fp32'})", r <= tol,
-               f"{losses[1].item():.5f} vs {losses[0].item():.5f}, rel {r:.2e} (tol {tol})")
 
     if device.type != "cuda":
         return

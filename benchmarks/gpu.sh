@@ -9,7 +9,7 @@
 #    in .venv/lib/python3*/site-packages, which is then put on PYTHONPATH);
 # 2. correctness: benchmarks/check_gpu.py (GPU results equal the CPU's within bf16
 #    tolerance on a fixed batch: logits, one MAT step's loss, PGD output; PGD keeps delta in
-#    fp32 under autocast; no host sync in training PGD; batched cohort = loop);
+#    fp32 under autocast; no host sync in training PGD);
 # 3. the speed table: benchmarks/run_all.py --preset gpu (ResNet-18 and WRN-34-10 at batch
 #    128, bf16, channels_last, CIFAR-shaped random data: images/s of AT and MAT steps, the
 #    fraction of the card's measured bf16 matmul rate, PGD against torchattacks, evaluator).

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py [--device cpu|cuda] [--model tinycnn] [--batch 128]
                                       [--steps 10] [--method at|mat] [--cohort 2]
-                                      [--path loop|batched] [--amp] [--channels-last] [--top 15]
+                                      [--amp] [--channels-last] [--top 15]
 
 Runs one warm-up step, then profiles one step as the trainer runs it (bench_mat's
 ``trainer_step``) and prints the operators sorted by self time (CPU, or CUDA on a GPU).
@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--method", choices=["at", "mat"], default="at")
     parser.add_argument("--cohort", type=int, default=2)
-    parser.add_argument("--path", choices=["loop", "batched"], default="loop")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--top", type=int, default=15)
@@ -46,7 +45,6 @@ def main(argv: list[str] | None = None) -> None:
         method = AT(ATParams(loss="lc"), attack, [False])
     else:
         method = MAT(MATParams(), attack, [False] * n)
-        method.set_cohort_batch(args.path)
     opt = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.01)
     step = trainer_step(method, models, opt, x, y, device, args.amp)
     step()
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.synchronize()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"{args.method} step, {args.model}, B={args.batch}, K={args.steps}"
-          + (f", N={n} {args.path}" if args.method == "mat" else "") + f": {environment(device)}")
+          + (f", N={n}" if args.method == "mat" else "") + f": {environment(device)}")
     print(prof.key_averages().table(sort_by=key, row_limit=args.top, max_name_column_width=40))
 
 

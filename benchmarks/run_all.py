@@ -9,8 +9,7 @@
 Rows (every figure a ratio of two timings side by side in one process, median of repeats):
 
 - pgd:   our PGD-K / torchattacks' PGD-K (same model, batch, steps, no random start);
-- mat:   one MAT step of N = 2, 3, 4 (loop and batched cohort) / N x one AT step, and the
-         timing behind cohort_batch="auto";
+- mat:   one MAT step of N = 2, 3, 4 / N x one AT step;
 - flops: a training step's achieved FLOP/s / an n x n matrix product's FLOP/s;
 - eval:  the evaluator's time with cumulative / standalone attacks.
 

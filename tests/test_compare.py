@@ -109,13 +109,16 @@ def test_a_bad_plan_is_refused_before_anything_runs(tmp_path, capsys, edit, mess
 
 def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     """The grid trained twice, once with the test labels permuted: the same scores and choice."""
-    from mutualat import data as data_module
+    from mutualat.train import trainer as trainer_module
 
     plan = load_plan(_write_plan(tmp_path / "plan"))
-    original = data_module.load_dataset
+    original = trainer_module.load_dataset
+
+    permuted_loads = []
 
     def permuted_test_labels(*args, **kwargs):
         dataset = original(*args, **kwargs)
+        permuted_loads.append(1)
         labels = dataset.test.labels.copy()
         dataset.test.labels[:] = np.random.default_rng(0).permutation(labels)
         assert (dataset.test.labels != labels).any()
@@ -124,7 +127,7 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     selections = []
     for name, patch in (("plain", False), ("permuted", True)):
         if patch:
-            monkeypatch.setattr(data_module, "load_dataset", permuted_test_labels)
+            monkeypatch.setattr(trainer_module, "load_dataset", permuted_test_labels)
         study = Study(plan, tmp_path / name)
         for task in study.tasks()[0]:
             if task.priority == (0, 0):  # the grid
@@ -134,10 +137,9 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     for variant in plan.variants:
         assert plain[variant].scores == permuted[variant].scores
         assert plain[variant].chosen == permuted[variant].chosen
-    # The test split did change: the trainer's own end-of-run test numbers moved.
-    results = [json.loads((tmp_path / n / "runs/at/lr0.02/seed0/results.json").read_text())
-               for n in ("plain", "permuted")]
-    assert results[0]["models"] != results[1]["models"]
+    # Every grid run of the second study read the permuted test labels (their own
+    # end-of-run test used them; on 32 images a weak model's accuracy may still tie).
+    assert len(permuted_loads) == sum(len(plan.settings(v)) for v in plan.variants)
 
 
 def _compare(plan: Path, out: Path, *extra: str) -> subprocess.Popen:

@@ -89,11 +89,11 @@ def _fit_worker(rank: int, port: int, runs: list[tuple[str, list[str]]]) -> None
 
 def _hang_worker(rank: int, port: int, out: str, report: str) -> None:
     """Rank 1 stops responding at step 2; rank 0 must fail with a clear message."""
-    from mutualat.train import distributed
+    from mutualat.train import placement
 
     _env(rank, port)
     if rank == 1:
-        original, calls = distributed.Distributed.reduce_step, []
+        original, calls = placement.DataParallel.reduce_step, []
 
         def hang(self, *args):
             calls.append(1)
@@ -104,7 +104,7 @@ def _hang_worker(rank: int, port: int, out: str, report: str) -> None:
                 os._exit(0)
             return original(self, *args)
 
-        distributed.Distributed.reduce_step = hang
+        placement.DataParallel.reduce_step = hang
     cfg = load_config(None, DATA_AT + ["distributed.timeout_s=3", "attack.steps=1"])
     tick = time.time()
     try:
@@ -251,17 +251,17 @@ def test_a_process_that_stops_responding_fails_the_run_with_a_clear_message(tmp_
 def test_cohort_mode_refuses_methods_that_need_peer_weights():
     from mutualat.errors import ConfigError
     from mutualat.methods import build_method
-    from mutualat.train.distributed import Distributed
+    from mutualat.train.placement import CohortParallel, DataParallel
+    from mutualat.train.processes import Processes
 
-    member = Distributed.__new__(Distributed)  # check() reads only these fields
-    member.world, member.mode, member.sync_bn = 2, "cohort", False
+    two = Processes()
+    two.world = 2  # check() reads only the process count
     cfg = load_config(None, tiny_overrides(1) + ["method.name=trades"])
     with pytest.raises(ConfigError, match="distributed.mode=data"):
-        member.check(cfg, build_method(cfg))
-    member.mode = "data"
+        CohortParallel(two, 10).check(cfg, build_method(cfg))
     cfg = load_config(None, tiny_overrides(1) + ["data.batch_size=63"])
     with pytest.raises(ConfigError, match="not divisible by the 2 processes"):
-        member.check(cfg, build_method(cfg))
+        DataParallel(two, 10).check(cfg, build_method(cfg))
 
 
 def _records(run: Path) -> list[dict]:

@@ -25,6 +25,7 @@ from mutualat.methods.mart import MART, MARTParams
 from mutualat.methods.mat import MAT, MATParams
 from mutualat.methods.scenarios import SCENARIOS, scenario_configs, stage1_model_file
 from mutualat.methods.trades import TRADES, TRADESParams
+from mutualat.train.cohort import Cohort
 
 # --- arithmetic by hand ---------------------------------------------------------------
 
@@ -174,7 +175,7 @@ def test_mat_two_models_by_hand():
         deltas=[[0.05, -0.05, 0.02], [-0.03, 0.04, 0.05]],
     )
     x, y = batch()
-    out = method.loss(models, x, y)
+    out = method.loss(Cohort.of(models, method), x, y)
     # Eq. 4 written out for N = 2
     h1, h2 = models
     a1, a2 = h1.logits(method.attack.adv_rows(h1)), h2.logits(method.attack.adv_rows(h2))
@@ -199,7 +200,7 @@ def test_mat_three_models_by_hand():
         alpha=0.45,
     )
     x, y = batch()
-    out = method.loss(models, x, y)
+    out = method.loss(Cohort.of(models, method), x, y)
     expected = mat_by_hand(models, method.attack, 0.45)  # alpha / (N - 1) = 0.225 per peer KL
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     assert method.roles == ["h1", "h2", "h3"]
@@ -212,7 +213,7 @@ def test_mat_natural_member_uses_clean_input_and_one_forward_each():
         natural=[0],
     )
     x, y = batch()
-    out = method.loss(models, x, y)
+    out = method.loss(Cohort.of(models, method), x, y)
     assert out.loss.item() == pytest.approx(mat_by_hand(models, method.attack, 0.6, natural=[0]), rel=1e-5)
     assert method.attack.attacked == [id(models[1])]  # no attack for the natural member
     # one clean forward per member; the robust one also runs on its x_adv
@@ -227,7 +228,7 @@ def test_mat_temperature_scales_kl_by_t_squared():
     )
     x, y = batch()
     expected = mat_by_hand(models, method.attack, 0.6, t=3.0)
-    assert method.loss(models, x, y).loss.item() == pytest.approx(expected, rel=1e-5)
+    assert method.loss(Cohort.of(models, method), x, y).loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_mat_no_gradient_reaches_a_peer_through_its_target():
@@ -240,7 +241,7 @@ def test_mat_no_gradient_reaches_a_peer_through_its_target():
         alpha=1.0,
     )
     x, y = batch()
-    method.loss(models, x, y).loss.backward()
+    method.loss(Cohort.of(models, method), x, y).loss.backward()
     for n, m in ((0, 1), (1, 0)):
         own = models[n].logits(method.attack.adv_rows(models[n]))
         peer = models[m].logits(X)
@@ -255,7 +256,7 @@ def test_mat_frozen_member_is_only_a_target():
         frozen=[True, False],
     )
     x, y = batch()
-    out = method.loss(models, x, y)
+    out = method.loss(Cohort.of(models, method), x, y)
     # student: (1 - a) L_C + a KL(teacher(x) || student(x_adv)); the teacher has no loss term
     expected = mat_by_hand(models, method.attack, 0.6, frozen=[True, False])
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
@@ -295,7 +296,7 @@ def test_trades_by_hand():
     method = TRADES(TRADESParams(), ATTACK, [False])
     method.attack = FixedAttack({id(model): [0.05, -0.05, 0.02]})
     x, y = batch()
-    out = method.loss([model], x, y)
+    out = method.loss(Cohort.of([model], method), x, y)
     nat, adv = model.logits(X), model.logits(method.attack.adv_rows(model))
     natural = mean([ce(nat[b], Y[b]) for b in range(3)])
     robust = mean([kl(nat[b], adv[b]) for b in range(3)])
@@ -327,7 +328,7 @@ def test_mart_by_hand():
     method = MART(MARTParams(), ATTACK, [False])
     method.attack = FixedAttack({id(model): [0.3, -0.2, 0.25]})
     x, y = batch()
-    out = method.loss([model], x, y)
+    out = method.loss(Cohort.of([model], method), x, y)
     nat, adv = model.logits(X), model.logits(method.attack.adv_rows(model))
     bce = mean([lc(adv[b], Y[b]) for b in range(3)])
     robust = mean([kl(nat[b], adv[b]) * (1.0 - softmax(nat[b])[Y[b]]) for b in range(3)])
@@ -346,7 +347,7 @@ def test_ard_by_hand(alpha):
     method = ARD(ARDParams(alpha=alpha), ATTACK, [True, False])
     method.attack = FixedAttack({id(student): [0.05, -0.05, 0.02]})
     x, y = batch()
-    out = method.loss([teacher, student], x, y)
+    out = method.loss(Cohort.of([teacher, student], method), x, y)
     t = 30.0
     soft, adv = teacher.logits(X), student.logits(method.attack.adv_rows(student))
     expected = alpha * t * t * mean([kl(soft[b], adv[b], t) for b in range(3)])
@@ -393,7 +394,7 @@ def make_act(**params):
 def test_act_by_hand():
     method, natural, robust, attack, seen = make_act()
     x, y = batch()
-    out = method.loss([natural, robust], x, y)
+    out = method.loss(Cohort.of([natural, robust], method), x, y)
     a, t = 0.9, 4.0
     f, g = natural.logits(X), robust.logits(attack.adv_rows(robust))
     ce_f, ce_g = mean([ce(f[b], Y[b]) for b in range(3)]), mean([ce(g[b], Y[b]) for b in range(3)])
@@ -478,7 +479,7 @@ def test_registered_method_runs_with_real_pgd(case):
     for m, f in zip(models, frozen):  # as the trainer does
         m.train(not f).requires_grad_(not f)
     x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
-    out = method.loss(models, x, y)
+    out = method.loss(Cohort.of(models, method), x, y)
     assert torch.isfinite(out.loss) and out.loss.requires_grad
     out.loss.backward()
     for m, f in zip(models, frozen):

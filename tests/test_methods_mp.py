@@ -22,6 +22,7 @@ from mutualat.methods import METHODS, build_method, resolve_method_params
 from mutualat.methods.at_multi import ATAvg, ATMax, ATMSD, MSDATParams, MultiATParams
 from mutualat.methods.mat_mp import MATMP, MATMPParams
 from mutualat.methods.multi import ThreatSpec, msd_attack
+from mutualat.train.cohort import Cohort
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,7 +162,7 @@ def generalist_by_hand(models, method, strategy: str, alpha: float) -> tuple[flo
 @pytest.mark.parametrize("strategy", ["avg", "max", "msd"])
 def test_mat_mp_by_hand(strategy):
     method, models = make_mat_mp(strategy, alpha=0.6)
-    out = method.loss(models, *batch())
+    out = method.loss(Cohort.of(models, method), *batch())
     gen, picks = generalist_by_hand(models, method, strategy, 0.6)
     specs = [specialist_by_hand(models, method, m, 0.6) for m in (1, 2, 3)]
     assert out.metrics["loss/generalist"].item() == pytest.approx(gen, rel=1e-5)
@@ -182,7 +183,7 @@ def test_mat_mp_max_picks_the_per_example_worst_type():
     # Written out: example b's L_C under each type; its own type b is by far the worst.
     table = [[lc(adv[m][b], Y[b]) for m in range(3)] for b in B]
     assert [row.index(max(row)) for row in table] == [0, 1, 2]
-    out = method.loss(models, *batch())
+    out = method.loss(Cohort.of(models, method), *batch())
     assert out.metrics["lc/generalist"].item() == pytest.approx(mean([table[b][b] for b in B]), rel=1e-5)
     # neither the batch-worst type nor the average: per-example selection
     for m in range(3):
@@ -192,7 +193,7 @@ def test_mat_mp_max_picks_the_per_example_worst_type():
 def test_mat_mp_specialist_written_out():
     # Specialist l2 (m = 2), example by example: its teachers are linf (n = 1) and l1 (n = 3).
     method, models = make_mat_mp("avg", alpha=0.25, frozen=[True, True, False, True])
-    out = method.loss(models, *batch())
+    out = method.loss(Cohort.of(models, method), *batch())
     d = delta(1)  # the l2 specialist's own perturbation
     terms = []
     for b in B:
@@ -215,7 +216,7 @@ def test_mat_mp_specialist_written_out():
 
 def test_mat_mp_generalist_teaches_option():
     method, models = make_mat_mp("avg", alpha=0.6, generalist_teaches=True)
-    out = method.loss(models, *batch())
+    out = method.loss(Cohort.of(models, method), *batch())
     for m, role in zip((1, 2, 3), ("linf", "l2", "l1")):
         teachers = [0] + [n for n in (1, 2, 3) if n != m]  # 0 <= n <= M, n != m
         expected = specialist_by_hand(models, method, m, 0.6, teachers)
@@ -224,12 +225,12 @@ def test_mat_mp_generalist_teaches_option():
 
 def test_mat_mp_one_clean_forward_per_member_and_none_at_alpha_zero():
     method, models = make_mat_mp("avg", alpha=0.6)
-    method.loss(models, *batch())
+    method.loss(Cohort.of(models, method), *batch())
     # generalist: 3 adversarial forwards (it teaches nobody by default); specialists: their
     # clean target + their own adversarial forward
     assert [m.calls for m in models] == [3, 2, 2, 2]
     method, models = make_mat_mp("msd", alpha=0.0)
-    method.loss(models, *batch())
+    method.loss(Cohort.of(models, method), *batch())
     assert [m.calls for m in models] == [1, 1, 1, 1]
 
 
@@ -239,7 +240,7 @@ def test_mat_mp_no_gradient_reaches_a_peer_through_its_target(strategy):
     # each member's bias gradient is the mean of (its prediction - its teachers' targets) over
     # its own terms; a leak through a target would add d KL(p_n(x) || .) / d b_n != 0.
     method, models = make_mat_mp(strategy, alpha=1.0)
-    method.loss(models, *batch()).loss.backward()
+    method.loss(Cohort.of(models, method), *batch()).loss.backward()
     clean = {n: softmax_rows(models[n].logits(X)) for n in range(4)}
     g = models[0]
     if strategy == "msd":
@@ -270,7 +271,7 @@ def grad_by_hand(terms) -> list[float]:
 
 def test_mat_mp_frozen_specialists_only_teach():
     method, models = make_mat_mp("avg", alpha=0.6, frozen=[False, True, True, True])
-    out = method.loss(models, *batch())
+    out = method.loss(Cohort.of(models, method), *batch())
     gen, _ = generalist_by_hand(models, method, "avg", 0.6)
     assert out.loss.item() == pytest.approx(gen, rel=1e-5)
     assert all(a.attacked == [id(models[0])] for a in method.attacks)
@@ -374,20 +375,20 @@ def test_at_avg_max_msd_by_hand(loss):
     method, model = make_at(ATAvg, loss=loss)
     adv = [model.logits(a.rows(model)) for a in method.attacks]
     table = [[crit(adv[m][b], Y[b]) for m in range(3)] for b in B]  # (example, type)
-    out = method.loss([model], *batch())
+    out = method.loss(Cohort.of([model], method), *batch())
     expected = mean([mean([table[b][m] for b in B]) for m in range(3)])  # mean over types
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     real = ATAvg(MultiATParams(threats=list(THREATS), loss=loss), ATTACK, [False])
     assert all(a.loss == loss for a in real.attacks)  # the attacks maximize the training loss
 
     method, model = make_at(ATMax, loss=loss)
-    out = method.loss([model], *batch())
+    out = method.loss(Cohort.of([model], method), *batch())
     assert [row.index(max(row)) for row in table] == [0, 1, 2]
     assert out.loss.item() == pytest.approx(mean([max(row) for row in table]), rel=1e-5)
     assert out.metrics["max_share/model/l2"].item() == pytest.approx(1 / 3)
 
     method, model = make_at(ATMSD, MSDATParams, loss=loss)
-    out = method.loss([model], *batch())
+    out = method.loss(Cohort.of([model], method), *batch())
     z = model.logits(method.msd.rows(model))
     assert out.loss.item() == pytest.approx(mean([crit(z[b], Y[b]) for b in B]), rel=1e-5)
 
@@ -471,7 +472,7 @@ def test_mp_method_runs_with_real_attacks(case):
     for m, f in zip(models, frozen):  # as the trainer does
         m.train(not f).requires_grad_(not f)
     x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
-    out = method.loss(models, x, y)
+    out = method.loss(Cohort.of(models, method), x, y)
     assert torch.isfinite(out.loss) and out.loss.requires_grad
     out.loss.backward()
     for m, f in zip(models, frozen):

@@ -371,7 +371,7 @@ def test_ard_distils_from_a_plain_pytorch_teacher(tmp_path: Path) -> None:
         "models.1.name=tinycnn", "eval.test=false",
     ])
     trainer = Trainer(cfg, tmp_path / "run")
-    frozen = trainer.members[0].model
+    frozen = trainer.cohort[0].model
     _same_logits(frozen, teacher, _images(channels=1, size=28))
     trainer.fit()
     student = read_model_meta(tmp_path / "run" / "models" / "student.safetensors")

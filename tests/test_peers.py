@@ -15,6 +15,7 @@ from mutualat.methods.mat import MAT, MATParams
 from mutualat.methods.peers import peer_logits, scheduled_alpha
 from mutualat.models import create_model
 from mutualat.train import Trainer
+from mutualat.train.cohort import Cohort
 
 from conftest import tiny_overrides
 
@@ -81,10 +82,9 @@ def _mat_loss(name: str, target_bn: str) -> torch.Tensor:
               for _ in range(2)]
     method = MAT(MATParams(alpha=0.6, target_bn=target_bn), AttackConfig(eps=0.1, steps=2),
                  [False, False])
-    method.set_cohort_batch("loop")
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     torch.manual_seed(1)
-    return method.loss(models, x, y).loss
+    return method.loss(Cohort.of(models, method), x, y).loss
 
 
 def test_without_batch_norm_every_target_mode_gives_the_paper_loss():

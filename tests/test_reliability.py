@@ -132,8 +132,8 @@ def test_a_nan_before_the_first_checkpoint_does_not_claim_one(tmp_path, monkeypa
     from mutualat.methods.at import AT
     from mutualat.methods.base import StepResult
 
-    def nan_loss(self, models, x, y):
-        return StepResult(models[0](x).sum() * float("nan"))
+    def nan_loss(self, cohort, x, y):
+        return StepResult(cohort[0].module(x).sum() * float("nan"))
 
     monkeypatch.setattr(AT, "loss", nan_loss)
     out = tmp_path / "nan"

@@ -155,8 +155,8 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     from mutualat.methods.at import AT
     from mutualat.methods.base import StepResult
 
-    def nan_loss(self, models, x, y):
-        return StepResult(models[0](x).sum() * float("nan"))
+    def nan_loss(self, cohort, x, y):
+        return StepResult(cohort[0].module(x).sum() * float("nan"))
 
     monkeypatch.setattr(AT, "loss", nan_loss)
     with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 1"):

@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.out is None and not args.print_config and not (args.dry_run and not args.resume):
         raise ConfigError("train needs --out DIR (the run folder)")
     if args.nproc is not None and args.nproc > 1 and not (args.print_config or args.dry_run):
-        from mutualat.train.distributed import launch
+        from mutualat.train.processes import launch
 
         return launch(args.nproc, _train_argv(args))
     overrides = list(args.overrides) + _environment_overrides(args)

@@ -87,7 +87,7 @@ class EvalConfig:
 @dataclass
 class DistributedConfig:
     """Training on several processes (``torchrun`` or ``mutualat train --nproc K``); a run in
-    one process ignores it. See :mod:`mutualat.train.distributed`."""
+    one process ignores it. See :mod:`mutualat.train.placement`."""
 
     # "data": every process holds every member and trains on its shard of each batch (any
     # method); "cohort": the members are split over the processes, which exchange their
@@ -114,10 +114,9 @@ class RunConfig:
     # Evaluation (validation, final test, mutualat eval) always runs in fp32.
     amp: str = "auto"
     channels_last: str = "auto"
-    # Cohort methods (MAT): run the members' attacks and forwards as one batched computation
-    # (mutualat.methods.cohort_batch). "auto" = the loop on the CPU, where both measured
-    # even; on an accelerator whichever of the two is faster in a one-off timing at the
-    # start (recorded in metrics.jsonl, event "speed"); "batched" or "loop" force it.
+    # Kept so that configs written before it was removed still load: a cohort's members
+    # always run one after the other ("auto" and "loop" mean that). The batched (vmap)
+    # cohort was 1.27x slower than the loop on the CPU and never measured on a GPU.
     cohort_batch: str = "auto"
     # torch.compile: "none"; "model" compiles every member in place (its forward and
     # backward, so also the attack's passes); "all" also fuses PGD's l-inf update step.
@@ -154,13 +153,11 @@ class RunConfig:
             self.channels_last in ("auto", "on", "off"),
             f"channels_last must be auto, on or off, got {self.channels_last!r}",
         )
-        _check(self.cohort_batch in ("auto", "batched", "loop"),
-               f"cohort_batch must be auto, batched or loop, got {self.cohort_batch!r}")
+        _check(self.cohort_batch in ("auto", "loop"),
+               f"cohort_batch={self.cohort_batch!r}: the batched cohort was removed (it was "
+               "slower than running the members one after the other); use auto or loop")
         _check(self.compile in ("none", "model", "all"),
                f"compile must be none, model or all, got {self.compile!r}")
-        _check(not (self.compile != "none" and self.cohort_batch == "batched"),
-               "cohort_batch=batched cannot be combined with compile (the batched cohort "
-               "calls the members' plain forward); use cohort_batch=auto or loop")
         _check(all(0 < m < 1 for m in self.optim.milestones), "optim.milestones are fractions in (0, 1)")
         o = self.optim
         _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` unless it already finished there; returns its results."""
     from mutualat.train import Trainer
-    from mutualat.train.trainer import config_difference
+    from mutualat.train.run_dir import config_difference
 
     run_dir = Path(run_dir)
     label = label or run_dir.name

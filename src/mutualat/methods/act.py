@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from functools import partial
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -44,6 +44,9 @@ from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.mat import check_temperature, check_trainable, check_weight
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 ATTACK_LOSSES = ("act", "ce")
 
@@ -110,9 +113,9 @@ class ACT(Method):
         )
         return training_attack(self.attack_cfg, loss=objective)(model, x, y)
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        natural, robust = models
-        nat_frozen, rob_frozen = self.frozen
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        natural, robust = cohort[0].module, cohort[1].module
+        nat_frozen, rob_frozen = cohort[0].frozen, cohort[1].frozen
         p, t = self.params, self.params.temperature
 
         with torch.no_grad() if nat_frozen else contextlib.nullcontext():

@@ -26,16 +26,18 @@ divided by K (10 on CIFAR-10): with alpha = 1 that only rescales the learning ra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.mat import check_temperature, check_weight
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 
 @dataclass
@@ -70,8 +72,8 @@ class ARD(Method):
     def member_roles(self, num_models: int) -> list[str]:
         return ["teacher", "student"]
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        teacher, student = models
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        teacher, student = cohort[0].module, cohort[1].module
         alpha, t = self.params.alpha, self.params.temperature
         with torch.no_grad():
             soft_labels = teacher(x)

@@ -8,15 +8,17 @@ cross-entropy; ``loss="lc"`` is MART's boosted cross-entropy L_C, the "AT" of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 CLASSIFICATION_LOSSES = {"ce": losses.cross_entropy, "lc": losses.boosted_cross_entropy}
 
@@ -39,12 +41,11 @@ class AT(Method):
         self.criterion = CLASSIFICATION_LOSSES[params.loss]
         self.attack = training_attack(attack, loss=params.loss)
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         total = x.new_zeros(())
         metrics = {}
-        for role, model, frozen in zip(self.roles, models, self.frozen):
-            if frozen:
-                continue
+        for member in cohort.trained():
+            model, role = member.module, member.role
             logits = model(self.attack(model, x, y))
             loss = self.criterion(logits, y)
             total = total + loss

@@ -25,7 +25,7 @@ The single-type baselines AT-linf, AT-l2 and AT-l1 are the plain ``at`` method w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -44,6 +44,9 @@ from mutualat.methods.multi import (
     threats_field,
     validation_attacks,
 )
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 
 @dataclass
@@ -90,12 +93,11 @@ class _MultiAT(Method):
                     metrics: dict) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         total = x.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
-        for role, model, frozen in zip(self.roles, models, self.frozen):
-            if frozen:
-                continue
+        for member in cohort.trained():
+            model, role = member.module, member.role
             loss = self.member_loss(model, x, y, role, metrics)
             total = total + loss
             metrics[f"loss/{role}"] = loss.detach()

@@ -1,10 +1,12 @@
 """A training method is a loss over a cohort of models.
 
 The trainer owns the models, their modes and their optimizers; a method only computes
-``StepResult.loss`` for one batch (crafting whatever adversarial examples it needs) and never
-steps an optimizer or switches a model's mode: attacks switch to eval mode and restore the
-caller's mode themselves (see :mod:`mutualat.attacks.base`). Trainable members arrive in
-train mode, frozen members (fixed teachers) in eval mode.
+``StepResult.loss`` for one batch (crafting whatever adversarial examples it needs) from the
+:class:`~mutualat.train.cohort.Cohort` it is given, and never steps an optimizer or switches a
+model's mode: attacks switch to eval mode and restore the caller's mode themselves (see
+:mod:`mutualat.attacks.base`). Trainable members arrive in train mode, frozen members (fixed
+teachers) in eval mode. Where the members run (one process, several) is the cohort's
+business: a method sees the members it trains here and its peers' clean predictions.
 
 A cohort of one is plain adversarial training; MAT, ACT and MAT-MP use several members.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +23,9 @@ from torch import nn
 from mutualat.config import AttackConfig, RunConfig, from_dict
 from mutualat.errors import ConfigError
 from mutualat.registry import Registry
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 METHODS: Registry = Registry("method")
 
@@ -36,22 +41,13 @@ class NoParams:
     pass
 
 
-# (clean soft labels this process computed {member: (B, K)}, B) -> every member's that the
-# loss uses; see Method.cohort_parallel.
-TargetExchange = Callable[[dict[int, torch.Tensor], int], dict[int, torch.Tensor]]
-
-
 class Method:
     """Base class: subclasses set ``Params`` (a dataclass) and implement :meth:`loss`."""
 
     Params: ClassVar[type] = NoParams
-    # Cohort-parallel training (``distributed.mode: cohort``, mutualat.train.distributed)
+    # Cohort-parallel training (``distributed.mode: cohort``, mutualat.train.placement)
     # splits the members over processes. A method whose members interact only through
-    # detached clean soft labels supports it: it sets ``cohort_parallel``, lists in
-    # ``target_members`` the members whose soft labels its loss uses, accepts ``None`` in
-    # ``models`` for members another process holds (no loss term, no forward), and passes
-    # the soft labels it computed through ``share_targets`` (set by the trainer; an
-    # all-gather between the processes; None in a single process).
+    # detached clean soft labels (``Cohort.peer_targets``) supports it and says so here.
     cohort_parallel: ClassVar[bool] = False
 
     def __init__(self, params: Any, attack: AttackConfig, frozen: Sequence[bool]) -> None:
@@ -59,8 +55,7 @@ class Method:
         self.attack_cfg = attack
         self.frozen = list(frozen)  # frozen members get no gradient: skip their own losses
         self.roles = self.member_roles(len(self.frozen))
-        self.target_members: list[int] = []
-        self.share_targets: TargetExchange | None = None
+        self.target_members: list[int] = []  # members whose clean predictions the loss uses
         # Completed training steps / all steps, set by the trainer before each step; a loss
         # whose weights follow a schedule (MAT's alpha_warmup) reads it.
         self.progress = 1.0
@@ -71,7 +66,9 @@ class Method:
             return ["model"]
         return [f"h{i + 1}" for i in range(num_models)]
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def loss(self, cohort: "Cohort", x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        """The training loss of one batch ``x`` (B, C, H, W) in [0,1], ``y`` (B,): a scalar
+        whose gradient updates every member ``cohort.trained()`` lists."""
         raise NotImplementedError
 
     def validation_attacks(self, steps: int, step_size: float | None = None) -> dict[str, Any]:

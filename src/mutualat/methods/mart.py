@@ -19,17 +19,19 @@ WRN-34-10 (``method.params.beta: 6``), the value of MART's paper and code for Wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.mat import check_trainable
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 
 @dataclass
@@ -61,12 +63,11 @@ class MART(Method):
         check_trainable("mart", self.frozen)
         self.attack = training_attack(attack, loss="ce")
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         total = x.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
-        for role, model, frozen in zip(self.roles, models, self.frozen):
-            if frozen:
-                continue
+        for member in cohort.trained():
+            model, role = member.module, member.role
             x_adv = self.attack(model, x, y)
             logits_nat = model(x)
             logits_adv = model(x_adv)

@@ -30,29 +30,26 @@ Decisions the paper leaves open (each a documented default):
 
 Cost per step: one clean forward per member (reused as the target: for a natural member
 it is its training forward, detached), one attack and one adversarial forward per
-trainable robust member.
-
-Speed: the local trainable robust members' clean forwards, attacks and adversarial
-forwards can run as one batched computation (:mod:`mutualat.methods.cohort_batch`) instead
-of a loop, chosen by ``RunConfig.cohort_batch`` (set with :meth:`MAT.set_cohort_batch`;
-"auto" by default: the loop on the CPU, a one-off timing on accelerators). Both paths
-compute the same loss; the batched one draws its random numbers for the whole cohort at once.
+trainable robust member. Where the members run is the cohort's business
+(:class:`mutualat.train.cohort.Cohort`): in cohort-parallel training a process computes the
+targets of the members it holds and receives the others'.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
-from torch import nn
 
 from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.cohort_batch import BatchedCohort, CohortChoice, decide, repeat_for
-from mutualat.methods.peers import check_target_bn, check_warmup, peer_logits, scheduled_alpha
+from mutualat.methods.peers import check_target_bn, check_warmup, scheduled_alpha
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 
 @dataclass
@@ -123,56 +120,6 @@ class MAT(Method):
         ]
         # The training attack maximizes the training loss L_C (SPEC.md section 6).
         self.attack = training_attack(attack, loss="lc")
-        # Batched cohort (see set_cohort_batch): members that may run as one computation.
-        self.robust = [i for i in self.trainable if i not in self.natural]
-        self.cohort_batch = "auto"  # RunConfig.cohort_batch
-        self.cohort_choice: CohortChoice | None = None  # decided at the latest by loss()
-        self._cohort: BatchedCohort | None = None
-
-    def set_cohort_batch(self, mode: str, models: Sequence[nn.Module | None] | None = None,
-                         x: torch.Tensor | None = None) -> CohortChoice | None:
-        """Loop or batched cohort (``mode``: auto, batched, loop; see
-        :func:`mutualat.methods.cohort_batch.decide`). Given the cohort's ``models`` and a
-        batch ``x`` shaped like the training batches, decide now and return the choice;
-        else the first :meth:`loss` decides."""
-        self.cohort_batch, self.cohort_choice, self._cohort = mode, None, None
-        if models is not None:
-            self.cohort_choice = decide(mode, self._batchable(models), x)
-        return self.cohort_choice
-
-    def _batchable(self, models: Sequence[nn.Module | None]) -> list[nn.Module]:
-        if self.params.target_bn != "update":
-            return []  # the batched path's target forward always updates batch-norm: the loop
-        return [models[i] for i in self.robust if models[i] is not None]
-
-    def _batched_members(self, models: Sequence[nn.Module | None], x: torch.Tensor) -> list[int]:
-        """The members this step runs as one batched cohort (none: the plain loop)."""
-        if self.cohort_choice is None:
-            self.cohort_choice = decide(self.cohort_batch, self._batchable(models), x)
-        group = self._batchable(models)
-        if not self.cohort_choice.batched or len(group) < 2:
-            return []
-        if self._cohort is None or len(self._cohort) != len(group) or any(
-                a is not b for a, b in zip(self._cohort.members, group)):
-            self._cohort = BatchedCohort(group)
-        return [i for i in self.robust if models[i] is not None]
-
-    def _cohort_passes(self, batched: list[int], x: torch.Tensor, y: torch.Tensor,
-                       own: dict[int, torch.Tensor], targets: dict[int, torch.Tensor]) -> None:
-        """The loop's three passes (clean target, attack, adversarial forward) for all
-        ``batched`` members at once, on member-major rows; each member's batch-norm sees
-        only its own rows, so its statistics move exactly as in the loop."""
-        cohort, b, k = self._cohort, x.shape[0], len(batched)
-        xs, ys = repeat_for(k, x), y.repeat(k)
-        if any(i in self.target_members for i in batched):  # alpha > 0: all of them
-            with torch.no_grad(), cohort.stacked(grad=False):
-                clean = cohort(xs)
-            targets.update({i: clean[j * b:(j + 1) * b] for j, i in enumerate(batched)})
-        with cohort.stacked(grad=False):
-            x_adv = self.attack(cohort, xs, ys)
-        with cohort.stacked(grad=True):
-            adv = cohort(x_adv)
-        own.update({i: adv[j * b:(j + 1) * b] for j, i in enumerate(batched)})
 
     def member_roles(self, num_models: int) -> list[str]:
         if num_models < 2:
@@ -182,9 +129,9 @@ class MAT(Method):
             )
         return super().member_roles(num_models)
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         """Eq. 5 on one batch. ``x`` (B, C, H, W) in [0,1], ``y`` (B,); returns a scalar loss."""
-        n = len(models)
+        n = cohort.size
         if n != len(self.frozen):
             raise ValueError(f"mat was built for {len(self.frozen)} models, got {n}")
         alpha = scheduled_alpha(self.params.alpha, self.params.alpha_warmup, self.progress)
@@ -192,46 +139,36 @@ class MAT(Method):
 
         # Clean forwards: a natural trainable member's training forward (with gradient) is
         # also its soft label for the peers; every other member's soft label is computed
-        # under no_grad. A member nobody learns from (the only trainable one) needs none.
+        # without gradient. A member nobody learns from (the only trainable one) needs none.
         # With alpha = 0 there is no distillation term and no target is computed, so the
         # cohort trains exactly like N independent L_C-AT runs (no extra clean forwards
-        # moving batch-norm statistics). Cohort-parallel training: a member held by another
-        # process is None here; its soft label arrives through share_targets.
+        # moving batch-norm statistics).
         own: dict[int, torch.Tensor] = {}  # member -> logits its own loss is computed on
-        targets: dict[int, torch.Tensor] = {}  # member -> detached clean logits
-        batched = self._batched_members(models, x)
-        if batched:
-            self._cohort_passes(batched, x, y, own, targets)
         for m in self.target_members:
-            if models[m] is None or m in batched:
-                continue
-            if m in self.natural and m in self.trainable:
-                own[m] = models[m](x)
-                targets[m] = own[m].detach()
-            else:
-                targets[m] = peer_logits(models[m], x, self.params.target_bn)
-        if self.share_targets is not None:
-            targets = self.share_targets(targets, len(y))
-        local = [i for i in self.trainable if models[i] is not None]
+            if m in self.natural and m in self.trainable and cohort.holds(m):
+                own[m] = cohort[m].module(x)
+        targets = cohort.peer_targets(x, self.target_members, self.params.target_bn,
+                                      known={m: logits.detach() for m, logits in own.items()})
 
         # Each robust trainable member's own adversarial batch (Alg. 1, lines 5-8).
-        for i in local:
-            if i not in own:
-                own[i] = models[i](self.attack(models[i], x, y))
+        members = cohort.trained()
+        for member in members:
+            if member.index not in own:
+                own[member.index] = member.module(self.attack(member.module, x, y))
 
         total = x.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
-        for i in local:
-            role, logits = self.roles[i], own[i]
+        for member in members:
+            i, role, logits = member.index, member.role, own[member.index]
             lc = losses.boosted_cross_entropy(logits, y)
             kl = sum(
                 (losses.distillation_kl(targets[m], logits, t) * t**2
                  for m in range(n) if m != i and m in targets),
                 logits.new_zeros((), dtype=torch.float32),
             )
-            member = (1.0 - alpha) * lc + alpha / (n - 1) * kl
-            total = total + member
-            metrics[f"loss/{role}"] = member.detach()
+            member_loss = (1.0 - alpha) * lc + alpha / (n - 1) * kl
+            total = total + member_loss
+            metrics[f"loss/{role}"] = member_loss.detach()
             metrics[f"lc/{role}"] = lc.detach()
             metrics[f"kl/{role}"] = (kl / (n - 1)).detach()  # mean KL to one peer
             # Accuracy on the member's training input: x_adv, or x for a natural member.

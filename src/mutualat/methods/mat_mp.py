@@ -55,7 +55,7 @@ teaching member.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.mat import check_temperature, check_trainable, check_weight
-from mutualat.methods.peers import check_target_bn, check_warmup, peer_logits, scheduled_alpha
+from mutualat.methods.peers import check_target_bn, check_warmup, scheduled_alpha
 from mutualat.methods.multi import (
     ThreatSpec,
     check_msd_steps,
@@ -76,6 +76,9 @@ from mutualat.methods.multi import (
     threats_field,
     validation_attacks,
 )
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 GENERALIST_STRATEGIES = ("avg", "max", "msd")
 GENERALIST = "generalist"  # the generalist's role (member 0)
@@ -172,28 +175,21 @@ class MATMP(Method):
         t = self.params.temperature
         return losses.distillation_kl(target, logits, t, reduction) * t**2
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         """Eq. 10 on one batch. ``x`` (B, C, H, W) in [0,1], ``y`` (B,); returns a scalar loss."""
-        if len(models) != len(self.frozen):
-            raise ValueError(f"mat-mp was built for {len(self.frozen)} models, got {len(models)}")
-        targets: dict[int, torch.Tensor] = {}
-        for n in self.target_members:
-            if models[n] is not None:  # None: held by another process (cohort-parallel)
-                targets[n] = peer_logits(models[n], x, self.params.target_bn)
-        if self.share_targets is not None:
-            targets = self.share_targets(targets, len(y))
-
+        if cohort.size != len(self.frozen):
+            raise ValueError(f"mat-mp was built for {len(self.frozen)} models, got {cohort.size}")
+        targets = cohort.peer_targets(x, self.target_members, self.params.target_bn)
         total = x.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
-        for i in self.trainable:
-            if models[i] is None:
-                continue
+        for member in cohort.trained():
+            i, model = member.index, member.module
             if i == 0:
-                member = self._generalist(models[0], x, y, targets, metrics)
+                member_loss = self._generalist(model, x, y, targets, metrics)
             else:
-                member = self._specialist(i, models[i], x, y, targets, metrics)
-            metrics[f"loss/{self.roles[i]}"] = member.detach()
-            total = total + member
+                member_loss = self._specialist(i, model, x, y, targets, metrics)
+            metrics[f"loss/{self.roles[i]}"] = member_loss.detach()
+            total = total + member_loss
         return StepResult(total, metrics)
 
     def _specialist(self, i: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

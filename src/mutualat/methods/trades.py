@@ -16,16 +16,18 @@ runs two identical ones).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.mat import check_trainable
+
+if TYPE_CHECKING:
+    from mutualat.train.cohort import Cohort
 
 
 @dataclass
@@ -52,12 +54,11 @@ class TRADES(Method):
             )
         self.attack = training_attack(attack, loss="trades_kl")
 
-    def loss(self, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         total = x.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
-        for role, model, frozen in zip(self.roles, models, self.frozen):
-            if frozen:
-                continue
+        for member in cohort.trained():
+            model, role = member.module, member.role
             x_adv = self.attack(model, x, y)
             logits_nat = model(x)
             logits_adv = model(x_adv)

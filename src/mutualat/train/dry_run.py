@@ -49,7 +49,7 @@ def _without_env(name: str) -> Iterator[None]:
 
 
 def check_out_dir(out: Path, resume: bool) -> None:
-    """The rule :func:`~mutualat.train.trainer.prepare_run_dir` applies, without touching ``out``."""
+    """The rule :func:`~mutualat.train.run_dir.prepare_run_dir` applies, without touching ``out``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
@@ -84,7 +84,7 @@ def dry_run(cfg: RunConfig, out: Path | None = None, resume: bool = False) -> di
                 "method": trainer.method.registered_name,
                 "members": {m.role: {"model": cfg.models[m.index].name, "frozen": m.frozen,
                                      "parameters": sum(p.numel() for p in m.model.parameters())}
-                            for m in trainer.members},
+                            for m in trainer.cohort},
             }
             trainer.loader = _FirstBatch(trainer.loader)
             tick = time.perf_counter()
@@ -95,7 +95,6 @@ def dry_run(cfg: RunConfig, out: Path | None = None, resume: bool = False) -> di
             built["step"] = next(r for r in reversed(records) if r["event"] == "step")
         finally:
             trainer.log.close()
-            if trainer._lock is not None:
-                trainer._lock.close()
+            trainer.release()
     return built
 

@@ -1,20 +1,21 @@
 """One training loop for every method.
 
-The loop reads top to bottom: build data, cohort, method, optimizers; for each epoch, for
-each batch, ask the method for its loss, step every trainable member; at each epoch end,
-validate (clean and PGD-20 on the held-out split), save model files and an atomic checkpoint.
-``resume`` continues from the checkpoint exactly as the uninterrupted run would have: the
-loader's batches depend on (seed, epoch, step) alone and every RNG state is restored.
+The loop reads top to bottom: the run folder, the data, the method, the cohort of members;
+for each epoch, for each batch, the method's loss on the cohort, one step of every trained
+member; at each epoch's end validation (clean and PGD on the held-out split), the model files
+and an atomic checkpoint; at the end the test split. ``resume`` continues from the checkpoint
+exactly as the uninterrupted run would have: the loader's batches depend on (seed, epoch,
+step) alone and every RNG state is restored.
 
-Launched by torchrun, the same loop runs in every process (:mod:`mutualat.train.distributed`):
-``self.dist`` shards each batch (data mode) or holds some of the members (cohort mode), and
-only rank 0 writes the run folder. In one process every ``self.dist`` call is the identity.
+Launched by torchrun, the same loop runs in every process (:mod:`mutualat.train.processes`):
+the cohort's placement (:mod:`mutualat.train.placement`) shards each batch or holds some of
+the members, and only rank 0 writes the run folder. In one process every placement call is
+the identity.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -22,9 +23,6 @@ import math
 import platform
 import random
 import time
-import uuid
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,39 +31,33 @@ import torch
 from torch import nn
 
 from mutualat.attacks.threat import check_within_inputs
-from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
+from mutualat.config import RunConfig, to_dict
+from mutualat.data import DeviceLoader, load_dataset, subset, train_val_split
 from mutualat.device import resolve_device
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import build_method, resolve_method_params
-from mutualat.train import distributed
-from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from mutualat.models import create_model, load_weights_into, save_model
+from mutualat.train import processes
+from mutualat.train.checkpoint import atomic_write_bytes, save_checkpoint
+from mutualat.train.cohort import Cohort, Member
 from mutualat.train.logger import MetricsLog
 from mutualat.train.optim import build_optimizer, build_scheduler, member_learning_rates
+from mutualat.train.placement import make_placement
 from mutualat.train.precision import Precision, choose_precision, device_rule
 from mutualat.train.preflight import check_names
+from mutualat.train.run_dir import (CHECKPOINT, clear_dead_start, lock_run_dir, prepare_run_dir,
+                                    remove_stale_temporaries, resume_state, run_id,
+                                    undo_new_run_dir)
+from mutualat.train.speed import apply_speed_options, sample_batch
 from mutualat.train.validate import robust_accuracies
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
-RUN_FILE = "run.json"  # the run's identity, written at creation
-LOCK = ".lock"  # held by the process training into the folder
-# Keys that describe where a run executes, not what it computes: a resumed run may change them.
-ENVIRONMENT_KEYS = ("device", "progress", "data.data_dir", "distributed.backend",
-                    "distributed.timeout_s")
 
-
-@dataclass
-class Member:
-    role: str
-    model: nn.Module
-    frozen: bool
-    optimizer: torch.optim.Optimizer | None
-    scheduler: Any
-    index: int = 0  # position in RunConfig.models
-    # What the method calls: the model, or its DistributedDataParallel wrapper (data mode).
-    module: nn.Module | None = None
+def member_seed(seed: int, index: int) -> int:
+    """Member ``index`` of a cohort initializes from ``seed + index`` (documented contract:
+    a single-model run with that seed starts from the same weights)."""
+    return seed + index
 
 
 class _NoLog:
@@ -81,200 +73,20 @@ class _NoLog:
         pass
 
 
-def member_seed(seed: int, index: int) -> int:
-    """Member ``index`` of a cohort initializes from ``seed + index`` (documented contract:
-    a single-model run with that seed starts from the same weights)."""
-    return seed + index
-
-
-def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig:
-    """Create the run folder, or check it for ``--resume``; returns the config to run.
-
-    Without ``resume`` an existing non-empty folder is an error and nothing in it is touched.
-    With ``resume`` the saved config is authoritative; a config passed in must equal it except
-    for :data:`ENVIRONMENT_KEYS`, whose given values are used.
-    """
-    out = Path(out)
-    saved = out / CONFIG
-    if resume:
-        if not saved.is_file():
-            raise ConfigError(f"cannot resume: {out} has no {CONFIG} (is it a run folder?)")
-        saved_cfg = load_config(saved)
-        if cfg is None:
-            return saved_cfg
-        differs = config_difference(saved_cfg, cfg)
-        if differs:
-            raise ConfigError(
-                f"cannot resume {out}: the given config differs from the saved one in "
-                f"{differs}; resume without --config/--set, or start a new --out"
-            )
-        return cfg
-    if cfg is None:
-        raise ConfigError("a new run needs a config")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
-    present = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
-    if present:
-        if saved.is_file() and not (out / CHECKPOINT).is_file():
-            raise ConfigError(
-                f"run folder {out} holds a run that never reached its first checkpoint "
-                f"({', '.join(present)}); pass --resume to start it again from scratch with its "
-                "saved config, or choose another --out (nothing was overwritten)"
-            )
-        raise ConfigError(
-            f"run folder {out} already exists and is not empty; pass --resume to continue it "
-            "or choose another --out (nothing was overwritten)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(saved, dump_config(cfg).encode())
-    # The run's identity: a checkpoint copied in from another run is refused on resume.
-    atomic_write_bytes(out / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}).encode())
-    return cfg
-
-
-def resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
-    """The checkpoint a resumed run continues from, checked against the folder; None when the
-    run never reached its first checkpoint (it then starts again from scratch, see
-    :func:`_clear_dead_start`). Nothing is changed when the checkpoint does not belong here."""
-    out = Path(out)
-    if not (out / CHECKPOINT).is_file():
-        if (out / "results.json").is_file():
-            raise CheckpointError(
-                f"{out} holds a finished run (results.json) but no {CHECKPOINT}: there is "
-                "nothing to resume, and starting again would overwrite its models"
-            )
-        return None
-    state = load_checkpoint(out / CHECKPOINT)
-    try:
-        recorded = from_dict(RunConfig, state.get("config"))
-    except ConfigError as exc:
-        raise CheckpointError(f"{out / CHECKPOINT} records a config this version cannot read: "
-                              f"{exc}") from None
-    differs = config_difference(recorded, cfg)
-    if differs:
-        raise CheckpointError(
-            f"{out / CHECKPOINT} was written by another config than {out / CONFIG}: they differ "
-            f"in {differs} (checkpoint first); restore the folder's config.yaml or start a new "
-            "--out (nothing was changed)"
-        )
-    identity = _run_id(out)
-    if identity is not None and state.get("run_id") is not None and state["run_id"] != identity:
-        raise CheckpointError(
-            f"{out / CHECKPOINT} belongs to another run (run id {state['run_id']}, this folder's "
-            f"{identity}); put this run's checkpoint back or start a new --out (nothing was changed)"
-        )
-    return state
-
-
-def _run_id(out: Path) -> str | None:
-    try:
-        return json.loads((out / RUN_FILE).read_text())["run_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # a run folder from before run identities
-
-
-def _clear_dead_start(out: Path) -> list[str]:
-    """What a run killed before its first checkpoint left (a log, perhaps model files of its
-    first epoch): removed, so that it starts again from scratch. Returns the names removed."""
-    removed = []
-    for name in ("metrics.jsonl", "results.json"):
-        if (out / name).is_file():
-            (out / name).unlink()
-            removed.append(name)
-    for model in sorted((out / "models").glob("*.safetensors")):
-        model.unlink()
-        removed.append(f"models/{model.name}")
-    return removed
-
-
-def remove_stale_temporaries(out: Path) -> list[str]:
-    """Temporaries of atomic writes (``.NAME.XXXX.tmp``) a kill left in the run folder; only
-    called by the process holding the folder's lock, so none of them is being written."""
-    removed = []
-    for folder in (out, out / "models"):
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed.append(str(tmp.relative_to(out)))
-    return removed
-
-
-def lock_run_dir(out: Path) -> Any:
-    """Hold ``out/.lock`` (an advisory lock the OS drops when the process dies) so that two
-    processes never train into one folder; a second one gets a clear error."""
-    try:
-        import fcntl
-    except ImportError:  # not on this platform: no lock
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / LOCK, "a")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ConfigError(f"run folder {out} is in use by another training process; wait for it "
-                          "to end or choose another --out (nothing was changed)") from None
-    return handle
-
-
-def config_difference(saved: RunConfig, given: RunConfig) -> str:
-    """Where two configs differ, ignoring :data:`ENVIRONMENT_KEYS` ("" when they agree); the
-    method parameters are compared with their defaults filled in, as a run saves them."""
-    a, b = (to_dict(resolve_method_params(copy.deepcopy(c))) for c in (saved, given))
-    for key in ENVIRONMENT_KEYS:
-        _pop(a, key)
-        _pop(b, key)
-    return "" if a == b else _diff(a, b)
-
-
-def _pop(tree: dict, dotted: str) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        tree = tree.get(part, {})
-    tree.pop(last, None)
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return ""
-    return "" if a == b else f"{prefix.rstrip('.')} ({a!r} saved, {b!r} given)"
-
-
-def _undo_new_run_dir(out: Path, existed: bool) -> None:
-    """Empty a new run folder after a failed construction, and remove it if this run made it.
-
-    :func:`prepare_run_dir` starts a new run only in a missing or empty folder, so everything
-    in it (the config, perhaps a metrics log or TensorBoard folder) was written by this run.
-    """
-    import shutil
-
-    for child in out.iterdir() if out.is_dir() else ():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-    if not existed:
-        with contextlib.suppress(OSError):
-            out.rmdir()
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig | None, out_dir: str | Path, resume: bool = False) -> None:
         """``cfg`` may be None with ``resume``: the run folder's saved config is used."""
         self.out = Path(out_dir)
         cfg = resolve_method_params(cfg) if cfg else None
         # Launched by torchrun: join the other processes; rank 0 alone touches the run folder.
-        self.dist = distributed.setup(cfg, self.out)
+        self.processes = processes.setup(cfg, self.out)
         existed = self.out.exists()
-        if self.out.exists() and not self.out.is_dir():
+        if existed and not self.out.is_dir():
             raise ConfigError(f"--out {self.out} is a file, not a folder; choose another --out")
         held: dict[str, Any] = {}  # rank 0's lock on the run folder, held while this lives
-        self.dist.from_main(lambda: held.update(lock=lock_run_dir(self.out)))
+        self.processes.from_main(lambda: held.update(lock=lock_run_dir(self.out)))
         self._lock = held.get("lock")
-        self.cfg = self.dist.from_main(lambda: prepare_run_dir(self.out, cfg, resume))
+        self.cfg = self.processes.from_main(lambda: prepare_run_dir(self.out, cfg, resume))
         self.resume = resume
         try:
             self._build(resume)
@@ -282,26 +94,35 @@ class Trainer:
             # A new run whose data, models or method could not be built (an unknown name, a
             # missing file, a bad value) leaves no half-made folder behind, so the corrected
             # command can use the same --out. A resumed run's folder is never touched.
-            if not resume and self.dist.is_main:
-                _undo_new_run_dir(self.out, existed)
+            if not resume and self.processes.is_main:
+                undo_new_run_dir(self.out, existed)
             self.release()
             raise
 
-    def _build(self, resume: bool) -> None:
-        cfg = self.cfg
-        check_names(cfg)  # before any data is read: a typo costs a second, not a download
-        self.dist.configure(cfg)
-        self.device = self.dist.device(resolve_device(cfg.device))
-        _seed_everything(cfg.seed, cfg.deterministic)
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run folder (always, in a single process)."""
+        return self.processes.is_main
 
+    # --- construction ----------------------------------------------------------------
+
+    def _build(self, resume: bool) -> None:
+        cfg, procs = self.cfg, self.processes
+        check_names(cfg)  # before any data is read: a typo costs a second, not a download
+        procs.configure(cfg)
+        self.device = procs.device(resolve_device(cfg.device))
+        _seed_everything(cfg.seed, cfg.deterministic)
         self._build_data()
         self.method = build_method(cfg)
         # An l2 or l1 ball wider than the input space itself (the shape is known only now).
         for key, norm, eps in self.method.threat_radii():
             check_within_inputs(key, norm, eps, self.dataset.input_shape)
-        self.dist.check(cfg, self.method)
-        self.run_id = self.dist.from_main(lambda: _run_id(self.out))
-        state = self.dist.state_from_main(self._resume_state) if resume else None
+        self.placement = make_placement(cfg.distributed.mode, procs, self.dataset.num_classes,
+                                        cfg.distributed.sync_bn)
+        self.placement.check(cfg, self.method)
+        self.run_id = procs.from_main(lambda: run_id(self.out))
+        state = procs.scatter_from_main(self._resume_state, self.placement.checkpoint_part) \
+            if resume else None
         # bf16 autocast and channels_last: forced by the config, kept from the checkpoint, or
         # timed on this run's shapes (train/precision.py). Rank 0 decides for every process.
         saved = None
@@ -309,25 +130,19 @@ class Trainer:
             # A checkpoint from before the trial existed was computed by the device rule.
             saved = state.get("precision") or dataclasses.asdict(
                 device_rule(cfg.amp, cfg.channels_last, self.device))
-        self.precision = self.dist.from_main(lambda: choose_precision(
+        self.precision = procs.from_main(lambda: choose_precision(
             cfg.amp, cfg.channels_last, self.device, self._trial_step, saved=saved,
             deterministic=cfg.deterministic))
         self.amp = self.precision.chosen.amp
         self.channels_last = self.precision.chosen.channels_last
-        # This process's members: all of them, except in cohort mode.
-        self.members = [self._build_member(i, m) for i, m in enumerate(cfg.models)
-                        if self.dist.owns(i)]
-        # Cohort mode: rank 0 keeps a CPU copy of the other processes' members to write their
-        # model files; the methods get their peers' soft labels by an all-gather.
-        self.remote = {i: self._remote_member(i, m) for i, m in enumerate(cfg.models)
-                       if not self.dist.owns(i) and self.dist.is_main}
-        if self.dist.mode == "cohort":
-            self.method.share_targets = partial(
-                self.dist.exchange_targets, members=self.method.target_members,
-                num_classes=self.dataset.num_classes,
-            )
-        self.dist.seed(cfg.seed)
-        self.log = MetricsLog(self.out) if self.dist.is_main else _NoLog()
+        # This process's members; in cohort-parallel runs rank 0 also keeps a CPU copy of the
+        # others' members, to write their model files.
+        self.cohort = Cohort([self._build_member(i) for i in range(len(cfg.models))
+                              if self.placement.owns(i)], len(cfg.models), self.placement)
+        self.remote = {i: self._remote_member(i) for i in range(len(cfg.models))
+                       if not self.placement.owns(i) and procs.is_main}
+        procs.seed(cfg.seed)
+        self.log = MetricsLog(self.out) if procs.is_main else _NoLog()
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the current epoch
         self.global_step = 0
@@ -336,8 +151,6 @@ class Trainer:
         self.checkpointed: tuple[int, int] | None = None
         if state is not None:
             self._restore(state)
-        # Speed options (torch.compile, batched cohort), decided once and logged: train/speed.py.
-        from mutualat.train.speed import apply_speed_options
         self.log.write("speed", self.global_step, **apply_speed_options(self),
                        **self.precision.record())
 
@@ -350,58 +163,42 @@ class Trainer:
             logger.info(f"removed {len(stale)} temporary file(s) an interrupted write left in "
                         f"{self.out}: {', '.join(stale)}")
         if state is None:
-            removed = _clear_dead_start(self.out)
+            removed = clear_dead_start(self.out)
             logger.info(f"{self.out} has no checkpoint (the run stopped before the end of its "
                         f"first epoch): starting it again from scratch with its saved config"
                         + (f"; removed {', '.join(removed)}" if removed else ""))
         return state
 
-    @property
-    def is_main(self) -> bool:
-        """Whether this process writes the run folder (always, in a single process)."""
-        return self.dist.is_main
-
-    # --- construction ----------------------------------------------------------------
-
     def _build_data(self) -> None:
-        from mutualat.data import DeviceLoader, load_dataset, subset, train_val_split
-
-        d = self.cfg.data
+        d, seed = self.cfg.data, self.cfg.seed
         self.dataset = load_dataset(d.name, data_dir=d.data_dir, path=d.path)
         train = self.dataset.train
         if d.val_fraction > 0:
-            train, val = train_val_split(train, d.val_fraction, seed=self.cfg.seed)
-            self.val = subset(val, d.val_subset, seed=self.cfg.seed)
+            train, val = train_val_split(train, d.val_fraction, seed=seed)
+            self.val = subset(val, d.val_subset, seed=seed)
         else:
             self.val = None  # the final run on the full training set: no model selection
-        train = subset(train, d.train_subset, seed=self.cfg.seed)
-        self.test = subset(self.dataset.test, d.test_subset, seed=self.cfg.seed)
+        train = subset(train, d.train_subset, seed=seed)
+        self.test = subset(self.dataset.test, d.test_subset, seed=seed)
         augment = d.augment if d.augment is not None else self.dataset.augment
-        self.loader = DeviceLoader(
-            train, d.batch_size, device=self.device, shuffle=True, augment=augment,
-            seed=self.cfg.seed, drop_last=True,
-        )
+        self.loader = DeviceLoader(train, d.batch_size, device=self.device, shuffle=True,
+                                   augment=augment, seed=seed, drop_last=True)
         if len(self.loader) == 0:
             raise ConfigError(
                 f"data.batch_size={d.batch_size} is larger than the {len(train.labels)} training images"
             )
 
-    def _create_model(self, index: int, mcfg) -> nn.Module:
-        from mutualat.models import create_model
-
-        ds = self.dataset
+    def _create_model(self, index: int) -> nn.Module:
+        mcfg, ds = self.cfg.models[index], self.dataset
         c, h, _ = ds.input_shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mcfg.seed if mcfg.seed is not None else member_seed(self.cfg.seed, index))
-            return create_model(
-                mcfg.name, num_classes=ds.num_classes, in_channels=c, input_size=h,
-                mean=ds.mean, std=ds.std, **mcfg.kwargs,
-            )
+            return create_model(mcfg.name, num_classes=ds.num_classes, in_channels=c,
+                                input_size=h, mean=ds.mean, std=ds.std, **mcfg.kwargs)
 
-    def _build_member(self, index: int, mcfg) -> Member:
-        from mutualat.models import load_weights_into
-
-        model = self._create_model(index, mcfg)
+    def _build_member(self, index: int) -> Member:
+        mcfg = self.cfg.models[index]
+        model = self._create_model(index)
         if mcfg.init:
             load_weights_into(model, mcfg.init)
         model.to(self.device)
@@ -409,30 +206,32 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         role = self.method.roles[index]
         if mcfg.frozen:
-            model.eval().requires_grad_(False)
-            return Member(role, model, True, None, None, index, model)
-        module = self.dist.prepare(model, trainable=True)
+            return Member(index, role, model.eval().requires_grad_(False), True)
+        module = self.placement.prepare(model, trainable=True)
         optimizer = build_optimizer(model, mcfg, self.cfg.optim)
         scheduler = build_scheduler(optimizer, self.cfg.optim, len(self.loader))
-        return Member(role, model, False, optimizer, scheduler, index, module)
+        return Member(index, role, model, False, optimizer, scheduler, module)
+
+    def _remote_member(self, index: int) -> Member:
+        """A CPU copy of a member another process trains (its weights arrive before saving)."""
+        return Member(index, self.method.roles[index], self._create_model(index).eval(),
+                      self.cfg.models[index].frozen)
 
     def _trial_step(self, precision: Precision) -> Callable[[], None]:
         """One training step of this run computed as ``precision`` says, on fresh copies of
         the members and a batch of random pixels of the training shape (this process's share
-        in data mode): the unit :func:`choose_precision` times. Nothing of the run is touched."""
-        from mutualat.train.speed import sample_batch
-
+        in data-parallel runs): the unit :func:`choose_precision` times. Nothing of the run is
+        touched."""
         cfg = self.cfg
         models = []
         for i, mcfg in enumerate(cfg.models):
-            model = self._create_model(i, mcfg).to(self.device)
+            model = self._create_model(i).to(self.device)
             if precision.channels_last:
                 model.to(memory_format=torch.channels_last)
             models.append(model.eval().requires_grad_(False) if mcfg.frozen else model.train())
         method = build_method(cfg)
-        if hasattr(method, "set_cohort_batch"):
-            method.set_cohort_batch("loop")  # the cohort path is chosen afterwards, in speed.py
-        batch = cfg.data.batch_size // (self.dist.world if self.dist.mode == "data" else 1)
+        cohort = Cohort.of(models, method)
+        batch = cfg.data.batch_size // (self.processes.world if self.placement.mode == "data" else 1)
         x = sample_batch(batch, tuple(self.dataset.input_shape), self.device, precision.channels_last)
         generator = torch.Generator(device=self.device).manual_seed(1)
         y = torch.randint(0, self.dataset.num_classes, (batch,), generator=generator,
@@ -442,36 +241,191 @@ class Trainer:
             for model in models:
                 model.zero_grad(set_to_none=True)
             with precision.autocast(self.device):
-                loss = method.loss(models, x, y).loss
+                loss = method.loss(cohort, x, y).loss
             if loss.requires_grad:
                 loss.backward()
 
         return step
 
-    def _remote_member(self, index: int, mcfg) -> Member:
-        """A CPU copy of a member another process trains (its weights arrive before saving)."""
-        return Member(self.method.roles[index], self._create_model(index, mcfg).eval(),
-                      mcfg.frozen, None, None, index)
+    # --- the loop ----------------------------------------------------------------------
 
-    # --- checkpointing ---------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        try:
+            if self.global_step == 0:
+                self.log.write("start", 0, config=to_dict(cfg), device=str(self.device),
+                               torch=torch.__version__, host=platform.node(),
+                               **self.processes.describe(), **self.placement.describe())
+            while self.epoch < cfg.optim.epochs:
+                self._train_epoch()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self._end_of_epoch()
+            results = self._final_test() if cfg.eval.test else {}
+            self.log.close()
+            return results
+        finally:
+            # Finished or failed, the folder is free for the next process (or a --resume in
+            # this one): not only once this object is garbage-collected.
+            self.release()
+
+    def release(self) -> None:
+        """Let go of the run folder's lock (see :func:`lock_run_dir`); idempotent."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()
+
+    def _train_epoch(self) -> None:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        batches = self.loader.epoch(self.epoch, start_step=self.step_in_epoch)
+        bar = tqdm(batches, total=len(self.loader), initial=self.step_in_epoch,
+                   disable=not cfg.progress or not self.is_main, leave=False,
+                   desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", dynamic_ncols=True)
+        tick, images = time.perf_counter(), 0
+        adv_sum, adv_n = 0.0, 0
+        for x, y in bar:
+            result = self._step(x, y)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            images += len(y)  # the global batch: data-parallel processes train on shards
+
+            # One host sync per step: needed for the bar anyway, and it catches NaN at once.
+            # Several processes: the loss and metrics of the whole batch and cohort, so that
+            # every process sees a NaN and they stop together.
+            loss, values = self.placement.reduce_step(
+                float(result.loss.detach()), {k: float(v) for k, v in result.metrics.items()})
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"the {self.method.registered_name} loss became {loss} at epoch "
+                    f"{self.epoch + 1}, step {self.step_in_epoch} ({values}); lower the learning "
+                    f"rate or check the data; {self._what_survives()}."
+                )
+            rate = images / max(time.perf_counter() - tick, 1e-9)
+            # Accuracy on the training adversarial batches over the epoch so far (the mean over
+            # the members whose method reports it).
+            adv = [v for k, v in values.items() if k.startswith("adv_acc/") and k.count("/") == 1]
+            if adv:
+                adv_sum += sum(adv) / len(adv)
+                adv_n += 1
+            bar.set_postfix({"loss": f"{loss:.3f}", "img_s": f"{rate:.0f}",
+                             **({"adv_acc": f"{adv_sum / adv_n:.3f}"} if adv_n else {})},
+                            refresh=False)
+            rates = member_learning_rates(cfg.models, self.method.roles, {
+                m.index: m.optimizer.param_groups[0]["lr"] for m in self.cohort.trained()})
+            self.log.write("step", self.global_step, epoch=self.epoch + 1, loss=loss,
+                           img_per_s=rate, lr=next(iter(rates.values()), 0.0), **rates, **values)
+            if cfg.checkpoint_every and self.step_in_epoch % cfg.checkpoint_every == 0 \
+                    and self.step_in_epoch < len(self.loader):
+                self._checkpoint()
+        bar.close()
+        self.last_images_per_s = images / max(time.perf_counter() - tick, 1e-9)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor):
+        """One training step on the batch ``(x, y)``: the method's loss on the cohort, its
+        gradient, one optimizer step of every trained member. Returns the method's result."""
+        x, y = self.placement.shard(x, y)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.cohort.train_mode()
+        self.method.progress = self.global_step / (self.cfg.optim.epochs * len(self.loader))
+        with self.precision.chosen.autocast(self.device):
+            result = self.method.loss(self.cohort, x, y)
+        self.cohort.zero_grad()
+        if self.cohort.trained():  # cohort-parallel: a process may hold only frozen members
+            with self.processes.guard("the gradient all-reduce"):
+                result.loss.backward()
+        self.cohort.step(self.cfg.optim.grad_clip)
+        self.placement.after_step([m.model for m in self.cohort.trained()])
+        return result
+
+    def _end_of_epoch(self) -> None:
+        cfg = self.cfg
+        record: dict[str, Any] = {"epoch": self.epoch, "img_per_s": self.last_images_per_s}
+        improved: set[str] = set()
+        metrics: dict[str, dict[str, float]] = {}
+        if self.val is not None:
+            attacks = self.method.validation_attacks(cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
+            x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
+            accuracies = self._evaluate(x, y, attacks, f"validation {self.epoch}")
+            for role in self._trained_roles():
+                acc = accuracies[role]
+                # val_pgd is the per-example worst case over the method's threat types (one
+                # type for single-perturbation methods); it selects the best checkpoint.
+                metrics[role] = {"val_clean": acc["clean"], "val_pgd": acc["worst"]}
+                record[f"val_clean/{role}"] = acc["clean"]
+                record[f"val_pgd/{role}"] = acc["worst"]
+                if len(attacks) > 1:
+                    for name in attacks:
+                        record[f"val_{name}/{role}"] = metrics[role][f"val_{name}"] = acc[name]
+                if acc["worst"] > self.best.get(role, -1.0):
+                    self.best[role] = acc["worst"]
+                    improved.add(role)
+        self._save_models("", metrics=metrics)
+        if improved:
+            self._save_models(".best", improved, metrics)
+        self._checkpoint()
+        self.log.write("epoch", self.global_step, **record)
+        if self.is_main:
+            summary = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
+            logger.info(f"epoch {self.epoch}/{cfg.optim.epochs}: {self.last_images_per_s:.0f} "
+                        f"img/s" + (f"; {summary}" if summary else ""))
+
+    def _trained_roles(self) -> list[str]:
+        return [self.method.roles[i] for i, m in enumerate(self.cfg.models) if not m.frozen]
+
+    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor,
+                  attacks: dict[str, Any], desc: str = "") -> dict[str, dict[str, float]]:
+        """role -> :func:`robust_accuracies` of every trained member, on every process (data-
+        parallel: each process evaluates its slice of the images; cohort-parallel: its
+        members), always in fp32."""
+        lo, hi = self.placement.eval_range(len(labels))
+        bar = self.cfg.progress and self.is_main
+        local = {m.role: robust_accuracies(m.model, images[lo:hi], labels[lo:hi], attacks,
+                                           progress=f"{desc} {m.role}" if bar else None)
+                 for m in self.cohort.trained()}
+        return self.placement.combine_accuracies(local, hi - lo)
+
+    def _final_test(self) -> dict[str, Any]:
+        """Clean and PGD accuracy of the last models on the test split (never used to select)."""
+        cfg = self.cfg
+        attacks = self.method.validation_attacks(cfg.eval.test_pgd_steps, cfg.eval.pgd_step_size)
+        x, y = torch.from_numpy(self.test.images), torch.from_numpy(self.test.labels)
+        threats = ", ".join(f"{a.norm} eps={a.eps:g}" for a in attacks.values())
+        results: dict[str, Any] = {
+            "method": self.method.registered_name,
+            "test_images": len(y),
+            "attack": f"PGD-{cfg.eval.test_pgd_steps} {threats}",
+            "models": {},
+        }
+        accuracies = self._evaluate(x, y, attacks, "test")
+        for role in self._trained_roles():
+            acc = accuracies[role]
+            entry = {"clean": acc["clean"], "pgd": acc["worst"]}
+            if len(attacks) > 1:  # per type; "pgd" is then the per-example worst over types
+                entry.update({f"pgd_{name}": acc[name] for name in attacks})
+            results["models"][role] = entry
+        if self.is_main:
+            with self._writing("results.json"):
+                atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
+        self.log.write("test", self.global_step, **{
+            f"{k}/{role}": v for role, r in results["models"].items() for k, v in r.items()
+        })
+        return results
+
+    # --- the run folder: checkpoints and model files -------------------------------------
 
     def _state(self) -> dict[str, Any] | None:
         """The whole run's state on rank 0 (None on the other processes, which send theirs)."""
+        # Data-parallel: rank 0 holds every member, the others send only their RNG state.
+        mine = self.is_main or not self.placement.members_on_main()
         part = {
-            "members": {
-                m.index: (
-                    m.model.state_dict(),
-                    m.optimizer.state_dict() if m.optimizer else None,
-                    m.scheduler.state_dict() if m.scheduler else None,
-                )
-                for m in self.members
-            },
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "members": self.cohort.local_state() if mine else {},
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
-        parts = self.dist.gather_state(part)
+        parts = self.processes.gather_to_main(part)
         if parts is None:
             return None
         members = {i: m for p in parts for i, m in p["members"].items()}
@@ -491,7 +445,7 @@ class Trainer:
         }
         if len(parts) > 1:  # every process's RNG, so a resumed run continues exactly
             state["rng_ranks"] = [p["rng"] for p in parts]
-            state["distributed"] = {"mode": self.dist.mode, "processes": len(parts)}
+            state["distributed"] = {"mode": self.placement.mode, "processes": len(parts)}
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -499,25 +453,14 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint holds {len(state['models'])} models, the config {len(self.cfg.models)}"
             )
-        for member in self.members:
-            weights = state["models"][member.index]
-            opt, sched = state["optimizers"][member.index], state["schedulers"][member.index]
-            try:
-                member.model.load_state_dict(weights)
-            except RuntimeError as exc:
-                raise CheckpointError(
-                    f"checkpoint weights do not fit model {member.role!r}: {str(exc)[:300]}"
-                ) from None
-            if member.optimizer is not None:
-                member.optimizer.load_state_dict(opt)
-                member.scheduler.load_state_dict(sched)
+        self.cohort.load_local_state(state["models"], state["optimizers"], state["schedulers"])
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best = dict(state["best"])
         self.checkpointed = (self.epoch, self.step_in_epoch)
         if state["rng"] is None:  # a process the checkpoint's run did not have
-            self.dist.seed(self.cfg.seed, self.global_step)
+            self.processes.seed(self.cfg.seed, self.global_step)
         else:
             torch.set_rng_state(state["rng"]["torch"])
             if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -556,12 +499,11 @@ class Trainer:
 
     def _to_save(self, role_filter: set[str] | None) -> list[Member]:
         """The trained members whose model files rank 0 writes now (none on other processes);
-        in cohort mode the other processes' weights are gathered into rank 0's copies."""
-        chosen = [m for m in self.members
-                  if not m.frozen and (role_filter is None or m.role in role_filter)]
-        if self.dist.mode != "cohort":
-            return chosen if self.dist.is_main else []
-        parts = self.dist.gather_to_main({m.index: m.model.state_dict() for m in chosen})
+        in cohort-parallel runs the other processes' weights are gathered into rank 0's copies."""
+        chosen = [m for m in self.cohort.trained() if role_filter is None or m.role in role_filter]
+        if self.placement.members_on_main():
+            return chosen if self.is_main else []
+        parts = self.processes.gather_to_main({m.index: m.model.state_dict() for m in chosen})
         if parts is None:
             return []
         for part in parts[1:]:
@@ -572,8 +514,6 @@ class Trainer:
 
     def _save_models(self, suffix: str, role_filter: set[str] | None = None,
                      metrics: dict[str, Any] | None = None) -> None:
-        from mutualat.models import save_model
-
         for member in self._to_save(role_filter):
             meta = self._model_meta(member)
             if metrics:
@@ -594,184 +534,6 @@ class Trainer:
             "epoch": self.epoch,
             "seed": self.cfg.seed,
         }
-
-    # --- the loop ----------------------------------------------------------------------
-
-    def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        try:
-            if self.global_step == 0:
-                self.log.write("start", 0, config=to_dict(cfg), device=str(self.device),
-                               torch=torch.__version__, host=platform.node(), **self.dist.describe())
-            while self.epoch < cfg.optim.epochs:
-                self._train_epoch()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                self._end_of_epoch()
-            results = self._final_test() if cfg.eval.test else {}
-            self.log.close()
-            return results
-        finally:
-            # Finished or failed, the folder is free for the next process (or a --resume in
-            # this one): not only once this object is garbage-collected.
-            self.release()
-
-    def release(self) -> None:
-        """Let go of the run folder's lock (see :func:`lock_run_dir`); idempotent."""
-        lock, self._lock = getattr(self, "_lock", None), None
-        if lock is not None:
-            lock.close()
-
-    def _train_epoch(self) -> None:
-        from tqdm import tqdm
-
-        cfg = self.cfg
-        batches = self.loader.epoch(self.epoch, start_step=self.step_in_epoch)
-        bar = tqdm(
-            batches, total=len(self.loader), initial=self.step_in_epoch,
-            disable=not cfg.progress or not self.dist.is_main,
-            desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True,
-        )
-        trainable = [m for m in self.members if not m.frozen]
-        models: list[nn.Module | None] = [None] * len(cfg.models)  # None: held by another process
-        for m in self.members:
-            models[m.index] = m.module
-        tick, images = time.perf_counter(), 0
-        adv_sum, adv_n = 0.0, 0
-        total_steps = cfg.optim.epochs * len(self.loader)
-        for x, y in bar:
-            batch = len(y)  # the global batch: data mode trains this process on its shard
-            x, y = self.dist.shard(x, y)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for m in self.members:
-                m.model.train(not m.frozen)
-            self.method.progress = self.global_step / total_steps
-            with self.precision.chosen.autocast(self.device):
-                result = self.method.loss(models, x, y)
-            for m in trainable:
-                m.optimizer.zero_grad(set_to_none=True)
-            if trainable:  # cohort mode: a process may hold only frozen members
-                with self.dist.guard("the gradient all-reduce"):
-                    result.loss.backward()
-            for m in trainable:
-                if cfg.optim.grad_clip:
-                    nn.utils.clip_grad_norm_(m.model.parameters(), cfg.optim.grad_clip)
-                m.optimizer.step()
-                m.scheduler.step()
-            self.dist.after_step([m.model for m in trainable])
-            self.step_in_epoch += 1
-            self.global_step += 1
-            images += batch
-
-            # One host sync per step: needed for the bar anyway, and it catches NaN at once.
-            # Several processes: the loss and metrics of the whole batch and cohort, so that
-            # every process sees a NaN and they stop together.
-            values = {k: float(v) for k, v in result.metrics.items()}
-            loss = float(result.loss.detach())
-            lrs = {m.index: m.optimizer.param_groups[0]["lr"] for m in trainable[:1]}
-            loss, values, lr = self.dist.reduce_step(loss, values, lrs)
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"the {self.method.registered_name} loss became {loss} at epoch "
-                    f"{self.epoch + 1}, step {self.step_in_epoch} ({values}); lower the learning "
-                    f"rate or check the data; {self._what_survives()}."
-                )
-            rate = images / max(time.perf_counter() - tick, 1e-9)
-            # Accuracy on the training adversarial batches over the epoch so far (the mean over
-            # the members whose method reports it).
-            adv = [v for k, v in values.items() if k.startswith("adv_acc/") and k.count("/") == 1]
-            if adv:
-                adv_sum += sum(adv) / len(adv)
-                adv_n += 1
-            postfix = {"loss": f"{loss:.3f}", "img_s": f"{rate:.0f}"}
-            if adv_n:
-                postfix["adv_acc"] = f"{adv_sum / adv_n:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            self.log.write(
-                "step", self.global_step, epoch=self.epoch + 1, loss=loss, img_per_s=rate, lr=lr,
-                **member_learning_rates(cfg.models, self.method.roles, {
-                    m.index: m.optimizer.param_groups[0]["lr"] for m in trainable}),
-                **values,
-            )
-            if cfg.checkpoint_every and self.step_in_epoch % cfg.checkpoint_every == 0 \
-                    and self.step_in_epoch < len(self.loader):
-                self._checkpoint()
-        bar.close()
-        self.last_images_per_s = images / max(time.perf_counter() - tick, 1e-9)
-
-    def _end_of_epoch(self) -> None:
-        cfg = self.cfg
-        record: dict[str, Any] = {"epoch": self.epoch, "img_per_s": self.last_images_per_s}
-        improved: set[str] = set()
-        metrics: dict[str, dict[str, float]] = {}
-        if self.val is not None:
-            attacks = self.method.validation_attacks(cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
-            x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
-            accuracies = self._evaluate(x, y, attacks, f"validation {self.epoch}")
-            for role in self._trained_roles():
-                acc = accuracies[role]
-                # val_pgd is the per-example worst case over the method's threat types (one
-                # type for single-perturbation methods); it selects the best checkpoint.
-                metrics[role] = {"val_clean": acc["clean"], "val_pgd": acc["worst"]}
-                record[f"val_clean/{role}"] = acc["clean"]
-                record[f"val_pgd/{role}"] = acc["worst"]
-                if len(attacks) > 1:
-                    for name in attacks:
-                        record[f"val_{name}/{role}"] = metrics[role][f"val_{name}"] = acc[name]
-                if acc["worst"] > self.best.get(role, -1.0):
-                    self.best[role] = acc["worst"]
-                    improved.add(role)
-        self._save_models("", metrics=metrics)
-        if improved:
-            self._save_models(".best", improved, metrics)
-        self._checkpoint()
-        self.log.write("epoch", self.global_step, **record)
-        if self.dist.is_main:
-            summary = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_"))
-            logger.info(f"epoch {self.epoch}/{cfg.optim.epochs}: {self.last_images_per_s:.0f} "
-                        f"img/s" + (f"; {summary}" if summary else ""))
-
-    def _trained_roles(self) -> list[str]:
-        return [self.method.roles[i] for i, m in enumerate(self.cfg.models) if not m.frozen]
-
-    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor,
-                  attacks: dict[str, Any], desc: str = "") -> dict[str, dict[str, float]]:
-        """role -> :func:`robust_accuracies` of every trained member, on every process (data
-        mode: each process evaluates its slice of the images; cohort mode: its members)."""
-        lo, hi = self.dist.eval_range(len(labels))
-        bar = self.cfg.progress and self.dist.is_main
-        local = {m.role: robust_accuracies(m.model, images[lo:hi], labels[lo:hi], attacks,
-                                           progress=f"{desc} {m.role}" if bar else None)
-                 for m in self.members if not m.frozen}
-        return self.dist.combine_accuracies(local, hi - lo)
-
-    def _final_test(self) -> dict[str, Any]:
-        """Clean and PGD accuracy of the last models on the test split (never used to select)."""
-        cfg = self.cfg
-        attacks = self.method.validation_attacks(cfg.eval.test_pgd_steps, cfg.eval.pgd_step_size)
-        x, y = torch.from_numpy(self.test.images), torch.from_numpy(self.test.labels)
-        threats = ", ".join(f"{a.norm} eps={a.eps:g}" for a in attacks.values())
-        results: dict[str, Any] = {
-            "method": self.method.registered_name,
-            "test_images": len(y),
-            "attack": f"PGD-{cfg.eval.test_pgd_steps} {threats}",
-            "models": {},
-        }
-        accuracies = self._evaluate(x, y, attacks, "test")
-        for role in self._trained_roles():
-            acc = accuracies[role]
-            entry = {"clean": acc["clean"], "pgd": acc["worst"]}
-            if len(attacks) > 1:  # per type; "pgd" is then the per-example worst over types
-                entry.update({f"pgd_{name}": acc[name] for name in attacks})
-            results["models"][role] = entry
-        if self.dist.is_main:
-            with self._writing("results.json"):
-                atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2).encode())
-        self.log.write("test", self.global_step, **{
-            f"{k}/{role}": v for role, r in results["models"].items() for k, v in r.items()
-        })
-        return results
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

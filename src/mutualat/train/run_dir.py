@@ -1,0 +1,210 @@
+"""The run folder: creating it, checking it before a resume, and keeping it for one process.
+
+A run folder holds ``config.yaml`` (the resolved config, written first), ``run.json`` (the
+run's identity), ``metrics.jsonl``, ``checkpoint.pt``, ``models/`` and, once finished,
+``results.json``. Nothing here trains: these functions decide whether a folder may be
+started, continued or must be refused, and they never change a folder they refuse.
+
+- A new run needs a missing or empty folder (:func:`prepare_run_dir`).
+- ``--resume`` continues from the checkpoint only if it belongs to the folder: its config
+  must equal ``config.yaml`` (up to :data:`ENVIRONMENT_KEYS`) and its run identity
+  ``run.json`` (:func:`resume_state`); a run killed before its first checkpoint starts again
+  from scratch with its saved config (:func:`clear_dead_start`).
+- One process at a time: :func:`lock_run_dir` holds an advisory lock the OS drops when the
+  process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
+from mutualat.errors import CheckpointError, ConfigError
+from mutualat.methods import resolve_method_params
+from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+RUN_FILE = "run.json"  # the run's identity, written at creation
+LOCK = ".lock"  # held by the process training into the folder
+# Keys that describe where a run executes, not what it computes: a resumed run may change them.
+ENVIRONMENT_KEYS = ("device", "progress", "data.data_dir", "distributed.backend",
+                    "distributed.timeout_s")
+
+
+def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig:
+    """Create the run folder, or check it for ``--resume``; returns the config to run.
+
+    Without ``resume`` an existing non-empty folder is an error and nothing in it is touched.
+    With ``resume`` the saved config is authoritative; a config passed in must equal it except
+    for :data:`ENVIRONMENT_KEYS`, whose given values are used.
+    """
+    out = Path(out)
+    saved = out / CONFIG
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume: {out} has no {CONFIG} (is it a run folder?)")
+        saved_cfg = load_config(saved)
+        if cfg is None:
+            return saved_cfg
+        differs = config_difference(saved_cfg, cfg)
+        if differs:
+            raise ConfigError(
+                f"cannot resume {out}: the given config differs from the saved one in "
+                f"{differs}; resume without --config/--set, or start a new --out"
+            )
+        return cfg
+    if cfg is None:
+        raise ConfigError("a new run needs a config")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
+    present = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    if present:
+        if saved.is_file() and not (out / CHECKPOINT).is_file():
+            raise ConfigError(
+                f"run folder {out} holds a run that never reached its first checkpoint "
+                f"({', '.join(present)}); pass --resume to start it again from scratch with its "
+                "saved config, or choose another --out (nothing was overwritten)"
+            )
+        raise ConfigError(
+            f"run folder {out} already exists and is not empty; pass --resume to continue it "
+            "or choose another --out (nothing was overwritten)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(saved, dump_config(cfg).encode())
+    # The run's identity: a checkpoint copied in from another run is refused on resume.
+    atomic_write_bytes(out / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}).encode())
+    return cfg
+
+
+def resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from, checked against the folder; None when the
+    run never reached its first checkpoint (it then starts again from scratch, see
+    :func:`clear_dead_start`). Nothing is changed when the checkpoint does not belong here."""
+    out = Path(out)
+    if not (out / CHECKPOINT).is_file():
+        if (out / "results.json").is_file():
+            raise CheckpointError(
+                f"{out} holds a finished run (results.json) but no {CHECKPOINT}: there is "
+                "nothing to resume, and starting again would overwrite its models"
+            )
+        return None
+    state = load_checkpoint(out / CHECKPOINT)
+    try:
+        recorded = from_dict(RunConfig, state.get("config"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{out / CHECKPOINT} records a config this version cannot read: "
+                              f"{exc}") from None
+    differs = config_difference(recorded, cfg)
+    if differs:
+        raise CheckpointError(
+            f"{out / CHECKPOINT} was written by another config than {out / CONFIG}: they differ "
+            f"in {differs} (checkpoint first); restore the folder's config.yaml or start a new "
+            "--out (nothing was changed)"
+        )
+    identity = run_id(out)
+    if identity is not None and state.get("run_id") is not None and state["run_id"] != identity:
+        raise CheckpointError(
+            f"{out / CHECKPOINT} belongs to another run (run id {state['run_id']}, this folder's "
+            f"{identity}); put this run's checkpoint back or start a new --out (nothing was changed)"
+        )
+    return state
+
+
+def run_id(out: Path) -> str | None:
+    try:
+        return json.loads((out / RUN_FILE).read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a run folder from before run identities
+
+
+def clear_dead_start(out: Path) -> list[str]:
+    """What a run killed before its first checkpoint left (a log, perhaps model files of its
+    first epoch): removed, so that it starts again from scratch. Returns the names removed."""
+    removed = []
+    for name in ("metrics.jsonl", "results.json"):
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    for model in sorted((out / "models").glob("*.safetensors")):
+        model.unlink()
+        removed.append(f"models/{model.name}")
+    return removed
+
+
+def remove_stale_temporaries(out: Path) -> list[str]:
+    """Temporaries of atomic writes (``.NAME.XXXX.tmp``) a kill left in the run folder; only
+    called by the process holding the folder's lock, so none of them is being written."""
+    removed = []
+    for folder in (out, out / "models"):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(str(tmp.relative_to(out)))
+    return removed
+
+
+def lock_run_dir(out: Path) -> Any:
+    """Hold ``out/.lock`` (an advisory lock the OS drops when the process dies) so that two
+    processes never train into one folder; a second one gets a clear error."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK, "a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"run folder {out} is in use by another training process; wait for it "
+                          "to end or choose another --out (nothing was changed)") from None
+    return handle
+
+
+def config_difference(saved: RunConfig, given: RunConfig) -> str:
+    """Where two configs differ, ignoring :data:`ENVIRONMENT_KEYS` ("" when they agree); the
+    method parameters are compared with their defaults filled in, as a run saves them."""
+    a, b = (to_dict(resolve_method_params(copy.deepcopy(c))) for c in (saved, given))
+    for key in ENVIRONMENT_KEYS:
+        _pop(a, key)
+        _pop(b, key)
+    return "" if a == b else _diff(a, b)
+
+
+def _pop(tree: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part, {})
+    tree.pop(last, None)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return ""
+    return "" if a == b else f"{prefix.rstrip('.')} ({a!r} saved, {b!r} given)"
+
+
+def undo_new_run_dir(out: Path, existed: bool) -> None:
+    """Empty a new run folder after a failed construction, and remove it if this run made it.
+
+    :func:`prepare_run_dir` starts a new run only in a missing or empty folder, so everything
+    in it (the config, perhaps a metrics log or TensorBoard folder) was written by this run.
+    """
+    for child in out.iterdir() if out.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            out.rmdir()
