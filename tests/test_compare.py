@@ -20,7 +20,6 @@ from mutualat.compare import Study, load_plan
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.worker import run_train
-from mutualat.errors import ConfigError
 
 TINY_SUITE = """\
 name: tiny

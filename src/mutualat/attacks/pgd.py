@@ -14,7 +14,7 @@ from torch import nn
 
 from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
 from mutualat.attacks.objectives import LossFn, Objective, resolve_objective
-from mutualat.attacks.threat import LinfThreat, ThreatModel, make_threat
+from mutualat.attacks.threat import LinfThreat, default_step_size, make_threat
 from mutualat.errors import ConfigError
 
 # Evaluation PGD (early_stop=True) freezes broken examples at every step (a masked step, no
@@ -104,16 +104,6 @@ def check_positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
-
-
-def default_step_size(threat: ThreatModel, steps: int) -> float:
-    """Madry et al.'s rule of thumb: the steps together travel 2.5 eps.
-
-    For l1 the step size is the per-coordinate move at k = 20 coordinates, so one step
-    travels ``20 * step_size`` in l1 (see :class:`L1Threat`).
-    """
-    travel = 2.5 * threat.eps / steps
-    return travel / 20 if threat.norm == "l1" else travel
 
 
 def input_gradient(
