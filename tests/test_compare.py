@@ -240,3 +240,17 @@ def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study, tm
     assert (document.parent / "figures" / "tiny-curves.png").is_file()
     data = json.loads((out / "comparison.json").read_text())
     assert markdown(data).split("\n", 1)[1] in text
+
+
+def _committed_plans() -> list[Path]:
+    plans = Path(__file__).resolve().parents[1] / "configs" / "plans"
+    return sorted(p for p in plans.glob("*.yaml") if "variants:" in p.read_text())
+
+
+@pytest.mark.parametrize("path", _committed_plans(), ids=lambda p: p.stem)
+def test_every_committed_plan_loads_and_lists_its_first_tasks(path, tmp_path):
+    """Each plan in configs/plans builds every run config, its methods and its suite."""
+    plan = load_plan(path)
+    ready, waiting = Study(plan, tmp_path / "out").tasks()
+    assert len(ready) == sum(len(plan.settings(v)) for v in plan.variants)  # the grids
+    assert waiting > 0 and not (tmp_path / "out").exists()
