@@ -128,15 +128,15 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
             attacked = surviving[: args.limit] if args.limit else surviving
             n = len(correct["labels"])
             row = {"variant": variant, "seed": seed, "checkpoint": checkpoint, "model": name, "n": n,
-                   "r_worst": summary["models"][name]["r_worst"], "surviving": int(len(surviving)),
-                   "attacked": int(len(attacked)), "broken": 0}
+                   "r_worst": summary["models"][name]["r_worst"], "surviving": len(surviving),
+                   "attacked": len(attacked), "broken": 0}
             if len(attacked):
                 result = evaluate({name: model}, suite, torch.from_numpy(split.images[attacked]),
                                   torch.from_numpy(split.labels[attacked]),
                                   out / variant / f"seed{seed}" / checkpoint / name,
                                   batch_size=args.batch_size, device=args.device,
                                   seed=summary["seed"], checks=False, progress=False)
-                row["broken"] = int(round(len(attacked) * (1 - result["models"][name]["r_worst"])))
+                row["broken"] = round(len(attacked) * (1 - result["models"][name]["r_worst"]))
             fraction = row["broken"] / row["attacked"] if row["attacked"] else 0.0
             row["drop"] = fraction * row["surviving"] / n
             row["r_worst_stronger"] = row["r_worst"] - row["drop"]
@@ -148,8 +148,9 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict], targets: int) -> str:
-    lines = [f"| variant | seed | checkpoint | model | R_worst, suite % | broken by APGD-T-{targets} "
-             f"| R_worst with it % | drop (points) |", "|---|---|---|---|---|---|---|---|"]
+    header = (f"| variant | seed | checkpoint | model | R_worst, suite % | broken by APGD-T-{targets} "
+              "| R_worst with it % | drop (points) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         approx = "≈ " if r["estimated"] else ""
         lines.append(f"| {r['variant']} | {r['seed']} | {r['checkpoint']} | {r['model']} | "
