@@ -13,7 +13,8 @@ same test images, in fp32. An example it breaks was counted robust by the suite,
 
     R_worst with the stronger APGD-T = R_worst of the suite - broken / n.
 
-With ``--limit N`` only the first N surviving examples (by index) are attacked and the drop
+With ``--limit N`` only the first N surviving examples (by index in the class-balanced test
+subset, in the dataset's own order, which is not sorted by class) are attacked and the drop
 is estimated as (broken / attacked) x (surviving / n); the table says so. The extra
 evaluations are ordinary evaluator folders under ``--out`` (default STUDY/apgd-targets-gap),
 resumable and reused on a rerun.
@@ -62,8 +63,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def evaluations(study: Path) -> list[Path]:
-    """Every finished evaluation folder of the study: evals/<variant>/seed<S>/<checkpoint>."""
-    found = sorted(p.parent for p in (study / "evals").glob("*/seed*/*/summary.json"))
+    """Every finished evaluation folder: evals/<variant>/<setting>/seed<S>/<checkpoint>."""
+    found = sorted(p.parent for p in (study / "evals").glob("*/*/seed*/*/summary.json"))
     if not found:
         raise MutualatError(f"{study} has no finished evaluation (is it a `mutualat compare` folder?)")
     return found
@@ -106,7 +107,7 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
     folders = evaluations(args.study)
     source, splits, rows = data_source(args.study), {}, []
     for folder in folders:
-        variant, seed, checkpoint = folder.parent.parent.name, int(folder.parent.name[4:]), folder.name
+        variant, seed, checkpoint = folder.parents[2].name, int(folder.parent.name[4:]), folder.name
         if (args.variants and variant not in args.variants) or (args.seeds and seed not in args.seeds) \
                 or checkpoint not in args.checkpoints:
             continue

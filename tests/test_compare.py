@@ -20,6 +20,7 @@ from mutualat.compare import Study, load_plan
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.worker import run_train
+from mutualat.errors import ConfigError
 
 TINY_SUITE = """\
 name: tiny
@@ -53,12 +54,12 @@ variants:
   mat: {method.name: mat, models: [tinycnn, tinycnn], method.params.alpha_warmup: 0.5}
 grid:
   lr: [0.02, 5e-2]
-seeds: [0, 1]
+seeds: [0, 2]
 checkpoints: [last, best]
 baseline: at
 control: {variant: at, members: 2}
 suite: tiny-suite.yaml
-eval: {n: 40, batch_size: 40, checks: false, members: all, ensembles: [last, best]}
+eval: {n: 40, batch_size: 40, checks: false, members: all, ensembles: [last]}
 """
 
 
@@ -80,12 +81,18 @@ def test_paired_interval_on_hand_made_numbers():
     assert tight.excludes_zero and tight.low > 0
     single = paired_interval([0.05])
     assert single.low is None and not single.excludes_zero
-    assert t_quantile_975(1) == 12.706 and t_quantile_975(1000) == 1.96
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(30) == 2.042
+    # beyond the table: the series, against the exact quantiles (scipy.stats.t.ppf(0.975, df))
+    for df, exact in ((31, 2.039513), (40, 2.021075), (60, 2.000298), (120, 1.979930)):
+        assert t_quantile_975(df) == pytest.approx(exact, abs=2e-4)
+    assert t_quantile_975(10**6) == pytest.approx(1.959964, abs=1e-5)
 
 
 @pytest.mark.parametrize("edit, message", [
     (("baseline: at", "baseline: atx"), "baseline must name a variant"),
-    (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be a list of distinct"),
+    (("seeds: [0, 2]", "seeds: [0, 0]"), "seeds must be a list of distinct"),
+    (("seeds: [0, 2]", "seeds: [0, 1]"), "seeds 0 and 1 are closer than the largest cohort"),
+    (("ensembles: [last]", "ensembles: []"), "control is an ensemble, so eval.ensembles"),
     (("lr: [0.02, 5e-2]", "lr: []"), "grid.lr must be a non-empty list"),
     (("method.params.loss: lc}", "method.params.loss: lc, optim.epochz: 3}"), "variant at .*optim"),
     (("method.params.alpha_warmup: 0.5}", "method.params.alpha_warmup: 2}"), "variant mat .*alpha_warmup"),
@@ -177,16 +184,21 @@ def test_a_tiny_plan_runs_end_to_end(finished_study):
         assert (out / name).is_file(), name
     data = json.loads((out / "comparison.json").read_text())
     rows = {(r["row"], r["checkpoint"]) for r in data["rows"]}
-    assert rows == {(name, c) for c in ("last", "best") for name in
-                    ("at", "mat (members)", "mat (ensemble)", "at ×2 ensemble (control)")}
+    # Ensembles at the last epoch only (eval.ensembles): the control has no best row.
+    assert rows == {(name, c) for c in ("last", "best") for name in ("at", "mat (members)")} | {
+        ("mat (ensemble)", "last"), ("at ×2 ensemble (control)", "last")}
+    ensemble = next(r for r in data["rows"] if r["row"] == "mat (ensemble)")
+    control = next(r for r in data["rows"] if r["kind"] == "control")
+    assert ensemble["paired_control"]["r_worst"]["differences"] == pytest.approx(
+        [ensemble["seeds"][s]["r_worst"] - control["seeds"][s]["r_worst"] for s in ensemble["seeds"]])
     # Every grid point was trained once with the first seed; the chosen one for every seed;
     # the control's second members share the seed's data and start from seed + 1.
     runs = {(r["variant"], r["setting"], r["run"]) for r in data["runs"]}
     chosen = {v: s["label"] for v, s in data["selection"].items()}
     assert {("at", "lr0.02", "seed0"), ("at", "lr0.05", "seed0"), ("mat", "lr0.02", "seed0"),
             ("mat", "lr0.05", "seed0")} <= runs
-    assert {("at", chosen["at"], "seed1"), ("mat", chosen["mat"], "seed1"),
-            ("at", chosen["at"], "seed0-init1"), ("at", chosen["at"], "seed1-init2")} <= runs
+    assert {("at", chosen["at"], "seed2"), ("mat", chosen["mat"], "seed2"),
+            ("at", chosen["at"], "seed0-init1"), ("at", chosen["at"], "seed2-init3")} <= runs
     assert len(runs) == 8
 
 
@@ -274,7 +286,7 @@ def test_the_apgd_targets_gap_attacks_only_what_the_suite_left(finished_study, t
     assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     models = {(r["variant"], r["seed"], r["model"]) for r in rows}
-    assert {("at", 0, "model"), ("mat", 1, "ensemble"), ("control", 0, "ensemble")} <= models
+    assert {("at", 0, "model"), ("mat", 2, "ensemble"), ("control", 0, "ensemble")} <= models
     assert all(r["checkpoint"] == "last" for r in rows)
     for r in rows:
         assert r["attacked"] == r["surviving"] and not r["estimated"]
@@ -294,3 +306,48 @@ def test_the_apgd_targets_gap_attacks_only_what_the_suite_left(finished_study, t
     assert [r["attacked"] for r in limited] == [min(1, r["surviving"]) for r in limited]
     assert gap.main([str(tmp_path), "--json"]) == 2
     assert "no finished evaluation" in capsys.readouterr().err
+
+
+def test_a_diverged_grid_point_is_never_chosen_and_a_changed_plan_is_refused(tmp_path):
+    """A grid point whose loss becomes NaN is marked diverged (the task succeeds) and scores
+    -inf; a finished run is reused only while the plan still builds its config."""
+    text = (TINY_PLAN.replace("lr: [0.02, 5e-2]", "lr: [0.02, 1e9]")
+            .replace("  mat: {method.name: mat, models: [tinycnn, tinycnn], method.params.alpha_warmup: 0.5}\n", "")
+            .replace("control: {variant: at, members: 2}\n", "")
+            .replace("optim.epochs: 2", "optim.epochs: 1"))
+    plan = load_plan(_write_plan(tmp_path / "plan", text))
+    study = Study(plan, tmp_path / "out")
+    grid = [t for t in study.tasks()[0] if t.priority == (0, 0)]
+    assert len(grid) == 2
+    for task in grid:
+        run_train(task.spec)
+    diverged = study.run_dir("at", {"lr": 1e9}, 0)
+    assert (diverged / "diverged.json").is_file() and not study.finished(diverged)
+    assert "loss became" in json.loads((diverged / "diverged.json").read_text())["error"]
+    selection = study.selection("at")
+    assert selection.chosen == {"lr": 0.02} and selection.scores["lr1e+09"] == float("-inf")
+    assert all(t.priority != (0, 0) for t in study.tasks()[0])  # nothing of the grid reruns
+    # The plan is edited after the grid ran: the study refuses to reuse the old runs.
+    edited = load_plan(_write_plan(tmp_path / "plan", text.replace("attack.steps: 1", "attack.steps: 2")))
+    with pytest.raises(ConfigError, match="another config than the plan's"):
+        Study(edited, tmp_path / "out").tasks()
+
+
+def test_a_task_record_survives_a_kill_up_to_its_last_heartbeat(tmp_path, monkeypatch):
+    from mutualat.compare import worker
+
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.05)
+    path = tmp_path / "task.record.json"
+    record = worker.Record(path)
+    assert json.loads(path.read_text())["status"] == "running"  # written at the start
+    time.sleep(0.3)
+    beat = json.loads(path.read_text())  # what a SIGKILL now would leave
+    assert beat["status"] == "running" and beat["invocations"] == 1 and beat["wall_s"] >= 0.1
+    record.close("done")
+    first = json.loads(path.read_text())
+    assert first["status"] == "done" and first["wall_s"] >= beat["wall_s"]
+    again = worker.Record(path)  # a resumed task adds its seconds to the same record
+    again.close("done")
+    second = json.loads(path.read_text())
+    assert second["invocations"] == 2 and second["wall_s"] >= first["wall_s"]
+    assert second["started"] == first["started"]

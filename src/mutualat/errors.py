@@ -33,3 +33,7 @@ class CheckpointError(MutualatError):
 
 class TrainingError(MutualatError):
     """Training cannot go on (for example a NaN loss)."""
+
+
+class DivergedError(TrainingError):
+    """The training loss became NaN or infinite."""

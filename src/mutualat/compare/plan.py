@@ -12,7 +12,8 @@ A plan is a YAML file (examples in ``configs/plans/``)::
       lr: [0.025, 0.05, 0.1]              # "lr" and "weight_decay" apply to every model
     grids:                                # optional: a variant's own grid instead
       mat-a0.6: {lr: [0.05, 0.1, 0.2]}
-    seeds: [0, 1, 2]                      # the grid is trained with the first seed
+    seeds: [0, 10, 20]                    # the grid is trained with the first seed;
+                                          # cohort member k starts from seed + k
     select: last                          # the validation number that picks: last | best
     checkpoints: [last, best]             # which models are evaluated and reported
     baseline: at-lc                       # paired differences are taken against it
@@ -237,7 +238,29 @@ def check_plan(plan: Plan) -> None:
         if len(cfg.models) != 1:
             raise ConfigError(f"plan {plan.name}: the control's variant {plan.control.variant!r} "
                               f"must train one model, it trains {len(cfg.models)}")
+        if not plan.eval.ensembles:
+            raise ConfigError(f"plan {plan.name}: the control is an ensemble, so eval.ensembles "
+                              "must name at least one checkpoint")
+    _check_seed_spacing(plan)
     load_suite(plan.suite)
+
+
+def _check_seed_spacing(plan: Plan) -> None:
+    """Member k of a seed-s cohort (and of the control) starts from seed s + k: seeds closer
+    than the largest cohort would give two replicates the same initial weights, and the
+    paired intervals assume independent seeds."""
+    size = max(len(plan.config(v, plan.settings(v)[0], plan.grid_seed).models) for v in plan.variants)
+    if plan.control is not None:
+        size = max(size, plan.control.members)
+    seeds = sorted(plan.seeds)
+    close = [(a, b) for a, b in zip(seeds, seeds[1:]) if b - a < size]
+    if close:
+        a, b = close[0]
+        raise ConfigError(
+            f"plan {plan.name}: seeds {a} and {b} are closer than the largest cohort ({size} "
+            f"members, initialized from seed + 0..{size - 1}), so their runs would share initial "
+            f"weights; space the seeds at least {size} apart (for example "
+            f"{[seeds[0] + 10 * i for i in range(len(seeds))]})")
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ is the ensemble of independently trained single-model runs of the control varian
 as a cohort has members (the same compute as one cohort). Each row reports, per checkpoint
 (last epoch, best by validation), the mean ± std over seeds of clean accuracy, every attack
 of the suite and R_worst (per example the worst case over the whole suite), and the paired
-difference to the baseline with its 95% t interval (:mod:`mutualat.compare.stats`).
+difference to the baseline with its 95% t interval (:mod:`mutualat.compare.stats`); each
+cohort's ensemble is also paired with the control, seed by seed (the same compute).
 """
 
 from __future__ import annotations
@@ -39,22 +40,23 @@ def collect(study: Study) -> dict[str, Any]:
         for checkpoint in plan.checkpoints:
             rows += _variant_rows(study, variant, checkpoint)
     if plan.control is not None:
-        for checkpoint in plan.eval.ensembles:
+        chosen = selections[plan.control.variant].chosen
+        for checkpoint in study.checkpoints_of(CONTROL):
             rows.append(_row(f"{plan.control.variant} ×{plan.control.members} ensemble (control)",
                              CONTROL, "control", checkpoint,
-                             {s: _summary(study.eval_dir(CONTROL, s, checkpoint))["models"]["ensemble"]
+                             {s: _summary(study.eval_dir(CONTROL, chosen, s, checkpoint))["models"]["ensemble"]
                               for s in plan.seeds}))
     for row in rows:
         base = next(r for r in rows if r["variant"] == plan.baseline
                     and r["checkpoint"] == row["checkpoint"] and r["kind"] in ("single", "members"))
         row["baseline"] = row is base
-        row["paired"] = {}
-        for metric in PAIRED_METRICS:
-            diffs = [row["seeds"][s][metric] - base["seeds"][s][metric] for s in row["seeds"]]
-            p = paired_interval(diffs)
-            row["paired"][metric] = {"differences": diffs, "mean": p.mean, "low": p.low,
-                                     "high": p.high, "excludes_zero": p.excludes_zero}
-    first = _summary(study.eval_dir(plan.baseline, plan.grid_seed, plan.checkpoints[0]))
+        row["paired"] = _paired(row, base)
+        control = next((r for r in rows if r["kind"] == "control"
+                        and r["checkpoint"] == row["checkpoint"]), None)
+        if row["kind"] == "ensemble" and control is not None:
+            row["paired_control"] = _paired(row, control)
+    baseline_choice = selections[plan.baseline].chosen
+    first = _summary(study.eval_dir(plan.baseline, baseline_choice, plan.grid_seed, plan.checkpoints[0]))
     return {
         "plan": {"name": plan.name, "description": plan.description, "seeds": plan.seeds,
                  "select": plan.select, "checkpoints": plan.checkpoints, "baseline": plan.baseline,
@@ -64,7 +66,9 @@ def collect(study: Study) -> dict[str, Any]:
         "attacks": [a["id"] for a in first["suite"]["attacks"]],
         "test_images": first["n_examples"],
         "interval": INTERVAL,
-        "selection": {v: {"chosen": s.chosen, "label": s.label, "scores": s.scores,
+        "selection": {v: {"chosen": s.chosen, "label": s.label,
+                          "scores": {k: (None if v == float("-inf") else v)  # None: diverged
+                                     for k, v in s.scores.items()},
                           "criterion": s.criterion, "at_edge": s.at_edge}
                       for v, s in selections.items()},
         "rows": rows,
@@ -73,9 +77,21 @@ def collect(study: Study) -> dict[str, Any]:
     }
 
 
+def _paired(row: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Per seed ``row - other`` for each paired metric, with the interval of its mean."""
+    paired = {}
+    for metric in PAIRED_METRICS:
+        diffs = [row["seeds"][s][metric] - other["seeds"][s][metric] for s in row["seeds"]]
+        p = paired_interval(diffs)
+        paired[metric] = {"differences": diffs, "mean": p.mean, "low": p.low, "high": p.high,
+                          "excludes_zero": p.excludes_zero}
+    return paired
+
+
 def _variant_rows(study: Study, variant: str, checkpoint: str) -> list[dict[str, Any]]:
     seeds = study.plan.seeds
-    summaries = {s: _summary(study.eval_dir(variant, s, checkpoint)) for s in seeds}
+    chosen = study.selection(variant).chosen
+    summaries = {s: _summary(study.eval_dir(variant, chosen, s, checkpoint)) for s in seeds}
     models = summaries[seeds[0]]["models"]
     members = [m for m in models if m != "ensemble"]
     cohort = len(study.plan.config(variant, study.plan.settings(variant)[0], seeds[0]).models) > 1
@@ -128,7 +144,7 @@ def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
     elsewhere without a record)."""
     out = []
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
-        if not study.finished(run):
+        if not (study.finished(run) or study.diverged(run)):
             continue
         slug = "__".join(["train", *run.relative_to(study.out / "runs").parts])
         record_file = study.out / "tasks" / f"{slug}.record.json"
@@ -137,6 +153,7 @@ def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
         chosen = selections.get(variant)
         out.append({"variant": variant, "setting": label, "run": run.name,
                     "chosen": bool(chosen and chosen.label == label),
+                    "diverged": study.diverged(run),
                     "wall_s": record.get("wall_s"), "cpu_s": record.get("cpu_s")})
     return out
 
@@ -167,8 +184,10 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [plan["description"].strip(), ""]
     lines += [f"Seeds {', '.join(map(str, plan['seeds']))}; {data['test_images']} test images "
               f"(class-balanced, the same for every model); suite `{plan['suite']['name']}` "
-              f"({', '.join(attacks)}), R_worst = per example the worst case over the suite. "
-              f"Accuracy in %, mean ± std over seeds. Δ = paired difference to "
+              f"({', '.join(attacks)}), R_worst = per example the worst case over the suite"
+              + ("; the suite is cumulative, so each attack's column is the accuracy against it "
+                 "and every attack before it" if plan["suite"].get("per_attack") == "cumulative" else "")
+              + f". Accuracy in %, mean ± sample std over seeds. Δ = paired difference to "
               f"`{plan['baseline']}` with its {data['interval']}; * = the interval excludes 0.", ""]
     for checkpoint in plan["checkpoints"]:
         title = "last epoch" if checkpoint == "last" else "best epoch by validation robust accuracy"
@@ -183,10 +202,19 @@ def markdown(data: dict[str, Any]) -> str:
                      *(_diff(row["paired"][m], row["baseline"]) for m in PAIRED_METRICS)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        against = [r for r in data["rows"] if r["checkpoint"] == checkpoint and "paired_control" in r]
+        if against:
+            lines += ["Each cohort's ensemble against the compute-matched control (paired by seed):", "",
+                      "| ensemble | Δ clean vs control | Δ R_worst vs control |", "|---|---|---|"]
+            for row in against:
+                lines.append(f"| {row['row']} | " + " | ".join(
+                    _diff(row["paired_control"][m], False) for m in PAIRED_METRICS) + " |")
+            lines.append("")
     lines += ["### Hyperparameters chosen on the validation split", ""]
     lines += ["| variant | grid point: validation score (%) | chosen |", "|---|---|---|"]
     for variant, sel in data["selection"].items():
-        scores = ", ".join(f"{label}: {100 * v:.1f}" for label, v in sel["scores"].items())
+        scores = ", ".join(f"{label}: {'diverged' if v is None else f'{100 * v:.1f}'}"
+                           for label, v in sel["scores"].items())
         edge = " (at the edge of the grid)" if sel["at_edge"] else ""
         lines.append(f"| {variant} | {scores} | {sel['label']}{edge} |")
     criterion = next(iter(data["selection"].values()))["criterion"]
@@ -196,11 +224,11 @@ def markdown(data: dict[str, Any]) -> str:
     for run in data["runs"]:
         wall = f"{run['wall_s'] / 60:.1f}" if run["wall_s"] is not None else "—"
         cpu = f"{run['cpu_s'] / 60:.1f}" if run["cpu_s"] is not None else "—"
-        lines.append(f"| {run['variant']} | {run['setting']} | {run['run']} | "
-                     f"{'yes' if run['chosen'] else ''} | {wall} | {cpu} |")
+        chosen = "yes" if run["chosen"] else ("diverged" if run.get("diverged") else "")
+        lines.append(f"| {run['variant']} | {run['setting']} | {run['run']} | {chosen} | {wall} | {cpu} |")
     total = sum(r["cpu_s"] or 0 for r in data["runs"])
     hw = data["hardware"]
-    lines += ["", f"Training CPU time in all: {total / 3600:.1f} h. Hardware: {hw.get('cpu')} "
+    lines += ["", f"Training CPU time of these runs: {total / 3600:.1f} h. Hardware: {hw.get('cpu')} "
               f"({hw.get('cpu_count')} cores), torch {data['versions']['torch']}.", ""]
     return "\n".join(lines)
 

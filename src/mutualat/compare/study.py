@@ -6,15 +6,19 @@ Layout of ``OUT``::
     runs/<variant>/<setting>/seed<S>/           a training run (mutualat train's folder)
     runs/<variant>/<setting>/seed<S>-init<I>/   a control member: seed S's data and order,
                                                 its model initialized from seed I
-    evals/<variant>/seed<S>/<last|best>/        the suite on the run's models (+ ensemble);
-                                                one task evaluates both checkpoints
-    evals/control/seed<S>/<last|best>/          the control ensemble
+    runs/.../diverged.json                      a run whose loss became NaN or infinite
+    evals/<variant>/<setting>/seed<S>/<last|best>/  the suite on the chosen setting's models
+                                                (+ ensemble); one task evaluates both checkpoints
+    evals/control/<setting>/seed<S>/<last|best>/    the control ensemble (ensembles' checkpoints)
     tasks/<task>.json                           wall and CPU seconds of each task's runs
     logs/<task>.log                             each task's output
     comparison.json, comparison.md, curves.png  the report (mutualat.compare.report)
 
 Everything here is derived from the files: a study stopped at any point continues where it
-was when the same plan runs again, reusing every finished run and evaluation.
+was when the same plan runs again, reusing every finished run and evaluation. A finished run
+is reused only if its config is the plan's (else the study stops and says what differs), and
+an evaluation lives under the setting it evaluated, so a grid extended later never reports
+an old choice's numbers under a new one.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from mutualat.compare.plan import Plan, setting_label
-from mutualat.config import to_dict
+from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
 from mutualat.train.logger import read_metrics
+from mutualat.train.run_dir import config_difference
+
+DIVERGED = "diverged.json"  # written by the worker in a run folder whose loss became NaN
 
 CONTROL = "control"
 
@@ -104,12 +111,28 @@ class Study:
         name = f"seed{seed}" + (f"-init{init_seed}" if init_seed is not None else "")
         return self.out / "runs" / variant / setting_label(setting) / name
 
-    def eval_dir(self, variant: str, seed: int, checkpoint: str) -> Path:
-        return self.out / "evals" / variant / f"seed{seed}" / checkpoint
+    def eval_dir(self, variant: str, setting: dict[str, Any], seed: int, checkpoint: str) -> Path:
+        return self.out / "evals" / variant / setting_label(setting) / f"seed{seed}" / checkpoint
 
     @staticmethod
     def finished(run_dir: Path) -> bool:
         return (run_dir / "results.json").is_file()
+
+    @staticmethod
+    def diverged(run_dir: Path) -> bool:
+        return (run_dir / DIVERGED).is_file()
+
+    def settled(self, run_dir: Path, cfg: RunConfig) -> bool:
+        """Whether the run finished or diverged; either way only with the plan's config."""
+        if not (self.finished(run_dir) or self.diverged(run_dir)):
+            return False
+        differs = config_difference(load_config(run_dir / "config.yaml"), cfg)
+        if differs:
+            raise ConfigError(
+                f"{run_dir} holds a run of another config than the plan's (it differs in "
+                f"{differs}): the plan changed after it ran. Restore the plan, or move the run "
+                "away to train it again (nothing was overwritten)")
+        return True
 
     @staticmethod
     def evaluated(eval_dir: Path) -> bool:
@@ -120,13 +143,20 @@ class Study:
     def selection(self, variant: str) -> Selection | None:
         """The chosen grid point of ``variant`` once its grid runs (first seed) finished."""
         settings = self.plan.settings(variant)
-        dirs = [self.run_dir(variant, s, self.plan.grid_seed) for s in settings]
-        if not all(self.finished(d) for d in dirs):
+        seed = self.plan.grid_seed
+        dirs = [self.run_dir(variant, s, seed) for s in settings]
+        if not all(self.settled(d, self.plan.config(variant, s, seed)) for s, d in zip(settings, dirs)):
             return None
-        scores = {setting_label(s): validation_score(d, self.plan.select) for s, d in zip(settings, dirs)}
+        # A diverged grid point scores -inf (the report says "diverged"): never chosen.
+        scores = {setting_label(s): (float("-inf") if self.diverged(d) else
+                                     validation_score(d, self.plan.select))
+                  for s, d in zip(settings, dirs)}
+        if all(v == float("-inf") for v in scores.values()):
+            raise ConfigError(f"every grid point of {variant} diverged ({', '.join(map(str, dirs))}); "
+                              "give it smaller learning rates")
         # The highest score; ties go to the earlier grid point (grid order is the plan's).
         best = max(range(len(settings)), key=lambda i: (scores[setting_label(settings[i])], -i))
-        criterion = (f"validation PGD-{self.plan.config(variant, settings[0], 0).eval.pgd_steps} "
+        criterion = (f"validation PGD-{self.plan.config(variant, settings[0], seed).eval.pgd_steps} "
                      f"accuracy ({'last epoch' if self.plan.select == 'last' else 'best epoch'}, "
                      f"mean over the trained members), seed {self.plan.grid_seed}")
         return Selection(variant, settings[best], scores, criterion,
@@ -159,7 +189,7 @@ class Study:
             for rank, seed in enumerate(plan.seeds):
                 run = self.run_dir(variant, chosen.chosen, seed)
                 self._train(ready, variant, chosen.chosen, seed, (rank, 1))
-                waiting += self._eval(ready, variant, seed, [run], True, rank)
+                waiting += self._eval(ready, variant, chosen.chosen, seed, [run], True, rank)
         if plan.control is not None:
             waiting += self._control_tasks(ready, selections[plan.control.variant])
         ready.sort(key=lambda t: t.priority)
@@ -175,32 +205,45 @@ class Study:
             for init in self.control_inits(seed):
                 runs.append(self.run_dir(plan.control.variant, chosen.chosen, seed, init))
                 self._train(ready, plan.control.variant, chosen.chosen, seed, (rank, 2), init)
-            waiting += self._eval(ready, CONTROL, seed, runs, False, rank)
+            waiting += self._eval(ready, CONTROL, chosen.chosen, seed, runs, False, rank)
         return waiting
 
-    def _eval(self, ready: list[Task], name: str, seed: int, runs: list[Path], cohort: bool,
-              rank: int) -> int:
+    def checkpoints_of(self, name: str) -> list[str]:
+        """The checkpoints evaluated for ``name``: the control is an ensemble only, so only
+        at the checkpoints the plan evaluates ensembles at."""
+        if name == CONTROL:
+            return [c for c in self.plan.checkpoints if c in self.plan.eval.ensembles]
+        return list(self.plan.checkpoints)
+
+    def _eval(self, ready: list[Task], name: str, setting: dict[str, Any], seed: int,
+              runs: list[Path], cohort: bool, rank: int) -> int:
         """Add the evaluation of ``runs`` (every checkpoint not yet evaluated, one task) if
         they have finished; returns 1 if it waits on them, else 0."""
-        todo = [c for c in self.plan.checkpoints if not self.evaluated(self.eval_dir(name, seed, c))]
+        todo = [c for c in self.checkpoints_of(name)
+                if not self.evaluated(self.eval_dir(name, setting, seed, c))]
         if not todo:
             return 0
+        diverged = [r for r in runs if self.diverged(r)]
+        if diverged:
+            raise ConfigError(f"{diverged[0]} diverged with the setting chosen on the grid's "
+                              f"seed; {name} cannot be evaluated at seed {seed} (see its log)")
         if not all(self.finished(r) for r in runs):
             return 1
-        ready.append(self._eval_task(f"eval/{name}/seed{seed}", name, seed, runs, todo, cohort, rank))
+        ready.append(self._eval_task(f"eval/{name}/seed{seed}", name, setting, seed, runs, todo,
+                                     cohort, rank))
         return 0
 
     def _train(self, ready: list[Task], variant: str, setting: dict[str, Any], seed: int,
                priority: tuple[int, int], init_seed: int | None = None) -> None:
         run = self.run_dir(variant, setting, seed, init_seed)
-        if self.finished(run) or any(t.spec.get("run_dir") == str(run) for t in ready):
-            return
         cfg = self.plan.config(variant, setting, seed, init_seed)
+        if self.settled(run, cfg) or any(t.spec.get("run_dir") == str(run) for t in ready):
+            return
         key = f"train/{variant}/{setting_label(setting)}/{run.name}"
         ready.append(Task(key, "train", {"config": to_dict(cfg), "run_dir": str(run)}, priority))
 
-    def _eval_task(self, key: str, name: str, seed: int, runs: list[Path], checkpoints: list[str],
-                   cohort: bool, rank: int) -> Task:
+    def _eval_task(self, key: str, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
+                   checkpoints: list[str], cohort: bool, rank: int) -> Task:
         """Evaluate the models of ``runs`` at each of ``checkpoints``: a cohort's members and
         their ensemble (``cohort``), or only the ensemble of single-model runs (the control)."""
         jobs = []
@@ -216,8 +259,10 @@ class Study:
             evaluated = list(files) if cohort else []  # the control: only its ensemble
             if cohort and self.plan.eval.members == "first":
                 evaluated = evaluated[:1]
+            if not evaluated and not ensemble:
+                continue  # nothing to evaluate at this checkpoint
             jobs.append({"models": files, "evaluated": evaluated, "ensemble": ensemble,
-                         "out": str(self.eval_dir(name, seed, checkpoint))})
+                         "out": str(self.eval_dir(name, setting, seed, checkpoint))})
         data = self.plan.config(*self._any_config()).data
         spec = {
             "evaluations": jobs, "suite": self.plan.suite,

@@ -4,8 +4,12 @@ A ``train`` task trains (or resumes, or reuses) one run; an ``eval`` task runs t
 suite on a run's models (members and their ensemble) or on the control's ensemble. The
 scheduler (:mod:`mutualat.compare.runner`) starts one process per task so that ``--jobs K``
 runs K of them side by side with one thread each; the wall and CPU seconds of every
-invocation are added to ``tasks/<task>.json`` beside the run, so a study resumed over several
-sittings still states what each run cost.
+invocation are added to ``tasks/<task>.record.json``, so a study resumed over several sittings
+still states what each run cost. The record is rewritten every minute while the task runs, so
+a process killed without notice (SIGKILL, its scheduler gone) loses at most that minute.
+
+A training run whose loss becomes NaN or infinite is marked ``diverged.json`` in its folder
+(and the task succeeds): a grid point that diverges scores -inf instead of stopping the study.
 """
 
 from __future__ import annotations
@@ -13,21 +17,30 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mutualat.errors import MutualatError
+from mutualat.errors import DivergedError, MutualatError
 from mutualat.train.checkpoint import atomic_write_bytes
+
+HEARTBEAT_S = 60.0
 
 
 def run_train(spec: dict[str, Any]) -> None:
     from mutualat.config import config_from_data
     from mutualat.experiments import run_or_reuse
 
-    run_or_reuse(config_from_data(spec["config"]), Path(spec["run_dir"]))
+    run_dir = Path(spec["run_dir"])
+    try:
+        run_or_reuse(config_from_data(spec["config"]), run_dir)
+    except DivergedError as exc:
+        atomic_write_bytes(run_dir / "diverged.json",
+                           json.dumps({"error": str(exc), "time": time.time()}, indent=2).encode())
+        print(f"diverged: {exc}", file=sys.stderr)
 
 
 def run_eval(spec: dict[str, Any]) -> None:
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    wall, cpu, started = time.perf_counter(), time.process_time(), time.time()
+    record = Record(record_path(task_file))
     status = "failed"
     try:
         {"train": run_train, "eval": run_eval}[task["kind"]](task["spec"])
@@ -90,25 +103,47 @@ def main(argv: list[str] | None = None) -> int:
         status = "interrupted"
         return 130
     finally:
-        _add_to_record(record_path(task_file), time.perf_counter() - wall,
-                       time.process_time() - cpu, status, started)
+        record.close(status)
 
 
-def _add_to_record(path: Path, wall_s: float, cpu_s: float, status: str, started: float) -> None:
-    """Add one invocation's seconds to the task's record (several if it was resumed); the
-    record also keeps when the task first started and last ended (Unix time)."""
-    record = {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0, "started": started}
-    if path.is_file():
-        try:
-            record.update(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            pass
-    record["wall_s"] += wall_s
-    record["cpu_s"] += cpu_s
-    record["invocations"] += 1
-    record["status"] = status
-    record["ended"] = time.time()
-    atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+class Record:
+    """One invocation's wall and CPU seconds added to the task's record (several if it was
+    resumed), which also keeps when the task first started and last ended (Unix time). It is
+    written at the start and every :data:`HEARTBEAT_S` seconds with status ``running``, then
+    once more at the end with the invocation's status."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.wall, self.cpu, now = time.perf_counter(), time.process_time(), time.time()
+        self.base = {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0, "started": now}
+        if path.is_file():
+            try:
+                self.base.update(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                pass
+        self.base["invocations"] += 1
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.write("running")
+        self.beat = threading.Thread(target=self._beat, daemon=True)
+        self.beat.start()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            self.write("running")
+
+    def write(self, status: str) -> None:
+        with self.lock:
+            record = dict(self.base)
+            record["wall_s"] += time.perf_counter() - self.wall
+            record["cpu_s"] += time.process_time() - self.cpu  # the whole process: every thread
+            record["status"] = status
+            record["ended"] = time.time()
+            atomic_write_bytes(self.path, json.dumps(record, indent=2).encode())
+
+    def close(self, status: str) -> None:
+        self.stopped.set()
+        self.write(status)
 
 
 if __name__ == "__main__":

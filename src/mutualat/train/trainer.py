@@ -33,7 +33,7 @@ from mutualat.attacks.threat import check_within_inputs
 from mutualat.config import RunConfig, to_dict
 from mutualat.data import DeviceLoader, load_dataset, subset, train_val_split
 from mutualat.device import resolve_device
-from mutualat.errors import ConfigError, TrainingError
+from mutualat.errors import ConfigError, DivergedError
 from mutualat.methods import build_method, resolve_method_params
 from mutualat.models import save_model
 from mutualat.train import processes
@@ -225,7 +225,7 @@ class Trainer:
             loss, values = self.placement.reduce_step(
                 float(result.loss.detach()), {k: float(v) for k, v in result.metrics.items()})
             if not math.isfinite(loss):
-                raise TrainingError(
+                raise DivergedError(
                     f"the {self.method.registered_name} loss became {loss} at epoch "
                     f"{self.epoch + 1}, step {self.step_in_epoch} ({values}); lower the learning "
                     f"rate or check the data; {self._what_survives()}."
