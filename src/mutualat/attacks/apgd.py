@@ -12,9 +12,8 @@ import math
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import resolve_objective
-from mutualat.attacks.pgd import check_positive_int, input_gradient
+from mutualat.attacks.base import ATTACKS, Attack, check_positive_int, warn_if_zero_gradient
+from mutualat.attacks.objectives import input_gradient, resolve_objective
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 

@@ -111,6 +111,22 @@ def warn_if_zero_gradient(grad: torch.Tensor, attack: str) -> None:
         )
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else a :class:`ConfigError` naming ``name``:
+    the check of every attack's step and restart counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float if it is a number > 0 (not a bool), else a :class:`ConfigError`
+    naming ``name``: the check of every attack's radii and step sizes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
 def create_attack(name: str, **kwargs: object) -> Attack:
     """Build a registered attack by name, e.g. ``create_attack("pgd", norm="linf", eps=8/255)``."""
     return ATTACKS.get(name)(**kwargs)

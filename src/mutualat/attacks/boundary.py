@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack
+from mutualat.attacks.base import ATTACKS, Attack, check_positive, check_positive_int
 from mutualat.attacks.noise import check_norm, judge_at_eps, misclassified
-from mutualat.attacks.pgd import check_positive, check_positive_int
 from mutualat.errors import ConfigError
 
 # Foolbox stops an example once its source step has shrunk below this: it has converged.

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.pgd import check_positive_int
+from mutualat.attacks.base import ATTACKS, Attack, check_positive_int, warn_if_zero_gradient
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 

@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mutualat.attacks.base import ATTACKS
-from mutualat.attacks.pgd import check_positive, check_positive_int
+from mutualat.attacks.base import ATTACKS, check_positive, check_positive_int
 from mutualat.attacks.unforeseen import ParameterSpaceAttack, check_no_norm
 from mutualat.errors import ConfigError
 

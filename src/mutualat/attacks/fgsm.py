@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import LossFn, resolve_objective
-from mutualat.attacks.pgd import input_gradient
+from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 

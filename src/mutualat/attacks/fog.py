@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from mutualat.attacks.base import ATTACKS
-from mutualat.attacks.pgd import check_positive
+from mutualat.attacks.base import ATTACKS, check_positive
 from mutualat.attacks.unforeseen import ParameterSpaceAttack, check_no_norm
 
 #: Fog strength ``eps`` (in [0,1] pixel units) per input size; see the module docstring.

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import LossFn, resolve_objective
-from mutualat.attacks.pgd import check_positive, check_positive_int, input_gradient
+from mutualat.attacks.base import (
+    ATTACKS, Attack, check_positive, check_positive_int, warn_if_zero_gradient,
+)
+from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack
-from mutualat.attacks.pgd import check_positive, check_positive_int
+from mutualat.attacks.base import ATTACKS, Attack, check_positive, check_positive_int
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack
+from mutualat.attacks.base import ATTACKS, Attack, check_positive, check_positive_int
 from mutualat.attacks.noise import (
     DECISION_NORMS,
     check_norm,
@@ -20,7 +20,6 @@ from mutualat.attacks.noise import (
     perturbation_norm,
     salt_and_pepper_draw,
 )
-from mutualat.attacks.pgd import check_positive, check_positive_int
 from mutualat.errors import ConfigError
 
 _INITS = ("salt_and_pepper", "uniform_noise")
