@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -18,6 +20,16 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MUTUALAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def script_module(name: str) -> ModuleType:
+    """``scripts/NAME.py`` as a module, loaded from its file: scripts/ is a folder of programs,
+    not a package, and its helpers (scripts/common.py) are tested like any other code."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -6,12 +6,10 @@ interrupted one resumed, so an experiment can be stopped and restarted at any po
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
 import shlex
-import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,57 +45,6 @@ def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dic
         logger.info(f"{label}: {'resuming' if resume else 'training'} in {run_dir}")
         Trainer(cfg, run_dir, resume=resume).fit()
     return json.loads(done.read_text())
-
-
-def run_seconds(run_dir: Path) -> float:
-    """A finished run's duration, read from its folder (so also for a reused run): from the
-    config written at its start to the results written at its end. A run resumed after an
-    interruption also counts the pause."""
-    run_dir = Path(run_dir)
-    return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
-
-
-def with_alpha(method: str, alpha: float) -> str:
-    """A run variant's name for a method at one alpha: ("mat-mp-max", 0.6) -> "mat-mp-max-alpha0.6"."""
-    return f"{method}-alpha{alpha:g}"
-
-
-def split_alpha(variant: str) -> tuple[str, str | None]:
-    """The inverse of :func:`with_alpha`: "mat-alpha0.3" -> ("mat", "0.3") (the alpha as
-    written in the name); a name without an alpha -> (name, None)."""
-    method, _, alpha = variant.partition("-alpha")
-    return method, alpha or None
-
-
-def mean_std_percent(values: Sequence[float]) -> str:
-    """Fractions as "mean ± std" in percent, the sample std over seeds (0 for one value)."""
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
-
-
-def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace,
-                 always: Sequence[str] = (), leave_out: Sequence[str] = ("write",)) -> str:
-    """The command that reproduces ``args``: ``.venv/bin/python script`` with every option whose
-    value is not its default (and those named in ``always``), for a document to quote."""
-    parts = [".venv/bin/python", script]
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help" or action.dest in leave_out:
-            continue
-        value = getattr(args, action.dest)
-        if value == action.default and action.dest not in always:
-            continue
-        flag = max(action.option_strings, key=len)
-        if isinstance(action, argparse._AppendAction):
-            for item in value:
-                parts += [flag, str(item)]
-        elif isinstance(value, bool):
-            parts += [flag] if value else []
-        elif isinstance(value, (list, tuple)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
 
 
 def shell_command(argv: Sequence[str]) -> str:
