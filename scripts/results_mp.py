@@ -33,7 +33,7 @@ from mutualat.config import load_config
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
 from mutualat.evaluation import evaluate, load_suite
-from mutualat.evaluation.evaluator import hardware_info
+from mutualat.evaluation.records import hardware_info
 from mutualat.experiments import run_or_reuse, write_section
 from mutualat.models import load_model, read_model_meta
 

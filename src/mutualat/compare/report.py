@@ -28,7 +28,7 @@ PAIRED_METRICS = ("clean", "r_worst")
 
 def collect(study: Study) -> dict[str, Any]:
     """Everything the report states, from the study's folder."""
-    from mutualat.evaluation.evaluator import hardware_info, versions
+    from mutualat.evaluation.records import hardware_info, versions
 
     import torch
 
