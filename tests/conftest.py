@@ -10,6 +10,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from mutualat.attacks import ATTACKS, Example
+
 # Test models are tiny: one thread avoids oversubscribing the 2-core CI machine when a test
 # starts a training subprocess beside itself, and makes timings steadier.
 torch.set_num_threads(1)
@@ -20,6 +22,19 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MUTUALAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def attack_examples(*families: str) -> dict[str, tuple[str, Example]]:
+    """Every registered attack of ``families`` with each example it declares at its
+    registration: ``{case: (registry name, example)}``, cases named ``pgd``, ``pgd-l2``, ...
+    The every-entry property tests run on these, so a new attack needs no entry in a test."""
+    cases = {}
+    for name in ATTACKS.names():
+        declared = ATTACKS.declared(name)
+        if declared.get("family") in families:
+            for example in declared.get("examples", ()):
+                cases[f"{name}-{example.name}" if example.name else name] = (name, example)
+    return cases
 
 
 def script_module(name: str) -> ModuleType:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mutualat.attacks.base import (
-    ATTACKS, Attack, check_positive, check_positive_int, warn_if_zero_gradient,
+    ATTACKS, Attack, Example, check_positive, check_positive_int, warn_if_zero_gradient,
 )
 from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
 from mutualat.attacks.threat import LinfThreat, ThreatModel, make_threat
@@ -106,7 +106,13 @@ def default_step_size(threat: ThreatModel, steps: int) -> float:
     return travel / 20 if threat.norm == "l1" else travel
 
 
-@ATTACKS.register("pgd")
+@ATTACKS.register("pgd", family="gradient", examples=(
+    Example(dict(norm="linf", eps=8 / 255, steps=3)),
+    Example(dict(norm="l2", eps=0.5, steps=3, restarts=2), "l2"),
+    Example(dict(norm="l1", eps=5.0, steps=3, early_stop=True), "l1"),
+    Example(dict(norm="linf", eps=8 / 255, steps=3, step_size=0.007, loss="lc"), "lc"),
+    Example(dict(norm="linf", eps=8 / 255, steps=3, loss="trades_kl"), "trades"),
+))
 class PGD(Attack):
     """PGD with ``steps`` steepest-ascent steps and projections in the ``norm`` ball.
 
