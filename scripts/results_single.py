@@ -27,7 +27,8 @@ from common import command_line, mean_std_percent, run_seconds, split_alpha, wit
 from mutualat.config import load_config
 from mutualat.console import setup_logging
 from mutualat.evaluation.records import hardware_info
-from mutualat.experiments import run_or_reuse, write_section
+from mutualat.experiments import run_or_reuse
+from mutualat.report.documents import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER_BEGIN = "<!-- results-single:begin -->"

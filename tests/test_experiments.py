@@ -9,7 +9,8 @@ import pytest
 import mutualat
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
-from mutualat.experiments import alpha_search, run_or_reuse, run_scenario, write_section
+from mutualat.experiments import alpha_search, run_or_reuse, run_scenario
+from mutualat.report.documents import write_section
 from mutualat.train.logger import read_metrics
 
 from conftest import script_module, tiny_overrides
