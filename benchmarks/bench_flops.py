@@ -20,7 +20,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import Row, autocast, build, environment, print_table, random_batch, side_by_side
+from common import Row, build, environment, print_table, random_batch, side_by_side
 from bench_mat import trainer_step
 from mutualat.config import AttackConfig
 from mutualat.methods.at import AT, ATParams

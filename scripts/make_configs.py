@@ -2,7 +2,7 @@
 
     python scripts/make_configs.py
 
-The paper-scale files follow SPEC.md section 4 (CIFAR-10/100, ResNet-18 and WRN-34-10,
+The paper-scale files follow docs/METHOD.md §4 (CIFAR-10/100, ResNet-18 and WRN-34-10,
 l-inf 8/255, PGD-10 step 0.007, 120 epochs); the CPU-scale files are what this project
 runs on a 2-core machine (docs/RESULTS.md). Regenerating is deterministic; edit here, not
 in the YAML files.
@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 EPS_8 = 8 / 255
 
-# Per-method settings (SPEC.md section 6). ARD's teacher is an AT model trained first
+# Per-method settings (docs/METHOD.md §6). ARD's teacher is an AT model trained first
 # (its path goes in models.0.init); ACT pairs a natural and a robust model.
 METHODS = {
     "at": {"name": "at", "params": {"loss": "lc"}},
@@ -107,7 +107,7 @@ def main() -> None:
         for arch in ARCH:
             for method in METHODS:
                 write(ROOT / "paper" / f"{dataset}-{arch}-{method}.yaml", paper(dataset, arch, method),
-                      f"Paper scale (GPU): {method} on {dataset} with {arch} (SPEC.md section 4).")
+                      f"Paper scale (GPU): {method} on {dataset} with {arch} (docs/METHOD.md §4).")
     for method in METHODS:
         write(ROOT / "cpu" / f"fmnist-{method}.yaml", cpu_fmnist(method),
               f"CPU scale: {method} on Fashion-MNIST (pass --data-dir ../shared/data).")

@@ -5,7 +5,7 @@
 Writes, for every variant in :data:`VARIANTS` (AT-AVG, AT-MAX, AT-MSD, the MAT-MP generalist
 strategies AVG, MAX, MSD, and the single-type baselines AT-linf, AT-l2, AT-l1):
 
-- ``configs/paper/cifar10-resnet18-<variant>.yaml``: SPEC.md section 4, ResNet-18 on
+- ``configs/paper/cifar10-resnet18-<variant>.yaml``: docs/METHOD.md §4, ResNet-18 on
   CIFAR-10, eps (0.03, 0.5, 12), training PGD step sizes (0.003, 0.05, 0.05) and iterations
   (40, 50, 50), 120 epochs, trained on the full training set;
 - ``configs/cpu/fmnist-mp-<variant>.yaml`` and ``configs/cpu/cifar10-mp-<variant>.yaml``: the
@@ -26,7 +26,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 
-# SPEC.md section 4 / paper Sec. 3.3.1 (Maini et al.'s CIFAR-10 setting).
+# docs/METHOD.md §4 / paper Sec. 3.3.1 (Maini et al.'s CIFAR-10 setting).
 PAPER_THREATS = [
     {"norm": "linf", "eps": 0.03, "steps": 40, "step_size": 0.003},
     {"norm": "l2", "eps": 0.5, "steps": 50, "step_size": 0.05},

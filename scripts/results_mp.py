@@ -148,7 +148,7 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
 def suite_mismatch(cfg, suite) -> list[str]:
     """Say where the suite's budgets differ from the training threats (they should agree)."""
     trained = {t["norm"]: t["eps"] for t in cfg.method.params["threats"]}
-    evaluated = {t.norm: t.eps for t in suite.lp_threats()}
+    evaluated = {t.norm: t.eps for t in suite.lp_threats().values()}
     return [f"{n}: trained at eps {trained.get(n)}, evaluated at {evaluated.get(n)}"
             for n in sorted(set(trained) | set(evaluated)) if trained.get(n) != evaluated.get(n)]
 

@@ -20,7 +20,6 @@ from mutualat.compare import Study, load_plan
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.worker import run_train
-from mutualat.errors import ConfigError
 
 TINY_SUITE = """\
 name: tiny
@@ -241,3 +240,57 @@ def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study, tm
     assert (document.parent / "figures" / "tiny-curves.png").is_file()
     data = json.loads((out / "comparison.json").read_text())
     assert markdown(data).split("\n", 1)[1] in text
+
+
+def _committed_plans() -> list[Path]:
+    plans = Path(__file__).resolve().parents[1] / "configs" / "plans"
+    return sorted(p for p in plans.glob("*.yaml") if "variants:" in p.read_text())
+
+
+@pytest.mark.parametrize("path", _committed_plans(), ids=lambda p: p.stem)
+def test_every_committed_plan_loads_and_lists_its_first_tasks(path, tmp_path):
+    """Each plan in configs/plans builds every run config, its methods and its suite."""
+    plan = load_plan(path)
+    ready, waiting = Study(plan, tmp_path / "out").tasks()
+    assert len(ready) == sum(len(plan.settings(v)) for v in plan.variants)  # the grids
+    assert waiting > 0 and not (tmp_path / "out").exists()
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_apgd_targets_gap_attacks_only_what_the_suite_left(finished_study, tmp_path, capsys):
+    """scripts/apgd_targets_gap.py: a stronger APGD-T on the examples that survived a study's
+    suite; its drop is exactly what it broke over n, and its folders are ordinary evaluations."""
+    _, out, _ = finished_study
+    gap = _script("apgd_targets_gap")
+    assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    models = {(r["variant"], r["seed"], r["model"]) for r in rows}
+    assert {("at", 0, "model"), ("mat", 1, "ensemble"), ("control", 0, "ensemble")} <= models
+    assert all(r["checkpoint"] == "last" for r in rows)
+    for r in rows:
+        assert r["attacked"] == r["surviving"] and not r["estimated"]
+        assert 0 <= r["broken"] <= r["attacked"]
+        assert r["r_worst_stronger"] == pytest.approx(r["r_worst"] - r["broken"] / r["n"])
+        folder = tmp_path / "gap" / r["variant"] / f"seed{r['seed']}" / "last" / r["model"]
+        if r["attacked"]:
+            summary = json.loads((folder / "summary.json").read_text())
+            assert summary["n_examples"] == r["surviving"]
+            assert [a["id"] for a in summary["suite"]["attacks"]] == ["apgd-t2"]
+    # A rerun reuses the evaluations and prints the same rows; --limit estimates from a sample.
+    assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
+    assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap1"), "--limit", "1",
+                     "--variants", "at", "--seeds", "0", "--json"]) == 0
+    limited = json.loads(capsys.readouterr().out)
+    assert [r["attacked"] for r in limited] == [min(1, r["surviving"]) for r in limited]
+    assert gap.main([str(tmp_path), "--json"]) == 2
+    assert "no finished evaluation" in capsys.readouterr().err

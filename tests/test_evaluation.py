@@ -522,9 +522,7 @@ def test_cli_eval_transfer_and_report(tiny_runs, tmp_path):
     evals2 = tmp_path / "eval2"
     assert main(["eval", "--model", str(paths["at"]), "--suite", "quick", "--out", str(evals2),
                  "--no-checks"] + common) == 0
-    eps_suite = load_suite("quick")
-    eps_suite.threats["linf"].eps = 0.05
-    eps_suite.threats["l2"].eps = 0.5
+    eps_suite = load_suite("quick").with_threat_eps("linf", 0.05).with_threat_eps("l2", 0.5)
     eps_file = tmp_path / "quick-small.yaml"
     eps_suite.dump(eps_file)
     evals3 = tmp_path / "eval3"

@@ -21,7 +21,8 @@ from mutualat.errors import ConfigError
 from mutualat.methods import METHODS, build_method, resolve_method_params
 from mutualat.methods.at_multi import ATAvg, ATMax, ATMSD, MSDATParams, MultiATParams
 from mutualat.methods.mat_mp import MATMP, MATMPParams
-from mutualat.methods.multi import ThreatSpec, msd_attack
+from mutualat.attacks.threat import Threat
+from mutualat.methods.multi import msd_attack
 from mutualat.train.cohort import Cohort
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def add(a: list[float], b: list[float]) -> list[float]:
 X = [[0.2, 0.5, 0.1], [0.9, 0.0, 0.3], [0.4, 0.4, 0.8]]  # three images of three "pixels"
 Y = [1, 0, 2]
 B = range(3)
-THREATS = [ThreatSpec("linf", 0.1, 2), ThreatSpec("l2", 1.0, 2), ThreatSpec("l1", 10.0, 2)]
+THREATS = [Threat("linf", 0.1, 2), Threat("l2", 1.0, 2), Threat("l1", 10.0, 2)]
 ATTACK = AttackConfig(eps=0.1, steps=2)
 BIASES = [[0.1, 0.0, -0.1], [0.3, -0.2, 0.0], [-0.5, 0.4, 0.1], [0.0, 0.2, 0.6]]
 
@@ -414,8 +415,8 @@ def test_msd_output_in_union_of_balls_and_beats_its_best_single_step():
     from mutualat.attacks import make_threat
     from mutualat.attacks.objectives import input_gradient, resolve_objective
 
-    threats = [ThreatSpec("linf", 0.05, 6, 0.02), ThreatSpec("l2", 0.4, 6, 0.15),
-               ThreatSpec("l1", 2.0, 6, 0.1)]
+    threats = [Threat("linf", 0.05, 6, 0.02), Threat("l2", 0.4, 6, 0.15),
+               Threat("l1", 2.0, 6, 0.1)]
     msd = msd_attack(threats, None, "lc", "eval")
     assert msd.steps == 6
     model = tiny_net(0, 6).eval()

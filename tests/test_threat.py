@@ -127,3 +127,89 @@ def test_l1_step_is_sparse_topk_and_skips_saturated_pixels():
         free[torch.arange(2), top] = 0
         kth = free.topk(k, dim=1).values[:, -1:]
         assert (grad.flatten(1).abs()[moved].reshape(2, k) >= kth).all()
+
+
+# --- Threat: the one description of a threat ---------------------------------------------
+
+def test_a_threat_is_validated_once_when_made_and_config_readers_name_the_key():
+    from mutualat.attacks.threat import Threat
+    from mutualat.config import load_config
+    from mutualat.errors import FieldError
+
+    assert Threat("l2", 0.5, 50, 0.05).record() == {"norm": "l2", "eps": 0.5}
+    assert Threat("l1", 10.0, 10).resolved_step_size() == pytest.approx(2.5 * 10 / 10 / 20)
+    for bad, field in ((("l3", 0.1), "norm"), (("linf", 0.0), "eps"), (("linf", 2.0), "eps"),
+                       (("l2", float("nan")), "eps"), (("l2", 1.0, -1), "steps")):
+        with pytest.raises(FieldError) as info:
+            Threat(*bad)
+        assert info.value.field == field
+    # The same check, with the key's path, wherever a config holds a threat.
+    with pytest.raises(ConfigError, match=r"^attack\.eps must be a finite number > 0"):
+        load_config(None, ["attack.eps=0"])
+    cfg = load_config(None, ["method.name=mat-mp", "method.params.threats=[{norm: linf, eps: 0.1}, "
+                             "{norm: l2, eps: -1}]"])
+    from mutualat.methods import build_method
+
+    with pytest.raises(ConfigError, match=r"^method\.params\.threats\.1\.eps must be a finite"):
+        build_method(cfg)
+
+
+@pytest.mark.parametrize("record, norm, expected", [
+    # MAT-MP's files now record every type; the default is the model's own l-inf threat.
+    ({"threats": [{"norm": "linf", "eps": 0.03}, {"norm": "l2", "eps": 0.5}]}, None, ("linf", 0.03)),
+    ({"threats": [{"norm": "linf", "eps": 0.03}, {"norm": "l2", "eps": 0.5}]}, "l2", ("l2", 0.5)),
+    # Older MAT-MP files recorded attack.eps (0.1, never trained on) as their threat: the
+    # method's own list wins.
+    ({"threat": {"norm": "linf", "eps": 0.1},
+      "method": {"name": "mat-mp", "threats": [{"norm": "linf", "eps": 0.03, "steps": 40},
+                                               {"norm": "l1", "eps": 12.0, "steps": 50}]}},
+     None, ("linf", 0.03)),
+    ({"threat": {"norm": "l2", "eps": 1.5}}, None, ("l2", 1.5)),  # a single-threat file
+])
+def test_transfer_defaults_to_the_threat_a_model_was_trained_on(record, norm, expected):
+    from mutualat.cli_eval import transfer_threat
+
+    assert transfer_threat("m", record, norm, None) == expected
+    assert transfer_threat("m", record, "linf", 0.2) == ("linf", 0.2)  # given: used as given
+
+
+def test_transfer_from_a_model_without_a_recorded_threat_needs_eps():
+    from mutualat.cli_eval import transfer_threat
+
+    with pytest.raises(ConfigError, match="records no linf training eps; pass --eps"):
+        transfer_threat("foreign", {}, None, None)
+    with pytest.raises(ConfigError, match=r"trained on l2.*pass --eps"):
+        transfer_threat("m", {"threats": [{"norm": "l2", "eps": 1.0}]}, "linf", None)
+
+
+def test_a_mat_mp_model_file_records_the_threats_it_was_trained_on(tmp_path):
+    from mutualat.config import load_config
+    from mutualat.models import read_model_meta
+    from mutualat.train import Trainer
+
+    from conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(1) + [
+        "data.train_subset=64", "eval.test=false", "method.name=mat-mp", "models.1.name=tinycnn",
+        "models.2.name=tinycnn", "method.params.threats=[{norm: linf, eps: 0.05, steps: 1}, "
+        "{norm: l2, eps: 0.7, steps: 1}]"])
+    Trainer(cfg, tmp_path / "run").fit()
+    record = read_model_meta(tmp_path / "run" / "models" / "generalist.safetensors")
+    assert record["threats"] == [{"norm": "linf", "eps": 0.05}, {"norm": "l2", "eps": 0.7}]
+    assert "threat" not in record  # attack.eps (0.1 here) was never a threat of this model
+    from mutualat.cli_eval import transfer_threat
+
+    assert transfer_threat("generalist", record, None, None) == ("linf", 0.05)
+
+
+def test_eval_notes_a_suite_radius_other_than_the_trained_one():
+    from mutualat.cli_eval import threat_mismatches
+    from mutualat.evaluation import load_suite
+
+    suite = load_suite("quick")  # linf 0.1, l2 1.0
+    info = {"a": {"threats": [{"norm": "linf", "eps": 0.1}]},
+            "b": {"threats": [{"norm": "linf", "eps": 0.03}, {"norm": "l2", "eps": 1.0}]},
+            "foreign": {}}
+    lines = threat_mismatches(info, suite)
+    assert lines == ["b was trained at linf eps=0.03; the suite's linf threat attacks at eps=0.1 "
+                     "(--eps changes it)"]

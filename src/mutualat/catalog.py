@@ -93,8 +93,8 @@ def suites() -> list[Entry]:
     entries = []
     for name in packaged_suites():
         suite = load_suite(name, validate=False)
-        threats = {t.name: (f"{t.norm} eps={t.eps}" if t.norm else f"eps={t.eps}")
-                   for t in suite.threats.values()}
+        threats = {k: (f"{t.norm} eps={t.eps}" if t.norm else f"eps={t.eps}")
+                   for k, t in suite.threats.items()}
         entries.append(Entry(name, suite.description.splitlines()[0] if suite.description else "",
                              {}, {"threats": threats, "attacks": suite.attack_ids(),
                                   "per_attack": suite.per_attack}))

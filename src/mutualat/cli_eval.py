@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mutualat.attacks.threat import recorded_threats
 from mutualat.errors import ConfigError, MutualatError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -251,6 +253,8 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models, info = load_models(sized(sources, images), device)
     check_fit(info, images, labels)
+    for line in threat_mismatches(info, suite):
+        print(f"note: {line}")
     checks = False if args.no_checks else CheckConfig(n=args.check_n)
     if points:
         eps_sweep(models, suite, points, images, labels, args.out, checks=checks,
@@ -265,6 +269,38 @@ def run_eval(args: argparse.Namespace) -> int:
     print(summary_table(summary))
     print(f"summary: {args.out / 'summary.json'}")
     return 0
+
+
+def threat_mismatches(info: dict[str, dict], suite: Any) -> list[str]:
+    """A line for every model whose file records a training radius for a norm the suite
+    attacks at another radius (allowed: evaluating at other radii is common; said, because a
+    suite's default eps is easy to forget)."""
+    lines = []
+    for name, record in info.items():
+        trained = {t.norm: t.eps for t in recorded_threats(record)}
+        for threat_name, threat in suite.lp_threats().items():
+            if threat.norm in trained and not math.isclose(trained[threat.norm], threat.eps):
+                lines.append(f"{name} was trained at {threat.norm} eps={trained[threat.norm]:g}; "
+                             f"the suite's {threat_name} threat attacks at eps={threat.eps:g} "
+                             "(--eps changes it)")
+    return lines
+
+
+def transfer_threat(name: str, record: dict, norm: str | None, eps: float | None) -> tuple[str, float]:
+    """The ball a transfer attack from source ``name`` uses: ``--norm``/``--eps`` where given,
+    else what the source's model file records it was trained against (for a model trained
+    on several types, its l-inf threat unless ``--norm`` picks another)."""
+    trained = {t.norm: t.eps for t in recorded_threats(record)}
+    if norm is None:
+        norm = next(iter(trained)) if len(trained) == 1 else ("linf" if "linf" in trained or not trained
+                                                              else next(iter(trained)))
+    if eps is None:
+        if norm not in trained:
+            raise ConfigError(f"source {name!r} records no {norm} training eps"
+                              + (f" (it was trained on {', '.join(trained)})" if trained else "")
+                              + "; pass --eps")
+        eps = trained[norm]
+    return norm, eps
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -286,13 +322,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     check_fit({**source_info, **target_info}, images, labels)
     attacks = {}
     for name, record in source_info.items():
-        trained = record.get("threat") or {}
-        norm = args.norm or trained.get("norm") or "linf"
-        eps = args.eps if args.eps is not None else (trained.get("eps") if trained.get("norm") == norm else None)
-        if eps is None:
-            raise ConfigError(
-                f"source {name!r} records no {norm} training eps; pass --eps"
-            )
+        norm, eps = transfer_threat(name, record, args.norm, args.eps)
         step = args.step_size if args.step_size is not None else (0.003 if norm == "linf" else None)
         attacks[name] = default_attack(norm, eps, steps=args.steps, step_size=step)
     result = transfer_matrix(sources, targets, images, labels, attacks, batch_size=args.batch_size,

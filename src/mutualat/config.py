@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from mutualat.errors import ConfigError
+from mutualat.attacks.threat import Threat
+from mutualat.errors import ConfigError, FieldError
 
 
 @dataclass
@@ -39,7 +40,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "tinycnn"  # a registered architecture (mutualat.models.MODELS)
     kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 34, widen_factor: 10}
-    lr: float | None = None  # None = the architecture's default (SPEC.md section 4)
+    lr: float | None = None  # None = the architecture's default (docs/METHOD.md §4)
     weight_decay: float | None = None
     init: str | None = None  # start from a saved model file instead of random weights
     frozen: bool = False  # a fixed teacher/peer: no optimizer, always in eval mode
@@ -48,14 +49,23 @@ class ModelConfig:
 
 @dataclass
 class AttackConfig:
-    """The training attack (PGD); its loss is chosen by the method."""
+    """The training attack (PGD): a :class:`~mutualat.attacks.threat.Threat` and how batch-norm
+    runs while it attacks; its loss is chosen by the method."""
 
     norm: str = "linf"
     eps: float = 0.1
     steps: int = 10
     step_size: float | None = None  # None = travel 2.5 eps over the steps (l1: per coordinate, see PGD)
     random_start: bool = True
-    bn_mode: str = "eval"  # batch-norm during attack generation (SPEC.md section 6)
+    bn_mode: str = "eval"  # batch-norm during attack generation (docs/METHOD.md §6)
+
+    @property
+    def threat(self) -> Threat:
+        """The threat these fields describe (validated when it is made)."""
+        try:
+            return Threat(self.norm, self.eps, self.steps, self.step_size, self.random_start)
+        except FieldError as exc:
+            raise ConfigError(f"attack.{exc.field} {exc.reason}") from None
 
 
 @dataclass
@@ -140,11 +150,7 @@ class RunConfig:
         for key in ("train_subset", "val_subset", "test_subset"):
             n = getattr(self.data, key)
             _check(n is None or n >= 1, f"data.{key} must be a positive integer or null, got {n}")
-        eps = self.attack.eps
-        _check(math.isfinite(eps) and eps > 0, f"attack.eps must be a positive number, got {eps}")
-        if self.attack.norm == "linf":
-            _check(eps <= 1.0, f"attack.eps={eps} is larger than the [0,1] pixel range for linf")
-        _check(self.attack.steps >= 0, "attack.steps must be >= 0")
+        self.attack.threat  # noqa: B018 (made to be validated: norm, eps, steps, step size)
         _check(len(self.models) >= 1, "models must list at least one model")
         _check(self.eval.pgd_steps >= 1 and self.eval.test_pgd_steps >= 1,
                "eval.pgd_steps and eval.test_pgd_steps must be >= 1")
@@ -201,7 +207,14 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}; known keys here: {', '.join(names)}")
         kwargs[key] = _coerce(hints[key], value, path)
-    return cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in kwargs:
+            raise ConfigError(f"{where + '.' if where else ''}{f.name} is required")
+    try:
+        return cls(**kwargs)
+    except FieldError as exc:  # the object names its field; the path is known only here
+        raise ConfigError(f"{where + '.' if where else ''}{exc.field} {exc.reason}") from None
 
 
 # A decimal number as YAML 1.2 and Python write it, exponent included ("1e-1", "-2.5E+3").

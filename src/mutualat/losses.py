@@ -3,7 +3,7 @@
 All take logits of shape ``(B, K)`` and integer labels of shape ``(B,)``. ``reduction`` is
 ``"mean"`` (a scalar averaged over the batch), ``"sum"`` or ``"none"`` (shape ``(B,)``).
 KL terms sum over classes and average over the batch (PyTorch's ``batchmean``), temperature 1
-unless stated (SPEC.md section 6).
+unless stated (docs/METHOD.md §6).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def boosted_cross_entropy(
     """MART's boosted cross-entropy ``L_C(p, y) = -log p_y - log(1 - max_{k!=y} p_k)``.
 
     Wang et al., "Improving Adversarial Robustness Requires Revisiting Misclassified
-    Examples" (ICLR 2020), Eq. 6; the classification loss of MAT (SPEC.md section 1).
+    Examples" (ICLR 2020), Eq. 6; the classification loss of MAT (docs/METHOD.md §1).
     """
     logits = logits.float()
     log_probs = F.log_softmax(logits, dim=1)

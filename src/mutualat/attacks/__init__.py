@@ -28,7 +28,13 @@ from mutualat.attacks.fgsm import FGSM
 from mutualat.attacks.mim import MIM
 from mutualat.attacks.msd import MSD
 from mutualat.attacks.pgd import PGD
-from mutualat.attacks.threat import ThreatModel, make_threat
+from mutualat.attacks.threat import Threat, ThreatModel, make_threat
+from mutualat.registry import Registry
+
+#: Attacks that wrap an optional package (AutoAttack, :mod:`mutualat.evaluation.autoattack`):
+#: suites may name them, but they stay out of :data:`ATTACKS`, so code that builds every
+#: registered attack never meets one whose package is missing.
+OPTIONAL_ATTACKS: Registry = Registry("attack")
 
 __all__ = [
     "APGD",
@@ -43,7 +49,9 @@ __all__ = [
     "FGSM",
     "MIM",
     "MSD",
+    "OPTIONAL_ATTACKS",
     "PGD",
+    "Threat",
     "ThreatModel",
     "attack_mode",
     "create_attack",

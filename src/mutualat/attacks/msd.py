@@ -1,7 +1,7 @@
 """Multi steepest descent (MSD): one attack against the union of linf, l2 and l1 balls.
 
 Maini, Wong, Kolter, "Adversarial Robustness Against the Union of Multiple Perturbation
-Models" (ICML 2020), Algorithm 2; SPEC.md section 6.
+Models" (ICML 2020), Algorithm 2; docs/METHOD.md §6.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mutualat.attacks.threat import ThreatModel, make_threat
 from mutualat.errors import ConfigError
 
 NORMS = ("linf", "l2", "l1")
-# Maini et al.'s CIFAR-10 settings (also the paper's MAT-MP settings, SPEC.md section 4).
+# Maini et al.'s CIFAR-10 settings (also the paper's MAT-MP settings, docs/METHOD.md §4).
 DEFAULT_EPS = {"linf": 0.03, "l2": 0.5, "l1": 12.0}
 DEFAULT_STEP = {"linf": 0.003, "l2": 0.05, "l1": 0.05}
 

@@ -37,7 +37,7 @@ def _trades_kl(
 
 OBJECTIVES: dict[str, Objective] = {
     "ce": Objective(lambda z, y, _: cross_entropy(z, y, reduction="none"), False),
-    # MART's boosted cross-entropy L_C, the training attack's loss in MAT (SPEC.md sec. 6).
+    # MART's boosted cross-entropy L_C, the training attack's loss in MAT (docs/METHOD.md §6).
     "lc": Objective(lambda z, y, _: boosted_cross_entropy(z, y, reduction="none"), False),
     "cw": Objective(lambda z, y, _: cw_margin(z, y, reduction="none"), False),
     "dlr": Objective(lambda z, y, _: dlr_loss(z, y, reduction="none"), False),

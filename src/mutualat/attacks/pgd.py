@@ -16,7 +16,7 @@ from mutualat.attacks.base import (
     ATTACKS, Attack, Example, check_positive, check_positive_int, warn_if_zero_gradient,
 )
 from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
-from mutualat.attacks.threat import LinfThreat, ThreatModel, make_threat
+from mutualat.attacks.threat import LinfThreat, default_step_size, make_threat
 from mutualat.errors import ConfigError
 
 # Evaluation PGD (early_stop=True) freezes broken examples at every step (a masked step, no
@@ -94,16 +94,6 @@ def compiled_linf_update():
     if _compiled_linf_update is None:
         _compiled_linf_update = torch.compile(_linf_update)
     return _compiled_linf_update
-
-
-def default_step_size(threat: ThreatModel, steps: int) -> float:
-    """Madry et al.'s rule of thumb: the steps together travel 2.5 eps.
-
-    For l1 the step size is the per-coordinate move at k = 20 coordinates, so one step
-    travels ``20 * step_size`` in l1 (see :class:`L1Threat`).
-    """
-    travel = 2.5 * threat.eps / steps
-    return travel / 20 if threat.norm == "l1" else travel
 
 
 @ATTACKS.register("pgd", family="gradient", examples=(

@@ -1,4 +1,12 @@
-"""Threat models: the geometry of an lp ball of radius ``eps`` around a [0,1] image.
+"""Threats: what a perturbation may do, and the geometry of its lp ball around a [0,1] image.
+
+:class:`Threat` is the one description of a threat the project uses everywhere: the
+training attack of a config (``RunConfig.attack.threat``), MAT-MP's and AT-MAX's list of
+threats, the lp threats of an evaluation suite, and what a model file records it was
+trained against. It is validated once, here, when it is made.
+
+:class:`ThreatModel` and its subclasses are the geometry of one ball (random start,
+steepest-ascent step, projection), shared by every attack loop.
 
 Kept apart from the attack loops (as MadryLab/robustness's ``attack_steps.py`` does) so that
 PGD, MSD, APGD and the training methods share one random start, one steepest-ascent step and
@@ -19,7 +27,53 @@ from typing import Callable, Sequence
 
 import torch
 
-from mutualat.errors import ConfigError
+from mutualat.errors import ConfigError, FieldError
+
+NORMS = ("linf", "l2", "l1")
+
+
+@dataclass(frozen=True)
+class Threat:
+    """An lp ball of radius ``eps`` around a [0,1] image and the PGD that searches it in
+    training: ``steps`` iterations of ``step_size`` (None: Madry's rule, the steps travel
+    2.5 eps; for l1 the per-coordinate move at k = 20 coordinates) from a uniform random
+    point of the ball (``random_start``) or from the image itself. ``steps = 0`` means no
+    attack (natural training on the clean image)."""
+
+    norm: str
+    eps: float
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise FieldError("norm", f"must be one of {', '.join(NORMS)}; unknown norm {self.norm!r}")
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
+                or eps <= 0:
+            raise FieldError("eps", f"must be a finite number > 0, got {eps!r}")
+        if self.norm == "linf" and eps > 1:
+            raise FieldError("eps", f"(= {eps}) is larger than the [0,1] pixel range for linf")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise FieldError("steps", f"must be an integer >= 0, got {self.steps!r}")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise FieldError("step_size", f"must be a finite number > 0 (or null), got {self.step_size}")
+
+    @property
+    def ball(self) -> "ThreatModel":
+        """The geometry of the ball (:func:`make_threat`)."""
+        return make_threat(self.norm, self.eps)
+
+    def resolved_step_size(self) -> float:
+        """``step_size``, or Madry's rule when it is None (see the class docstring)."""
+        if self.step_size is not None:
+            return self.step_size
+        return default_step_size(self.ball, max(self.steps, 1))
+
+    def record(self) -> dict[str, float | str]:
+        """What a model file keeps of it: the ball (``{"norm", "eps"}``)."""
+        return {"norm": self.norm, "eps": float(self.eps)}
 
 # Guards the l2 normalisation of an all-zero gradient (a constant model): the step is then
 # 0 instead of NaN.
@@ -266,6 +320,32 @@ def check_within_inputs(key: str, norm: str, eps: float, input_shape: Sequence[i
             f"for {shape} images in [0,1]): the ball would reach every image from every other; "
             "choose a smaller eps"
         )
+
+
+def recorded_threats(record: dict) -> list[Threat]:
+    """The threats a model file's record says its model was trained against: ``threats``
+    (files written since the records kept every type), else the ``threats`` of the method's
+    parameters (multi-type methods' older files, whose ``threat`` held the unused
+    ``attack.eps``), else the single ``threat``; [] when it records none (a foreign model)."""
+    if isinstance(record.get("threats"), list):
+        entries = record["threats"]
+    elif isinstance((record.get("method") or {}).get("threats"), list):
+        entries = record["method"]["threats"]
+    elif isinstance(record.get("threat"), dict):
+        entries = [record["threat"]]
+    else:
+        entries = []
+    return [Threat(e["norm"], float(e["eps"])) for e in entries if e.get("norm") in NORMS]
+
+
+def default_step_size(threat: ThreatModel, steps: int) -> float:
+    """Madry et al.'s rule of thumb: the steps together travel 2.5 eps.
+
+    For l1 the step size is the per-coordinate move at k = 20 coordinates, so one step
+    travels ``20 * step_size`` in l1 (see :class:`L1Threat`).
+    """
+    travel = 2.5 * threat.eps / steps
+    return travel / 20 if threat.norm == "l1" else travel
 
 
 def make_threat(norm: str, eps: float) -> ThreatModel:

@@ -18,6 +18,7 @@ from mutualat.evaluation.evaluator import ENSEMBLE, evaluate
 from mutualat.evaluation.records import EvaluationError, fingerprint_model
 from mutualat.evaluation.suite import (
     AttackSpec,
+    Strength,
     Suite,
     Threat,
     load_suite,
@@ -42,7 +43,7 @@ from mutualat.models.ensemble import Ensemble
 
 __all__ = [
     "AttackSpec", "BROKEN", "CheckConfig", "ENSEMBLE", "Ensemble", "EvaluationError",
-    "NOT_ATTACKED", "ROBUST", "Suite", "Threat", "accuracy_report", "build_summary", "candidates",
+    "NOT_ATTACKED", "ROBUST", "Strength", "Suite", "Threat", "accuracy_report", "build_summary", "candidates",
     "cumulative_accuracy", "default_attack", "eps_sweep", "evaluate", "fingerprint_model", "load_suite",
     "packaged_suites", "parse_eps", "per_threat", "run_attack", "run_checks", "standalone_accuracy",
     "suite_from_dict", "suite_warnings", "summary_table", "sweep_table", "transfer_matrix", "worst_case",

@@ -18,7 +18,7 @@ from torch import nn
 
 from mutualat.attacks.base import Attack
 from mutualat.errors import ConfigError
-from mutualat.evaluation.suite import OPTIONAL_ATTACKS
+from mutualat.attacks import OPTIONAL_ATTACKS
 
 INSTALL_HINT = (
     "the autoattack suite needs Croce and Hein's AutoAttack package, which is not installed; "

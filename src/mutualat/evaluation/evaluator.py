@@ -184,7 +184,7 @@ def _checks(named: Mapping[str, nn.Module], suite: Suite, x: torch.Tensor, y: to
         saved = json.loads(path.read_text())
         if saved.get("config") == asdict(config):
             return saved
-    lp = suite.lp_threats()
+    lp = list(suite.lp_threats().values())
     threat = next((t for t in lp if t.norm == "linf"), lp[0] if lp else None)
     torch.manual_seed(batch_seed(seed, "checks"))
     record = run_checks(

@@ -13,8 +13,11 @@ A suite file::
       - {id: pgd-100, name: pgd, threat: linf, restarts: 10, params: {steps: 100}}
       - {name: fgsm, threat: linf}  # id defaults to the attack's name
 
+- ``threats``: an lp threat is a :class:`~mutualat.attacks.threat.Threat` (its ball; the
+  attack's own settings are its ``params``); a threat with ``norm: null`` is a
+  :class:`Strength`, the radius-like parameter of an attack without an lp ball.
 - ``name`` of an attack is a registered attack (:data:`mutualat.attacks.ATTACKS`) or an
-  optional one (:data:`OPTIONAL_ATTACKS`: ``autoattack``); the attack is built as
+  optional one (:data:`mutualat.attacks.OPTIONAL_ATTACKS`: ``autoattack``); the attack is built as
   ``create_attack(name, norm=threat.norm, eps=threat.eps, **params)``, so ``params`` never
   holds ``norm`` or ``eps`` (a threat without norm passes only its eps, if it has one).
 - ``id`` names the attack instance (a column of every table, a file name): unique, made of
@@ -47,16 +50,12 @@ from typing import Any
 
 import yaml
 
+from mutualat.attacks import ATTACKS, OPTIONAL_ATTACKS
+from mutualat.attacks.threat import NORMS, Threat
 from mutualat.config import read_yaml
-from mutualat.errors import ConfigError
-from mutualat.registry import Registry
+from mutualat.errors import ConfigError, FieldError
+from mutualat.evaluation import autoattack  # noqa: F401  (registers itself in OPTIONAL_ATTACKS)
 
-#: Attacks that wrap an optional package (AutoAttack): suites may name them, but they stay
-#: out of :data:`mutualat.attacks.ATTACKS`, so code that builds every registered attack never
-#: meets one whose package is missing.
-OPTIONAL_ATTACKS: Registry = Registry("attack")
-
-LP_NORMS = ("linf", "l2", "l1")
 PER_ATTACK_MODES = ("cumulative", "standalone")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _SUITE_KEYS = ("name", "description", "per_attack", "threat", "threats", "attacks")
@@ -64,19 +63,17 @@ _THREAT_KEYS = ("norm", "eps")
 _ATTACK_KEYS = ("id", "name", "threat", "restarts", "params")
 
 
-@dataclass
-class Threat:
-    """A threat type: an lp ball of radius ``eps`` (``norm`` in linf/l2/l1), or ``norm=None``
-    for attacks without one (Fog, Gabor, Elastic), whose ``eps`` is their own strength:
-    a number, ``None`` (the attack's default) or ``"calibrated:28x28"`` (the value the
-    attack's module lists in its ``CALIBRATED_EPS`` table for that input size)."""
+@dataclass(frozen=True)
+class Strength:
+    """The threat of attacks without an lp ball (Fog, Gabor, Elastic): their own strength
+    ``eps``, a number, ``None`` (the attack's default) or ``"calibrated:28x28"`` (the value
+    the attack's module lists in its ``CALIBRATED_EPS`` table for that input size)."""
 
-    name: str
-    norm: str | None
     eps: float | str | None
+    norm = None  # no ball
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"norm": self.norm, "eps": self.eps}
+    def record(self) -> dict[str, Any]:
+        return {"norm": None, "eps": self.eps}
 
 
 @dataclass
@@ -95,21 +92,22 @@ class AttackSpec:
 @dataclass
 class Suite:
     name: str
-    threats: dict[str, Threat]
+    threats: dict[str, Threat | Strength]  # threat name -> its ball or strength
     attacks: list[AttackSpec]
     description: str = ""
     per_attack: str = "cumulative"
 
     # --- queries -------------------------------------------------------------------
 
-    def threat_of(self, spec: AttackSpec) -> Threat:
+    def threat_of(self, spec: AttackSpec) -> Threat | Strength:
         return self.threats[spec.threat]
 
     def attack_ids(self) -> list[str]:
         return [a.id for a in self.attacks]
 
-    def lp_threats(self) -> list[Threat]:
-        return [t for t in self.threats.values() if t.norm in LP_NORMS]
+    def lp_threats(self) -> dict[str, Threat]:
+        """name -> threat, of the threats with an lp ball."""
+        return {k: t for k, t in self.threats.items() if isinstance(t, Threat)}
 
     def build(self, spec: AttackSpec):
         """The attack object of ``spec``: ``create_attack(name, norm, eps, **params)``."""
@@ -158,21 +156,18 @@ class Suite:
         if len(lp) != 1:
             raise ConfigError(
                 f"suite {self.name!r} has {len(lp)} lp threat types "
-                f"({', '.join(t.name for t in lp) or 'none'}); --eps needs exactly one"
+                f"({', '.join(lp) or 'none'}); --eps needs exactly one"
             )
-        _check_eps(f"suite {self.name!r}: eps", lp[0].norm, eps)
-        new = copy.deepcopy(self)
-        new.threats[lp[0].name].eps = float(eps)
-        return new
+        return self.with_threat_eps(next(iter(lp)), eps)
 
     def with_threat_eps(self, threat: str, eps: float) -> "Suite":
         """A copy where threat ``threat`` has radius (or, without a norm, strength) ``eps``."""
         if threat not in self.threats:
             raise ConfigError(f"suite {self.name!r} has no threat {threat!r}; its threats: "
                               f"{', '.join(self.threats)}")
-        _check_eps(f"suite {self.name!r}: {threat} eps", self.threats[threat].norm, eps)
         new = copy.deepcopy(self)
-        new.threats[threat].eps = float(eps)
+        new.threats[threat] = _threat(f"suite {self.name!r}, threat {threat!r}",
+                                      self.threats[threat].norm, eps)
         return new
 
     def only(self, threat: str) -> "Suite":
@@ -192,7 +187,7 @@ class Suite:
             "name": self.name,
             "description": self.description,
             "per_attack": self.per_attack,
-            "threats": {k: t.to_dict() for k, t in self.threats.items()},
+            "threats": {k: t.record() for k, t in self.threats.items()},
             "attacks": [a.to_dict() for a in self.attacks],
         }
 
@@ -206,9 +201,6 @@ class Suite:
 
 def attack_factory(name: str) -> Any:
     """The class or factory of attack ``name``: a registered attack, else an optional one."""
-    from mutualat.attacks import ATTACKS
-
-    _register_optional_attacks()
     if name in ATTACKS:
         return ATTACKS.get(name)
     return OPTIONAL_ATTACKS.get(name)
@@ -231,9 +223,6 @@ def _calibrated_eps(suite: str, spec: AttackSpec, value: str) -> float:
 
 
 def known_attacks() -> list[str]:
-    from mutualat.attacks import ATTACKS
-
-    _register_optional_attacks()
     return sorted(set(ATTACKS.names()) | set(OPTIONAL_ATTACKS.names()))
 
 
@@ -248,15 +237,21 @@ def _unknown(where: str, data: dict, known: tuple[str, ...]) -> None:
         raise ConfigError(f"{where}: unknown key {extra[0]!r}; known keys: {', '.join(known)}")
 
 
-def _check_eps(where: str, norm: str | None, eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ConfigError(f"{where} must be a finite number > 0, got {eps!r}")
-    if norm == "linf" and eps > 1:
-        raise ConfigError(f"{where}={eps} is larger than the [0,1] pixel range for linf")
-    return float(eps)
+def _threat(where: str, norm: str | None, eps: Any) -> Threat | Strength:
+    """The ball ``norm``/``eps`` (validated by :class:`Threat`), or the strength ``eps`` of a
+    threat without a norm (a finite number > 0, or None)."""
+    if norm is not None:
+        try:
+            return Threat(norm, eps)
+        except FieldError as exc:
+            raise ConfigError(f"{where}: {exc.field} {exc.reason}") from None
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                            or not math.isfinite(eps) or eps <= 0):
+        raise ConfigError(f"{where}: eps must be a finite number > 0, got {eps!r}")
+    return Strength(None if eps is None else float(eps))
 
 
-def _parse_threat(suite: str, name: Any, data: Any) -> Threat:
+def _parse_threat(suite: str, name: Any, data: Any) -> Threat | Strength:
     where = f"suite {suite!r}, threat {name!r}"
     if not isinstance(name, str) or not _ID.match(name):
         raise ConfigError(f"suite {suite!r}: threat names are letters, digits and ._+-; got {name!r}")
@@ -266,15 +261,15 @@ def _parse_threat(suite: str, name: Any, data: Any) -> Threat:
     _unknown(where, data, _THREAT_KEYS)
     if "norm" in data:
         norm = data["norm"]
-    elif name in LP_NORMS:
+    elif name in NORMS:
         norm = name
     else:
         raise ConfigError(
             f"{where}: say its norm (linf, l2, l1, or null for attacks without an lp ball); "
             "only threats named linf, l2 or l1 take it from their name"
         )
-    if norm is not None and norm not in LP_NORMS:
-        raise ConfigError(f"{where}: norm must be one of {', '.join(LP_NORMS)} or null, got {norm!r}")
+    if norm is not None and norm not in NORMS:
+        raise ConfigError(f"{where}: norm must be one of {', '.join(NORMS)} or null, got {norm!r}")
     eps = data.get("eps")
     if norm is not None and eps is None:
         raise ConfigError(f"{where}: an {norm} threat needs eps")
@@ -284,9 +279,8 @@ def _parse_threat(suite: str, name: Any, data: Any) -> Threat:
                 f"{where}: eps must be a number (or \"calibrated:<size>\" for a threat "
                 f"without norm), got {eps!r}"
             )
-    elif eps is not None:
-        eps = _check_eps(f"{where}: eps", norm, eps)
-    return Threat(name, norm, eps)
+        return Strength(eps)
+    return _threat(where, norm, eps)
 
 
 def _parse_attack(suite: str, index: int, data: Any, threats: dict[str, Threat]) -> AttackSpec:
@@ -418,6 +412,3 @@ def load_suite(name_or_path: str | os.PathLike, validate: bool = True) -> Suite:
     return suite.validate() if validate else suite
 
 
-def _register_optional_attacks() -> None:
-    # The AutoAttack wrapper registers itself in OPTIONAL_ATTACKS when imported.
-    from mutualat.evaluation import autoattack  # noqa: F401

@@ -42,9 +42,9 @@ def parse_eps(items: Sequence[str], suite: Suite) -> dict[str, list[float]]:
             lp = suite.lp_threats()
             if len(lp) != 1:
                 raise ConfigError(
-                    f"suite {suite.name!r} has {len(lp)} lp threats ({', '.join(t.name for t in lp)}"
+                    f"suite {suite.name!r} has {len(lp)} lp threats ({', '.join(lp)}"
                     f"); say which with --eps THREAT=E[,E...]")
-            name, values = lp[0].name, item
+            name, values = next(iter(lp)), item
         if name not in suite.threats:
             raise ConfigError(f"--eps {item}: suite {suite.name!r} has no threat {name!r}; "
                               f"its threats: {', '.join(suite.threats)}")

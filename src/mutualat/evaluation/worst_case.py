@@ -10,7 +10,7 @@ per example and one column per attack of the suite:
 
 and a ``clean`` vector ``(N,)`` of bools (the model is right on the clean image).
 
-Robust accuracy is always the per-example worst case (SPEC.md section 6, as AutoAttack's
+Robust accuracy is always the per-example worst case (docs/METHOD.md §6, as AutoAttack's
 robust flags): an example counts as robust against a set of attacks only if it is clean-
 correct and *every* attack of the set ran and failed on it. ``NOT_ATTACKED`` therefore never
 counts as robust, which is exact: an example is skipped only once it is known to be broken.

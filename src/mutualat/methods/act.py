@@ -1,7 +1,7 @@
 """Adversarial Concurrent Training (ACT): Arani, Sarfraz, Zonooz, BMVC 2020 (arXiv 2008.07015).
 
 Members: ``[natural, robust]``, trained together, each distilling the other's detached
-logits with temperature ``T = 4`` and weight ``alpha = 0.9`` (SPEC.md section 6). The exact
+logits with temperature ``T = 4`` and weight ``alpha = 0.9`` (docs/METHOD.md §6). The exact
 formulation follows the official code (NeurAI-Lab/ACT ``train_act.py``,
 ``utilities/losses.py``), with ``F`` the natural and ``G`` the robust model::
 
@@ -43,7 +43,7 @@ from mutualat.config import AttackConfig
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.mat import check_temperature, check_trainable, check_weight
+from mutualat.methods.checks import check_temperature, check_trainable, check_weight
 
 if TYPE_CHECKING:
     from mutualat.train.cohort import Cohort

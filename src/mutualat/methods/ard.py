@@ -16,7 +16,7 @@ The attack: the paper defines ``x_adv = x + argmax_delta CE(student(x + delta), 
 official code's ``AttackPGD`` maximizes exactly that (cross-entropy of the *student* against
 the true labels, not the KL to the teacher), so here ``training_attack(cfg, "ce")`` on the
 student. That code runs the attack with batch-norm in train mode; the project's default is
-eval mode (SPEC.md section 6), ``attack.bn_mode: train`` reproduces theirs.
+eval mode (docs/METHOD.md §6), ``attack.bn_mode: train`` reproduces theirs.
 
 KL sums over classes and averages over the batch (``batchmean``, the paper's formula). The
 official code's ``nn.KLDivLoss()`` averages over batch *and* classes, i.e. it is this loss
@@ -34,7 +34,7 @@ from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.mat import check_temperature, check_weight
+from mutualat.methods.checks import check_temperature, check_weight
 
 if TYPE_CHECKING:
     from mutualat.train.cohort import Cohort

@@ -2,7 +2,7 @@
 
 Each member minimizes its loss on its own PGD examples. ``loss="ce"`` is Madry's
 cross-entropy; ``loss="lc"`` is MART's boosted cross-entropy L_C, the "AT" of the MAT paper
-(Eq. 1), whose training attack maximizes L_C as well (SPEC.md section 6).
+(Eq. 1), whose training attack maximizes L_C as well (docs/METHOD.md §6).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Adversarial training against several perturbation types: AT-AVG, AT-MAX, AT-MSD.
 
-The baselines of the MAT paper's Table 5 (SPEC.md section 3), from Tramèr & Boneh,
+The baselines of the MAT paper's Table 5 (docs/METHOD.md §3), from Tramèr & Boneh,
 "Adversarial Training and Robustness for Multiple Perturbations" (NeurIPS 2019) and Maini,
 Wong, Kolter, "Adversarial Robustness Against the Union of Multiple Perturbation Models"
 (ICML 2020). Every trainable member is trained independently (as in :mod:`.at`) on
 ``params.threats`` (default: the paper's CIFAR-10 linf/l2/l1 setting):
 
 - ``at-avg``: ``1/M sum_m loss(f(x_adv_m), y)``, one optimizer step on the mean of the
-  per-type losses (not one step per type; SPEC.md section 6).
+  per-type losses (not one step per type; docs/METHOD.md §6).
 - ``at-max``: per example the type whose adversarial example has the highest loss,
   ``mean_b max_m loss(f(x_adv_m)_b, y_b)``. The selection uses the same forwards that are
   trained on (each type's batch its own forward, so batch-norm sees each type separately);
@@ -32,9 +32,9 @@ from torch import nn
 
 from mutualat.errors import ConfigError
 from mutualat.methods.at import CLASSIFICATION_LOSSES
+from mutualat.attacks.threat import Threat
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.multi import (
-    ThreatSpec,
     check_msd_steps,
     check_threats,
     msd_attack,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class MultiATParams:
-    threats: list[ThreatSpec] = threats_field()  # default: the paper's CIFAR-10 setting
+    threats: list[Threat] = threats_field()  # default: the paper's CIFAR-10 setting
     loss: str = "ce"  # "ce" (Maini et al.) or "lc"; also the training attacks' objective
 
     def validate(self) -> None:
@@ -85,6 +85,9 @@ class _MultiAT(Method):
 
         ``step_size`` is ignored: each threat's PGD takes its own norm's default."""
         return validation_attacks(self.params.threats, steps)
+
+    def threats(self) -> list[Threat]:
+        return list(self.params.threats)
 
     def threat_radii(self) -> list[tuple[str, str, float]]:
         return super().threat_radii() + threat_radii(self.params.threats)

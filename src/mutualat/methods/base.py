@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
-from torch import nn
 
+from mutualat.attacks.threat import Threat
 from mutualat.config import AttackConfig, RunConfig, from_dict
 from mutualat.errors import ConfigError
 from mutualat.registry import Registry
@@ -80,6 +80,11 @@ class Method:
         from mutualat.train.validate import eval_pgd
 
         return {self.attack_cfg.norm: eval_pgd(self.attack_cfg, steps, step_size)}
+
+    def threats(self) -> list[Threat]:
+        """The threats the members are trained against: what their model files record, and
+        what ``mutualat transfer`` and ``eval`` take as a model's own threat."""
+        return [self.attack_cfg.threat]
 
     def threat_radii(self) -> list[tuple[str, str, float]]:
         """``(config key, norm, eps)`` of every ball the method attacks in; the trainer checks

@@ -12,7 +12,7 @@ the weight ``1 - p(x)_y``, as in the official code. ``x'`` is PGD maximizing cro
 ``x + 0.001 * N(0, 1)``, here the start is ``attack.random_start`` (uniform in the ball, the
 project's PGD default for "ce").
 
-``beta``: 5 by default (the MAT paper's ResNet-18 setting, SPEC.md section 6); use 6 for
+``beta``: 5 by default (the MAT paper's ResNet-18 setting, docs/METHOD.md §6); use 6 for
 WRN-34-10 (``method.params.beta: 6``), the value of MART's paper and code for WideResNets.
 """
 
@@ -28,7 +28,7 @@ from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.mat import check_trainable
+from mutualat.methods.checks import check_trainable
 
 if TYPE_CHECKING:
     from mutualat.train.cohort import Cohort
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class MARTParams:
-    beta: float = 5.0  # 5 for ResNet-18, 6 for WRN-34-10 (SPEC.md section 6)
+    beta: float = 5.0  # 5 for ResNet-18, 6 for WRN-34-10 (docs/METHOD.md §6)
 
     def validate(self) -> None:
         if not self.beta >= 0:

@@ -2,14 +2,14 @@
 
 Liu, Lau, Souri, Feizi, Chellappa, "Mutual Adversarial Training: Learning together is better
 than going alone" (BMVC 2021, arXiv 2112.05005), Sec. 2.1, Eq. 1-5 and Algorithm 1
-(restated in SPEC.md section 2)::
+(restated in docs/METHOD.md §2)::
 
     L_MAT = (1 - alpha) sum_n L_C(p_n(x_adv_n), y)
             + alpha / (N - 1) sum_n sum_{m != n} KL(p_m(x) || p_n(x_adv_n))
 
 ``x_adv_n`` is crafted for member n against its own L_C (``training_attack(cfg, "lc")``);
 ``p_m(x)``, a peer's prediction on the *clean* image, is a target: computed under
-``no_grad`` so no gradient reaches the peer through it (SPEC.md section 6). KL sums over
+``no_grad`` so no gradient reaches the peer through it (docs/METHOD.md §6). KL sums over
 classes and averages over the batch (``batchmean``).
 
 Decisions the paper leaves open (each a documented default):
@@ -38,7 +38,7 @@ targets of the members it holds and receives the others'.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,6 +46,7 @@ from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
+from mutualat.methods.checks import check_temperature, check_trainable, check_weight
 from mutualat.methods.peers import check_target_bn, check_warmup, scheduled_alpha
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class MATParams:
     # Indices (into RunConfig.models) of members trained on clean images: the nat-rob
     # scenarios of Sec. 3.2.5. Empty = every member robust (rob-rob, the paper's default).
     natural: list[int] = field(default_factory=list)
-    # KL temperature; the paper uses 1 (SPEC.md section 6). KL is scaled by T^2.
+    # KL temperature; the paper uses 1 (docs/METHOD.md §6). KL is scaled by T^2.
     temperature: float = 1.0
     # Beyond the paper (mutualat.methods.peers): alpha rises linearly from 0 over this
     # fraction of training; and how a peer's clean target forward treats batch-norm
@@ -77,22 +78,6 @@ class MATParams:
             raise ConfigError(f"method.params.natural holds model indices >= 0, got {self.natural}")
         if len(set(self.natural)) != len(self.natural):
             raise ConfigError(f"method.params.natural lists a model twice: {self.natural}")
-
-
-def check_weight(name: str, value: float) -> None:
-    """A mixing weight such as alpha must lie in [0, 1]."""
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be in [0, 1], got {value}")
-
-
-def check_temperature(value: float, name: str = "method.params.temperature") -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-
-
-def check_trainable(method: str, frozen: Sequence[bool]) -> None:
-    if all(frozen):
-        raise ConfigError(f"method {method!r} needs at least one model that is not frozen")
 
 
 @register_method("mat")
@@ -118,7 +103,7 @@ class MAT(Method):
             if (m in self.natural and m in self.trainable)
             or (params.alpha > 0 and any(k != m for k in self.trainable))
         ]
-        # The training attack maximizes the training loss L_C (SPEC.md section 6).
+        # The training attack maximizes the training loss L_C (docs/METHOD.md §6).
         self.attack = training_attack(attack, loss="lc")
 
     def member_roles(self, num_models: int) -> list[str]:

@@ -1,8 +1,8 @@
 """MAT-MP: mutual adversarial training against multiple perturbation types.
 
 Liu, Lau, Souri, Feizi, Chellappa, "Mutual Adversarial Training: Learning together is better
-than going alone" (BMVC 2021, arXiv 2112.05005), Sec. 2.2, Eq. 6-10 (restated in SPEC.md
-section 3). M perturbation types (``params.threats``, e.g. linf, l2, l1) and M + 1 networks:
+than going alone" (BMVC 2021, arXiv 2112.05005), Sec. 2.2, Eq. 6-10 (restated in
+docs/METHOD.md §3). M perturbation types (``params.threats``, e.g. linf, l2, l1) and M + 1 networks:
 a generalist h0 and one specialist h_m per type, in ``RunConfig.models`` order
 ``[generalist, specialist of threats[0], ..., specialist of threats[M-1]]``; roles
 ``["generalist", "linf", "l2", "l1"]`` (the specialists are named by their norm).
@@ -26,12 +26,12 @@ network per batch on it (each network's parameters only receive its own term's g
 Decisions the paper leaves open (each a documented, configurable default):
 
 - Who teaches a specialist. Eq. 6 as extracted reads ``a/M sum_{n != m}^{M}`` without a
-  lower limit; SPEC.md fixes ``1 <= n <= M`` (the other specialists only, M - 1 teachers,
+  lower limit; docs/METHOD.md §3 reads ``1 <= n <= M`` (the other specialists only, M - 1 teachers,
   still divided by M), which is the default. ``generalist_teaches: true`` adds the
   generalist's clean prediction as an M-th teacher (``0 <= n <= M``, for which the factor
   1/M is exactly the mean over a specialist's peers, as 1/(N - 1) in Eq. 5).
 - Every training attack (specialists', generalist's per-type PGDs, MSD) maximizes L_C, the
-  training loss (SPEC.md section 6); specialist m and the generalist's m-th attack are the
+  training loss (docs/METHOD.md §6); specialist m and the generalist's m-th attack are the
   same PGD (``params.threats[m-1]``), run against different models.
 - MAX selects by the per-example L_C of the generalist's own forward on each x_adv_m (the
   logits that are then trained on: no extra forward); ties go to the earlier threat. Each
@@ -62,11 +62,11 @@ from torch import nn
 
 from mutualat import losses
 from mutualat.errors import ConfigError
+from mutualat.attacks.threat import Threat
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.mat import check_temperature, check_trainable, check_weight
+from mutualat.methods.checks import check_temperature, check_trainable, check_weight
 from mutualat.methods.peers import check_target_bn, check_warmup, scheduled_alpha
 from mutualat.methods.multi import (
-    ThreatSpec,
     check_msd_steps,
     check_threats,
     msd_attack,
@@ -91,11 +91,11 @@ class MATMPParams:
     # CIFAR-10 value for MAT (Sec. 3.2.6). Tune it with the alpha search (validation split).
     alpha: float = 0.6
     # The M >= 2 perturbation types; default: the paper's CIFAR-10 setting (Sec. 3.3.1).
-    threats: list[ThreatSpec] = threats_field()
+    threats: list[Threat] = threats_field()
     msd_steps: int | None = None  # MSD iterations for generalist "msd"; None = max threat steps
     temperature: float = 1.0  # KL temperature, 1 in the paper; KL is scaled by T^2
     # Also distill the generalist's clean prediction into every specialist (see the module
-    # docstring: SPEC.md reads Eq. 6 as specialists-only, the default).
+    # docstring: docs/METHOD.md §3 reads Eq. 6 as specialists-only, the default).
     generalist_teaches: bool = False
     # Beyond the paper, as for MAT (mutualat.methods.peers): alpha's linear warm-up over
     # this fraction of training, and how a peer's target forward treats batch-norm.
@@ -138,7 +138,7 @@ class MATMP(Method):
         self.target_members = sorted(
             {n for i in self.trainable for n in self.teachers[i]} if params.alpha > 0 else set()
         )
-        # Training attacks maximize L_C (SPEC.md section 6); attacks[m - 1] is type m's PGD.
+        # Training attacks maximize L_C (docs/METHOD.md §6); attacks[m - 1] is type m's PGD.
         self.attacks = threat_attacks(params.threats, "lc", attack.bn_mode)
         self.msd = (msd_attack(params.threats, params.msd_steps, "lc", attack.bn_mode)
                     if params.generalist == "msd" else None)
@@ -161,6 +161,9 @@ class MATMP(Method):
 
         ``step_size`` is ignored: each threat's PGD takes its own norm's default."""
         return validation_attacks(self.params.threats, steps)
+
+    def threats(self) -> list[Threat]:
+        return list(self.params.threats)
 
     def threat_radii(self) -> list[tuple[str, str, float]]:
         return super().threat_radii() + threat_radii(self.params.threats)

@@ -1,8 +1,8 @@
 """What the multiple-perturbation methods share: the threat list, its attacks, its checks.
 
 MAT-MP (:mod:`mutualat.methods.mat_mp`) and the AT-AVG / AT-MAX / AT-MSD baselines
-(:mod:`mutualat.methods.at_multi`) train against M perturbation types at once (SPEC.md
-section 3). ``RunConfig.attack`` holds one threat, so these methods carry their list in their
+(:mod:`mutualat.methods.at_multi`) train against M perturbation types at once (docs/METHOD.md
+§3). ``RunConfig.attack`` holds one threat, so these methods carry their list in their
 own ``Params``::
 
     method:
@@ -13,70 +13,32 @@ own ``Params``::
           - {norm: l2,   eps: 0.5,  steps: 50, step_size: 0.05}
           - {norm: l1,   eps: 12,   steps: 50, step_size: 0.05}
 
-The default list is the paper's CIFAR-10 setting (SPEC.md section 4). Each threat gets one
+The default list is the paper's CIFAR-10 setting (docs/METHOD.md §4). Each threat gets one
 training PGD (:func:`threat_attacks`); the MSD attack of Maini et al. (2020) runs over the
 union of the list's balls (:func:`msd_attack`). From ``RunConfig.attack`` these methods use
-only ``bn_mode`` (batch-norm during every training attack, SPEC.md section 6); its threat
+only ``bn_mode`` (batch-norm during every training attack, docs/METHOD.md §6); its threat
 remains the trainer's per-epoch validation attack.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Sequence
 
 import torch
 
+from mutualat.attacks.threat import Threat
 from mutualat.errors import ConfigError
 
-NORMS = ("linf", "l2", "l1")  # the threat models MSD can combine (mutualat.attacks.msd)
 
 
-@dataclass
-class ThreatSpec:
-    """One perturbation type and its training PGD."""
-
-    norm: str | None = None  # "linf", "l2" or "l1"; required
-    eps: float | None = None  # radius of the ball; required
-    steps: int = 10  # PGD iterations
-    # None = Madry's rule: the steps travel 2.5 eps (for l1 the per-coordinate move at
-    # k = 20 coordinates, see mutualat.attacks.pgd.default_step_size).
-    step_size: float | None = None
-    random_start: bool = True  # PGD starts at a uniform point of the ball (Madry et al.)
-
-    def validate(self, where: str) -> None:
-        if self.norm is None:
-            raise ConfigError(f"{where}.norm is required (one of {', '.join(NORMS)})")
-        if self.norm not in NORMS:
-            raise ConfigError(f"{where}.norm: unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
-        if self.eps is None:
-            raise ConfigError(f"{where}.eps is required")
-        if not (math.isfinite(self.eps) and self.eps > 0):
-            raise ConfigError(f"{where}.eps must be a finite number > 0, got {self.eps}")
-        if self.norm == "linf" and self.eps > 1:
-            raise ConfigError(f"{where}.eps={self.eps} is larger than the [0,1] pixel range for linf")
-        if self.steps < 1:
-            raise ConfigError(f"{where}.steps must be >= 1, got {self.steps}")
-        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
-            raise ConfigError(f"{where}.step_size must be a finite number > 0, got {self.step_size}")
-
-    def resolved_step_size(self) -> float:
-        from mutualat.attacks import make_threat
-        from mutualat.attacks.pgd import default_step_size
-
-        if self.step_size is not None:
-            return self.step_size
-        return default_step_size(make_threat(self.norm, self.eps), self.steps)
-
-
-def paper_threats() -> list[ThreatSpec]:
+def paper_threats() -> list[Threat]:
     """The paper's CIFAR-10 MAT-MP setting (Sec. 3.3.1): eps (0.03, 0.5, 12), step sizes
     (0.003, 0.05, 0.05), iterations (40, 50, 50) for (linf, l2, l1)."""
     return [
-        ThreatSpec("linf", 0.03, 40, 0.003),
-        ThreatSpec("l2", 0.5, 50, 0.05),
-        ThreatSpec("l1", 12.0, 50, 0.05),
+        Threat("linf", 0.03, 40, 0.003),
+        Threat("l2", 0.5, 50, 0.05),
+        Threat("l1", 12.0, 50, 0.05),
     ]
 
 
@@ -85,7 +47,7 @@ def threats_field():
     return field(default_factory=paper_threats)
 
 
-def check_threats(threats: Sequence[ThreatSpec], minimum: int = 1,
+def check_threats(threats: Sequence[Threat], minimum: int = 1,
                   where: str = "method.params.threats") -> None:
     """Validate every threat; the list needs ``minimum`` entries and distinct norms (members
     and MSD's steps are named by norm)."""
@@ -94,14 +56,15 @@ def check_threats(threats: Sequence[ThreatSpec], minimum: int = 1,
             f"{where} must list at least {minimum} threat(s) "
             f"({{norm, eps, steps, step_size}}), got {len(threats)}"
         )
-    for i, t in enumerate(threats):
-        t.validate(f"{where}.{i}")
+    for i, t in enumerate(threats):  # each was validated when it was made (Threat)
+        if t.steps < 1:
+            raise ConfigError(f"{where}.{i}.steps must be >= 1, got {t.steps}")
     norms = [t.norm for t in threats]
     if len(set(norms)) != len(norms):
         raise ConfigError(f"{where} lists a norm twice: {norms}")
 
 
-def threat_radii(threats: Sequence[ThreatSpec],
+def threat_radii(threats: Sequence[Threat],
                  where: str = "method.params.threats") -> list[tuple[str, str, float]]:
     """``(config key, norm, eps)`` of every threat of the list (:meth:`Method.threat_radii`)."""
     return [(f"{where}.{i}.eps", t.norm, t.eps) for i, t in enumerate(threats)]
@@ -112,7 +75,7 @@ def check_msd_steps(value: int | None) -> None:
         raise ConfigError(f"method.params.msd_steps must be >= 1 (or null), got {value}")
 
 
-def threat_attacks(threats: Sequence[ThreatSpec], loss: str, bn_mode: str) -> list:
+def threat_attacks(threats: Sequence[Threat], loss: str, bn_mode: str) -> list:
     """One training PGD per threat, maximizing ``loss`` (no early stop, one run)."""
     from mutualat.attacks import PGD
 
@@ -123,7 +86,7 @@ def threat_attacks(threats: Sequence[ThreatSpec], loss: str, bn_mode: str) -> li
     ]
 
 
-def msd_attack(threats: Sequence[ThreatSpec], steps: int | None, loss: str, bn_mode: str):
+def msd_attack(threats: Sequence[Threat], steps: int | None, loss: str, bn_mode: str):
     """Maini et al.'s MSD over the union of the threats' balls, with their step sizes.
 
     ``steps`` None = the largest PGD iteration count of the list (50 for the paper's
@@ -147,7 +110,7 @@ def pick_per_example(per_type: Sequence[torch.Tensor], k: torch.Tensor) -> torch
     return stacked[torch.arange(len(k), device=k.device), k]
 
 
-def validation_attacks(threats: Sequence[ThreatSpec], steps: int) -> dict:
+def validation_attacks(threats: Sequence[Threat], steps: int) -> dict:
     """norm -> the evaluation PGD of each threat, for per-type and worst-case validation.
 
     Like :func:`mutualat.train.validate.eval_pgd`: cross-entropy, no random start, early

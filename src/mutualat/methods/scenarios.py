@@ -1,6 +1,6 @@
 """The four knowledge-distillation scenarios of MAT (Liu et al. 2021, Sec. 3.2.5, Fig. 2).
 
-Each scenario is a list of :class:`RunConfig` to run in order (SPEC.md section 2):
+Each scenario is a list of :class:`RunConfig` to run in order (docs/METHOD.md §2):
 
 1. ``rob-rob-online``: h1 and h2 robust, trained together with Eq. 5 (the paper's default).
 2. ``rob-rob-offline``: stage 1 trains h1 alone with Eq. 1 (AT with L_C, method ``at``,

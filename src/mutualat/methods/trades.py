@@ -9,7 +9,7 @@ started at ``x + 0.001 * N(0, 1)`` (:class:`mutualat.attacks.PGD` does this for
 ``loss="trades_kl"`` when ``attack.random_start`` is true). KL sums over classes and averages
 over the batch; its gradient flows through **both** ``f(x)`` and ``f(x')``, as in the official
 code (this is a regularizer of the model, not distillation from a target). ``beta = 6``
-(SPEC.md section 6). One clean forward is shared by the CE and KL terms (the official code
+(docs/METHOD.md §6). One clean forward is shared by the CE and KL terms (the official code
 runs two identical ones).
 """
 
@@ -24,7 +24,7 @@ from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.mat import check_trainable
+from mutualat.methods.checks import check_trainable
 
 if TYPE_CHECKING:
     from mutualat.train.cohort import Cohort

@@ -175,3 +175,16 @@ def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise DataError(f"{path}, line {number}, is not a JSON record: {line[:80]!r}")
         records.append((line, record))
     return records
+
+
+class NullLog:
+    """The metrics log of the processes other than rank 0: they write nothing."""
+
+    def write(self, event: str, global_step: int, **values: Any) -> None:
+        pass
+
+    def truncate_after(self, global_step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -22,10 +22,10 @@ import json
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
-from mutualat.errors import CheckpointError, ConfigError
+from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import resolve_method_params
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint
 
@@ -208,3 +208,28 @@ def undo_new_run_dir(out: Path, existed: bool) -> None:
     if not existed:
         with contextlib.suppress(OSError):
             out.rmdir()
+
+
+@contextlib.contextmanager
+def writing(out: Path, name: str, checkpointed: tuple[int, int] | None) -> Iterator[None]:
+    """A write of ``name`` into the run folder that fails (a full disk, a quota) stops the run
+    with a sentence saying what survives instead of an OSError traceback; the atomic writes
+    have removed their temporary file and left the previous version in place."""
+    try:
+        yield
+    except OSError as exc:
+        raise TrainingError(
+            f"could not write {name} in {out} ({exc.strerror or exc}); "
+            f"{what_survives(out, checkpointed)} once the disk has room."
+        ) from None
+
+
+def what_survives(out: Path, checkpointed: tuple[int, int] | None) -> str:
+    """Where ``--resume`` would continue from (``checkpointed``: the (epoch, step in epoch) of
+    the folder's checkpoint, None before the first), for a message about a stopped run."""
+    if checkpointed is None:
+        return (f"no checkpoint was written yet: --resume starts {out} again from "
+                "scratch with its config")
+    epoch, step = checkpointed
+    at = f"the end of epoch {epoch}" if step == 0 else f"step {step} of epoch {epoch + 1}"
+    return f"the previous checkpoint ({out / CHECKPOINT}, at {at}) is intact: --resume continues from it"

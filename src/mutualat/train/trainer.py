@@ -24,53 +24,35 @@ import platform
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from mutualat.attacks.threat import check_within_inputs
 from mutualat.config import RunConfig, to_dict
 from mutualat.data import DeviceLoader, load_dataset, subset, train_val_split
 from mutualat.device import resolve_device
-from mutualat.errors import CheckpointError, ConfigError, TrainingError
+from mutualat.errors import ConfigError, TrainingError
 from mutualat.methods import build_method, resolve_method_params
-from mutualat.models import create_model, load_weights_into, save_model
+from mutualat.models import save_model
 from mutualat.train import processes
 from mutualat.train.checkpoint import atomic_write_bytes, save_checkpoint
 from mutualat.train.cohort import Cohort, Member
-from mutualat.train.logger import MetricsLog
-from mutualat.train.optim import build_optimizer, build_scheduler, member_learning_rates
+from mutualat.train.logger import MetricsLog, NullLog
+from mutualat.train.members import build_member, model_record, remote_member, trial_step
+from mutualat.train.optim import member_learning_rates
 from mutualat.train.placement import make_placement
-from mutualat.train.precision import Precision, choose_precision, device_rule
+from mutualat.train.precision import choose_precision, device_rule
 from mutualat.train.preflight import check_names
 from mutualat.train.run_dir import (CHECKPOINT, clear_dead_start, lock_run_dir, prepare_run_dir,
                                     remove_stale_temporaries, resume_state, run_id,
-                                    undo_new_run_dir)
-from mutualat.train.speed import apply_speed_options, sample_batch
+                                    undo_new_run_dir, what_survives, writing)
+from mutualat.train.state import gather_state, restore_state
+from mutualat.train.speed import apply_speed_options
 from mutualat.train.validate import robust_accuracies
 
 logger = logging.getLogger(__name__)
-
-
-def member_seed(seed: int, index: int) -> int:
-    """Member ``index`` of a cohort initializes from ``seed + index`` (documented contract:
-    a single-model run with that seed starts from the same weights)."""
-    return seed + index
-
-
-class _NoLog:
-    """The metrics log of the processes other than rank 0: they write nothing."""
-
-    def write(self, event: str, global_step: int, **values: Any) -> None:
-        pass
-
-    def truncate_after(self, global_step: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Trainer:
@@ -130,19 +112,24 @@ class Trainer:
             # A checkpoint from before the trial existed was computed by the device rule.
             saved = state.get("precision") or dataclasses.asdict(
                 device_rule(cfg.amp, cfg.channels_last, self.device))
+        # The trial times this process's share of a batch (a shard in data-parallel runs).
+        batch = cfg.data.batch_size // (procs.world if self.placement.mode == "data" else 1)
         self.precision = procs.from_main(lambda: choose_precision(
-            cfg.amp, cfg.channels_last, self.device, self._trial_step, saved=saved,
+            cfg.amp, cfg.channels_last, self.device,
+            lambda p: trial_step(cfg, self.dataset, self.device, batch, p), saved=saved,
             deterministic=cfg.deterministic))
         self.amp = self.precision.chosen.amp
         self.channels_last = self.precision.chosen.channels_last
         # This process's members; in cohort-parallel runs rank 0 also keeps a CPU copy of the
         # others' members, to write their model files.
-        self.cohort = Cohort([self._build_member(i) for i in range(len(cfg.models))
-                              if self.placement.owns(i)], len(cfg.models), self.placement)
-        self.remote = {i: self._remote_member(i) for i in range(len(cfg.models))
+        n = len(cfg.models)
+        self.cohort = Cohort([build_member(cfg, i, self.dataset, self.method, self.placement,
+                                           self.device, self.channels_last, len(self.loader))
+                              for i in range(n) if self.placement.owns(i)], n, self.placement)
+        self.remote = {i: remote_member(cfg, i, self.dataset, self.method) for i in range(n)
                        if not self.placement.owns(i) and procs.is_main}
         procs.seed(cfg.seed)
-        self.log = MetricsLog(self.out) if procs.is_main else _NoLog()
+        self.log = MetricsLog(self.out) if procs.is_main else NullLog()
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the current epoch
         self.global_step = 0
@@ -187,65 +174,6 @@ class Trainer:
             raise ConfigError(
                 f"data.batch_size={d.batch_size} is larger than the {len(train.labels)} training images"
             )
-
-    def _create_model(self, index: int) -> nn.Module:
-        mcfg, ds = self.cfg.models[index], self.dataset
-        c, h, _ = ds.input_shape
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mcfg.seed if mcfg.seed is not None else member_seed(self.cfg.seed, index))
-            return create_model(mcfg.name, num_classes=ds.num_classes, in_channels=c,
-                                input_size=h, mean=ds.mean, std=ds.std, **mcfg.kwargs)
-
-    def _build_member(self, index: int) -> Member:
-        mcfg = self.cfg.models[index]
-        model = self._create_model(index)
-        if mcfg.init:
-            load_weights_into(model, mcfg.init)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        role = self.method.roles[index]
-        if mcfg.frozen:
-            return Member(index, role, model.eval().requires_grad_(False), True)
-        module = self.placement.prepare(model, trainable=True)
-        optimizer = build_optimizer(model, mcfg, self.cfg.optim)
-        scheduler = build_scheduler(optimizer, self.cfg.optim, len(self.loader))
-        return Member(index, role, model, False, optimizer, scheduler, module)
-
-    def _remote_member(self, index: int) -> Member:
-        """A CPU copy of a member another process trains (its weights arrive before saving)."""
-        return Member(index, self.method.roles[index], self._create_model(index).eval(),
-                      self.cfg.models[index].frozen)
-
-    def _trial_step(self, precision: Precision) -> Callable[[], None]:
-        """One training step of this run computed as ``precision`` says, on fresh copies of
-        the members and a batch of random pixels of the training shape (this process's share
-        in data-parallel runs): the unit :func:`choose_precision` times. Nothing of the run is
-        touched."""
-        cfg = self.cfg
-        models = []
-        for i, mcfg in enumerate(cfg.models):
-            model = self._create_model(i).to(self.device)
-            if precision.channels_last:
-                model.to(memory_format=torch.channels_last)
-            models.append(model.eval().requires_grad_(False) if mcfg.frozen else model.train())
-        method = build_method(cfg)
-        cohort = Cohort.of(models, method)
-        batch = cfg.data.batch_size // (self.processes.world if self.placement.mode == "data" else 1)
-        x = sample_batch(batch, tuple(self.dataset.input_shape), self.device, precision.channels_last)
-        generator = torch.Generator(device=self.device).manual_seed(1)
-        y = torch.randint(0, self.dataset.num_classes, (batch,), generator=generator,
-                          device=self.device)
-
-        def step() -> None:
-            for model in models:
-                model.zero_grad(set_to_none=True)
-            with precision.autocast(self.device):
-                loss = method.loss(cohort, x, y).loss
-            if loss.requires_grad:
-                loss.backward()
-
-        return step
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -416,86 +344,31 @@ class Trainer:
 
     # --- the run folder: checkpoints and model files -------------------------------------
 
-    def _state(self) -> dict[str, Any] | None:
-        """The whole run's state on rank 0 (None on the other processes, which send theirs)."""
-        # Data-parallel: rank 0 holds every member, the others send only their RNG state.
-        mine = self.is_main or not self.placement.members_on_main()
-        part = {
-            "members": self.cohort.local_state() if mine else {},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
-        parts = self.processes.gather_to_main(part)
-        if parts is None:
-            return None
-        members = {i: m for p in parts for i, m in p["members"].items()}
-        n = len(self.cfg.models)
-        state = {
-            "config": to_dict(self.cfg),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "best": dict(self.best),
-            "models": [members[i][0] for i in range(n)],
-            "optimizers": [members[i][1] for i in range(n)],
-            "schedulers": [members[i][2] for i in range(n)],
-            "rng": parts[0]["rng"],
-            "precision": self.precision.state(),
-            "run_id": self.run_id,
-        }
-        if len(parts) > 1:  # every process's RNG, so a resumed run continues exactly
-            state["rng_ranks"] = [p["rng"] for p in parts]
-            state["distributed"] = {"mode": self.placement.mode, "processes": len(parts)}
-        return state
-
     def _restore(self, state: dict[str, Any]) -> None:
-        if len(state["models"]) != len(self.cfg.models):
-            raise CheckpointError(
-                f"checkpoint holds {len(state['models'])} models, the config {len(self.cfg.models)}"
-            )
-        self.cohort.load_local_state(state["models"], state["optimizers"], state["schedulers"])
+        restore_state(state, self.cohort, self.processes, self.cfg.seed)
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best = dict(state["best"])
         self.checkpointed = (self.epoch, self.step_in_epoch)
-        if state["rng"] is None:  # a process the checkpoint's run did not have
-            self.processes.seed(self.cfg.seed, self.global_step)
-        else:
-            torch.set_rng_state(state["rng"]["torch"])
-            if state["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.log.truncate_after(self.global_step)
 
     def _checkpoint(self) -> None:
-        state = self._state()
+        state = gather_state(self.cohort, self.processes, self.placement, {
+            "config": to_dict(self.cfg), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step, "best": dict(self.best),
+            "precision": self.precision.state(), "run_id": self.run_id,
+        })
         if state is not None:
             with self._writing(CHECKPOINT):
                 save_checkpoint(self.out / CHECKPOINT, state)
         self.checkpointed = (self.epoch, self.step_in_epoch)
 
-    @contextlib.contextmanager
-    def _writing(self, name: str):
-        """A write into the run folder that fails (a full disk, a quota) stops the run with a
-        sentence saying what survives instead of an OSError traceback; the atomic writes
-        have removed their temporary file and left the previous version in place."""
-        try:
-            yield
-        except OSError as exc:
-            raise TrainingError(
-                f"could not write {name} in {self.out} ({exc.strerror or exc}); "
-                f"{self._what_survives()} once the disk has room."
-            ) from None
+    def _writing(self, name: str) -> contextlib.AbstractContextManager:
+        return writing(self.out, name, self.checkpointed)
 
     def _what_survives(self) -> str:
-        """Where ``--resume`` would continue from, for a message about a stopped run."""
-        if self.checkpointed is None:
-            return (f"no checkpoint was written yet: --resume starts {self.out} again from "
-                    "scratch with its config")
-        epoch, step = self.checkpointed
-        at = f"the end of epoch {epoch}" if step == 0 else f"step {step} of epoch {epoch + 1}"
-        return (f"the previous checkpoint ({self.out / CHECKPOINT}, at {at}) is intact: "
-                "--resume continues from it")
+        return what_survives(self.out, self.checkpointed)
 
     def _to_save(self, role_filter: set[str] | None) -> list[Member]:
         """The trained members whose model files rank 0 writes now (none on other processes);
@@ -515,25 +388,12 @@ class Trainer:
     def _save_models(self, suffix: str, role_filter: set[str] | None = None,
                      metrics: dict[str, Any] | None = None) -> None:
         for member in self._to_save(role_filter):
-            meta = self._model_meta(member)
+            meta = model_record(member, self.cfg, self.method, self.dataset.classes, self.epoch)
             if metrics:
                 meta["metrics"] = metrics.get(member.role, {})
             name = f"models/{member.role}{suffix}.safetensors"
             with self._writing(name):
                 save_model(member.model, self.out / name, meta)
-
-    def _model_meta(self, member: Member) -> dict[str, Any]:
-        a = self.cfg.attack
-        return {
-            "role": member.role,
-            "roles": self.method.roles,
-            "dataset": self.cfg.data.name,
-            "classes": list(self.dataset.classes),
-            "threat": {"norm": a.norm, "eps": a.eps},  # multi-type methods: see method.threats
-            "method": self.method.describe(),
-            "epoch": self.epoch,
-            "seed": self.cfg.seed,
-        }
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

@@ -1,0 +1,180 @@
+"""What a comparison's CPU suite leaves on the table: APGD-T with all 9 target classes, run on
+the examples that survived the suite (PGD-100, APGD-CE, APGD-T with 3 targets).
+
+    python scripts/apgd_targets_gap.py STUDY [--checkpoints last] [--variants ...] [--seeds 0]
+                                       [--targets 9] [--limit N] [--data-dir DIR] [--json]
+
+STUDY is a `mutualat compare` output folder. For every finished evaluation in it (the
+variants, seeds and checkpoints asked for; each member evaluated alone and each ensemble),
+the examples still robust after the whole suite (from the evaluation's ``correct.npz``) are
+attacked once more with AutoAttack's APGD-T at ``--targets`` target classes (9: standard
+AutoAttack's setting, which also repeats the first 3 targets with other randomness), on the
+same test images, in fp32. An example it breaks was counted robust by the suite, so
+
+    R_worst with the stronger APGD-T = R_worst of the suite - broken / n.
+
+With ``--limit N`` only the first N surviving examples (by index) are attacked and the drop
+is estimated as (broken / attacked) x (surviving / n); the table says so. The extra
+evaluations are ordinary evaluator folders under ``--out`` (default STUDY/apgd-targets-gap),
+resumable and reused on a rerun.
+
+docs/RESULTS.md quotes this table for the Fashion-MNIST comparison
+(configs/plans/fmnist-smallcnn.yaml), whose suite comparison-fmnist-cpu runs 3 targets to
+stay within the CPU budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mutualat.console import setup_logging
+from mutualat.data import load_dataset, subset
+from mutualat.errors import MutualatError
+from mutualat.evaluation import evaluate
+from mutualat.evaluation.suite import suite_from_dict
+from mutualat.models import load_model
+from mutualat.models.ensemble import Ensemble
+
+logger = logging.getLogger("mutualat.scripts.apgd_targets_gap")
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", type=Path, help="a `mutualat compare` output folder")
+    parser.add_argument("--variants", nargs="+", help="default: every variant and the control")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: every seed evaluated")
+    parser.add_argument("--checkpoints", nargs="+", default=["last"], choices=["last", "best"])
+    parser.add_argument("--targets", type=int, default=9, help="APGD-T's target classes")
+    parser.add_argument("--limit", type=int, help="attack at most this many surviving examples per model")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--data-dir", help="where the dataset is, if not where the study read it")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="default: STUDY/apgd-targets-gap")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    return parser.parse_args(argv)
+
+
+def evaluations(study: Path) -> list[Path]:
+    """Every finished evaluation folder of the study: evals/<variant>/seed<S>/<checkpoint>."""
+    found = sorted(p.parent for p in (study / "evals").glob("*/seed*/*/summary.json"))
+    if not found:
+        raise MutualatError(f"{study} has no finished evaluation (is it a `mutualat compare` folder?)")
+    return found
+
+
+def data_source(study: Path) -> dict:
+    """Where the study read its data: the ``data`` of any of its evaluation tasks."""
+    for path in sorted((study / "tasks").glob("eval__*.json")):
+        if not path.name.endswith(".record.json"):
+            return json.loads(path.read_text())["spec"]["data"]
+    raise MutualatError(f"{study}/tasks has no evaluation task")
+
+
+def load_models(summary: dict, device: str) -> dict[str, torch.nn.Module]:
+    """The evaluated models, from the paths their summary records (an ensemble: its members')."""
+    models = {}
+    for name, entry in summary["models"].items():
+        info = entry["info"]
+        if "members" in info:
+            models[name] = Ensemble([load_model(m["path"], device=device) for m in info["members"].values()])
+        else:
+            models[name] = load_model(info["path"], device=device)
+    return models
+
+
+def stronger_suite(summary: dict, targets: int) -> dict:
+    """The suite's l-inf threat with APGD-T at ``targets`` target classes as its only attack."""
+    threats = summary["suite"]["threats"]
+    if list(threats) != ["linf"]:
+        raise MutualatError(f"expected a suite with the single threat linf, got {list(threats)}")
+    return {"name": f"apgd-t{targets}", "description": f"APGD-T, {targets} target classes",
+            "per_attack": "cumulative", "threats": {"linf": {"eps": threats["linf"]["eps"]}},
+            "attacks": [{"id": f"apgd-t{targets}", "name": "autoattack",
+                         "params": {"version": "custom", "attacks": ["apgd-t"],
+                                    "n_target_classes": targets}}]}
+
+
+def gap_rows(args: argparse.Namespace) -> list[dict]:
+    out = args.out or args.study / "apgd-targets-gap"
+    folders = evaluations(args.study)
+    source, splits, rows = data_source(args.study), {}, []
+    for folder in folders:
+        variant, seed, checkpoint = folder.parent.parent.name, int(folder.parent.name[4:]), folder.name
+        if (args.variants and variant not in args.variants) or (args.seeds and seed not in args.seeds) \
+                or checkpoint not in args.checkpoints:
+            continue
+        summary = json.loads((folder / "summary.json").read_text())
+        data = summary["data"]
+        key = (data["dataset"], data["subset"], data["subset_seed"])
+        if key not in splits:
+            dataset = load_dataset(source["name"], data_dir=args.data_dir or source["data_dir"],
+                                   path=source["path"])
+            splits[key] = subset(dataset.test, data["subset"], seed=data["subset_seed"])
+        split = splits[key]
+        suite = suite_from_dict(stronger_suite(summary, args.targets), source=f"apgd-t{args.targets}")
+        for name, model in load_models(summary, args.device).items():
+            correct = np.load(folder / summary["models"][name]["correct_file"])
+            if not np.array_equal(correct["labels"], split.labels):
+                raise MutualatError(f"{folder}: its labels are not those of the test subset read "
+                                    "now (another dataset or data directory?)")
+            surviving = np.flatnonzero(correct["clean"] & (correct["outcome"] == 1).all(axis=1))
+            attacked = surviving[: args.limit] if args.limit else surviving
+            n = len(correct["labels"])
+            row = {"variant": variant, "seed": seed, "checkpoint": checkpoint, "model": name, "n": n,
+                   "r_worst": summary["models"][name]["r_worst"], "surviving": len(surviving),
+                   "attacked": len(attacked), "broken": 0}
+            if len(attacked):
+                result = evaluate({name: model}, suite, torch.from_numpy(split.images[attacked]),
+                                  torch.from_numpy(split.labels[attacked]),
+                                  out / variant / f"seed{seed}" / checkpoint / name,
+                                  batch_size=args.batch_size, device=args.device,
+                                  seed=summary["seed"], checks=False, progress=False)
+                row["broken"] = round(len(attacked) * (1 - result["models"][name]["r_worst"]))
+            fraction = row["broken"] / row["attacked"] if row["attacked"] else 0.0
+            row["drop"] = fraction * row["surviving"] / n
+            row["r_worst_stronger"] = row["r_worst"] - row["drop"]
+            row["estimated"] = row["attacked"] < row["surviving"]
+            rows.append(row)
+            logger.info(f"{variant} seed{seed} {checkpoint} {name}: APGD-T-{args.targets} broke "
+                        f"{row['broken']} of {row['attacked']} surviving examples")
+    return rows
+
+
+def table(rows: list[dict], targets: int) -> str:
+    header = (f"| variant | seed | checkpoint | model | R_worst, suite % | broken by APGD-T-{targets} "
+              "| R_worst with it % | drop (points) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        approx = "≈ " if r["estimated"] else ""
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['checkpoint']} | {r['model']} | "
+                     f"{100 * r['r_worst']:.2f} | {r['broken']} of {r['attacked']} | "
+                     f"{approx}{100 * r['r_worst_stronger']:.2f} | {approx}{100 * r['drop']:.2f} |")
+    if rows:
+        drops = [100 * r["drop"] for r in rows]
+        lines.append("")
+        lines.append(f"Drop over {len(rows)} models: mean {np.mean(drops):.2f}, "
+                     f"largest {max(drops):.2f} points.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    setup_logging(logging.WARNING if args.json else logging.INFO)  # --json: stdout is the JSON
+    try:
+        rows = gap_rows(args)
+    except MutualatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=2) if args.json else table(rows, args.targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
