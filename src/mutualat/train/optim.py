@@ -15,7 +15,8 @@ from mutualat.models import MODELS
 def lr_and_weight_decay(model_cfg: ModelConfig) -> tuple[float, float]:
     """The member's learning rate and weight decay: ``models.N.lr`` / ``weight_decay`` where
     the run sets them, else what the architecture declared at its registration
-    (``@MODELS.register(name, lr=..., weight_decay=...)``).
+    (``@MODELS.register(name, lr=..., weight_decay=...)``; the paper's values for ResNet-18
+    and WRN-34-10, the CPU-scale ones for the small CNNs: docs/METHOD.md §4).
 
     :class:`ConfigError` if neither gives one: an architecture registered without defaults
     must have them set by the run, never a rate meant for another architecture.
