@@ -65,7 +65,8 @@ def _imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, bool]]
                 continue
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 found.append((child, in_function))
-            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            inner = in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             visit(child, inner)
 
     visit(tree, False)
@@ -103,7 +104,8 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
     return targets
 
 
-def import_graph(modules: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
+def import_graph(
+        modules: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
     """The module graph, and every function-level import of a project module: its line and
     the module it imports (one entry per module, packages run on the way left out)."""
     graph: dict[str, set[str]] = {m: set() for m in modules}
@@ -178,7 +180,7 @@ def shortest_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str
                     chain = [node]
                     while chain[-1] != start:
                         chain.append(previous[chain[-1]])
-                    return [start, *reversed(chain[:-1]), start] if node != start else [start, start]
+                    return [start, *reversed(chain[:-1]), start]
                 if child not in previous:
                     previous[child] = node
                     following.append(child)
