@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mutualat.data.datasets import EMBEDDED_FILE, balanced_indices, load_dataset
+from mutualat.data.datasets import EMBEDDED_FILE, load_dataset
+from mutualat.data.splits import balanced_indices
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "mutualat" / "data" / "embedded"
 

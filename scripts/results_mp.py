@@ -28,21 +28,15 @@ from pathlib import Path
 import torch
 import yaml
 
+from common import command_line, mean_std_percent, run_seconds, split_alpha, with_alpha
 from mutualat.config import load_config
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
 from mutualat.evaluation import evaluate, load_suite
-from mutualat.evaluation.evaluator import hardware_info
-from mutualat.experiments import (
-    command_line,
-    mean_std_percent,
-    run_or_reuse,
-    run_seconds,
-    split_alpha,
-    with_alpha,
-    write_section,
-)
+from mutualat.evaluation.records import hardware_info
+from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta
+from mutualat.report.documents import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 # Table 5's rows in the paper's order (each AT baseline above its MAT counterpart).

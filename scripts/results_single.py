@@ -23,18 +23,12 @@ from pathlib import Path
 
 import torch
 
+from common import command_line, mean_std_percent, run_seconds, split_alpha, with_alpha
 from mutualat.config import load_config
 from mutualat.console import setup_logging
-from mutualat.evaluation.evaluator import hardware_info
-from mutualat.experiments import (
-    command_line,
-    mean_std_percent,
-    run_or_reuse,
-    run_seconds,
-    split_alpha,
-    with_alpha,
-    write_section,
-)
+from mutualat.evaluation.records import hardware_info
+from mutualat.experiments import run_or_reuse
+from mutualat.report.documents import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER_BEGIN = "<!-- results-single:begin -->"

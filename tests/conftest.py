@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+
+from mutualat.attacks import ATTACKS, Example
 
 # Test models are tiny: one thread avoids oversubscribing the 2-core CI machine when a test
 # starts a training subprocess beside itself, and makes timings steadier.
@@ -18,6 +22,29 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MUTUALAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def attack_examples(*families: str) -> dict[str, tuple[str, Example]]:
+    """Every registered attack of ``families`` with each example it declares at its
+    registration: ``{case: (registry name, example)}``, cases named ``pgd``, ``pgd-l2``, ...
+    The every-entry property tests run on these, so a new attack needs no entry in a test."""
+    cases = {}
+    for name in ATTACKS.names():
+        declared = ATTACKS.declared(name)
+        if declared.get("family") in families:
+            for example in declared.get("examples", ()):
+                cases[f"{name}-{example.name}" if example.name else name] = (name, example)
+    return cases
+
+
+def script_module(name: str) -> ModuleType:
+    """``scripts/NAME.py`` as a module, loaded from its file: scripts/ is a folder of programs,
+    not a package, and its helpers (scripts/common.py) are tested like any other code."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

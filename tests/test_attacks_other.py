@@ -15,34 +15,29 @@ import torch
 from torch import nn
 
 from mutualat.attacks import boundary, elastic, fog, gabor, noise, pointwise  # noqa: F401
-from mutualat.attacks.base import ATTACKS, create_attack
+from mutualat.attacks.base import ATTACKS, FAMILIES, Example, create_attack
 from mutualat.attacks.noise import judge_at_eps, perturbation_norm, salt_and_pepper_draw
 from mutualat.errors import ConfigError
 
-# Small settings so that the whole file runs in seconds on a CPU.
-FAST = {
-    "gaussian_noise": dict(eps=1.0, repeats=3),
-    "salt_and_pepper": dict(eps=4.0, steps=10),
-    "pointwise": dict(norm="l2", eps=0.3, init_steps=20, passes=2, search_passes=1,
-                      search_steps=3),
-    "pointwise_l1": dict(norm="l1", eps=2.0, init_steps=20, passes=2, search_passes=1,
-                         search_steps=3),
-    "pointwise_l0": dict(norm="l0", eps=10, init_steps=20, passes=2),
-    "boundary": dict(eps=0.3, steps=30, init_draws=20, init_search_steps=8),
-    "fog": dict(eps=0.3, steps=3),
-    "gabor": dict(eps=0.05, steps=3),
-    "elastic": dict(eps=0.5, steps=3),
-}
-DECISION = {"gaussian_noise", "salt_and_pepper", "pointwise", "pointwise_l1", "pointwise_l0",
-            "boundary"}
-MIN_NORM = {"pointwise", "pointwise_l1", "pointwise_l0", "boundary"}
-UNFORESEEN = {"fog", "gabor", "elastic"}
-OURS = {"gaussian_noise", "salt_and_pepper", "pointwise", "boundary", "fog", "gabor", "elastic"}
+from conftest import attack_examples
+
+# Every registered decision-based, noise and unforeseen attack with each of its examples, as
+# declared at its registration: small settings, so that the whole file runs in seconds on a
+# CPU, and strong ones for test_breaks_a_linear_model_with_a_tiny_margin.
+EXAMPLES = attack_examples("decision", "unforeseen")
+FAST = {case: example.settings for case, (_, example) in EXAMPLES.items()}
+LARGE = {case: example.strong for case, (_, example) in EXAMPLES.items()}
+DECISION = {case for case, (name, _) in EXAMPLES.items()
+            if ATTACKS.declared(name)["family"] == "decision"}
+UNFORESEEN = set(FAST) - DECISION
+OURS = {name for name, _ in EXAMPLES.values()}
 
 
 def build(case: str, **overrides):
-    name = case.split("_l")[0] if case.startswith("pointwise") else case
-    return create_attack(name, **{**FAST[case], **overrides})
+    return create_attack(EXAMPLES[case][0], **{**FAST[case], **overrides})
+
+
+MIN_NORM = {case for case in DECISION if build(case).minimum_norm}
 
 
 def tiny_net() -> nn.Module:
@@ -64,16 +59,31 @@ def batch(model: nn.Module, n: int = 8, side: int = 8):
 
 
 def test_every_attack_of_ours_is_registered_and_tested():
+    # The decision-based, noise and unforeseen attacks of today, at least.
+    assert OURS >= {"gaussian_noise", "salt_and_pepper", "pointwise", "boundary", "fog", "gabor",
+                    "elastic"}
     assert OURS <= set(ATTACKS.names())
-    assert {c.split("_l")[0] if c.startswith("pointwise") else c for c in FAST} == OURS
+    assert {"pointwise", "pointwise-l1", "pointwise-l0", "boundary"} <= MIN_NORM
+    assert {"fog", "gabor", "elastic"} <= UNFORESEEN
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_every_registered_attack_declares_its_family_and_examples(name: str):
+    """Declared at the registration, @ATTACKS.register(name, family=..., examples=(...)):
+    what puts an attack under the property tests of its family."""
+    declared = ATTACKS.declared(name)
+    assert declared.get("family") in FAMILIES, f"{name}: family must be one of {FAMILIES}"
+    examples = declared.get("examples", ())
+    assert examples and all(isinstance(e, Example) for e in examples), name
+    assert len({e.name for e in examples}) == len(examples), f"{name}: examples need distinct names"
+    if declared["family"] != "gradient":  # test_breaks_a_linear_model_with_a_tiny_margin
+        assert all(e.strong for e in examples), f"{name}: every example needs strong=..."
 
 
 def test_every_registered_attack_is_under_a_property_test():
-    """A newly registered attack must join FAST here or GRADIENT_ATTACKS in
-    test_attacks_gradient.py, or this fails: no attack escapes the property tests."""
-    from test_attacks_gradient import GRADIENT_ATTACKS, registry_name
-
-    covered = OURS | {registry_name(c) for c in GRADIENT_ATTACKS}
+    """Every registered attack is run by the property tests of its family, here or in
+    test_attacks_gradient.py: no attack escapes them."""
+    covered = OURS | {name for name, _ in attack_examples("gradient").values()}
     assert set(ATTACKS.names()) == covered, set(ATTACKS.names()) ^ covered
 
 
@@ -170,19 +180,6 @@ def breakable_linear(n: int = 32, side: int = 8):
     with torch.no_grad():
         y = model(x).argmax(dim=1)
     return model, x, y
-
-
-LARGE = {
-    "gaussian_noise": dict(eps=5.0),
-    "salt_and_pepper": dict(eps=30.0, steps=30),
-    "pointwise": dict(eps=2.0),
-    "pointwise_l1": dict(eps=20.0),
-    "pointwise_l0": dict(eps=100),
-    "boundary": dict(eps=2.0, steps=200, init_draws=50),
-    "fog": dict(eps=1.0, steps=10),
-    "gabor": dict(eps=0.3, steps=10),
-    "elastic": dict(eps=2.0, steps=10),
-}
 
 
 @pytest.mark.parametrize("case", sorted(FAST))

@@ -26,8 +26,8 @@ from mutualat.data import (
     read_image_folder,
     resolve_data_dir,
 )
-from mutualat.data import datasets
-from mutualat.data.datasets import RemoteFile, download_files
+from mutualat.data import datasets, download, image_folders
+from mutualat.data.download import RemoteFile, download_files
 from mutualat.data.formats import CIFAR10, CIFAR100, CifarLayout
 from mutualat.errors import ConfigError, DataError
 
@@ -405,7 +405,7 @@ def test_offline_download_says_what_to_put_where(tmp_path: Path,
     def offline(url: str, dest: Path) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(datasets, "fetch", offline)
+    monkeypatch.setattr(download, "fetch", offline)
     with pytest.raises(DataError) as info:
         load_dataset("fashion-mnist", data_dir=tmp_path)
     message = str(info.value)
@@ -420,7 +420,7 @@ def test_offline_download_says_what_to_put_where(tmp_path: Path,
 def test_download_verifies_and_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     payload = b"the real bytes"
     served = {"https://a.example/f.bin": b"corrupted", "https://b.example/f.bin": payload}
-    monkeypatch.setattr(datasets, "fetch", lambda url, dest: dest.write_bytes(served[url]))
+    monkeypatch.setattr(download, "fetch", lambda url, dest: dest.write_bytes(served[url]))
     good_md5 = hashlib.md5(payload).hexdigest()
     file = RemoteFile("f.bin", good_md5, tuple(served))
     download_files("demo", [file], tmp_path)  # the first mirror's file is bad, the second's good
@@ -444,7 +444,7 @@ def test_image_folder_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         raise AssertionError("decoded again despite the cache")
 
     with monkeypatch.context() as patch:
-        patch.setattr(datasets, "read_image_folder", no_decoding)
+        patch.setattr(image_folders, "read_image_folder", no_decoding)
         second = load_dataset("image-folder", data_dir=tmp_path / "data", path=archive)
     np.testing.assert_array_equal(first.train.images, second.train.images)
     assert first.classes == second.classes and first.mean == second.mean

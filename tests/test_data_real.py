@@ -52,7 +52,7 @@ def test_embedded_subset_is_taken_from_the_real_files() -> None:
 
 @pytest.mark.skipif(not CIFAR_JPEG.is_file(), reason=f"no {CIFAR_JPEG}")
 def test_cifar10_jpeg_folder_decodes_then_loads_from_cache(tmp_path: Path, monkeypatch) -> None:
-    from mutualat.data import datasets
+    from mutualat.data import image_folders
 
     data = load_dataset("image-folder", data_dir=tmp_path, path=CIFAR_JPEG)
     assert data.train.images.shape == (50000, 3, 32, 32)
@@ -69,7 +69,7 @@ def test_cifar10_jpeg_folder_decodes_then_loads_from_cache(tmp_path: Path, monke
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded the archive again instead of reading the cache")
 
-    monkeypatch.setattr(datasets, "read_image_folder", no_decoding)
+    monkeypatch.setattr(image_folders, "read_image_folder", no_decoding)
     again = load_dataset("image-folder", data_dir=tmp_path, path=CIFAR_JPEG)
     np.testing.assert_array_equal(again.test.images, data.test.images)
     np.testing.assert_array_equal(again.train.labels, data.train.labels)

@@ -9,18 +9,16 @@ import pytest
 import mutualat
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
-from mutualat.experiments import (
-    alpha_search,
-    mean_std_percent,
-    run_or_reuse,
-    run_scenario,
-    split_alpha,
-    with_alpha,
-    write_section,
-)
+from mutualat.experiments import alpha_search, run_or_reuse, run_scenario
+from mutualat.report.documents import write_section
 from mutualat.train.logger import read_metrics
 
-from conftest import tiny_overrides
+from conftest import script_module, tiny_overrides
+
+# The results scripts' helpers (scripts/common.py): variant names and table cells.
+_scripts = script_module("common")
+mean_std_percent, split_alpha, with_alpha = (_scripts.mean_std_percent, _scripts.split_alpha,
+                                             _scripts.with_alpha)
 
 
 def _mat(extra: list[str] = ()) -> list[str]:

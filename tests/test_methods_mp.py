@@ -413,8 +413,7 @@ def tiny_net(seed: int, size: int = 4) -> nn.Module:
 def test_msd_output_in_union_of_balls_and_beats_its_best_single_step():
     from mutualat import losses
     from mutualat.attacks import make_threat
-    from mutualat.attacks.pgd import input_gradient
-    from mutualat.attacks.objectives import resolve_objective
+    from mutualat.attacks.objectives import input_gradient, resolve_objective
 
     threats = [Threat("linf", 0.05, 6, 0.02), Threat("l2", 0.4, 6, 0.15),
                Threat("l1", 2.0, 6, 0.1)]

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import mutualat
+from mutualat.config import ModelConfig
 from mutualat.errors import CheckpointError, ConfigError
 from mutualat.models import (
     MODELS,
@@ -22,12 +23,24 @@ from mutualat.models import (
     read_model_meta,
     save_model,
 )
+from mutualat.train.optim import lr_and_weight_decay
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
 
-# Too slow on a CPU for more than one small batch at one size.
-HEAVY = {"wrn", "wrn34_10", "wrn28_10"}
+# Architectures over this many parameters (the WRN-x-10s) are too slow on a CPU for more
+# than one small batch at one size; counted on the meta device, so no registered
+# architecture needs to be listed here.
+HEAVY_PARAMETERS = 20_000_000
+
+
+def _heavy(name: str) -> bool:
+    with torch.device("meta"):
+        model = create_model(name, num_classes=10, in_channels=3, input_size=32)
+    return sum(p.numel() for p in model.parameters()) > HEAVY_PARAMETERS
+
+
+HEAVY = {name for name in MODELS.names() if _heavy(name)}
 
 
 def _cases() -> list:
@@ -59,6 +72,39 @@ def test_every_registered_model(name: str, channels: int, size: int, classes: in
     if name not in HEAVY:
         # Train mode (batch-norm on batch statistics) works at these sizes too.
         assert model.train()(x.detach()).shape == (2, classes)
+
+
+def test_the_heavy_rule_finds_the_wide_resnets() -> None:
+    assert {"wrn", "wrn34_10", "wrn28_10"} <= HEAVY and "resnet18" not in HEAVY
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_declares_its_learning_rate_and_weight_decay(name: str) -> None:
+    declared = MODELS.declared(name)
+    assert set(declared) == {"lr", "weight_decay"}, \
+        f"declare them: @MODELS.register({name!r}, lr=..., weight_decay=...)"
+    assert declared["lr"] > 0 and declared["weight_decay"] >= 0
+    assert lr_and_weight_decay(ModelConfig(name=name)) == (declared["lr"], declared["weight_decay"])
+    assert lr_and_weight_decay(ModelConfig(name=name, lr=0.3, weight_decay=0.0)) == (0.3, 0.0)
+
+
+def test_a_model_registered_without_defaults_needs_them_from_the_run(monkeypatch) -> None:
+    # Registered for this test only (the registry has no public unregister).
+    monkeypatch.setitem(MODELS._entries, "test-undeclared", MODELS.get("tinycnn"))
+    everything = r"'test-undeclared' declares no default lr or weight_decay.*" \
+                 r"set models\.N\.lr and models\.N\.weight_decay"
+    with pytest.raises(ConfigError, match=everything):
+        lr_and_weight_decay(ModelConfig(name="test-undeclared"))
+    with pytest.raises(ConfigError, match=r"no default weight_decay.*set models\.N\.weight_decay for"):
+        lr_and_weight_decay(ModelConfig(name="test-undeclared", lr=0.1))
+    given = ModelConfig(name="test-undeclared", lr=0.1, weight_decay=1e-4)
+    assert lr_and_weight_decay(given) == (0.1, 1e-4)
+
+
+def test_a_registration_declares_only_what_its_registry_takes() -> None:
+    with pytest.raises(ValueError, match=r"declares 'learning_rate'; a model may declare: lr, "
+                                         r"weight_decay"):
+        MODELS.register("test-typo", learning_rate=0.1)
 
 
 def test_spec_rebuilds_the_same_model() -> None:

@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 from mutualat.config import load_config
-from mutualat.experiments import command_line, mean_std_percent
 
-from conftest import REPO
+from conftest import REPO, script_module
+
+# The scripts' own helpers (scripts/common.py).
+_scripts = script_module("common")
+command_line, mean_std_percent = _scripts.command_line, _scripts.mean_std_percent
 
 TINY_SUITE = """\
 name: tiny-mp

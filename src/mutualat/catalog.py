@@ -12,13 +12,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mutualat.config import ModelConfig
 from mutualat.data import DATASETS
 from mutualat.errors import ConfigError
 from mutualat.evaluation.suite import attack_factory, known_attacks, load_suite, packaged_suites
 from mutualat.methods import METHODS
 from mutualat.models import MODELS, SOURCES, model_options
-from mutualat.train.optim import lr_and_weight_decay
 
 
 @dataclass
@@ -59,9 +57,12 @@ def models() -> list[Entry]:
     entries = []
     for name in MODELS.names():
         builder = MODELS.get(name)
-        lr, wd = lr_and_weight_decay(ModelConfig(name=name))
+        # The rate and decay a run gets unless it sets models.N.lr / weight_decay; None
+        # where the architecture declares none (the run must then set it).
+        declared = MODELS.declared(name)
+        facts = {"lr": declared.get("lr"), "weight_decay": declared.get("weight_decay")}
         summary = _first_line(builder, sys.modules.get(builder.__module__))
-        entries.append(Entry(name, summary, model_options(name), {"lr": lr, "weight_decay": wd}))
+        entries.append(Entry(name, summary, model_options(name), facts))
     return entries
 
 

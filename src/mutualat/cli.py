@@ -24,8 +24,26 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 import mutualat
+from mutualat import experiments
+from mutualat.bundled import copy_configs, packaged_configs, resolve_config
+from mutualat.catalog import KINDS, catalog, format_entries
+from mutualat.cli_eval import add_eval_commands
+from mutualat.compare import Study, load_plan, run_study
+from mutualat.compare.report import write_document
+from mutualat.config import dump_config, load_config
+from mutualat.console import setup_logging
+from mutualat.demo import run_demo
 from mutualat.errors import ConfigError, MutualatError
+from mutualat.methods import resolve_method_params
+from mutualat.report.documents import shell_command
+from mutualat.report.tables import results_table
+from mutualat.train import Trainer
+from mutualat.train.dry_run import dry_run
+from mutualat.train.preflight import check_names
+from mutualat.train.processes import launch
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -89,8 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="what can be named: models, methods, attacks, suites, "
                                           "datasets, sources, with their options and defaults")
-    from mutualat.catalog import KINDS
-
     listing.add_argument("kind", choices=list(KINDS))
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -117,8 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the report as a section of this Markdown document "
                               "(between its markers; the curves go to figures/ beside it)")
 
-    from mutualat.cli_eval import add_eval_commands
-
     COMMANDS.update(add_eval_commands(sub))
     return parser
 
@@ -139,28 +153,19 @@ def _environment_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _version() -> str:
-    import torch
-
     return (f"mutualat {mutualat.__version__} (torch {torch.__version__}, "
             f"python {platform.python_version()})")
 
 
 def _config_file(path: Path | None) -> Path | None:
-    from mutualat.bundled import resolve_config
-
     return None if path is None else resolve_config(path)
 
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    from mutualat.config import load_config
-    from mutualat.train import Trainer
-
     if args.out is None and not args.print_config and not (args.dry_run and not args.resume):
         raise ConfigError("train needs --out DIR (the run folder)")
     if args.nproc is not None and args.nproc > 1 and not (args.print_config or args.dry_run):
-        from mutualat.train.processes import launch
-
         return launch(args.nproc, _train_argv(args))
     overrides = list(args.overrides) + _environment_overrides(args)
     config = _config_file(args.config)
@@ -177,9 +182,6 @@ def _train(args: argparse.Namespace) -> int:
     if cfg is None and (args.print_config or args.dry_run):
         raise ConfigError(f"{args.out} has no config.yaml to show or rehearse")
     if args.print_config:
-        from mutualat.config import dump_config
-        from mutualat.methods import resolve_method_params
-
         print(dump_config(resolve_method_params(cfg)), end="")
         return 0
     if args.dry_run:
@@ -189,8 +191,6 @@ def _train(args: argparse.Namespace) -> int:
     if not trainer.is_main:  # one of several processes: rank 0 reports
         return 0
     if results:
-        from mutualat.report.tables import results_table
-
         print(results_table({args.out.name: results}))
     print(f"run folder: {args.out}")
     return 0
@@ -213,8 +213,6 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _dry_run(cfg, args: argparse.Namespace) -> int:
-    from mutualat.train.dry_run import dry_run
-
     built = dry_run(cfg, args.out, resume=args.resume)
     step = built["step"]
     print(f"data: {built['data']} {'x'.join(map(str, built['input_shape']))}, "
@@ -231,35 +229,25 @@ def _dry_run(cfg, args: argparse.Namespace) -> int:
 
 @command("alpha-search")
 def _alpha_search(args: argparse.Namespace) -> int:
-    from mutualat.config import load_config
-    from mutualat.experiments import alpha_search
-
     try:
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     except ValueError:
         raise MutualatError(f"--alphas expects numbers separated by commas, got {args.alphas!r}") from None
     cfg = load_config(_config_file(args.config), args.overrides + _environment_overrides(args))
-    alpha_search(cfg, alphas, args.out, final=not args.no_final)
+    experiments.alpha_search(cfg, alphas, args.out, final=not args.no_final)
     return 0
 
 
 @command("scenario")
 def _scenario(args: argparse.Namespace) -> int:
-    from mutualat.config import load_config
-    from mutualat.experiments import run_scenario
-
     cfg = load_config(_config_file(args.config), args.overrides + _environment_overrides(args))
-    results = run_scenario(args.name, cfg, args.out)
-    from mutualat.report.tables import results_table
-
+    results = experiments.run_scenario(args.name, cfg, args.out)
     print(results_table({args.name: results}))
     return 0
 
 
 @command("compare")
 def _compare(args: argparse.Namespace) -> int:
-    from mutualat.compare import Study, load_plan, run_study
-
     environment = {}
     if args.data_dir:
         environment["data.data_dir"] = args.data_dir
@@ -277,9 +265,6 @@ def _compare(args: argparse.Namespace) -> int:
     print(report.read_text())
     print(f"report: {report}")
     if args.write:
-        from mutualat.compare.report import write_document
-        from mutualat.experiments import shell_command
-
         write_document(Study(plan, args.out), args.write, shell_command(["mutualat"] + sys.argv[1:]))
         print(f"written into {args.write}")
     return 0
@@ -287,8 +272,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 @command("list")
 def _list(args: argparse.Namespace) -> int:
-    from mutualat.catalog import catalog, format_entries
-
     entries = catalog(args.kind)
     if args.json:
         print(json.dumps([e.to_dict() for e in entries], indent=2, default=str))
@@ -299,8 +282,6 @@ def _list(args: argparse.Namespace) -> int:
 
 @command("configs")
 def _configs(args: argparse.Namespace) -> int:
-    from mutualat.bundled import copy_configs, packaged_configs
-
     if args.out is None:
         for name in packaged_configs():
             print(name)
@@ -312,9 +293,6 @@ def _configs(args: argparse.Namespace) -> int:
 
 def _check_plan_names(plan) -> None:
     """Every variant's names (models, method, dataset, teachers) before any task reads data."""
-    from mutualat.methods import resolve_method_params
-    from mutualat.train.preflight import check_names
-
     for variant in plan.variants:
         for setting in plan.settings(variant):
             cfg = plan.config(variant, setting, plan.grid_seed)
@@ -326,9 +304,6 @@ def _check_plan_names(plan) -> None:
 
 @command("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from mutualat.demo import run_demo
-    from mutualat.report.tables import results_table
-
     results, plot = run_demo(args.out, epochs=args.epochs, device=args.device)
     print()
     print(results_table(results))
@@ -337,8 +312,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mutualat.console import setup_logging
-
     args = build_parser().parse_args(argv)
     setup_logging()
     try:

@@ -23,8 +23,20 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from mutualat.attacks.threat import recorded_threats
+from mutualat.console import setup_logging
+from mutualat.data import DATASETS, load_dataset, subset
+from mutualat.device import resolve_device
 from mutualat.errors import ConfigError, MutualatError
+from mutualat.evaluation import (CheckConfig, default_attack, evaluate, load_suite, summary_table,
+                                 transfer_matrix, write_transfer)
+from mutualat.evaluation.suite import packaged_suites
+from mutualat.evaluation.sweep import eps_sweep, parse_eps, sweep_table
+from mutualat.models import check_source, open_model, parse_source
+from mutualat.models.sources import io_model_name
+from mutualat.report.paper_tables import build_report
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -36,8 +48,6 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
     ev.add_argument("--model", action="append", required=True, metavar="[NAME=]SOURCE",
                     help="a mutualat model file, torch:FILE.pt, robustbench:NAME or "
                          "py:module:function (repeatable; see 'Evaluate your own model')")
-    from mutualat.evaluation.suite import packaged_suites
-
     ev.add_argument("--suite", required=True,
                     help=f"a packaged suite ({', '.join(packaged_suites())}) or a suite YAML file")
     ev.add_argument("--eps", action="append", metavar="[THREAT=]E[,E...]",
@@ -122,8 +132,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def model_name(path: Path) -> str:
     """The default name of a model file (see the module docstring)."""
-    from mutualat.models.sources import io_model_name
-
     return io_model_name(Path(path))
 
 
@@ -134,8 +142,6 @@ _NAME_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]*)=(.+)$")
 
 def parse_models(items: Sequence[str]) -> dict[str, Any]:
     """``[NAME=]SOURCE`` items -> {name: parsed source}; one source given twice is one model."""
-    from mutualat.models import parse_source
-
     named: dict[str, Any] = {}
     for item in items:
         match = _NAME_PREFIX.match(item)
@@ -158,8 +164,6 @@ def _identity(source: Any) -> str:
 def check_models(sources: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Every source with the command's --arch/--mean/--std filled in, checked before any data
     is read (files exist, names are known)."""
-    from mutualat.models import check_source
-
     defaults = {"arch": args.arch, "mean": args.mean, "std": args.std}
     filled = {}
     for name, source in sources.items():
@@ -183,8 +187,6 @@ def sized(sources: dict[str, Any], images: Any) -> dict[str, Any]:
 
 def load_models(sources: dict[str, Any], device: Any) -> tuple[dict[str, Any], dict[str, dict]]:
     """{name: model} and {name: metadata record} of parsed sources."""
-    from mutualat.models import open_model
-
     models, info = {}, {}
     for name, source in sources.items():
         loaded = open_model(source, device=device)
@@ -196,16 +198,10 @@ def load_models(sources: dict[str, Any], device: Any) -> tuple[dict[str, Any], d
 
 def check_dataset(args: argparse.Namespace) -> None:
     """An unknown --data is an error before any model or data is loaded."""
-    from mutualat.data import DATASETS
-
     DATASETS.get(args.data)
 
 
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    import torch
-
-    from mutualat.data import load_dataset, subset
-
     dataset = load_dataset(args.data, data_dir=args.data_dir, path=args.data_path)
     split = subset(getattr(dataset, args.split), args.n, seed=args.seed)
     info = {"dataset": dataset.name, "split": args.split, "n": len(split), "subset": args.n,
@@ -236,10 +232,6 @@ def check_fit(info: dict[str, dict], images: Any, labels: Any) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from mutualat.device import resolve_device
-    from mutualat.evaluation import CheckConfig, evaluate, load_suite, summary_table
-    from mutualat.evaluation.sweep import eps_sweep, parse_eps, sweep_table
-
     suite = load_suite(args.suite)
     points = parse_eps(args.eps, suite) if args.eps else None
     if points and len(args.eps) == 1 and "=" not in args.eps[0] and len(next(iter(points.values()))) == 1:
@@ -304,9 +296,6 @@ def transfer_threat(name: str, record: dict, norm: str | None, eps: float | None
 
 
 def run_transfer(args: argparse.Namespace) -> int:
-    from mutualat.device import resolve_device
-    from mutualat.evaluation import default_attack, transfer_matrix, write_transfer
-
     check_dataset(args)
     source_specs = check_models(parse_models(args.source), args)
     target_specs = check_models(parse_models(args.target), args)
@@ -334,8 +323,6 @@ def run_transfer(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from mutualat.report.paper_tables import build_report
-
     report = build_report(args.inputs, args.out)
     print(report.read_text())
     print(f"report: {report}")
@@ -345,8 +332,6 @@ def run_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The three subcommands on their own (``python -m mutualat.cli_eval``), as ``mutualat``
     runs them once wired: a :class:`MutualatError` prints ``error: ...`` and returns 2."""
-    from mutualat.console import setup_logging
-
     parser = argparse.ArgumentParser(prog="mutualat", description="evaluate, transfer, report")
     handlers = add_eval_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mutualat.config import RunConfig, load_config
+from mutualat.experiments import run_or_reuse
+from mutualat.methods import METHODS
+from mutualat.report.plots import plot_training_curves
 
 DEMO_EPOCHS = 4
 
@@ -25,8 +28,6 @@ def demo_configs(epochs: int, device: str) -> dict[str, RunConfig]:
         "seed=0",
     ]
     runs = {"at": load_config(None, common + ["models.0.name=tinycnn", "method.name=at"])}
-    from mutualat.methods import METHODS
-
     if "mat" in METHODS:
         runs["mat"] = load_config(
             None,
@@ -37,9 +38,6 @@ def demo_configs(epochs: int, device: str) -> dict[str, RunConfig]:
 
 def run_demo(out: Path, epochs: int | None = None, device: str = "auto") -> tuple[dict[str, dict], Path]:
     """Train (or reuse) both runs in ``out``; returns their results and the curves' PNG."""
-    from mutualat.experiments import run_or_reuse
-    from mutualat.report.plots import plot_training_curves
-
     out = Path(out)
     results = {
         name: run_or_reuse(cfg, out / name)

@@ -6,29 +6,27 @@ interrupted one resumed, so an experiment can be stopped and restarted at any po
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
-import shlex
-import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
 from mutualat.config import RunConfig, load_config
 from mutualat.errors import ConfigError
 from mutualat.methods.mat_mp import GENERALIST
+from mutualat.methods.scenarios import scenario_configs, stage1_model_file
+from mutualat.report.paper_plots import plot_alpha_curve
+from mutualat.train import Trainer
 from mutualat.train.checkpoint import atomic_write_bytes
 from mutualat.train.logger import read_metrics
+from mutualat.train.run_dir import config_difference
 
 logger = logging.getLogger(__name__)
 
 
 def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` unless it already finished there; returns its results."""
-    from mutualat.train import Trainer
-    from mutualat.train.run_dir import config_difference
-
     run_dir = Path(run_dir)
     label = label or run_dir.name
     done = run_dir / "results.json"
@@ -47,92 +45,6 @@ def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dic
         logger.info(f"{label}: {'resuming' if resume else 'training'} in {run_dir}")
         Trainer(cfg, run_dir, resume=resume).fit()
     return json.loads(done.read_text())
-
-
-def run_seconds(run_dir: Path) -> float:
-    """A finished run's duration, read from its folder (so also for a reused run): from the
-    config written at its start to the results written at its end. A run resumed after an
-    interruption also counts the pause."""
-    run_dir = Path(run_dir)
-    return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
-
-
-def with_alpha(method: str, alpha: float) -> str:
-    """A run variant's name for a method at one alpha: ("mat-mp-max", 0.6) -> "mat-mp-max-alpha0.6"."""
-    return f"{method}-alpha{alpha:g}"
-
-
-def split_alpha(variant: str) -> tuple[str, str | None]:
-    """The inverse of :func:`with_alpha`: "mat-alpha0.3" -> ("mat", "0.3") (the alpha as
-    written in the name); a name without an alpha -> (name, None)."""
-    method, _, alpha = variant.partition("-alpha")
-    return method, alpha or None
-
-
-def mean_std_percent(values: Sequence[float]) -> str:
-    """Fractions as "mean ± std" in percent, the sample std over seeds (0 for one value)."""
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
-
-
-def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace,
-                 always: Sequence[str] = (), leave_out: Sequence[str] = ("write",)) -> str:
-    """The command that reproduces ``args``: ``.venv/bin/python script`` with every option whose
-    value is not its default (and those named in ``always``), for a document to quote."""
-    parts = [".venv/bin/python", script]
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help" or action.dest in leave_out:
-            continue
-        value = getattr(args, action.dest)
-        if value == action.default and action.dest not in always:
-            continue
-        flag = max(action.option_strings, key=len)
-        if isinstance(action, argparse._AppendAction):
-            for item in value:
-                parts += [flag, str(item)]
-        elif isinstance(value, bool):
-            parts += [flag] if value else []
-        elif isinstance(value, (list, tuple)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def shell_command(argv: Sequence[str]) -> str:
-    """``argv`` as a shell command for a document: quoted, with the home folder written ``~``
-    (a path under it is specific to one machine)."""
-    import os
-
-    home = os.path.expanduser("~").rstrip("/")
-
-    def tidy(arg: str) -> str:
-        quoted = shlex.quote(arg)
-        if arg == home or arg.startswith(home + "/"):
-            return "~" + shlex.quote(arg[len(home):]) if arg != home else "~"
-        return quoted
-
-    return " ".join(tidy(a) for a in argv)
-
-
-def write_section(path: Path, begin: str, end: str, body: str) -> None:
-    """Put ``body`` (which starts with ``begin`` and ends with ``end``) in the document at
-    ``path`` in place of the text between those markers, or at its end if they are absent;
-    the rest of the document is kept as it is."""
-    path = Path(path)
-    if not (body.startswith(begin) and body.rstrip().endswith(end)):
-        raise ValueError("the section must start and end with its markers")
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    if begin in text:
-        head, rest = text.split(begin, 1)
-        if end not in rest:
-            raise ValueError(f"{path} has {begin!r} without {end!r}; mend the document first")
-        text = head + body + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def last_validation_pgd(run_dir: Path, role: str | None = None) -> float:
@@ -185,8 +97,6 @@ def alpha_search(base: RunConfig, alphas: Sequence[float], out: Path, final: boo
                "criterion": f"validation PGD-{base.eval.pgd_steps} accuracy, last epoch, "
                             + ("the generalist's, worst over the threat types" if role else "cohort mean")}
     atomic_write_bytes(out / "alpha_curve.json", json.dumps(summary, indent=2).encode())
-    from mutualat.report.paper_plots import plot_alpha_curve
-
     plot_alpha_curve({float(a): v for a, v in curve.items()}, out / "alpha_curve.png")
     logger.info(f"alpha curve (validation PGD): {curve}; chosen alpha = {chosen}")
     if final:
@@ -199,8 +109,6 @@ def alpha_search(base: RunConfig, alphas: Sequence[float], out: Path, final: boo
 
 def run_scenario(name: str, base: RunConfig, out: Path) -> dict[str, Any]:
     """One of the four KD scenarios (Sec. 3.2.5): its stages in ``out/stage1``, ``out/stage2``."""
-    from mutualat.methods.scenarios import scenario_configs, stage1_model_file
-
     out = Path(out)
     stage1_dir = out / "stage1"
     configs = scenario_configs(name, base, stage1_model_file(stage1_dir))

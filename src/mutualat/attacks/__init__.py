@@ -1,7 +1,8 @@
 """Attacks: threat models (:mod:`.threat`) apart from attack loops, one attack per module.
 
 Importing this package imports every attack module, so each registers itself in
-:data:`ATTACKS`; build one by name with :func:`create_attack`.
+:data:`ATTACKS` with its family and small example settings (:class:`Example`, what the
+property tests run it with); build one by name with :func:`create_attack`.
 """
 
 # Every attack module, imported for its registration (gradient attacks, then the
@@ -9,7 +10,16 @@ Importing this package imports every attack module, so each registers itself in
 from mutualat.attacks import apgd, cw, ddn, deepfool, fgsm, mim, msd, pgd  # noqa: F401
 from mutualat.attacks import boundary, elastic, fog, gabor  # noqa: F401
 from mutualat.attacks import noise, pointwise, unforeseen  # noqa: F401
-from mutualat.attacks.base import ATTACKS, Attack, BoundAttack, attack_mode, create_attack, warn_if_zero_gradient
+from mutualat.attacks.base import (
+    ATTACKS,
+    FAMILIES,
+    Attack,
+    BoundAttack,
+    Example,
+    attack_mode,
+    create_attack,
+    warn_if_zero_gradient,
+)
 from mutualat.attacks.apgd import APGD
 from mutualat.attacks.cw import CarliniWagnerL2
 from mutualat.attacks.ddn import DDN
@@ -34,6 +44,8 @@ __all__ = [
     "CarliniWagnerL2",
     "DDN",
     "DeepFool",
+    "Example",
+    "FAMILIES",
     "FGSM",
     "MIM",
     "MSD",

@@ -12,9 +12,10 @@ import math
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import resolve_objective
-from mutualat.attacks.pgd import check_positive_int, input_gradient
+from mutualat.attacks.base import (
+    ATTACKS, Attack, Example, check_positive_int, warn_if_zero_gradient,
+)
+from mutualat.attacks.objectives import input_gradient, resolve_objective
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 
@@ -36,7 +37,9 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-@ATTACKS.register("apgd")
+@ATTACKS.register("apgd", family="gradient", examples=(
+    Example(dict(norm="linf", eps=8 / 255, steps=4, restarts=2)),
+))
 class APGD(Attack):
     """APGD with momentum 0.75 and a step size starting at ``2 eps``, halved at checkpoints
     where fewer than 75 % of the steps since the last one increased the loss, or where
@@ -137,13 +140,17 @@ class APGD(Attack):
         return self.threat.finalize(x, best)
 
 
-@ATTACKS.register("apgd-ce")
+@ATTACKS.register("apgd-ce", family="gradient", examples=(
+    Example(dict(norm="l2", eps=0.5, steps=4)),
+))
 def apgd_ce(**kwargs: object) -> APGD:
     """APGD on cross-entropy (AutoAttack's first attack); takes APGD's arguments but ``loss``."""
     return APGD(loss="ce", **kwargs)  # type: ignore[arg-type]
 
 
-@ATTACKS.register("apgd-dlr")
+@ATTACKS.register("apgd-dlr", family="gradient", examples=(
+    Example(dict(norm="linf", eps=8 / 255, steps=4)),
+))
 def apgd_dlr(**kwargs: object) -> APGD:
     """APGD on the DLR loss (scale invariant; K >= 3); takes APGD's arguments but ``loss``."""
     return APGD(loss="dlr", **kwargs)  # type: ignore[arg-type]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -24,7 +25,38 @@ from torch import nn
 from mutualat.errors import ConfigError
 from mutualat.registry import Registry
 
-ATTACKS: Registry = Registry("attack")
+# Every attack declares at its registration its family and small example settings (see
+# Example): @ATTACKS.register("pgd", family="gradient", examples=(Example(...), ...)).
+ATTACKS: Registry = Registry("attack", declares=("family", "examples"))
+
+#: The families of attacks: ``"gradient"`` (white-box, in an lp ball: PGD, C&W, ...),
+#: ``"decision"`` (black-box: noise and decision-based attacks) and ``"unforeseen"``
+#: (parameter-space corruptions: Fog, Gabor, Elastic). Each family has its property tests.
+FAMILIES = ("gradient", "decision", "unforeseen")
+
+
+@dataclass(frozen=True)
+class Example:
+    """Small settings of a registered attack, declared beside it at its registration::
+
+        @ATTACKS.register("pgd", family="gradient", examples=(
+            Example(dict(norm="linf", eps=8 / 255, steps=3)),
+            Example(dict(norm="l2", eps=0.5, steps=3, restarts=2), "l2"),
+        ))
+
+    The every-entry property tests (tests/test_attacks_*.py) run each registered attack with
+    each of its examples on a tiny model and 8x8 images, in a fraction of a second, so a new
+    attack is tested as soon as it is registered. They are also a working call to copy.
+
+    ``settings``: keyword arguments of the attack. ``name``: tells the examples of one attack
+    apart (test ids ``pgd``, ``pgd-l2``). ``strong``: for decision-based and unforeseen
+    attacks, settings (over ``settings``) at which the attack must break most of a random
+    linear classifier whose decisions have tiny margins.
+    """
+
+    settings: Mapping[str, Any]
+    name: str = ""
+    strong: Mapping[str, Any] | None = None
 
 
 @contextlib.contextmanager
@@ -56,6 +88,9 @@ class Attack:
     #: ``"linf"``, ``"l2"``, ``"l1"`` or ``None`` for attacks without an lp budget (Fog, Gabor, ...).
     norm: str | None = None
     eps: float | None = None
+    #: Whether the attack searches for the smallest perturbation that misclassifies (C&W, DDN,
+    #: DeepFool, Pointwise, Boundary); what it returns is judged at ``eps`` (see above).
+    minimum_norm: bool = False
 
     def __init__(self, bn_mode: str = "eval") -> None:
         if bn_mode not in ("eval", "train"):
@@ -109,6 +144,22 @@ def warn_if_zero_gradient(grad: torch.Tensor, attack: str) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else a :class:`ConfigError` naming ``name``:
+    the check of every attack's step and restart counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float if it is a number > 0 (not a bool), else a :class:`ConfigError`
+    naming ``name``: the check of every attack's radii and step sizes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def create_attack(name: str, **kwargs: object) -> Attack:

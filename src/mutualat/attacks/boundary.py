@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack
+from mutualat.attacks.base import ATTACKS, Attack, Example, check_positive, check_positive_int
 from mutualat.attacks.noise import check_norm, judge_at_eps, misclassified
-from mutualat.attacks.pgd import check_positive, check_positive_int
 from mutualat.errors import ConfigError
 
 # Foolbox stops an example once its source step has shrunk below this: it has converged.
@@ -24,7 +23,10 @@ _SPHERICAL_HIGH, _SPHERICAL_LOW = 0.5, 0.2
 _STEP_HIGH, _STEP_LOW = 0.25, 0.1
 
 
-@ATTACKS.register("boundary")
+@ATTACKS.register("boundary", family="decision", examples=(
+    Example(dict(eps=0.3, steps=30, init_draws=20, init_search_steps=8),
+            strong=dict(eps=2.0, steps=200, init_draws=50)),
+))
 class Boundary(Attack):
     """Start from a misclassified blended-noise image; then, per step and per example, try an
     orthogonal step on the sphere around ``x`` followed by a step towards ``x``, and keep it
@@ -57,6 +59,8 @@ class Boundary(Attack):
 
     Shapes: ``x`` (B, C, H, W) in [0,1], ``y`` (B,) -> ``x_adv`` (B, C, H, W).
     """
+
+    minimum_norm = True
 
     def __init__(
         self,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.pgd import check_positive, check_positive_int
+from mutualat.attacks.base import (
+    ATTACKS, Attack, Example, check_positive, check_positive_int, warn_if_zero_gradient,
+)
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 from mutualat.losses import cw_margin
@@ -31,7 +32,9 @@ def _from_tanh_space(w: torch.Tensor) -> torch.Tensor:
     return ((torch.tanh(w) / _BOX_SHRINK + 1) / 2).clamp(0.0, 1.0)
 
 
-@ATTACKS.register("cw")
+@ATTACKS.register("cw", family="gradient", examples=(
+    Example(dict(eps=0.5, steps=5, binary_search_steps=2)),
+))
 class CarliniWagnerL2(Attack):
     """C&W-l2 with per-example binary search over ``c``; the result is judged at ``eps``.
 
@@ -51,6 +54,8 @@ class CarliniWagnerL2(Attack):
     found, the last iterate projected onto the ball.
     Shapes: ``x`` (B, C, H, W) in [0,1], ``y`` (B,) -> (B, C, H, W).
     """
+
+    minimum_norm = True
 
     def __init__(
         self,

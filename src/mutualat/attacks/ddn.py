@@ -11,16 +11,17 @@ import math
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import resolve_objective
-from mutualat.attacks.pgd import check_positive, check_positive_int, input_gradient
+from mutualat.attacks.base import (
+    ATTACKS, Attack, Example, check_positive, check_positive_int, warn_if_zero_gradient,
+)
+from mutualat.attacks.objectives import input_gradient, resolve_objective
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 
 _TINY = 1e-12
 
 
-@ATTACKS.register("ddn")
+@ATTACKS.register("ddn", family="gradient", examples=(Example(dict(eps=0.5, steps=5)),))
 class DDN(Attack):
     """DDN: a gradient step of cosine-annealed length, then rescaling to a norm ``m`` that
     shrinks by ``1 - gamma`` while the point is adversarial and grows by ``1 + gamma`` while
@@ -37,6 +38,8 @@ class DDN(Attack):
     eps-ball if outside; if none was found, the last iterate projected onto the ball.
     Shapes: ``x`` (B, C, H, W) in [0,1], ``y`` (B,) -> (B, C, H, W).
     """
+
+    minimum_norm = True
 
     def __init__(
         self,

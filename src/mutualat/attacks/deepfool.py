@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.pgd import check_positive_int
+from mutualat.attacks.base import (
+    ATTACKS, Attack, Example, check_positive_int, warn_if_zero_gradient,
+)
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 
@@ -21,7 +22,10 @@ _TINY = 1e-12
 _CROSS = 1e-4
 
 
-@ATTACKS.register("deepfool")
+@ATTACKS.register("deepfool", family="gradient", examples=(
+    Example(dict(norm="l2", eps=0.5, steps=3)),
+    Example(dict(norm="linf", eps=8 / 255, steps=3), "linf"),
+))
 class DeepFool(Attack):
     """DeepFool: repeatedly step to the nearest linearised decision boundary.
 
@@ -38,6 +42,8 @@ class DeepFool(Attack):
     iteration). Returned per example: ``x + (1 + overshoot) * r``, projected onto the eps-ball
     if outside. Shapes: ``x`` (B, C, H, W) in [0,1], ``y`` (B,) -> (B, C, H, W).
     """
+
+    minimum_norm = True
 
     def __init__(
         self,

@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mutualat.attacks.base import ATTACKS
-from mutualat.attacks.pgd import check_positive, check_positive_int
+from mutualat.attacks.base import ATTACKS, Example, check_positive, check_positive_int
 from mutualat.attacks.unforeseen import ParameterSpaceAttack, check_no_norm
 from mutualat.errors import ConfigError
 
@@ -71,7 +70,9 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-@ATTACKS.register("elastic")
+@ATTACKS.register("elastic", family="unforeseen", examples=(
+    Example(dict(eps=0.5, steps=3), strong=dict(eps=2.0, steps=10)),
+))
 class Elastic(ParameterSpaceAttack):
     """Elastic: ``x_adv = warp(x, gaussian * flow)``, ``|flow| <= eps`` pixels, optimized.
 

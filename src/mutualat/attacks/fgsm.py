@@ -8,14 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import LossFn, resolve_objective
-from mutualat.attacks.pgd import input_gradient
+from mutualat.attacks.base import ATTACKS, Attack, Example, warn_if_zero_gradient
+from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 
 
-@ATTACKS.register("fgsm")
+@ATTACKS.register("fgsm", family="gradient", examples=(Example(dict(eps=8 / 255)),))
 class FGSM(Attack):
     """One step ``x + eps * sign(grad)`` in the linf ball, clipped to [0,1].
 

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from mutualat.attacks.base import ATTACKS
-from mutualat.attacks.pgd import check_positive
+from mutualat.attacks.base import ATTACKS, Example, check_positive
 from mutualat.attacks.unforeseen import ParameterSpaceAttack, check_no_norm
 
 #: Fog strength ``eps`` (in [0,1] pixel units) per input size; see the module docstring.
@@ -77,7 +76,9 @@ def fog_map(params: list[torch.Tensor], wibble_decay: float) -> torch.Tensor:
     return (grid - low) / (high - low).clamp_min(1e-12)
 
 
-@ATTACKS.register("fog")
+@ATTACKS.register("fog", family="unforeseen", examples=(
+    Example(dict(eps=0.3, steps=3), strong=dict(eps=1.0, steps=10)),
+))
 class Fog(ParameterSpaceAttack):
     """Fog: ``x_adv = (x + eps * fog) / (max_c(x) + eps)``, fog in [0,1] optimized.
 

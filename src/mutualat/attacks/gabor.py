@@ -29,8 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mutualat.attacks.base import ATTACKS
-from mutualat.attacks.pgd import check_positive_int
+from mutualat.attacks.base import ATTACKS, Example, check_positive_int
 from mutualat.attacks.unforeseen import ParameterSpaceAttack, check_no_norm
 from mutualat.errors import ConfigError
 
@@ -90,7 +89,9 @@ def gabor_noise(sparse: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return d / d.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).detach()
 
 
-@ATTACKS.register("gabor")
+@ATTACKS.register("gabor", family="unforeseen", examples=(
+    Example(dict(eps=0.05, steps=3), strong=dict(eps=0.3, steps=10)),
+))
 class Gabor(ParameterSpaceAttack):
     """Gabor: ``x_adv = clip(x + eps * gabor_noise(sparse, kernel))``, the sparse values
     optimized.

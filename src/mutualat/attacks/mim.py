@@ -9,16 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import LossFn, resolve_objective
-from mutualat.attacks.pgd import check_positive, check_positive_int, input_gradient
+from mutualat.attacks.base import (
+    ATTACKS, Attack, Example, check_positive, check_positive_int, warn_if_zero_gradient,
+)
+from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 
 _TINY = 1e-12
 
 
-@ATTACKS.register("mim")
+@ATTACKS.register("mim", family="gradient", examples=(Example(dict(eps=8 / 255, steps=3)),))
 class MIM(Attack):
     """MI-FGSM in the linf ball, from ``x`` (no random start, as in the paper).
 

@@ -11,9 +11,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import LossFn, resolve_objective
-from mutualat.attacks.pgd import check_positive, check_positive_int, input_gradient
+from mutualat.attacks.base import (
+    ATTACKS, Attack, Example, check_positive, check_positive_int, warn_if_zero_gradient,
+)
+from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
 from mutualat.attacks.threat import ThreatModel, make_threat
 from mutualat.errors import ConfigError
 
@@ -35,7 +36,9 @@ def _per_norm(name: str, value: Mapping[str, float] | Sequence[float]) -> dict[s
     raise ConfigError(f"msd {name} must be a dict over {NORMS} or a 3-tuple, got {value!r}")
 
 
-@ATTACKS.register("msd")
+@ATTACKS.register("msd", family="gradient", examples=(
+    Example(dict(eps=(8 / 255, 0.5, 5.0), step_size=(2 / 255, 0.1, 0.1), steps=3)),
+))
 class MSD(Attack):
     """MSD: at each iteration, from the current point and its single gradient, take one
     projected step per norm and keep per example the candidate with the highest loss.

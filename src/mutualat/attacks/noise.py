@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack
-from mutualat.attacks.pgd import check_positive, check_positive_int
+from mutualat.attacks.base import ATTACKS, Attack, Example, check_positive, check_positive_int
 from mutualat.attacks.threat import make_threat
 from mutualat.errors import ConfigError
 
@@ -108,7 +107,9 @@ def max_norm(x: torch.Tensor, norm: str) -> float:
     return float(d) ** 0.5 if norm == "l2" else float(d)
 
 
-@ATTACKS.register("gaussian_noise")
+@ATTACKS.register("gaussian_noise", family="decision", examples=(
+    Example(dict(eps=1.0, repeats=3), strong=dict(eps=5.0)),
+))
 class GaussianNoise(Attack):
     """Additive Gaussian noise of l2 norm exactly ``eps`` (before clipping to [0,1]).
 
@@ -150,7 +151,9 @@ class GaussianNoise(Attack):
         return x_adv
 
 
-@ATTACKS.register("salt_and_pepper")
+@ATTACKS.register("salt_and_pepper", family="decision", examples=(
+    Example(dict(eps=4.0, steps=10), strong=dict(eps=30.0, steps=30)),
+))
 class SaltAndPepper(Attack):
     """Salt-and-pepper noise with a growing number of flipped pixels, within an lp budget.
 

@@ -1,4 +1,4 @@
-"""The losses a gradient attack maximizes, by name.
+"""The losses a gradient attack maximizes, by name, and their gradient at the input.
 
 Every objective has the signature ``(logits_adv, y, logits_clean) -> (B,)`` per-example
 loss; ``logits_clean`` (the model's logits on the clean batch, computed once without
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from mutualat.errors import ConfigError
 from mutualat.losses import boosted_cross_entropy, cross_entropy, cw_margin, dlr_loss, kl_divergence
@@ -54,3 +55,22 @@ def resolve_objective(loss: str | LossFn) -> Objective:
         raise ConfigError(
             f"unknown attack loss {loss!r}; known: {', '.join(sorted(OBJECTIVES))} or a callable"
         ) from None
+
+
+def input_gradient(
+    model: nn.Module,
+    objective: Objective,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    delta: torch.Tensor,
+    logits_clean: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of the summed per-example loss at ``x + delta``, the logits and the losses.
+
+    ``torch.autograd.grad`` with respect to the input only: parameter ``.grad`` is untouched.
+    """
+    delta = delta.detach().requires_grad_(True)
+    logits = model(x + delta)
+    losses = objective.fn(logits, y, logits_clean)
+    (grad,) = torch.autograd.grad(losses.sum(), delta)
+    return grad, logits.detach(), losses.detach()

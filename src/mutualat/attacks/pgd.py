@@ -12,8 +12,10 @@ import warnings
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack, warn_if_zero_gradient
-from mutualat.attacks.objectives import LossFn, Objective, resolve_objective
+from mutualat.attacks.base import (
+    ATTACKS, Attack, Example, check_positive, check_positive_int, warn_if_zero_gradient,
+)
+from mutualat.attacks.objectives import LossFn, input_gradient, resolve_objective
 from mutualat.attacks.threat import LinfThreat, default_step_size, make_threat
 from mutualat.errors import ConfigError
 
@@ -94,38 +96,13 @@ def compiled_linf_update():
     return _compiled_linf_update
 
 
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def input_gradient(
-    model: nn.Module,
-    objective: Objective,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    delta: torch.Tensor,
-    logits_clean: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradient of the summed per-example loss at ``x + delta``, the logits and the losses.
-
-    ``torch.autograd.grad`` with respect to the input only: parameter ``.grad`` is untouched.
-    """
-    delta = delta.detach().requires_grad_(True)
-    logits = model(x + delta)
-    losses = objective.fn(logits, y, logits_clean)
-    (grad,) = torch.autograd.grad(losses.sum(), delta)
-    return grad, logits.detach(), losses.detach()
-
-
-@ATTACKS.register("pgd")
+@ATTACKS.register("pgd", family="gradient", examples=(
+    Example(dict(norm="linf", eps=8 / 255, steps=3)),
+    Example(dict(norm="l2", eps=0.5, steps=3, restarts=2), "l2"),
+    Example(dict(norm="l1", eps=5.0, steps=3, early_stop=True), "l1"),
+    Example(dict(norm="linf", eps=8 / 255, steps=3, step_size=0.007, loss="lc"), "lc"),
+    Example(dict(norm="linf", eps=8 / 255, steps=3, loss="trades_kl"), "trades"),
+))
 class PGD(Attack):
     """PGD with ``steps`` steepest-ascent steps and projections in the ``norm`` ball.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.attacks.base import ATTACKS, Attack
+from mutualat.attacks.base import ATTACKS, Attack, Example, check_positive, check_positive_int
 from mutualat.attacks.noise import (
     DECISION_NORMS,
     check_norm,
@@ -20,13 +20,18 @@ from mutualat.attacks.noise import (
     perturbation_norm,
     salt_and_pepper_draw,
 )
-from mutualat.attacks.pgd import check_positive, check_positive_int
 from mutualat.errors import ConfigError
 
 _INITS = ("salt_and_pepper", "uniform_noise")
 
 
-@ATTACKS.register("pointwise")
+@ATTACKS.register("pointwise", family="decision", examples=(
+    Example(dict(norm="l2", eps=0.3, init_steps=20, passes=2, search_passes=1, search_steps=3),
+            strong=dict(eps=2.0)),
+    Example(dict(norm="l1", eps=2.0, init_steps=20, passes=2, search_passes=1, search_steps=3),
+            "l1", strong=dict(eps=20.0)),
+    Example(dict(norm="l0", eps=10, init_steps=20, passes=2), "l0", strong=dict(eps=100)),
+))
 class Pointwise(Attack):
     """Start from a misclassified noisy image, then move coordinates back to the original.
 
@@ -59,6 +64,8 @@ class Pointwise(Attack):
     forward passes of the still-open examples; a salt-and-pepper start changes few.
     Shapes: ``x`` (B, C, H, W) in [0,1], ``y`` (B,) -> ``x_adv`` (B, C, H, W).
     """
+
+    minimum_norm = True
 
     def __init__(
         self,

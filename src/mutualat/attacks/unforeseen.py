@@ -19,8 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from mutualat.attacks.base import Attack
-from mutualat.attacks.pgd import check_positive, check_positive_int
+from mutualat.attacks.base import Attack, check_positive, check_positive_int
 from mutualat.errors import ConfigError
 from mutualat.losses import cross_entropy
 

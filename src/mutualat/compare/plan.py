@@ -39,6 +39,8 @@ import yaml
 from mutualat.config import (RunConfig, config_from_data, load_config, read_yaml, set_value,
                              to_dict)
 from mutualat.errors import ConfigError
+from mutualat.evaluation import load_suite
+from mutualat.methods import build_method
 
 #: A grid point's shorthands: set on every model of the cohort.
 MODEL_KEYS = ("lr", "weight_decay")
@@ -221,9 +223,6 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
 def check_plan(plan: Plan) -> None:
     """Build every run config and the method of each, and load the suite, so a mistake in
     the plan stops it before anything runs."""
-    from mutualat.evaluation import load_suite
-    from mutualat.methods import build_method
-
     for variant in plan.variants:
         for setting in plan.settings(variant):
             for seed in plan.seeds:

@@ -15,12 +15,17 @@ cohort's ensemble is also paired with the control, seed by seed (the same comput
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval
 from mutualat.compare.study import CONTROL, Study
+from mutualat.evaluation.records import hardware_info, versions
+from mutualat.report.documents import write_section
 from mutualat.train.checkpoint import atomic_write_bytes
 from mutualat.train.logger import read_metrics
 
@@ -29,10 +34,6 @@ PAIRED_METRICS = ("clean", "r_worst")
 
 def collect(study: Study) -> dict[str, Any]:
     """Everything the report states, from the study's folder."""
-    from mutualat.evaluation.evaluator import hardware_info, versions
-
-    import torch
-
     plan = study.plan
     selections = {v: study.selection(v) for v in plan.variants}
     rows = []
@@ -343,10 +344,6 @@ def document_section(study: Study, command: str) -> str:
 
 def write_document(study: Study, document: Path, command: str) -> None:
     """Write :func:`document_section` into ``document`` and the curves beside it."""
-    import shutil
-
-    from mutualat.experiments import write_section
-
     name = study.plan.name
     figure = Path(document).parent / "figures" / f"{name}-curves.png"
     figure.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mutualat.compare.plan import Plan
+from mutualat.compare.report import write_report
 from mutualat.compare.study import Study, Task
 from mutualat.errors import MutualatError
 from mutualat.train.checkpoint import atomic_write_bytes
@@ -47,8 +48,6 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
               report: bool = True) -> Path | None:
     """Run every task of ``plan`` in ``out`` (``jobs`` at a time), then write the report;
     returns the path of ``comparison.md`` (None with ``report=False``)."""
-    from mutualat.compare.report import write_report
-
     if jobs < 1:
         raise MutualatError(f"--jobs must be >= 1, got {jobs}")
     if threads is None and jobs > 1:

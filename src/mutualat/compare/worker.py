@@ -24,16 +24,21 @@ from typing import Any
 
 import torch
 
+from mutualat.config import config_from_data
+from mutualat.console import setup_logging
+from mutualat.data import load_dataset, subset
+from mutualat.device import resolve_device
 from mutualat.errors import DivergedError, MutualatError
+from mutualat.evaluation import evaluate, load_suite
+from mutualat.experiments import run_or_reuse
+from mutualat.models import load_model, read_model_meta
+from mutualat.models.ensemble import Ensemble
 from mutualat.train.checkpoint import atomic_write_bytes
 
 HEARTBEAT_S = 60.0
 
 
 def run_train(spec: dict[str, Any]) -> None:
-    from mutualat.config import config_from_data
-    from mutualat.experiments import run_or_reuse
-
     run_dir = Path(spec["run_dir"])
     try:
         run_or_reuse(config_from_data(spec["config"]), run_dir)
@@ -44,12 +49,6 @@ def run_train(spec: dict[str, Any]) -> None:
 
 
 def run_eval(spec: dict[str, Any]) -> None:
-    from mutualat.data import load_dataset, subset
-    from mutualat.device import resolve_device
-    from mutualat.evaluation import evaluate, load_suite
-    from mutualat.models import load_model, read_model_meta
-    from mutualat.models.ensemble import Ensemble
-
     device = resolve_device(spec["device"])
     data = spec["data"]
     dataset = load_dataset(data["name"], data_dir=data["data_dir"], path=data["path"])
@@ -78,8 +77,6 @@ def record_path(task_file: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mutualat.console import setup_logging
-
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()  # the trainer's and evaluator's messages reach the task's log file
     if len(argv) != 1:

@@ -9,24 +9,11 @@
         ...
 """
 
-from mutualat.data.datasets import (
-    DATASETS,
-    Dataset,
-    balanced_indices,
-    channel_stats,
-    load_dataset,
-    resolve_data_dir,
-    subset,
-    train_val_split,
-)
-from mutualat.data.formats import (
-    ArraySplit,
-    read_cifar,
-    read_idx,
-    read_idx_split,
-    read_image_folder,
-)
+from mutualat.data.datasets import DATASETS, Dataset, channel_stats, load_dataset, resolve_data_dir
+from mutualat.data.formats import ArraySplit, read_cifar, read_idx, read_idx_split
+from mutualat.data.image_folders import read_image_folder
 from mutualat.data.loader import AUGMENTATIONS, DeviceLoader, crop_flip
+from mutualat.data.splits import balanced_indices, subset, train_val_split
 
 __all__ = [
     "AUGMENTATIONS",

@@ -1,4 +1,4 @@
-"""Named datasets: where their files are looked for, downloaded to and cached; splits.
+"""Named datasets: where their files are looked for, downloaded to and cached.
 
 ``load_dataset(name)`` builds one of the registered datasets (``DATASETS.names()``):
 
@@ -11,29 +11,23 @@
   decoded arrays are cached under ``<data_dir>/cache`` so the second load is fast.
 
 The canonical sets are downloaded when missing (``download=True``) from their authors'
-hosts and checked against the published MD5s. Pixel statistics are those published for the
-full sets, or computed from the train split for image folders; models normalize inside.
+hosts and checked against the published MD5s (:mod:`.download`). Pixel statistics are those
+published for the full sets, or computed from the train split for image folders; models
+normalize inside. The file formats are read by :mod:`.formats` and :mod:`.image_folders`;
+validation splits and subsets are :mod:`.splits`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import importlib.resources
 import os
-import re
-import secrets
-import urllib.request
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-from urllib.parse import urlparse
+from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
+from mutualat.data.download import RemoteFile, download_files, where_to_put
 from mutualat.data.formats import (
     CIFAR10,
     CIFAR100,
@@ -41,8 +35,8 @@ from mutualat.data.formats import (
     CifarLayout,
     read_cifar,
     read_idx_split,
-    read_image_folder,
 )
+from mutualat.data.image_folders import read_image_folder_cached
 from mutualat.errors import ConfigError, DataError
 from mutualat.registry import Registry
 
@@ -99,87 +93,6 @@ def load_dataset(
     factory = DATASETS.get(name)
     source = None if path is None else Path(path).expanduser()
     return factory(resolve_data_dir(data_dir), source, download)
-
-
-# --------------------------------------------------------------------------------------------
-# Downloads
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str  # file name on disk
-    md5: str  # published checksum of the file
-    urls: tuple[str, ...]  # tried in order
-
-
-def fetch(url: str, dest: Path) -> None:
-    """Copy ``url`` into the file ``dest``. The one place that touches the network."""
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        name = Path(urlparse(url).path).name
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                bar.update(len(chunk))
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)  # integrity against the published sums only
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _partial_path(target: Path) -> Path:
-    """A fresh name beside ``target`` to write to before renaming: a reader never sees half a
-    file, and two processes never share one. (Not tempfile: its files ignore the umask.)"""
-    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-
-
-def _where_to_put(files: Sequence[RemoteFile], dest: Path) -> str:
-    return "\n".join(f"  {f.urls[0]}\n    -> {dest / f.name}" for f in files)
-
-
-def _download_verified(url: str, target: Path, md5: str) -> None:
-    """Download to a temporary file beside ``target``, check its MD5, then rename it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_path(target)
-    try:
-        fetch(url, tmp)
-        got = _md5(tmp)
-        if got != md5:
-            raise DataError(f"md5 {got}, expected {md5} (download deleted)")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def download_files(dataset: str, files: Sequence[RemoteFile], dest: Path) -> None:
-    """Download each of ``files`` missing from ``dest``, verified; DataError if one fails.
-
-    The error says which files to put where by hand, since a machine that cannot download
-    them can usually be given them.
-    """
-    for k, file in enumerate(files):
-        target = dest / file.name
-        if target.exists():
-            continue
-        problems = []
-        for url in file.urls:
-            try:
-                _download_verified(url, target, file.md5)
-                break
-            except (OSError, http.client.HTTPException, DataError) as exc:
-                problems.append(f"  {url}: {exc}")
-        else:
-            still_missing = [f for f in files[k:] if not (dest / f.name).exists()]
-            raise DataError(
-                f"could not download {dataset}:\n" + "\n".join(problems)
-                + "\nDownload these files by hand and put them at:\n"
-                + _where_to_put(still_missing, dest)
-            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +176,7 @@ def _load_idx(spec: IdxSpec, root: Path, path: Path | None, download: bool) -> D
         dest = folders[0]
         remote = [f for f in spec.remote_files()
                   if _idx_file(dest, f.name.removesuffix(".gz")) is None]
-        where = _where_to_put(remote, dest)
+        where = where_to_put(remote, dest)
         if path is not None:
             raise DataError(
                 f"{spec.name}: files missing from {path}; put them (gzipped or not) at:\n{where}"
@@ -341,7 +254,7 @@ def _load_cifar(spec: CifarSpec, root: Path, path: Path | None, download: bool) 
         if not download:
             raise DataError(
                 f"{spec.name}: none of {', '.join(map(str, candidates))} exists. "
-                f"Pass download=True, or put this file at:\n" + _where_to_put([spec.archive], home)
+                f"Pass download=True, or put this file at:\n" + where_to_put([spec.archive], home)
             )
         download_files(spec.name, [spec.archive], home)
         source = home / spec.archive.name
@@ -389,79 +302,8 @@ def fashion_mnist_embedded(root: Path, path: Path | None, download: bool) -> Dat
 
 
 # --------------------------------------------------------------------------------------------
-# Image folders, decoded once and cached
+# Image folders
 # --------------------------------------------------------------------------------------------
-
-_CACHE_VERSION = 1  # bump when decoding changes, so that older caches are not reused
-
-
-def _fingerprint(source: Path) -> str:
-    """A key that changes when the source moves or changes: its path, sizes and mtimes."""
-    digest = hashlib.sha256(f"{_CACHE_VERSION}\n{source}\n".encode())
-    if source.is_dir():
-        for dirpath, dirnames, filenames in os.walk(source):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                stat = os.stat(full)
-                relative = os.path.relpath(full, source)
-                digest.update(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    else:
-        stat = source.stat()
-        digest.update(f"{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def _read_cache(cache: Path) -> tuple[ArraySplit, ArraySplit, list[str]] | None:
-    if not cache.is_file():
-        return None
-    try:
-        with np.load(cache) as arrays:
-            train = ArraySplit(arrays["train_images"], arrays["train_labels"])
-            test = ArraySplit(arrays["test_images"], arrays["test_labels"])
-            classes = [str(c) for c in arrays["classes"]]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, DataError) as exc:
-        warnings.warn(f"ignoring the unreadable cache {cache} ({exc}); decoding again",
-                      stacklevel=3)
-        return None
-    return train, test, classes
-
-
-def _write_cache(cache: Path, train: ArraySplit, test: ArraySplit, classes: list[str]) -> None:
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _partial_path(cache)
-        try:
-            # Uncompressed: the cache exists to be fast; decoded photos barely compress anyway.
-            with open(tmp, "wb") as stream:
-                np.savez(stream, train_images=train.images, train_labels=train.labels,
-                         test_images=test.images, test_labels=test.labels,
-                         classes=np.array(classes))
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as exc:
-        warnings.warn(f"could not write the cache {cache} ({exc}); the next load decodes again",
-                      stacklevel=3)
-
-
-def read_image_folder_cached(
-    source: Path, cache_dir: Path
-) -> tuple[ArraySplit, ArraySplit, list[str]]:
-    """:func:`read_image_folder`, with the decoded arrays kept in ``cache_dir`` as an .npz
-    keyed by the source's absolute path, size and mtime (every file's, for a folder)."""
-    source = source.resolve()
-    if not source.exists():
-        raise DataError(f"{source}: not found")
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", source.name)
-    cache = cache_dir / f"image-folder-{stem}-{_fingerprint(source)}.npz"
-    cached = _read_cache(cache)
-    if cached is not None:
-        return cached
-    train, test, classes = read_image_folder(source)
-    _write_cache(cache, train, test, classes)
-    return train, test, classes
-
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and std, in [0,1] units, of uint8 (N, C, H, W) images.
@@ -494,60 +336,3 @@ def image_folder(root: Path, path: Path | None, download: bool) -> Dataset:
     mean, std = channel_stats(train.images)
     augment = "crop_flip" if train.images.shape[1] == 3 else "none"
     return Dataset("image-folder", train, test, classes, mean, std, augment)
-
-
-# --------------------------------------------------------------------------------------------
-# Splits and subsets
-# --------------------------------------------------------------------------------------------
-
-
-def train_val_split(
-    split: ArraySplit, val_fraction: float, seed: int
-) -> tuple[ArraySplit, ArraySplit]:
-    """(train, val): ``val_fraction`` of each class held out, chosen by ``seed``.
-
-    The paper chooses α on 20% of the training set held out this way, so that the test set
-    never takes part in a choice. Both parts keep the examples' original order.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    held_out = []
-    for label in np.unique(split.labels):
-        members = np.flatnonzero(split.labels == label)
-        held_out.append(rng.permutation(members)[: int(len(members) * val_fraction + 0.5)])
-    val_index = np.sort(np.concatenate(held_out))
-    keep = np.ones(len(split), dtype=bool)
-    keep[val_index] = False
-    if len(val_index) == 0 or not keep.any():
-        raise ConfigError(
-            f"val_fraction {val_fraction} of {len(split)} examples leaves a split empty"
-        )
-    return split.take(np.flatnonzero(keep)), split.take(val_index)
-
-
-def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices into ``labels``, as even across classes as the classes allow, sorted.
-
-    Each class is shuffled by ``seed``; then the first of every class are taken, then the
-    second of every class, and so on, so a class that runs out leaves its share to others.
-    """
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    _, shuffled = np.unique(labels[order], return_inverse=True)
-    grouped = np.argsort(shuffled, kind="stable")  # by class, shuffled within each class
-    counts = np.bincount(shuffled)
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    rank = np.empty(len(labels), dtype=np.int64)
-    rank[grouped] = np.arange(len(labels)) - starts  # position within its class
-    return np.sort(order[np.argsort(rank, kind="stable")[:n]])
-
-
-def subset(split: ArraySplit, n: int | None, seed: int) -> ArraySplit:
-    """A seeded, class-balanced subset of ``n`` examples (all of them if ``n`` is None or
-    at least the split's size), in the original order; for CPU-scale runs."""
-    if n is None or n >= len(split):
-        return split
-    if n < 1:
-        raise ConfigError(f"subset size must be positive, got {n}")
-    return split.take(balanced_indices(split.labels, n, seed))

@@ -12,17 +12,10 @@ it; see :mod:`.worst_case`); the evaluator resumes an interrupted run from its f
 """
 
 from mutualat.evaluation import autoattack  # noqa: F401  (registers the optional "autoattack")
+from mutualat.evaluation.attack_loop import run_attack
 from mutualat.evaluation.checks import CheckConfig, run_checks, suite_warnings
-from mutualat.evaluation.evaluator import (
-    ENSEMBLE,
-    Ensemble,
-    EvaluationError,
-    build_summary,
-    evaluate,
-    fingerprint_model,
-    run_attack,
-    summary_table,
-)
+from mutualat.evaluation.evaluator import ENSEMBLE, evaluate
+from mutualat.evaluation.records import EvaluationError, fingerprint_model
 from mutualat.evaluation.suite import (
     AttackSpec,
     Strength,
@@ -32,6 +25,7 @@ from mutualat.evaluation.suite import (
     packaged_suites,
     suite_from_dict,
 )
+from mutualat.evaluation.summary import build_summary, summary_table
 from mutualat.evaluation.sweep import eps_sweep, parse_eps, sweep_table
 from mutualat.evaluation.transfer import default_attack, transfer_matrix, write_transfer
 from mutualat.evaluation.worst_case import (
@@ -45,6 +39,7 @@ from mutualat.evaluation.worst_case import (
     standalone_accuracy,
     worst_case,
 )
+from mutualat.models.ensemble import Ensemble
 
 __all__ = [
     "AttackSpec", "BROKEN", "CheckConfig", "ENSEMBLE", "Ensemble", "EvaluationError",

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mutualat.attacks import attack_mode, create_attack, make_threat
 from mutualat.evaluation.worst_case import BROKEN, ROBUST
 
 SINGLE_STEP = ("fgsm",)
@@ -153,8 +154,6 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from mutualat.attacks import attack_mode
-
     with attack_mode(model, "eval"):
         return model(x).argmax(dim=1)
 
@@ -171,8 +170,6 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack
 
 def _noise_attack(norm: str, eps: float, draws: int) -> AttackFn:
     """Uniform random points of the ball; per example the first misclassified one."""
-    from mutualat.attacks import make_threat
-
     threat = make_threat(norm, eps)
 
     def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -189,8 +186,6 @@ def _noise_attack(norm: str, eps: float, draws: int) -> AttackFn:
 
 
 def _output_checks(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
-    from mutualat.attacks import attack_mode
-
     out = []
     with torch.no_grad(), attack_mode(model, "eval"):
         a, b = model(x), model(x)
@@ -230,8 +225,6 @@ def run_checks(
     (``None``: only the large-eps and output checks run). ``transfer_models`` (default: all)
     take part in the black-box check; the caller seeds torch for repeatability.
     """
-    from mutualat.attacks import create_attack
-
     cfg = config or CheckConfig()
     x = images[: cfg.n]
     x = (x.float() / 255 if x.dtype == torch.uint8 else x.float()).to(device)

@@ -12,6 +12,7 @@ gradient masking (Athalye et al. 2018) and is written into ``warnings``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,8 +21,16 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from mutualat.attacks import create_attack
+from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
+from mutualat.evaluation.attack_loop import as_tensors, batch_seed, correct_on, to_float01
+from mutualat.evaluation.checks import transfer_vs_whitebox
+from mutualat.evaluation.records import fingerprint_model, hardware_info, utc_now, versions
+from mutualat.report.paper_tables import transfer_table
+from mutualat.train.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +42,6 @@ DEFAULT_STEP_SIZE = 0.003
 def default_attack(norm: str, eps: float, steps: int = DEFAULT_STEPS,
                    step_size: float | None = DEFAULT_STEP_SIZE, random_start: bool = True):
     """Plain PGD (no early stop: a transfer attack should not stop at the source's boundary)."""
-    from mutualat.attacks import create_attack
-
     return create_attack("pgd", norm=norm, eps=eps, steps=steps, step_size=step_size,
                          random_start=random_start, early_stop=False)
 
@@ -59,15 +66,6 @@ def transfer_matrix(
     {s: {t: acc}}, "white_box": {t: acc}, "attacks": {s: description}, "n_examples",
     "seed", "warnings", "versions", "hardware", "date"}``; accuracies are fractions.
     """
-    from tqdm import tqdm
-
-    from mutualat.device import resolve_device
-    from mutualat.evaluation.checks import transfer_vs_whitebox
-    from mutualat.evaluation.evaluator import (
-        as_tensors, correct_on, utc_now, to_float01, batch_seed, fingerprint_model, hardware_info,
-        versions,
-    )
-
     if not sources or not targets:
         raise ConfigError("transfer needs at least one source and one target model")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -132,15 +130,10 @@ def _describe(attack: Any) -> dict[str, Any]:
 
 def write_transfer(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     """Write ``transfer.json``, ``transfer.md`` and ``transfer.csv`` into ``out_dir``."""
-    import json
-
-    from mutualat.evaluation.evaluator import _atomic_write
-    from mutualat.report.paper_tables import transfer_table
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "transfer.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "transfer.json", (json.dumps(result, indent=2) + "\n").encode())
     table = transfer_table(result)
-    _atomic_write(out / "transfer.md", (table.markdown() + "\n").encode())
-    _atomic_write(out / "transfer.csv", table.csv().encode())
+    atomic_write_bytes(out / "transfer.md", (table.markdown() + "\n").encode())
+    atomic_write_bytes(out / "transfer.csv", table.csv().encode())
     return out / "transfer.json"

@@ -22,6 +22,7 @@ import torch
 from mutualat.attacks.threat import Threat
 from mutualat.config import AttackConfig, RunConfig, from_dict
 from mutualat.errors import ConfigError
+from mutualat.methods.attacks import eval_pgd
 from mutualat.registry import Registry
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ class Method:
         One PGD in the training threat model by default; multi-perturbation methods return one
         per threat, and the trainer reports each and their per-example worst case.
         """
-        from mutualat.train.validate import eval_pgd
-
         return {self.attack_cfg.norm: eval_pgd(self.attack_cfg, steps, step_size)}
 
     def threats(self) -> list[Threat]:

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from mutualat.attacks import MSD, PGD
 from mutualat.attacks.threat import Threat
 from mutualat.errors import ConfigError
 
@@ -77,8 +78,6 @@ def check_msd_steps(value: int | None) -> None:
 
 def threat_attacks(threats: Sequence[Threat], loss: str, bn_mode: str) -> list:
     """One training PGD per threat, maximizing ``loss`` (no early stop, one run)."""
-    from mutualat.attacks import PGD
-
     return [
         PGD(norm=t.norm, eps=t.eps, steps=t.steps, step_size=t.resolved_step_size(),
             random_start=t.random_start, loss=loss, bn_mode=bn_mode)
@@ -92,8 +91,6 @@ def msd_attack(threats: Sequence[Threat], steps: int | None, loss: str, bn_mode:
     ``steps`` None = the largest PGD iteration count of the list (50 for the paper's
     setting, Maini et al.'s CIFAR-10 MSD count). MSD starts at ``x`` (no random start).
     """
-    from mutualat.attacks import MSD
-
     return MSD(
         eps={t.norm: t.eps for t in threats},
         step_size={t.norm: t.resolved_step_size() for t in threats},
@@ -113,12 +110,10 @@ def pick_per_example(per_type: Sequence[torch.Tensor], k: torch.Tensor) -> torch
 def validation_attacks(threats: Sequence[Threat], steps: int) -> dict:
     """norm -> the evaluation PGD of each threat, for per-type and worst-case validation.
 
-    Like :func:`mutualat.train.validate.eval_pgd`: cross-entropy, no random start, early
+    Like :func:`mutualat.methods.attacks.eval_pgd`: cross-entropy, no random start, early
     stop on misclassification; the step size follows Madry's rule per norm (for l1 the
     per-coordinate move at k = 20, so the steps travel 2.5 eps in every norm).
     """
-    from mutualat.attacks import PGD
-
     return {
         t.norm: PGD(norm=t.norm, eps=t.eps, steps=steps, random_start=False, loss="ce",
                     early_stop=True)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mutualat.errors import CheckpointError, ConfigError
+from mutualat.models.io import load_model
 
 
 class Ensemble(nn.Module):
@@ -34,8 +35,6 @@ def load_cohort(run_dir: str | Path, best: bool = False, device: str = "cpu") ->
 
     ``best``: the members selected by validation PGD accuracy instead of the last ones.
     """
-    from mutualat.models.io import load_model
-
     folder = Path(run_dir) / "models"
     files = sorted(folder.glob("*.best.safetensors" if best else "*.safetensors"))
     files = [f for f in files if best or not f.name.endswith(".best.safetensors")]

@@ -1,10 +1,16 @@
 """Build a model by name (the registry and the factory, after timm's ``_registry``/``_factory``).
 
-A family registers one builder per architecture name::
+A family registers one builder per architecture name, with the architecture's default
+learning rate and weight decay::
 
-    @MODELS.register("resnet18")
+    @MODELS.register("resnet18", lr=0.01, weight_decay=3.5e-3)
     def resnet18(num_classes: int, in_channels: int, input_size: int,
                  normalize: Normalize) -> ResNet: ...
+
+A run uses those unless it sets ``models.N.lr`` / ``models.N.weight_decay``; an architecture
+that declares none has no default, and a run that names it must set both (a
+:class:`ConfigError` otherwise, from :func:`mutualat.train.optim.lr_and_weight_decay`): no
+architecture silently trains at another one's rate.
 
 Every builder takes those four keyword arguments; any further keyword parameter it declares
 (with a default) is an *option* of that architecture, such as ``depth`` of ``wrn``.
@@ -23,7 +29,7 @@ from mutualat.errors import ConfigError
 from mutualat.models.layers import Normalize
 from mutualat.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", declares=("lr", "weight_decay"))
 
 # The keyword arguments every builder takes; everything else a builder declares is an option.
 _COMMON = ("num_classes", "in_channels", "input_size", "normalize")

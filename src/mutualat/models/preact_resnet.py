@@ -81,7 +81,9 @@ class PreActResNet(nn.Module):
         return self.linear(out)
 
 
-@MODELS.register("preact_resnet18")
+# ResNet-18's learning rate and weight decay in the MAT paper (docs/METHOD.md §4; used
+# unless a run sets models.N.lr / weight_decay).
+@MODELS.register("preact_resnet18", lr=0.01, weight_decay=3.5e-3)
 def preact_resnet18(
     *, num_classes: int, in_channels: int, input_size: int, normalize: Normalize
 ) -> PreActResNet:

@@ -83,7 +83,9 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
-@MODELS.register("resnet18")
+# The MAT paper's ResNet-18 learning rate and weight decay (docs/METHOD.md §4; used unless
+# a run sets models.N.lr / weight_decay).
+@MODELS.register("resnet18", lr=0.01, weight_decay=3.5e-3)
 def resnet18(
     *, num_classes: int, in_channels: int, input_size: int, normalize: Normalize
 ) -> ResNet:

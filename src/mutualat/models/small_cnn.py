@@ -13,6 +13,9 @@ from mutualat.errors import ConfigError
 from mutualat.models.factory import MODELS
 from mutualat.models.layers import Normalize
 
+# Every small CNN registers lr=0.05, weight_decay=5e-4 (used unless a run sets models.N.lr /
+# weight_decay): a larger rate than the paper's ResNet-18 one, because CPU-scale runs are short.
+
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     # No conv bias: the batch-norm shift that follows makes it redundant.
@@ -23,7 +26,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Se
     )
 
 
-@MODELS.register("smallcnn")
+@MODELS.register("smallcnn", lr=0.05, weight_decay=5e-4)
 class SmallCNN(nn.Module):
     """The SmallCNN of the TRADES MNIST experiments.
 
@@ -76,7 +79,7 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
-@MODELS.register("madrycnn")
+@MODELS.register("madrycnn", lr=0.05, weight_decay=5e-4)
 class MadryCNN(nn.Module):
     """The MNIST network of Madry et al., "Towards Deep Learning Models Resistant to
     Adversarial Attacks" (ICLR 2018), MadryLab/mnist_challenge ``model.py``.
@@ -114,7 +117,7 @@ class MadryCNN(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
-@MODELS.register("tinycnn")
+@MODELS.register("tinycnn", lr=0.05, weight_decay=5e-4)
 class TinyCNN(nn.Module):
     """A small, fast CNN for CPU demos: about 2.5 MFLOPs per 28x28 grey image.
 
@@ -149,7 +152,7 @@ class TinyCNN(nn.Module):
         return self.fc(self.features(self.normalize(x)))
 
 
-@MODELS.register("cnn32")
+@MODELS.register("cnn32", lr=0.05, weight_decay=5e-4)
 class CNN32(nn.Module):
     """A small VGG-style CNN for 32x32 RGB that trains on CIFAR-10 on a CPU.
 

@@ -21,6 +21,9 @@ from mutualat.errors import ConfigError
 from mutualat.models.factory import MODELS
 from mutualat.models.layers import Normalize
 
+# Every WRN registers the MAT paper's WRN-34-10 learning rate and weight decay, lr=0.1,
+# weight_decay=7e-4 (used unless a run sets models.N.lr / weight_decay).
+
 
 class WideBasicBlock(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, dropout: float) -> None:
@@ -111,7 +114,7 @@ class WideResNet(nn.Module):
         return self.fc(out)
 
 
-@MODELS.register("wrn")
+@MODELS.register("wrn", lr=0.1, weight_decay=7e-4)
 def wrn(
     *,
     num_classes: int,
@@ -129,7 +132,7 @@ def wrn(
 # Fixed-size aliases, registered under their own names so a saved file rebuilds by that name.
 
 
-@MODELS.register("wrn34_10")
+@MODELS.register("wrn34_10", lr=0.1, weight_decay=7e-4)
 def wrn34_10(
     *, num_classes: int, in_channels: int, input_size: int, normalize: Normalize,
     dropout: float = 0.0,
@@ -138,7 +141,7 @@ def wrn34_10(
     return WideResNet(34, 10, dropout, num_classes, in_channels, normalize)
 
 
-@MODELS.register("wrn28_10")
+@MODELS.register("wrn28_10", lr=0.1, weight_decay=7e-4)
 def wrn28_10(
     *, num_classes: int, in_channels: int, input_size: int, normalize: Normalize,
     dropout: float = 0.0,
@@ -147,7 +150,7 @@ def wrn28_10(
     return WideResNet(28, 10, dropout, num_classes, in_channels, normalize)
 
 
-@MODELS.register("wrn16_4")
+@MODELS.register("wrn16_4", lr=0.1, weight_decay=7e-4)
 def wrn16_4(
     *, num_classes: int, in_channels: int, input_size: int, normalize: Normalize,
     dropout: float = 0.0,

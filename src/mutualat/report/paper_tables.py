@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mutualat.errors import ConfigError
+from mutualat.experiments import recorded_scenario
+from mutualat.methods.scenarios import SCENARIOS
+from mutualat.report import paper_plots
+from mutualat.report.plots import plot_training_curves
 from mutualat.report.tables import markdown_table
 
 
@@ -273,9 +277,6 @@ def load_inputs(paths: Sequence[str | os.PathLike]) -> ReportInputs:
 def _kd_points(runs: Mapping[str, Path]) -> dict[str, dict[str, tuple[float, float]]]:
     """Scenario -> role -> (clean, robust) of the runs of a KD scenario: those that
     ``mutualat scenario`` marked (``scenario.json``), else those whose path names one."""
-    from mutualat.experiments import recorded_scenario
-    from mutualat.methods.scenarios import SCENARIOS
-
     points: dict[str, dict[str, tuple[float, float]]] = {}
     for label, folder in runs.items():
         results_file = folder / "results.json"
@@ -323,8 +324,6 @@ def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
     and ``kd_scenarios.png`` (Fig. 2; runs whose folder path names a KD scenario).
     Returns the path of ``report.md``.
     """
-    from mutualat.report import paper_plots
-
     inputs = load_inputs(paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,8 +353,6 @@ def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
 
     with_metrics = {k: v for k, v in inputs.runs.items() if (v / "metrics.jsonl").is_file()}
     if with_metrics:
-        from mutualat.report.plots import plot_training_curves
-
         plots.append(plot_training_curves(with_metrics, out / "training_curves.png"))
     for norm, curves in _eps_curves(inputs.evals).items():
         plots.append(paper_plots.plot_accuracy_vs_eps(curves, out / f"accuracy_vs_eps_{norm}.png", norm))

@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from mutualat.train.logger import read_metrics
+
 
 def _pyplot():
     import matplotlib
@@ -36,8 +38,6 @@ def curves(run_dir: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
     with x in epochs (validation and training adversarial accuracy at whole epochs, loss and
     learning rate at every step, as fractions of an epoch). Curves: ``val_clean``,
     ``val_pgd``, ``train_adv_acc`` (the epoch's mean over its steps), ``loss``, ``lr``."""
-    from mutualat.train.logger import read_metrics
-
     records = read_metrics(run_dir)
     steps = [r for r in records if r["event"] == "step"]
     epochs = [r for r in records if r["event"] == "epoch"]

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from mutualat.errors import CheckpointError
 from mutualat.methods.peers import peer_logits
 
 
@@ -126,8 +127,6 @@ class Cohort:
     def load_local_state(self, models: Sequence[dict | None], optimizers: Sequence[dict | None],
                          schedulers: Sequence[dict | None]) -> None:
         """Restore this process's members from a checkpoint's per-member lists."""
-        from mutualat.errors import CheckpointError
-
         for m in self.members:
             try:
                 m.model.load_state_dict(models[m.index])

@@ -8,26 +8,29 @@ import torch
 from torch import nn
 
 from mutualat.config import ModelConfig, OptimConfig
-
-# (learning rate, weight decay) per architecture. ResNet-18 and WRN follow the MAT paper
-# (SPEC.md section 4); the small CNNs use a larger rate because CPU-scale runs are short.
-ARCH_DEFAULTS: dict[str, tuple[float, float]] = {
-    "resnet18": (0.01, 3.5e-3),
-    "preact_resnet18": (0.01, 3.5e-3),
-    "wrn": (0.1, 7e-4),
-    "wrn34_10": (0.1, 7e-4),
-    "wrn28_10": (0.1, 7e-4),
-    "wrn16_4": (0.1, 7e-4),
-}
-SMALL_MODEL_DEFAULT = (0.05, 5e-4)
+from mutualat.errors import ConfigError
+from mutualat.models import MODELS
 
 
 def lr_and_weight_decay(model_cfg: ModelConfig) -> tuple[float, float]:
-    lr, wd = ARCH_DEFAULTS.get(model_cfg.name, SMALL_MODEL_DEFAULT)
-    return (
-        model_cfg.lr if model_cfg.lr is not None else lr,
-        model_cfg.weight_decay if model_cfg.weight_decay is not None else wd,
-    )
+    """The member's learning rate and weight decay: ``models.N.lr`` / ``weight_decay`` where
+    the run sets them, else what the architecture declared at its registration
+    (``@MODELS.register(name, lr=..., weight_decay=...)``; the paper's values for ResNet-18
+    and WRN-34-10, the CPU-scale ones for the small CNNs: docs/METHOD.md §4).
+
+    :class:`ConfigError` if neither gives one: an architecture registered without defaults
+    must have them set by the run, never a rate meant for another architecture.
+    """
+    declared = MODELS.declared(model_cfg.name)
+    given = {"lr": model_cfg.lr, "weight_decay": model_cfg.weight_decay}
+    chosen = {key: declared.get(key) if value is None else value for key, value in given.items()}
+    missing = [key for key, value in chosen.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"model {model_cfg.name!r} declares no default {' or '.join(missing)} at its "
+            f"registration; set {' and '.join(f'models.N.{k}' for k in missing)} for it"
+        )
+    return chosen["lr"], chosen["weight_decay"]
 
 
 def member_learning_rates(models: Sequence[ModelConfig], roles: Sequence[str],

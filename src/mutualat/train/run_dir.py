@@ -9,7 +9,8 @@ started, continued or must be refused, and they never change a folder they refus
 - ``--resume`` continues from the checkpoint only if it belongs to the folder: its config
   must equal ``config.yaml`` (up to :data:`ENVIRONMENT_KEYS`) and its run identity
   ``run.json`` (:func:`resume_state`); a run killed before its first checkpoint starts again
-  from scratch with its saved config (:func:`clear_dead_start`).
+  from scratch with its saved config (:func:`clear_dead_start`); :func:`resume_or_restart`
+  decides which, for the trainer.
 - One process at a time: :func:`lock_run_dir` holds an advisory lock the OS drops when the
   process dies.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -28,6 +30,8 @@ from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_d
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import resolve_method_params
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -114,6 +118,22 @@ def resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
             f"{out / CHECKPOINT} belongs to another run (run id {state['run_id']}, this folder's "
             f"{identity}); put this run's checkpoint back or start a new --out (nothing was changed)"
         )
+    return state
+
+
+def resume_or_restart(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """Rank 0: the checked checkpoint to continue from, or None to start again from
+    scratch (a run killed before its first checkpoint); stale temporaries removed."""
+    state = resume_state(out, cfg)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        logger.info(f"removed {len(stale)} temporary file(s) an interrupted write left in "
+                    f"{out}: {', '.join(stale)}")
+    if state is None:
+        removed = clear_dead_start(out)
+        logger.info(f"{out} has no checkpoint (the run stopped before the end of its "
+                    f"first epoch): starting it again from scratch with its saved config"
+                    + (f"; removed {', '.join(removed)}" if removed else ""))
     return state
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mutualat.attacks import PGD
+
 if TYPE_CHECKING:
     from mutualat.train.trainer import Trainer
 
@@ -32,8 +34,6 @@ def sample_batch(batch_size: int, input_shape: tuple[int, ...], device: torch.de
 
 def apply_speed_options(trainer: "Trainer") -> dict[str, Any]:
     """Compile the members if asked, let cuDNN search its kernels; returns what to log."""
-    from mutualat.attacks import PGD
-
     cfg, method = trainer.cfg, trainer.method
     if cfg.compile in ("model", "all"):
         for member in trainer.cohort:

@@ -5,12 +5,15 @@ weights, optimizer and scheduler states (``models``, ``optimizers``, ``scheduler
 counters, the run's config and identity, the precision it computes in, and the RNG state of
 every process (``rng``: rank 0's; ``rng_ranks``: all of them when several processes ran), so a
 run resumed with the same processes continues exactly, and any placement can resume it.
+:func:`seed_everything` seeds every RNG when the trainer is built.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import torch
 
 from mutualat.errors import CheckpointError
@@ -61,3 +64,12 @@ def restore_state(state: dict[str, Any], cohort: Cohort, processes: Any, seed: i
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False

@@ -21,12 +21,10 @@ import json
 import logging
 import math
 import platform
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mutualat.attacks.threat import check_within_inputs
@@ -45,10 +43,9 @@ from mutualat.train.optim import member_learning_rates
 from mutualat.train.placement import make_placement
 from mutualat.train.precision import choose_precision, device_rule
 from mutualat.train.preflight import check_names
-from mutualat.train.run_dir import (CHECKPOINT, clear_dead_start, lock_run_dir, prepare_run_dir,
-                                    remove_stale_temporaries, resume_state, run_id,
-                                    undo_new_run_dir, what_survives, writing)
-from mutualat.train.state import gather_state, restore_state
+from mutualat.train.run_dir import (CHECKPOINT, lock_run_dir, prepare_run_dir, resume_or_restart,
+                                    run_id, undo_new_run_dir, what_survives, writing)
+from mutualat.train.state import gather_state, restore_state, seed_everything
 from mutualat.train.speed import apply_speed_options
 from mutualat.train.validate import robust_accuracies
 
@@ -93,7 +90,7 @@ class Trainer:
         check_names(cfg)  # before any data is read: a typo costs a second, not a download
         procs.configure(cfg)
         self.device = procs.device(resolve_device(cfg.device))
-        _seed_everything(cfg.seed, cfg.deterministic)
+        seed_everything(cfg.seed, cfg.deterministic)
         self._build_data()
         self.method = build_method(cfg)
         # An l2 or l1 ball wider than the input space itself (the shape is known only now).
@@ -103,8 +100,8 @@ class Trainer:
                                         cfg.distributed.sync_bn)
         self.placement.check(cfg, self.method)
         self.run_id = procs.from_main(lambda: run_id(self.out))
-        state = procs.scatter_from_main(self._resume_state, self.placement.checkpoint_part) \
-            if resume else None
+        state = procs.scatter_from_main(lambda: resume_or_restart(self.out, self.cfg),
+                                        self.placement.checkpoint_part) if resume else None
         # bf16 autocast and channels_last: forced by the config, kept from the checkpoint, or
         # timed on this run's shapes (train/precision.py). Rank 0 decides for every process.
         saved = None
@@ -140,21 +137,6 @@ class Trainer:
             self._restore(state)
         self.log.write("speed", self.global_step, **apply_speed_options(self),
                        **self.precision.record())
-
-    def _resume_state(self) -> dict[str, Any] | None:
-        """Rank 0: the checked checkpoint to continue from, or None to start again from
-        scratch (a run killed before its first checkpoint); stale temporaries removed."""
-        state = resume_state(self.out, self.cfg)
-        stale = remove_stale_temporaries(self.out)
-        if stale:
-            logger.info(f"removed {len(stale)} temporary file(s) an interrupted write left in "
-                        f"{self.out}: {', '.join(stale)}")
-        if state is None:
-            removed = clear_dead_start(self.out)
-            logger.info(f"{self.out} has no checkpoint (the run stopped before the end of its "
-                        f"first epoch): starting it again from scratch with its saved config"
-                        + (f"; removed {', '.join(removed)}" if removed else ""))
-        return state
 
     def _build_data(self) -> None:
         d, seed = self.cfg.data, self.cfg.seed
@@ -395,11 +377,3 @@ class Trainer:
             with self._writing(name):
                 save_model(member.model, self.out / name, meta)
 
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False

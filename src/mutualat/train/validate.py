@@ -5,20 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mutualat.config import AttackConfig
-
-
-def eval_pgd(attack: AttackConfig, steps: int, step_size: float | None):
-    """The evaluation PGD: cross-entropy, no random start, in the training threat model.
-
-    ``early_stop``: an example stops once misclassified (a valid adversarial point inside the
-    ball was found, so it counts as broken); this is as strong as final-iterate PGD and much
-    cheaper on models that break most examples early.
-    """
-    from mutualat.attacks import PGD
-
-    return PGD(norm=attack.norm, eps=attack.eps, steps=steps, step_size=step_size,
-               random_start=False, loss="ce", early_stop=True)
+from mutualat.attacks import attack_mode
+from mutualat.methods.attacks import eval_pgd  # noqa: F401  (moved to methods/attacks.py; importable here as before)
 
 
 def batched_correct(
@@ -35,8 +23,6 @@ def batched_correct(
     device. The model is evaluated in eval mode and its previous mode restored. ``bar``: a
     tqdm bar advanced by one per batch.
     """
-    from mutualat.attacks import attack_mode
-
     device = next(model.parameters()).device
     flags = []
     with attack_mode(model, "eval"):
