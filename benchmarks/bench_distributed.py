@@ -80,7 +80,7 @@ def single(args: argparse.Namespace, out: Path) -> float:
 
 def _pair_worker(rank: int, port: int, args: argparse.Namespace, out: str, report: str) -> None:
     from mutualat.config import load_config
-    from mutualat.train import Trainer, distributed
+    from mutualat.train import Trainer, placement
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE="2")
@@ -96,8 +96,8 @@ def _pair_worker(rank: int, port: int, args: argparse.Namespace, out: str, repor
                 spent.append(time.perf_counter() - tick)
         return wrapper
 
-    distributed.Distributed.exchange_targets = timed(distributed.Distributed.exchange_targets)
-    distributed.Distributed.reduce_step = timed(distributed.Distributed.reduce_step)
+    placement.CohortParallel.exchange = timed(placement.CohortParallel.exchange)
+    placement.CohortParallel.reduce_step = timed(placement.CohortParallel.reduce_step)
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(load_config(None, overrides(args)), out)
         trainer.fit()
@@ -110,8 +110,8 @@ def _pair_worker(rank: int, port: int, args: argparse.Namespace, out: str, repor
     for _ in range(30):
         torch.distributed.barrier()
         tick = time.perf_counter()
-        trainer.dist.exchange_targets(logits, args.batch, members=[0, 1], num_classes=10)
-        trainer.dist.reduce_step(1.0, metrics, {rank: 0.1})
+        trainer.placement.exchange(logits, [0, 1], args.batch)
+        trainer.placement.reduce_step(1.0, metrics)
         alone.append(time.perf_counter() - tick)
     Path(f"{report}.{rank}").write_text(json.dumps([in_training, statistics.median(alone)]))
 

@@ -134,15 +134,24 @@ def test_alpha_search_and_scenario_take_data_dir_and_device(tmp_path, monkeypatc
 
 @pytest.fixture
 def no_data(monkeypatch):
-    """Any attempt to read a dataset fails the test."""
-    import mutualat.data
+    """Any attempt to read a dataset fails the test: every loaded mutualat module that bound
+    ``load_dataset`` at import (``from mutualat.data import load_dataset``) gets the refusal."""
+    import sys
+
+    import mutualat.cli  # noqa: F401  (imports every module a command can reach)
     import mutualat.data.datasets
+
+    original = mutualat.data.datasets.load_dataset
 
     def refuse(*args, **kwargs):
         raise AssertionError("data was read before the names were checked")
 
-    monkeypatch.setattr(mutualat.data, "load_dataset", refuse)
-    monkeypatch.setattr(mutualat.data.datasets, "load_dataset", refuse)
+    patched = 0
+    for name, module in list(sys.modules.items()):
+        if name.startswith("mutualat") and getattr(module, "load_dataset", None) is original:
+            monkeypatch.setattr(module, "load_dataset", refuse)
+            patched += 1
+    assert patched >= 3  # mutualat.data, its datasets module, and the trainer at least
 
 
 @pytest.mark.parametrize("override, message", [
