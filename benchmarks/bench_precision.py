@@ -73,7 +73,7 @@ def _flops(step) -> int:
     return int(counter.get_total_flops())
 
 
-def rows(args: argparse.Namespace) -> list[Row]:
+def rows(args: argparse.Namespace, progress: bool = False) -> list[Row]:
     device = torch.device(args.device)
     peak = {"fp32": matmul_rate(device, args.matmul, torch.float32),
             "bf16": matmul_rate(device, args.matmul, torch.bfloat16)}
@@ -103,6 +103,8 @@ def rows(args: argparse.Namespace) -> list[Row]:
             out.append(Row("precision", f"trial for {method_name.upper()} {name}: keeps {label}",
                            timed[SETTINGS["fp32"]] / timed[chosen], 1.0, "speed-up",
                            ", ".join(f"{k} {1e3 * timed[v]:.0f} ms" for k, v in SETTINGS.items())))
+            if progress:  # a long run on a slow CPU: each model's rows as soon as they exist
+                print_table(out[-len(SETTINGS) - 1:], f"({name}, {method_name}: done)")
     return out
 
 
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cpu":
         torch.set_num_threads(1)
         use_clock("thread")
-    print_table(rows(args), f"bf16 and channels_last: {environment(torch.device(args.device))}")
+    print(f"bf16 and channels_last: {environment(torch.device(args.device))}", flush=True)
+    print_table(rows(args, progress=True), "All rows:")
 
 
 if __name__ == "__main__":

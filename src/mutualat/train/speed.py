@@ -14,14 +14,12 @@ bf16 autocast and channels_last are chosen before the members are built
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Iterable
 
 import torch
 
 from mutualat.attacks import PGD
-
-if TYPE_CHECKING:
-    from mutualat.train.trainer import Trainer
+from mutualat.config import RunConfig
 
 
 def sample_batch(batch_size: int, input_shape: tuple[int, ...], device: torch.device,
@@ -32,17 +30,18 @@ def sample_batch(batch_size: int, input_shape: tuple[int, ...], device: torch.de
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def apply_speed_options(trainer: "Trainer") -> dict[str, Any]:
-    """Compile the members if asked, let cuDNN search its kernels; returns what to log."""
-    cfg, method = trainer.cfg, trainer.method
+def apply_speed_options(cfg: RunConfig, method: Any, models: Iterable[torch.nn.Module],
+                        device: torch.device) -> dict[str, Any]:
+    """Compile the members' ``models`` if asked, let cuDNN search its kernels; returns what to
+    log."""
     if cfg.compile in ("model", "all"):
-        for member in trainer.cohort:
-            member.model.compile()
+        for model in models:
+            model.compile()
     attack = getattr(method, "attack", None)
     if cfg.compile == "all" and isinstance(attack, PGD):
         attack.compile_step()
-    if trainer.device.type == "cuda" and not cfg.deterministic:
+    if device.type == "cuda" and not cfg.deterministic:
         # Fixed shapes every step: let cuDNN time its algorithms once and keep the fastest.
         torch.backends.cudnn.benchmark = True
-    return {"device": str(trainer.device), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    return {"device": str(device), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "compile": cfg.compile}

@@ -135,8 +135,8 @@ class Trainer:
         self.checkpointed: tuple[int, int] | None = None
         if state is not None:
             self._restore(state)
-        self.log.write("speed", self.global_step, **apply_speed_options(self),
-                       **self.precision.record())
+        speed = apply_speed_options(self.cfg, self.method, [m.model for m in self.cohort], self.device)
+        self.log.write("speed", self.global_step, **speed, **self.precision.record())
 
     def _build_data(self) -> None:
         d, seed = self.cfg.data, self.cfg.seed
