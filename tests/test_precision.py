@@ -99,6 +99,7 @@ def test_trial_drops_a_slow_candidate_after_its_warmup(monkeypatch):
 def test_auto_follows_the_trial_on_the_cpu(tmp_path, monkeypatch, slow_bf16):
     bf16 = {Precision(True, False), Precision(True, True)}
     fp32 = {Precision(False, False), Precision(False, True)}
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)  # a processor with bf16 units
     monkeypatch.setattr(precision, "time_step", _fake_timer(bf16 if slow_bf16 else fp32))
     out = tmp_path / "run"
     Trainer(load_config(None, _trial_overrides()), out).fit()
@@ -109,6 +110,43 @@ def test_auto_follows_the_trial_on_the_cpu(tmp_path, monkeypatch, slow_bf16):
                                                 "bf16+channels_last"}
     saved = load_checkpoint(out / "checkpoint.pt")["precision"]
     assert saved == {"amp": not slow_bf16, "channels_last": False}
+
+
+def test_cpu_bf16_reads_the_processor_flags(tmp_path):
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    amd = tmp_path / "amd"
+    amd.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert precision.cpu_bf16(str(intel)) is True
+    assert precision.cpu_bf16(str(amd)) is False
+    assert precision.cpu_bf16(str(arm)) is None  # cannot say: the trial decides
+    assert precision.cpu_bf16(str(tmp_path / "missing")) is None
+
+
+def test_bf16_is_not_tried_on_a_processor_without_bf16_instructions(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: False)
+    timed = []
+
+    def time_step(step, candidate):
+        assert not candidate.amp, "bf16 was timed"
+        timed.append(candidate)
+        return 1.0 if candidate.channels_last else 2.0
+
+    monkeypatch.setattr(precision, "time_step", time_step)
+    cpu = torch.device("cpu")
+    choice = choose_precision("auto", "auto", cpu, lambda c: (lambda: None))
+    assert choice.how == "trial" and choice.chosen == Precision(False, True)
+    assert set(choice.seconds) == {"fp32", "fp32+channels_last"} and timed
+    assert "bf16 not tried" in choice.record()["precision_note"]
+    fixed = choose_precision("auto", "off", cpu, lambda c: (lambda: None))
+    assert fixed.chosen == Precision(False, False) and fixed.how == "no bf16 instructions"
+    # Forced bf16 is still bf16, and an unknown processor still tries it.
+    assert choose_precision("bf16", "off", cpu, lambda c: (lambda: None)).chosen == Precision(True, False)
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: None)
+    monkeypatch.setattr(precision, "time_step", lambda step, c: 1.0)
+    assert len(choose_precision("auto", "auto", cpu, lambda c: (lambda: None)).seconds) == 4
 
 
 def test_no_trial_when_forced_deterministic_or_off_cpu(monkeypatch):
@@ -187,6 +225,7 @@ def test_a_bf16_run_resumes_exactly(tmp_path, monkeypatch):
 def test_a_resumed_trial_run_keeps_its_choice(tmp_path, monkeypatch):
     bf16 = {Precision(True, False), Precision(True, True)}
     fp32 = {Precision(False, False), Precision(False, True)}
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
     monkeypatch.setattr(precision, "time_step", _fake_timer(fp32))  # bf16 wins
     original = Trainer._end_of_epoch
 

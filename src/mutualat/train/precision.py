@@ -11,7 +11,10 @@
   it ran a small CNN's PGD-10 step 2-3x faster than fp32; without them bf16 is emulated and
   several times slower, so the trial keeps fp32 by itself. Candidates clearly slower are
   dropped early (after the warm-up step, then after one timed step), so an emulated bf16
-  costs one step, not four.
+  costs one step, not four. Where the processor says it has no bf16 instructions (x86
+  Linux: ``/proc/cpuinfo`` lists neither ``avx512_bf16`` nor ``amx_bf16``) bf16 is not even
+  tried: its one step cost up to two minutes for a MAT pair of small CNNs on such a CPU
+  (docs/PERFORMANCE.md), and the log says why it was left out.
 - On CUDA "auto" means bf16 and channels_last (tensor cores want both); on other devices,
   and for ``deterministic`` runs (a timing must not decide what a run computes), fp32 and
   the contiguous layout.
@@ -73,8 +76,9 @@ class Precision:
 @dataclass
 class PrecisionChoice:
     chosen: Precision
-    how: str  # "config", "device rule", "trial", "checkpoint"
+    how: str  # "config", "device rule", "trial", "checkpoint", "no bf16 instructions"
     seconds: dict[str, float] = field(default_factory=dict)  # label -> median s per step
+    note: str = ""  # why a candidate was not tried
 
     def record(self) -> dict:
         """What the run's log says about it."""
@@ -82,6 +86,8 @@ class PrecisionChoice:
                      "channels_last": self.chosen.channels_last, "precision_how": self.how}
         if self.seconds:
             out["precision_trial_s"] = {k: round(v, 5) for k, v in self.seconds.items()}
+        if self.note:
+            out["precision_note"] = self.note
         return out
 
     def state(self) -> dict:
@@ -94,6 +100,24 @@ def candidates(amp: str, channels_last: str) -> list[Precision]:
     amps = [False, True] if amp == "auto" else [amp == "bf16"]
     layouts = [False, True] if channels_last == "auto" else [channels_last == "on"]
     return [Precision(a, c) for a in amps for c in layouts]
+
+
+#: The x86 instructions that compute bf16 natively; without them PyTorch emulates it.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU has bf16 instructions: True or False where ``/proc/cpuinfo`` lists
+    x86 flags, None where it cannot say (another OS or architecture: the trial decides)."""
+    try:
+        with open(cpuinfo) as f:
+            line = next((ln for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    if line is None:
+        return None
+    flags = set(line.split(":", 1)[1].split())
+    return any(flag in flags for flag in BF16_FLAGS)
 
 
 def device_rule(amp: str, channels_last: str, device: torch.device) -> Precision:
@@ -120,8 +144,14 @@ def choose_precision(amp: str, channels_last: str, device: torch.device,
         return PrecisionChoice(options[0], "config")
     if device.type != "cpu" or deterministic:
         return PrecisionChoice(device_rule(amp, channels_last, device), "device rule")
+    note = ""
+    if amp == "auto" and cpu_bf16() is False:
+        options = [c for c in options if not c.amp]
+        note = f"bf16 not tried: the processor has none of {', '.join(BF16_FLAGS)}"
+        if len(options) == 1:
+            return PrecisionChoice(options[0], "no bf16 instructions", note=note)
     seconds = trial({c: make_step(c) for c in options}, device)
-    return PrecisionChoice(pick(seconds), "trial", {c.label: s for c, s in seconds.items()})
+    return PrecisionChoice(pick(seconds), "trial", {c.label: s for c, s in seconds.items()}, note)
 
 
 def pick(seconds: dict[Precision, float]) -> Precision:
