@@ -101,7 +101,8 @@ def _pair_worker(rank: int, port: int, args: argparse.Namespace, out: str, repor
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(load_config(None, overrides(args)), out)
         trainer.fit()
-    # Two exchanges a step; the second epoch's steps are the last ones.
+    # Two timed calls a step (the soft labels' exchange, the step's reduce); the second
+    # epoch's steps are the last ones.
     in_training = sum(spent[-2 * args.train_steps:]) / args.train_steps
     # The exchange alone: both processes enter it together (after a barrier), so no waiting.
     alone = []

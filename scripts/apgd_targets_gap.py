@@ -107,7 +107,8 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
     folders = evaluations(args.study)
     source, splits, rows = data_source(args.study), {}, []
     for folder in folders:
-        variant, seed, checkpoint = folder.parents[2].name, int(folder.parent.name[4:]), folder.name
+        variant, setting = folder.parents[2].name, folder.parents[1].name
+        seed, checkpoint = int(folder.parent.name[4:]), folder.name
         if (args.variants and variant not in args.variants) or (args.seeds and seed not in args.seeds) \
                 or checkpoint not in args.checkpoints:
             continue
@@ -128,13 +129,14 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
             surviving = np.flatnonzero(correct["clean"] & (correct["outcome"] == 1).all(axis=1))
             attacked = surviving[: args.limit] if args.limit else surviving
             n = len(correct["labels"])
-            row = {"variant": variant, "seed": seed, "checkpoint": checkpoint, "model": name, "n": n,
+            row = {"variant": variant, "setting": setting, "seed": seed, "checkpoint": checkpoint,
+                   "model": name, "n": n,
                    "r_worst": summary["models"][name]["r_worst"], "surviving": len(surviving),
                    "attacked": len(attacked), "broken": 0}
             if len(attacked):
                 result = evaluate({name: model}, suite, torch.from_numpy(split.images[attacked]),
                                   torch.from_numpy(split.labels[attacked]),
-                                  out / variant / f"seed{seed}" / checkpoint / name,
+                                  out / variant / setting / f"seed{seed}" / checkpoint / name,
                                   batch_size=args.batch_size, device=args.device,
                                   seed=summary["seed"], checks=False, progress=False)
                 row["broken"] = round(len(attacked) * (1 - result["models"][name]["r_worst"]))
@@ -143,18 +145,18 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
             row["r_worst_stronger"] = row["r_worst"] - row["drop"]
             row["estimated"] = row["attacked"] < row["surviving"]
             rows.append(row)
-            logger.info(f"{variant} seed{seed} {checkpoint} {name}: APGD-T-{args.targets} broke "
+            logger.info(f"{variant} {setting} seed{seed} {checkpoint} {name}: APGD-T-{args.targets} broke "
                         f"{row['broken']} of {row['attacked']} surviving examples")
     return rows
 
 
 def table(rows: list[dict], targets: int) -> str:
-    header = (f"| variant | seed | checkpoint | model | R_worst, suite % | broken by APGD-T-{targets} "
-              "| R_worst with it % | drop (points) |")
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    header = (f"| variant | setting | seed | checkpoint | model | R_worst, suite % | broken by "
+              f"APGD-T-{targets} | R_worst with it % | drop (points) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         approx = "≈ " if r["estimated"] else ""
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['checkpoint']} | {r['model']} | "
+        lines.append(f"| {r['variant']} | {r['setting']} | {r['seed']} | {r['checkpoint']} | {r['model']} | "
                      f"{100 * r['r_worst']:.2f} | {r['broken']} of {r['attacked']} | "
                      f"{approx}{100 * r['r_worst_stronger']:.2f} | {approx}{100 * r['drop']:.2f} |")
     if rows:
@@ -167,6 +169,12 @@ def table(rows: list[dict], targets: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        return 2
+    if args.targets < 1:
+        print(f"error: --targets must be at least 1, got {args.targets}", file=sys.stderr)
+        return 2
     setup_logging(logging.WARNING if args.json else logging.INFO)  # --json: stdout is the JSON
     try:
         rows = gap_rows(args)

@@ -288,11 +288,12 @@ def test_the_apgd_targets_gap_attacks_only_what_the_suite_left(finished_study, t
     models = {(r["variant"], r["seed"], r["model"]) for r in rows}
     assert {("at", 0, "model"), ("mat", 2, "ensemble"), ("control", 0, "ensemble")} <= models
     assert all(r["checkpoint"] == "last" for r in rows)
+    assert any(r["attacked"] for r in rows)  # the stronger attack did run somewhere
     for r in rows:
         assert r["attacked"] == r["surviving"] and not r["estimated"]
         assert 0 <= r["broken"] <= r["attacked"]
         assert r["r_worst_stronger"] == pytest.approx(r["r_worst"] - r["broken"] / r["n"])
-        folder = tmp_path / "gap" / r["variant"] / f"seed{r['seed']}" / "last" / r["model"]
+        folder = tmp_path / "gap" / r["variant"] / r["setting"] / f"seed{r['seed']}" / "last" / r["model"]
         if r["attacked"]:
             summary = json.loads((folder / "summary.json").read_text())
             assert summary["n_examples"] == r["surviving"]
@@ -304,6 +305,8 @@ def test_the_apgd_targets_gap_attacks_only_what_the_suite_left(finished_study, t
                      "--variants", "at", "--seeds", "0", "--json"]) == 0
     limited = json.loads(capsys.readouterr().out)
     assert [r["attacked"] for r in limited] == [min(1, r["surviving"]) for r in limited]
+    assert gap.main([str(out), "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err
     assert gap.main([str(tmp_path), "--json"]) == 2
     assert "no finished evaluation" in capsys.readouterr().err
 

@@ -83,6 +83,15 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
         for entry in running.values():
             entry.process.wait()
         raise
+    except MutualatError:
+        # The study cannot go on (a plan edit, a diverged chosen run): the running tasks are
+        # interrupted as by Ctrl-C (they record it and resume next time), not orphaned.
+        for entry in running.values():
+            entry.process.send_signal(signal.SIGINT)
+        for entry in running.values():
+            entry.process.wait()
+            entry.log.close()
+        raise
     _, waiting = study.tasks()
     if failed:
         raise StudyError(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}; "

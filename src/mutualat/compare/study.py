@@ -18,7 +18,8 @@ Everything here is derived from the files: a study stopped at any point continue
 was when the same plan runs again, reusing every finished run and evaluation. A finished run
 is reused only if its config is the plan's (else the study stops and says what differs), and
 an evaluation lives under the setting it evaluated, so a grid extended later never reports
-an old choice's numbers under a new one.
+an old choice's numbers under a new one. (Folders of the layout before 2026-11-30,
+``evals/<variant>/seed<S>``, are not read: such evaluations run again.)
 """
 
 from __future__ import annotations

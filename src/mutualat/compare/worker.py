@@ -140,6 +140,7 @@ class Record:
 
     def close(self, status: str) -> None:
         self.stopped.set()
+        self.beat.join()  # no heartbeat after the last write
         self.write(status)
 
 
