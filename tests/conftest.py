@@ -80,3 +80,27 @@ def tiny_overrides(epochs: int = 2) -> list[str]:
         "progress=false",
         "deterministic=true",
     ]
+
+
+class Stopped(Exception):
+    """Raised inside a run to interrupt it (as a kill would, but catchable)."""
+
+
+def train_first_epoch_only(cfg, out: Path) -> None:
+    """Train ``cfg`` in ``out`` and interrupt it right after its first epoch ended (its
+    checkpoint written): a run to resume."""
+    from mutualat.train import Trainer
+
+    original = Trainer._end_of_epoch
+
+    def stop(self):
+        original(self)
+        raise Stopped
+
+    Trainer._end_of_epoch = stop
+    try:
+        with pytest.raises(Stopped):
+            Trainer(cfg, out).fit()
+    finally:
+        Trainer._end_of_epoch = original
+

@@ -22,6 +22,8 @@ from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.worker import run_train
 from mutualat.errors import ConfigError
 
+from conftest import script_module
+
 TINY_SUITE = """\
 name: tiny
 per_attack: cumulative
@@ -268,21 +270,11 @@ def test_every_committed_plan_loads_and_lists_its_first_tasks(path, tmp_path):
     assert waiting > 0 and not (tmp_path / "out").exists()
 
 
-def _script(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_apgd_targets_gap_attacks_only_what_the_suite_left(finished_study, tmp_path, capsys):
     """scripts/apgd_targets_gap.py: a stronger APGD-T on the examples that survived a study's
     suite; its drop is exactly what it broke over n, and its folders are ordinary evaluations."""
     _, out, _ = finished_study
-    gap = _script("apgd_targets_gap")
+    gap = script_module("apgd_targets_gap")
     assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     models = {(r["variant"], r["seed"], r["model"]) for r in rows}

@@ -18,7 +18,7 @@ from mutualat.train import Trainer, precision
 from mutualat.train.checkpoint import load_checkpoint
 from mutualat.train.precision import Precision, candidates, choose_precision, pick
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_first_epoch_only
 
 
 def _speed_record(run: Path) -> dict:
@@ -196,25 +196,12 @@ def test_eval_is_fp32_unless_bf16_is_asked_for(tmp_path):
         evaluate({"m": model}, suite, x, y, tmp_path / "bad", checks=False, amp="fp16")
 
 
-class _Stop(Exception):
-    pass
-
-
-def test_a_bf16_run_resumes_exactly(tmp_path, monkeypatch):
+def test_a_bf16_run_resumes_exactly(tmp_path):
     overrides = tiny_overrides(2) + ["amp=bf16", "channels_last=on"]
     full = tmp_path / "full"
     Trainer(load_config(None, overrides), full).fit()
-    original = Trainer._end_of_epoch
-
-    def stop_after_first_epoch(self):
-        original(self)
-        raise _Stop
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_first_epoch)
     cut = tmp_path / "cut"
-    with pytest.raises(_Stop):
-        Trainer(load_config(None, overrides), cut).fit()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    train_first_epoch_only(load_config(None, overrides), cut)
     Trainer(None, cut, resume=True).fit()
     for a, b in zip(load_checkpoint(full / "checkpoint.pt")["models"],
                     load_checkpoint(cut / "checkpoint.pt")["models"], strict=True):
@@ -227,17 +214,8 @@ def test_a_resumed_trial_run_keeps_its_choice(tmp_path, monkeypatch):
     fp32 = {Precision(False, False), Precision(False, True)}
     monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
     monkeypatch.setattr(precision, "time_step", _fake_timer(fp32))  # bf16 wins
-    original = Trainer._end_of_epoch
-
-    def stop_after_first_epoch(self):
-        original(self)
-        raise _Stop
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_first_epoch)
     out = tmp_path / "run"
-    with pytest.raises(_Stop):
-        Trainer(load_config(None, _trial_overrides(2)), out).fit()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    train_first_epoch_only(load_config(None, _trial_overrides(2)), out)
     monkeypatch.setattr(precision, "time_step", _fake_timer(bf16))  # now fp32 would win
     trainer = Trainer(None, out, resume=True)
     assert trainer.amp and trainer.precision.how == "checkpoint"

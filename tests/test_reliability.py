@@ -28,7 +28,7 @@ from mutualat.train import Trainer, checkpoint
 from mutualat.train.checkpoint import load_checkpoint
 from mutualat.train.logger import MetricsLog, read_metrics
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_first_epoch_only
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -51,10 +51,6 @@ def _train_argv(out: Path, overrides: list[str], *extra: str) -> list[str]:
     for assignment in overrides:
         argv += ["--set", assignment]
     return argv
-
-
-class _Stop(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -163,19 +159,9 @@ def test_an_edited_config_yaml_is_refused_and_nothing_changes(full_run, tmp_path
     assert _hashes(out) == before
 
 
-def test_a_checkpoint_from_another_run_is_refused_and_nothing_changes(full_run, tmp_path,
-                                                                      monkeypatch, capsys):
+def test_a_checkpoint_from_another_run_is_refused_and_nothing_changes(full_run, tmp_path, capsys):
     other = tmp_path / "other"  # the same config, another run: stopped after its first epoch
-    original = Trainer._end_of_epoch
-
-    def stop_after_first_epoch(self):
-        original(self)
-        raise _Stop
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_first_epoch)
-    with pytest.raises(_Stop):
-        Trainer(load_config(None, tiny_overrides(2)), other).fit()
-    monkeypatch.undo()
+    train_first_epoch_only(load_config(None, tiny_overrides(2)), other)
 
     out = tmp_path / "run"
     shutil.copytree(full_run, out)

@@ -19,7 +19,7 @@ from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.train import Trainer
 from mutualat.train.checkpoint import load_checkpoint
 
-from conftest import tiny_overrides
+from conftest import Stopped, tiny_overrides, train_first_epoch_only
 
 
 def _weights(run: Path) -> list[dict[str, torch.Tensor]]:
@@ -59,22 +59,9 @@ def test_run_folder_contents(full_run):
     assert load_config(full_run / "config.yaml").method.params == {"loss": "ce"}
 
 
-class _Stop(Exception):
-    pass
-
-
-def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, monkeypatch):
+def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path):
     out = tmp_path / "interrupted"
-    original = Trainer._end_of_epoch
-
-    def stop_after_first_epoch(self):
-        original(self)
-        raise _Stop
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop_after_first_epoch)
-    with pytest.raises(_Stop):
-        Trainer(load_config(None, tiny_overrides(2)), out).fit()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    train_first_epoch_only(load_config(None, tiny_overrides(2)), out)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     Trainer(None, out, resume=True).fit()
     _assert_same_weights(out, full_run)
@@ -96,10 +83,10 @@ def test_resume_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
         original(self)
         calls["n"] += 1
         if calls["n"] == 2:  # epoch 1 step 6 (8 steps an epoch)
-            raise _Stop
+            raise Stopped
 
     monkeypatch.setattr(Trainer, "_checkpoint", die_after_second_checkpoint)
-    with pytest.raises(_Stop):
+    with pytest.raises(Stopped):
         Trainer(load_config(None, overrides), out).fit()
     monkeypatch.setattr(Trainer, "_checkpoint", original)
     state = load_checkpoint(out / "checkpoint.pt")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 import mutualat
@@ -12,7 +11,7 @@ from mutualat.config import load_config
 from mutualat.train import Trainer
 from mutualat.train.checkpoint import load_checkpoint
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_first_epoch_only
 
 
 def _run(out: Path, overrides: list[str]) -> list[dict[str, torch.Tensor]]:
@@ -47,27 +46,14 @@ def test_mat_with_alpha_positive_differs_from_independent_runs(tmp_path):
     assert not torch.allclose(cohort[0]["fc.weight"], alone[0]["fc.weight"], atol=1e-4)
 
 
-class _Stop(Exception):
-    pass
-
-
-def test_cohort_resume_matches_uninterrupted(tmp_path, monkeypatch):
+def test_cohort_resume_matches_uninterrupted(tmp_path):
     overrides = tiny_overrides(2) + ["method.name=mat", "models.1.name=tinycnn",
                                      "data.train_subset=256"]
     reference = tmp_path / "reference"
     Trainer(load_config(None, overrides), reference).fit()
 
     out = tmp_path / "interrupted"
-    original = Trainer._end_of_epoch
-
-    def stop(self):
-        original(self)
-        raise _Stop
-
-    monkeypatch.setattr(Trainer, "_end_of_epoch", stop)
-    with pytest.raises(_Stop):
-        Trainer(load_config(None, overrides), out).fit()
-    monkeypatch.setattr(Trainer, "_end_of_epoch", original)
+    train_first_epoch_only(load_config(None, overrides), out)
     Trainer(None, out, resume=True).fit()
     for a, b in zip(load_checkpoint(out / "checkpoint.pt")["models"],
                     load_checkpoint(reference / "checkpoint.pt")["models"], strict=True):
