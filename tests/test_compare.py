@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mutualat.compare import Study, load_plan
+from mutualat.compare import Study, load_plan, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.worker import run_train
@@ -257,16 +257,18 @@ def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study, tm
 
 
 def _committed_plans() -> list[Path]:
-    plans = Path(__file__).resolve().parents[1] / "configs" / "plans"
-    return sorted(p for p in plans.glob("*.yaml") if "variants:" in p.read_text())
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    return sorted(p for folder in ("plans", "paper") for p in (configs / folder).glob("*.yaml")
+                  if "variants:" in p.read_text())
 
 
 @pytest.mark.parametrize("path", _committed_plans(), ids=lambda p: p.stem)
 def test_every_committed_plan_loads_and_lists_its_first_tasks(path, tmp_path):
-    """Each plan in configs/plans builds every run config, its methods and its suite."""
+    """Each plan in configs/plans and configs/paper builds every run config, its methods and
+    its suites; first come the grids of the variants that learn from no teacher."""
     plan = load_plan(path)
-    ready, waiting = Study(plan, tmp_path / "out").tasks()
-    assert len(ready) == sum(len(plan.settings(v)) for v in plan.variants)  # the grids
+    ready, waiting = sections.tasks(Study(plan, tmp_path / "out"))
+    assert len(ready) == sum(len(plan.settings(v)) for v in plan.variants if v not in plan.teachers)
     assert waiting > 0 and not (tmp_path / "out").exists()
 
 

@@ -32,6 +32,7 @@ from mutualat.bundled import copy_configs, packaged_configs, resolve_config
 from mutualat.catalog import KINDS, catalog, format_entries
 from mutualat.cli_eval import add_eval_commands
 from mutualat.compare import Study, load_plan, run_study
+from mutualat.compare import sections
 from mutualat.compare.report import write_document
 from mutualat.config import dump_config, load_config
 from mutualat.console import setup_logging
@@ -256,7 +257,7 @@ def _compare(args: argparse.Namespace) -> int:
     plan = load_plan(_config_file(args.plan), environment)
     _check_plan_names(plan)
     if args.status:
-        ready, waiting = Study(plan, args.out).tasks()
+        ready, waiting = sections.tasks(Study(plan, args.out))
         for task in ready:
             print(f"ready    {task.key}")
         print(f"{len(ready)} ready, {waiting} waiting on them")
@@ -296,6 +297,8 @@ def _check_plan_names(plan) -> None:
     for variant in plan.variants:
         for setting in plan.settings(variant):
             cfg = plan.config(variant, setting, plan.grid_seed)
+            if variant in plan.teachers:
+                cfg.models[0].init = None  # the teacher's run, which may not exist yet
             try:
                 check_names(resolve_method_params(cfg))
             except MutualatError as exc:

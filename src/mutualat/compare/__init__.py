@@ -5,8 +5,10 @@ held-out validation split; the grid point with the best validation robust accura
 test number); that setting trained for every seed; every model (and each cohort's ensemble,
 and a compute-matched ensemble of independently trained models) evaluated on the same
 class-balanced test images with a suite that includes AutoAttack; mean ± std over seeds and
-paired differences to a baseline with 95% intervals. See :mod:`mutualat.compare.plan` for
-the plan file and :mod:`mutualat.compare.study` for the folder layout.
+paired differences to a baseline with 95% intervals; and, where the plan asks, more suites,
+a transfer matrix and figures on the same chosen models (:mod:`mutualat.compare.sections`).
+See :mod:`mutualat.compare.plan` for the plan file and :mod:`mutualat.compare.study` for the
+folder layout.
 """
 
 from mutualat.compare.plan import Plan, load_plan, setting_label

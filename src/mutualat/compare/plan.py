@@ -21,6 +21,9 @@ A plan is a YAML file (examples in ``configs/plans/``)::
     suite: comparison-fmnist              # packaged suite name or a suite file
     eval: {n: 2000, batch_size: 500, seed: 0, members: all, ensembles: [last, best]}
 
+A variant may name a ``teacher`` (a variant training one model), and a plan may add
+``tables``, ``transfer`` and ``figures`` on the same chosen models: :mod:`mutualat.compare.extras`.
+
 Everything is checked when the plan is loaded, before any data is read or any run starts:
 unknown keys, variant names, every (variant, grid point, seed) config, the suite.
 """
@@ -38,6 +41,9 @@ import yaml
 
 from mutualat.config import (RunConfig, config_from_data, load_config, read_yaml, set_value,
                              to_dict)
+from mutualat.compare.extras import (FigureSpec, TableSpec, TransferSpec, check_teachers,
+                                     parse_figures, parse_select_on, parse_tables, parse_teacher,
+                                     parse_transfer)
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
@@ -49,7 +55,8 @@ CHECKPOINTS = ("last", "best")
 #: cohort's member k is, and train on the same data in the same order as the seed's run.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _TOP_KEYS = {"name", "description", "base", "set", "variants", "grid", "grids", "seeds", "select",
-             "checkpoints", "baseline", "control", "suite", "eval"}
+             "checkpoints", "baseline", "control", "suite", "eval", "tables", "transfer",
+             "figures"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,11 @@ class Plan:
     common: dict[str, Any] = field(default_factory=dict)  # the plan's `set`
     description: str = ""
     environment: dict[str, Any] = field(default_factory=dict)  # data.data_dir, device
+    teachers: dict[str, str] = field(default_factory=dict)  # variant -> its teacher variant
+    select_on: dict[str, list[str]] = field(default_factory=dict)  # variant -> selecting roles
+    tables: list[TableSpec] = field(default_factory=list)
+    transfer: TransferSpec | None = None
+    figures: FigureSpec = field(default_factory=FigureSpec)
 
     # --- the runs -----------------------------------------------------------------
 
@@ -97,9 +109,11 @@ class Plan:
         return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
     def config(self, variant: str, setting: dict[str, Any], seed: int,
-               init_seed: int | None = None) -> RunConfig:
+               init_seed: int | None = None, teacher_file: str | None = None) -> RunConfig:
         """The run config of ``variant`` at grid point ``setting`` and ``seed``; ``init_seed``
-        initializes the single model from another seed (a control member)."""
+        initializes the single model from another seed (a control member). A variant with a
+        teacher starts its first model from ``teacher_file``, frozen (the study knows the
+        file; without it the config names the teacher, enough to check the plan)."""
         data = copy.deepcopy(self.base)
         data = to_dict(config_from_data(data))
         overrides = {**self.common, **self.variants[variant]}
@@ -117,6 +131,9 @@ class Plan:
         data["seed"] = seed
         if init_seed is not None:
             data["models"][0]["seed"] = init_seed
+        if variant in self.teachers:
+            data["models"][0]["init"] = teacher_file or f"<{self.teachers[variant]}, seed {seed}>"
+            data["models"][0]["frozen"] = True
         for key, value in self.environment.items():
             set_value(data, key, value)
         return config_from_data(data)
@@ -158,10 +175,18 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
     variants = _mapping(raw.get("variants"), f"{where}: variants")
     if not variants:
         raise ConfigError(f"{where}: variants must name at least one variant")
+    teachers, select_on = {}, {}
     for name, overrides in variants.items():
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"{where}: variant name {name!r} must be letters, digits and ._+-")
         variants[name] = _mapping(overrides, f"{where}: variants.{name}")
+        teacher = parse_teacher(variants[name], variants, f"{where}: variants.{name}")
+        if teacher is not None:
+            teachers[name] = teacher
+        roles = parse_select_on(variants[name], f"{where}: variants.{name}")
+        if roles is not None:
+            select_on[name] = roles
+    check_teachers(teachers, where)
     default_grid = _grid(raw.get("grid") or {}, f"{where}: grid")
     own = _mapping(raw.get("grids"), f"{where}: grids")
     for name in own:
@@ -209,12 +234,16 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
         raise ConfigError(f"{where}: eval.n and eval.batch_size must be integers >= 1")
     if spec.members not in ("all", "first"):
         raise ConfigError(f"{where}: eval.members must be all or first, got {spec.members!r}")
+    attacks = load_suite(suite).attack_ids()
     plan = Plan(
         name=str(raw.get("name") or path.stem), base=base, variants=variants, grids=grids,
         seeds=list(seeds), baseline=baseline, suite=suite, select=select,
         checkpoints=list(checkpoints), control=control, eval=spec,
         common=_mapping(raw.get("set"), f"{where}: set"), description=str(raw.get("description") or ""),
-        environment=dict(environment or {}),
+        environment=dict(environment or {}), teachers=teachers, select_on=select_on,
+        tables=parse_tables(raw.get("tables"), variants, list(checkpoints), spec.n, path.parent, where),
+        transfer=parse_transfer(raw.get("transfer"), variants, spec.n, where),
+        figures=parse_figures(raw.get("figures"), variants, attacks, where),
     )
     check_plan(plan)
     return plan
@@ -240,8 +269,15 @@ def check_plan(plan: Plan) -> None:
         if not plan.eval.ensembles:
             raise ConfigError(f"plan {plan.name}: the control is an ensemble, so eval.ensembles "
                               "must name at least one checkpoint")
+    for variant, teacher in plan.teachers.items():
+        cfg = plan.config(teacher, plan.settings(teacher)[0], plan.grid_seed)
+        if len(cfg.models) != 1:
+            raise ConfigError(f"plan {plan.name}: {variant}'s teacher {teacher!r} must train one "
+                              f"model, it trains {len(cfg.models)}")
     _check_seed_spacing(plan)
     load_suite(plan.suite)
+    for table in plan.tables:
+        load_suite(table.suite)
 
 
 def _check_seed_spacing(plan: Plan) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mutualat.compare import sections
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval
 from mutualat.compare.study import CONTROL, Study
 from mutualat.evaluation.records import hardware_info, versions
@@ -74,6 +75,7 @@ def collect(study: Study) -> dict[str, Any]:
                       for v, s in selections.items()},
         "rows": rows,
         "runs": _runs(study, selections),
+        "extras": sections.collect(study),
         "hardware": hardware_info(torch.device("cpu")), "versions": versions(),
     }
 
@@ -177,7 +179,8 @@ def _diff(paired: dict[str, Any], baseline: bool) -> str:
     return f"{100 * paired['mean']:+.2f} [{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}]{mark}"
 
 
-def markdown(data: dict[str, Any]) -> str:
+def markdown(data: dict[str, Any], figures: str = "") -> str:
+    """The report from its JSON; ``figures`` prefixes the file names of the plan's figures."""
     plan = data["plan"]
     attacks = data["attacks"]
     lines = [f"## Comparison `{plan['name']}`", ""]
@@ -211,6 +214,7 @@ def markdown(data: dict[str, Any]) -> str:
                 lines.append(f"| {row['row']} | " + " | ".join(
                     _diff(row["paired_control"][m], False) for m in PAIRED_METRICS) + " |")
             lines.append("")
+    lines += sections.markdown(data["extras"], plan["name"], figures)
     lines += ["### Hyperparameters chosen on the validation split", ""]
     lines += ["| variant | grid point: validation score (%) | chosen |", "|---|---|---|"]
     for variant, sel in data["selection"].items():
@@ -218,8 +222,11 @@ def markdown(data: dict[str, Any]) -> str:
                            for label, v in sel["scores"].items())
         edge = " (at the edge of the grid)" if sel["at_edge"] else ""
         lines.append(f"| {variant} | {scores} | {sel['label']}{edge} |")
-    criterion = next(iter(data["selection"].values()))["criterion"]
-    lines += ["", f"Score: {criterion}.", ""]
+    criteria = [sel["criterion"] for sel in data["selection"].values()]
+    criterion = max(criteria, key=criteria.count)  # the most common (first on ties); others follow
+    others = "".join(f" For {v}: {sel['criterion']}." for v, sel in data["selection"].items()
+                     if sel["criterion"] != criterion)
+    lines += ["", f"Score: {criterion}.{others}", ""]
     lines += ["### Runs", "", "| variant | setting | run | chosen | wall (min) | CPU (min) |",
               "|---|---|---|---|---|---|"]
     for run in data["runs"]:
@@ -330,7 +337,7 @@ def document_section(study: Study, command: str) -> str:
     name = study.plan.name
     head = [
         f"<!-- compare:{name}:begin -->",
-        markdown(data).replace(f"## Comparison `{name}`", f"## The comparison `{name}`", 1),
+        markdown(data, "figures/").replace(f"## Comparison `{name}`", f"## The comparison `{name}`", 1),
         f"![Per-epoch validation and training accuracy](figures/{name}-curves.png)", "",
         f"Regenerate with `{command}` (the plan is `configs/plans/{name}.yaml`; finished runs "
         f"and evaluations in the output folder are reused). Cost: {hours['train']:.1f} CPU-hours "
@@ -345,9 +352,12 @@ def document_section(study: Study, command: str) -> str:
 def write_document(study: Study, document: Path, command: str) -> None:
     """Write :func:`document_section` into ``document`` and the curves beside it."""
     name = study.plan.name
-    figure = Path(document).parent / "figures" / f"{name}-curves.png"
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(study.out / "curves.png", figure)
+    folder = Path(document).parent / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study.out / "curves.png", folder / f"{name}-curves.png")
+    extras = json.loads((study.out / "comparison.json").read_text())["extras"]
+    for figure in sections.figure_names(extras):
+        shutil.copyfile(study.out / f"{name}-{figure}.png", folder / f"{name}-{figure}.png")
     write_section(Path(document), f"<!-- compare:{name}:begin -->", f"<!-- compare:{name}:end -->",
                   document_section(study, command))
 
@@ -356,6 +366,7 @@ def write_report(study: Study) -> Path:
     data = collect(study)
     atomic_write_bytes(study.out / "comparison.json", json.dumps(data, indent=2).encode())
     plot_curves(study, study.out / "curves.png")
+    sections.plot(data["extras"], study.out, study.plan.name)
     path = study.out / "comparison.md"
     atomic_write_bytes(path, (markdown(data) + "\n![curves](curves.png)\n").encode())
     return path

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mutualat.compare import sections
 from mutualat.compare.plan import Plan
 from mutualat.compare.report import write_report
 from mutualat.compare.study import Study, Task
@@ -60,7 +61,7 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
     failed: dict[str, int] = {}
     try:
         while True:
-            ready, _ = study.tasks()
+            ready, _ = sections.tasks(study)
             ready = [t for t in ready if t.key not in running and t.key not in failed]
             while ready and len(running) < jobs:
                 task = ready.pop(0)
@@ -92,7 +93,7 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
             entry.process.wait()
             entry.log.close()
         raise
-    _, waiting = study.tasks()
+    _, waiting = sections.tasks(study)
     if failed:
         raise StudyError(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}; "
                          f"{waiting} more wait on them. Fix the cause and run the same command "

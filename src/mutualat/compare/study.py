@@ -32,6 +32,7 @@ from typing import Any
 from mutualat.compare.plan import Plan, setting_label
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
+from mutualat.evaluation import load_suite
 from mutualat.train.logger import read_metrics
 from mutualat.train.run_dir import config_difference
 
@@ -83,10 +84,11 @@ def _swept(settings) -> dict[str, list[Any]]:
     return keys
 
 
-def validation_score(run_dir: Path, criterion: str) -> float:
-    """The run's validation robust accuracy: the mean over its trained members of the last
-    epoch's (``"last"``) or of each member's best epoch's (``"best"``) value. Only the
-    per-epoch validation records are read: the test split never enters a selection."""
+def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None = None) -> float:
+    """The run's validation robust accuracy: the mean over its trained members (or the roles
+    ``select_on``) of the last epoch's (``"last"``) or of each member's best epoch's
+    (``"best"``) value. Only the per-epoch validation records are read: the test split never
+    enters a selection."""
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
     if not epochs:
         raise ConfigError(f"{run_dir} has no validation record (is data.val_fraction 0?)")
@@ -94,6 +96,12 @@ def validation_score(run_dir: Path, criterion: str) -> float:
                     if k.startswith("val_pgd/") and k.count("/") == 1})
     if not roles:
         raise ConfigError(f"{run_dir} has no validation PGD accuracy")
+    if select_on is not None:
+        missing = [r for r in select_on if r not in roles]
+        if missing:
+            raise ConfigError(f"{run_dir}: select_on names {missing[0]!r}, not a trained member "
+                              f"({', '.join(roles)})")
+        roles = select_on
     if criterion == "last":
         values = [epochs[-1][f"val_pgd/{role}"] for role in roles]
     else:
@@ -104,6 +112,7 @@ def validation_score(run_dir: Path, criterion: str) -> float:
 class Study:
     def __init__(self, plan: Plan, out: Path) -> None:
         self.plan, self.out = plan, Path(out)
+        self._suites: dict[str, dict[str, Any]] = {}  # suite -> its record, as summaries keep it
 
     # --- where things are ---------------------------------------------------------
 
@@ -135,9 +144,54 @@ class Study:
                 "away to train it again (nothing was overwritten)")
         return True
 
+    def evaluated(self, eval_dir: Path, suite: str | None = None, n: int | None = None) -> bool:
+        """Whether ``eval_dir`` holds a finished evaluation; only of the suite (default: the
+        plan's) and the test subset it is asked for, else the study stops and says what
+        differs (a plan edited after it ran must not report the old suite's numbers)."""
+        path = eval_dir / "summary.json"
+        if not path.is_file():
+            return False
+        summary = json.loads(path.read_text())
+        suite = suite or self.plan.suite
+        if suite not in self._suites:
+            self._suites[suite] = load_suite(suite).to_dict()
+        want = {**{k: self._suites[suite][k] for k in ("per_attack", "threats", "attacks")},
+                "images": [n or self.plan.eval.n, self.plan.eval.seed]}
+        have = {**{k: summary["suite"].get(k) for k in ("per_attack", "threats", "attacks")},
+                "images": [summary["data"].get("subset"), summary["data"].get("subset_seed")]}
+        differs = [k for k in want if want[k] != have[k]]
+        if differs:
+            raise ConfigError(
+                f"{eval_dir} holds an evaluation with other {' and '.join(differs)} than the "
+                f"plan's (suite {Path(str(suite)).stem}): the plan changed after it ran. Restore "
+                "the plan, or move the folder away to evaluate again (nothing was overwritten)")
+        return True
+
     @staticmethod
-    def evaluated(eval_dir: Path) -> bool:
-        return (eval_dir / "summary.json").is_file()
+    def model_files(run_dir: Path, checkpoint: str = "last") -> dict[str, str]:
+        """A finished run's trained members (a frozen teacher is not one): role -> model file."""
+        suffix = ".best" if checkpoint == "best" else ""
+        roles = json.loads((run_dir / "results.json").read_text())["models"]
+        return {role: str(run_dir / "models" / f"{role}{suffix}.safetensors") for role in roles}
+
+    def teacher_file(self, variant: str, seed: int) -> str | None:
+        """The model file ``variant`` learns from at ``seed``: its teacher's chosen run of the
+        same seed, last epoch; None while that run has not finished."""
+        teacher = self.plan.teachers[variant]
+        chosen = self.selection(teacher)
+        if chosen is None:
+            return None
+        run = self.run_dir(teacher, chosen.chosen, seed)
+        return next(iter(self.model_files(run).values())) if self.finished(run) else None
+
+    def config(self, variant: str, setting: dict[str, Any], seed: int,
+               init_seed: int | None = None) -> RunConfig | None:
+        """The plan's config of a run, with its teacher's model file where the variant has
+        one; None while that teacher has not finished."""
+        if variant not in self.plan.teachers:
+            return self.plan.config(variant, setting, seed, init_seed)
+        teacher = self.teacher_file(variant, seed)
+        return None if teacher is None else self.plan.config(variant, setting, seed, init_seed, teacher)
 
     # --- selection ----------------------------------------------------------------
 
@@ -146,20 +200,24 @@ class Study:
         settings = self.plan.settings(variant)
         seed = self.plan.grid_seed
         dirs = [self.run_dir(variant, s, seed) for s in settings]
-        if not all(self.settled(d, self.plan.config(variant, s, seed)) for s, d in zip(settings, dirs)):
+        configs = [self.config(variant, s, seed) for s in settings]
+        if None in configs or not all(self.settled(d, c) for c, d in zip(configs, dirs)):
             return None
         # A diverged grid point scores -inf (the report says "diverged"): never chosen.
         scores = {setting_label(s): (float("-inf") if self.diverged(d) else
-                                     validation_score(d, self.plan.select))
+                                     validation_score(d, self.plan.select,
+                                                      self.plan.select_on.get(variant)))
                   for s, d in zip(settings, dirs)}
         if all(v == float("-inf") for v in scores.values()):
             raise ConfigError(f"every grid point of {variant} diverged ({', '.join(map(str, dirs))}); "
                               "give it smaller learning rates")
         # The highest score; ties go to the earlier grid point (grid order is the plan's).
         best = max(range(len(settings)), key=lambda i: (scores[setting_label(settings[i])], -i))
+        roles = self.plan.select_on.get(variant)
         criterion = (f"validation PGD-{self.plan.config(variant, settings[0], seed).eval.pgd_steps} "
                      f"accuracy ({'last epoch' if self.plan.select == 'last' else 'best epoch'}, "
-                     f"mean over the trained members), seed {self.plan.grid_seed}")
+                     f"mean over {'the trained members' if roles is None else ', '.join(roles)}), "
+                     f"seed {self.plan.grid_seed}")
         return Selection(variant, settings[best], scores, criterion,
                          {setting_label(s): s for s in settings})
 
@@ -182,14 +240,14 @@ class Study:
         selections = {v: self.selection(v) for v in plan.variants}
         for variant in plan.variants:
             for setting in plan.settings(variant):
-                self._train(ready, variant, setting, plan.grid_seed, (0, 0))
+                waiting += self._train(ready, variant, setting, plan.grid_seed, (0, 0))
             chosen = selections[variant]
             if chosen is None:
                 waiting += 2 * len(plan.seeds) - 1  # its other seeds' runs, every evaluation
                 continue
             for rank, seed in enumerate(plan.seeds):
                 run = self.run_dir(variant, chosen.chosen, seed)
-                self._train(ready, variant, chosen.chosen, seed, (rank, 1))
+                waiting += self._train(ready, variant, chosen.chosen, seed, (rank, 1))
                 waiting += self._eval(ready, variant, chosen.chosen, seed, [run], True, rank)
         if plan.control is not None:
             waiting += self._control_tasks(ready, selections[plan.control.variant])
@@ -235,13 +293,18 @@ class Study:
         return 0
 
     def _train(self, ready: list[Task], variant: str, setting: dict[str, Any], seed: int,
-               priority: tuple[int, int], init_seed: int | None = None) -> None:
+               priority: tuple[int, int], init_seed: int | None = None) -> int:
+        """Add the run's training if it has not settled; returns 1 if it waits on its
+        teacher, else 0."""
         run = self.run_dir(variant, setting, seed, init_seed)
-        cfg = self.plan.config(variant, setting, seed, init_seed)
+        cfg = self.config(variant, setting, seed, init_seed)
+        if cfg is None:
+            return 1
         if self.settled(run, cfg) or any(t.spec.get("run_dir") == str(run) for t in ready):
-            return
+            return 0
         key = f"train/{variant}/{setting_label(setting)}/{run.name}"
         ready.append(Task(key, "train", {"config": to_dict(cfg), "run_dir": str(run)}, priority))
+        return 0
 
     def _eval_task(self, key: str, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
                    checkpoints: list[str], cohort: bool, rank: int) -> Task:
@@ -249,13 +312,10 @@ class Study:
         their ensemble (``cohort``), or only the ensemble of single-model runs (the control)."""
         jobs = []
         for checkpoint in checkpoints:
-            suffix = ".best" if checkpoint == "best" else ""
             files = {}
             for run in runs:
-                roles = list(json.loads((run / "results.json").read_text())["models"])
-                for role in roles:
-                    label = role if cohort else f"{run.name}-{role}"
-                    files[label] = str(run / "models" / f"{role}{suffix}.safetensors")
+                for role, file in self.model_files(run, checkpoint).items():
+                    files[role if cohort else f"{run.name}-{role}"] = file
             ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1
             evaluated = list(files) if cohort else []  # the control: only its ensemble
             if cohort and self.plan.eval.members == "first":
@@ -264,16 +324,14 @@ class Study:
                 continue  # nothing to evaluate at this checkpoint
             jobs.append({"models": files, "evaluated": evaluated, "ensemble": ensemble,
                          "out": str(self.eval_dir(name, setting, seed, checkpoint))})
-        data = self.plan.config(*self._any_config()).data
-        spec = {
-            "evaluations": jobs, "suite": self.plan.suite,
-            "data": {"name": data.name, "data_dir": data.data_dir, "path": data.path},
-            "n": self.plan.eval.n, "batch_size": self.plan.eval.batch_size,
-            "seed": self.plan.eval.seed, "checks": self.plan.eval.checks,
-            "device": self.plan.environment.get("device", "auto"),
-        }
+        spec = {"evaluations": jobs, "suite": self.plan.suite, "n": self.plan.eval.n,
+                "checks": self.plan.eval.checks, **self.eval_environment()}
         return Task(key, "eval", spec, (rank, 3))
 
-    def _any_config(self) -> tuple[str, dict[str, Any], int]:
-        variant = self.plan.baseline
-        return variant, self.plan.settings(variant)[0], self.plan.grid_seed
+    def eval_environment(self) -> dict[str, Any]:
+        """What every evaluation task shares: the data, batch size, seed and device."""
+        baseline = self.plan.baseline
+        data = self.plan.config(baseline, self.plan.settings(baseline)[0], self.plan.grid_seed).data
+        return {"data": {"name": data.name, "data_dir": data.data_dir, "path": data.path},
+                "batch_size": self.plan.eval.batch_size, "seed": self.plan.eval.seed,
+                "device": self.plan.environment.get("device", "auto")}

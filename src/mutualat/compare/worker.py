@@ -1,7 +1,8 @@
 """One task of a comparison, in its own process: ``python -m mutualat.compare.worker TASK.json``.
 
-A ``train`` task trains (or resumes, or reuses) one run; an ``eval`` task runs the plan's
-suite on a run's models (members and their ensemble) or on the control's ensemble. The
+A ``train`` task trains (or resumes, or reuses) one run; an ``eval`` task runs a suite on a
+run's models (members and their ensemble) or on the control's ensemble; a ``transfer`` task
+crafts PGD on source models and classifies it with target models. The
 scheduler (:mod:`mutualat.compare.runner`) starts one process per task so that ``--jobs K``
 runs K of them side by side with one thread each; the wall and CPU seconds of every
 invocation are added to ``tasks/<task>.record.json``, so a study resumed over several sittings
@@ -30,6 +31,7 @@ from mutualat.data import load_dataset, subset
 from mutualat.device import resolve_device
 from mutualat.errors import DivergedError, MutualatError
 from mutualat.evaluation import evaluate, load_suite
+from mutualat.evaluation.transfer import default_attack, transfer_matrix, write_transfer
 from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta
 from mutualat.models.ensemble import Ensemble
@@ -72,6 +74,24 @@ def run_eval(spec: dict[str, Any]) -> None:
                  model_info=model_info)
 
 
+def run_transfer(spec: dict[str, Any]) -> None:
+    """PGD crafted on every source model, classified by every target (the paper's Table 4)."""
+    device = resolve_device(spec["device"])
+    data = spec["data"]
+    dataset = load_dataset(data["name"], data_dir=data["data_dir"], path=data["path"])
+    split = subset(dataset.test, spec["n"], seed=spec["seed"])
+    loaded: dict[str, Any] = {}  # one module per file: a model both source and target is one
+    for path in {**spec["sources"], **spec["targets"]}.values():
+        loaded.setdefault(path, load_model(path, device=device))
+    attack = default_attack(spec["norm"], spec["eps"], steps=spec["steps"], step_size=spec["step_size"])
+    result = transfer_matrix({s: loaded[p] for s, p in spec["sources"].items()},
+                             {t: loaded[p] for t, p in spec["targets"].items()},
+                             split.images, split.labels, attack, batch_size=spec["batch_size"],
+                             device=device, seed=spec["seed"], progress=False)
+    result["models"] = {"sources": spec["sources"], "targets": spec["targets"]}
+    write_transfer(result, spec["out"])
+
+
 def record_path(task_file: Path) -> Path:
     return task_file.with_suffix(".record.json")
 
@@ -90,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     record = Record(record_path(task_file))
     status = "failed"
     try:
-        {"train": run_train, "eval": run_eval}[task["kind"]](task["spec"])
+        {"train": run_train, "eval": run_eval, "transfer": run_transfer}[task["kind"]](task["spec"])
         status = "done"
         return 0
     except MutualatError as exc:

@@ -1,0 +1,191 @@
+"""What a plan can ask for beyond its main comparison: the paper's other tables and figures
+on the same chosen models (:mod:`mutualat.compare.sections` runs and reports them).
+
+::
+
+    tables:                       # each: one more suite on some variants' chosen models
+      - name: table2              # folder name (tables/<name>/...) and the table's key
+        title: "Table 2: ..."
+        suite: table2-fmnist      # packaged suite name or a suite file (relative to the plan)
+        variants: [at-lc, trades, mart, mat-a0.6]
+        n: 1000                   # test images (default: eval.n); the same seed as eval
+        checkpoint: last          # last | best (one of the plan's checkpoints)
+    transfer:                     # black-box PGD from every source member onto every target's
+      sources: [at-lc, trades, mart, mat-a0.6]
+      targets: [mat-a0.6]
+      n: 1000
+      steps: 100                  # PGD (no early stop) in the base config's training threat
+      step_size: 0.01
+    figures:
+      scenarios:                  # clean vs robust accuracy of each named variant's models
+        rob-rob-online: mat-a0.6
+        rob-rob-offline: mat-offline
+      scenarios_attack: r_worst   # which column of the main suite is "robust"
+      alpha: [mat-alpha]          # validation score against method.params.alpha of the grid
+
+A variant may also name a ``teacher`` (another variant that trains one model): its first
+model is then that variant's chosen model of the same seed (last epoch), loaded and frozen
+(ARD's teacher, the offline knowledge-distillation scenarios' h1). And ``select_on``: the
+roles whose validation score selects its grid point (default: every trained member), for a
+cohort with a natural member (ACT's ``natural``, MAT's ``natural: [0]``) whose robust
+accuracy should not pull the choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mutualat.errors import ConfigError
+
+CHECKPOINTS = ("last", "best")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    suite: str
+    variants: tuple[str, ...]
+    n: int
+    checkpoint: str = "last"
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    n: int
+    steps: int = 100
+    step_size: float | None = None  # None: the attack's default for the threat
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    scenarios: dict[str, str] = field(default_factory=dict)  # label -> variant
+    scenarios_attack: str = "r_worst"
+    alpha: tuple[str, ...] = ()
+
+
+def _names(value: Any, variants: dict[str, Any], where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where} must be a non-empty list of variant names, got {value!r}")
+    unknown = [v for v in value if v not in variants]
+    if unknown:
+        raise ConfigError(f"{where} names {unknown[0]!r}, which is not a variant "
+                          f"({', '.join(variants)})")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where} names a variant twice: {value!r}")
+    return tuple(value)
+
+
+def _keys(raw: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(known))}")
+
+
+def _count(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def parse_tables(raw: Any, variants: dict[str, Any], checkpoints: list[str], default_n: int,
+                 plan_dir: Path, where: str) -> list[TableSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: tables must be a list of tables, got {raw!r}")
+    tables = []
+    for i, table in enumerate(raw):
+        here = f"{where}: tables[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{here} must be a mapping, got {table!r}")
+        _keys(table, {"name", "title", "suite", "variants", "n", "checkpoint"}, here)
+        name = table.get("name")
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{here}: name must be letters, digits, - and _, got {name!r}")
+        if name in {t.name for t in tables}:
+            raise ConfigError(f"{here}: two tables are named {name!r}")
+        suite = table.get("suite")
+        if not isinstance(suite, str):
+            raise ConfigError(f"{here}: suite must name a packaged suite or a suite file")
+        if (plan_dir / suite).is_file():
+            suite = str(plan_dir / suite)
+        checkpoint = table.get("checkpoint", "last")
+        if checkpoint not in checkpoints:
+            raise ConfigError(f"{here}: checkpoint must be one of the plan's checkpoints "
+                              f"{checkpoints}, got {checkpoint!r}")
+        tables.append(TableSpec(name, str(table.get("title") or name), suite,
+                                _names(table.get("variants"), variants, f"{here}.variants"),
+                                _count(table.get("n", default_n), f"{here}.n"), checkpoint))
+    return tables
+
+
+def parse_transfer(raw: Any, variants: dict[str, Any], default_n: int,
+                   where: str) -> TransferSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: transfer must be a mapping, got {raw!r}")
+    here = f"{where}: transfer"
+    _keys(raw, {"sources", "targets", "n", "steps", "step_size"}, here)
+    step_size = raw.get("step_size")
+    if step_size is not None and (not isinstance(step_size, (int, float)) or step_size <= 0):
+        raise ConfigError(f"{here}.step_size must be > 0, got {step_size!r}")
+    return TransferSpec(_names(raw.get("sources"), variants, f"{here}.sources"),
+                        _names(raw.get("targets"), variants, f"{here}.targets"),
+                        _count(raw.get("n", default_n), f"{here}.n"),
+                        _count(raw.get("steps", 100), f"{here}.steps"),
+                        None if step_size is None else float(step_size))
+
+
+def parse_figures(raw: Any, variants: dict[str, Any], attacks: list[str], where: str) -> FigureSpec:
+    if raw is None:
+        return FigureSpec()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: figures must be a mapping, got {raw!r}")
+    here = f"{where}: figures"
+    _keys(raw, {"scenarios", "scenarios_attack", "alpha"}, here)
+    scenarios = raw.get("scenarios") or {}
+    if not isinstance(scenarios, dict):
+        raise ConfigError(f"{here}.scenarios must map a label to a variant, got {scenarios!r}")
+    for label, variant in scenarios.items():
+        if variant not in variants:
+            raise ConfigError(f"{here}.scenarios.{label} names {variant!r}, which is not a variant")
+    attack = raw.get("scenarios_attack", "r_worst")
+    if attack not in ("r_worst", *attacks):
+        raise ConfigError(f"{here}.scenarios_attack must be r_worst or an attack id of the suite "
+                          f"({', '.join(attacks)}), got {attack!r}")
+    alpha = _names(raw["alpha"], variants, f"{here}.alpha") if raw.get("alpha") else ()
+    return FigureSpec(dict(scenarios), attack, alpha)
+
+
+def parse_teacher(overrides: dict[str, Any], variants: dict[str, Any], where: str) -> str | None:
+    """Pop a variant's ``teacher`` key (a variant name) from its overrides."""
+    teacher = overrides.pop("teacher", None)
+    if teacher is None:
+        return None
+    if teacher not in variants:
+        raise ConfigError(f"{where}: teacher names {teacher!r}, which is not a variant")
+    return teacher
+
+
+def parse_select_on(overrides: dict[str, Any], where: str) -> list[str] | None:
+    """Pop a variant's ``select_on`` key (a list of member roles) from its overrides."""
+    roles = overrides.pop("select_on", None)
+    if roles is None:
+        return None
+    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+        raise ConfigError(f"{where}: select_on must be a non-empty list of member roles, got {roles!r}")
+    return roles
+
+
+def check_teachers(teachers: dict[str, str], where: str) -> None:
+    for variant, teacher in teachers.items():
+        if teacher in teachers:
+            raise ConfigError(f"{where}: variant {variant}'s teacher {teacher!r} has a teacher "
+                              "itself; a teacher must be trained on its own")

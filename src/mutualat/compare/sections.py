@@ -1,0 +1,253 @@
+"""A plan's tables, transfer matrix and figures beyond the main comparison
+(:mod:`mutualat.compare.extras` says how a plan asks for them): their tasks, and their part of
+the report. Every number is read from the evaluation files, like the main table's.
+
+Layout in the study's folder, beside ``runs/`` and ``evals/``::
+
+    tables/<table>/<variant>/<setting>/seed<S>/   the table's suite on the chosen run's members
+    transfer/seed<S>-<models>/transfer.json       sources x targets at seed S; <models> is a
+                                                  digest of the model files, so a later choice
+                                                  never reads an earlier choice's matrix
+
+Tables and the transfer matrix use the last checkpoint unless a table names ``best``; every
+member of a cohort is a row of its own (the paper's MAT-h1 and MAT-h2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from mutualat.compare.plan import setting_label
+from mutualat.compare.stats import mean_std
+from mutualat.compare.study import Study, Task
+from mutualat.report import paper_plots
+
+TRANSFER = "transfer.json"
+
+
+def tasks(study: Study) -> tuple[list[Task], int]:
+    """The study's tasks (:meth:`Study.tasks`) and those of its tables and transfer matrix,
+    which start once the runs they read have finished."""
+    ready, waiting = study.tasks()
+    plan = study.plan
+    if not plan.tables and plan.transfer is None:
+        return ready, waiting
+    chosen = {v: study.selection(v) for v in plan.variants}
+    for rank, seed in enumerate(plan.seeds):
+        for table in plan.tables:
+            for variant in table.variants:
+                if chosen[variant] is None or not study.finished(study.run_dir(variant, chosen[variant].chosen, seed)):
+                    waiting += 1
+                elif not study.evaluated(table_dir(study, table.name, variant, chosen[variant].chosen, seed),
+                                         table.suite, table.n):
+                    ready.append(_table_task(study, table, variant, chosen[variant].chosen, seed, rank))
+        if plan.transfer is not None:
+            waiting += _transfer_task(study, chosen, seed, rank, ready)
+    ready.sort(key=lambda t: t.priority)
+    return ready, waiting
+
+
+def table_dir(study: Study, table: str, variant: str, setting: dict[str, Any], seed: int) -> Path:
+    return study.out / "tables" / table / variant / setting_label(setting) / f"seed{seed}"
+
+
+def _table_task(study: Study, table, variant: str, setting: dict[str, Any], seed: int,
+                rank: int) -> Task:
+    files = study.model_files(study.run_dir(variant, setting, seed), table.checkpoint)
+    job = {"models": files, "evaluated": list(files), "ensemble": False,
+           "out": str(table_dir(study, table.name, variant, setting, seed))}
+    spec = {"evaluations": [job], "suite": table.suite, "n": table.n, "checks": False,
+            **study.eval_environment()}
+    return Task(f"table/{table.name}/{variant}/seed{seed}", "eval", spec, (rank, 4))
+
+
+def _labelled(study: Study, variants, chosen, seed: int) -> dict[str, str] | None:
+    """``{model label: file}`` of the variants' chosen runs at ``seed`` (None until all have
+    finished): a single model is labelled by its variant, a cohort's members by variant-role."""
+    files = {}
+    for variant in variants:
+        if chosen[variant] is None:
+            return None
+        run = study.run_dir(variant, chosen[variant].chosen, seed)
+        if not study.finished(run):
+            return None
+        members = study.model_files(run)
+        for role, file in members.items():
+            files[variant if len(members) == 1 else f"{variant}-{role}"] = file
+    return files
+
+
+def transfer_dir(study: Study, sources: dict[str, str], targets: dict[str, str], seed: int) -> Path:
+    digest = hashlib.sha256(json.dumps([sources, targets], sort_keys=True).encode()).hexdigest()[:10]
+    return study.out / "transfer" / f"seed{seed}-{digest}"
+
+
+def _transfer_task(study: Study, chosen, seed: int, rank: int, ready: list[Task]) -> int:
+    spec = study.plan.transfer
+    sources = _labelled(study, spec.sources, chosen, seed)
+    targets = _labelled(study, spec.targets, chosen, seed)
+    if sources is None or targets is None:
+        return 1
+    out = transfer_dir(study, sources, targets, seed)
+    if (out / TRANSFER).is_file():
+        return 0
+    attack = study.plan.config(spec.sources[0], chosen[spec.sources[0]].chosen, seed).attack
+    task = {"sources": sources, "targets": targets, "n": spec.n, "out": str(out),
+            "norm": attack.norm, "eps": attack.eps, "steps": spec.steps,
+            "step_size": spec.step_size, **study.eval_environment()}
+    ready.append(Task(f"transfer/seed{seed}", "transfer", task, (rank, 5)))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The report's part
+# --------------------------------------------------------------------------------------------
+
+
+def _numbers(model: dict[str, Any]) -> dict[str, float]:
+    return {"clean": model["clean"], **{k: a["accuracy"] for k, a in model["attacks"].items()},
+            "r_worst": model["r_worst"]}
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    return json.loads((path / "summary.json").read_text())
+
+
+def collect(study: Study) -> dict[str, Any]:
+    """The tables, the transfer matrix and the figures' points, as plain data."""
+    plan = study.plan
+    chosen = {v: study.selection(v) for v in plan.variants}
+    out: dict[str, Any] = {"tables": [], "transfer": None, "scenarios": {}, "alpha": {}}
+    for table in plan.tables:
+        rows, columns, suite = [], None, None
+        for variant in table.variants:
+            per_seed = {s: _summary(table_dir(study, table.name, variant, chosen[variant].chosen, s))
+                        for s in plan.seeds}
+            first = per_seed[plan.seeds[0]]
+            suite = suite or first["suite"]
+            for model in first["models"]:
+                values = {s: _numbers(per_seed[s]["models"][model]) for s in plan.seeds}
+                columns = columns or list(values[plan.seeds[0]])
+                label = variant if len(first["models"]) == 1 else f"{variant} {model}"
+                rows.append({"row": label, "variant": variant, "model": model, "seeds": values,
+                             "mean_std": {c: mean_std([values[s][c] for s in plan.seeds]) for c in columns}})
+        out["tables"].append({"name": table.name, "title": table.title, "checkpoint": table.checkpoint,
+                              "suite": suite["name"], "per_attack": suite.get("per_attack"),
+                              "n": first["n_examples"], "columns": columns, "rows": rows})
+    if plan.transfer is not None:
+        out["transfer"] = _collect_transfer(study, chosen)
+    attack = plan.figures.scenarios_attack
+    for label, variant in plan.figures.scenarios.items():
+        per_seed = [_summary(study.eval_dir(variant, chosen[variant].chosen, s, "last"))["models"]
+                    for s in plan.seeds]
+        out["scenarios"][label] = {"variant": variant, "attack": attack, "models": {
+            model: {"clean": mean_std([m[model]["clean"] for m in per_seed]),
+                    "robust": mean_std([_numbers(m[model])[attack] for m in per_seed])}
+            for model in per_seed[0] if model != "ensemble"}}
+    for variant in plan.figures.alpha:
+        sel = chosen[variant]
+        others = {k: v for k, v in sel.chosen.items() if k != "method.params.alpha"}
+        points = {str(setting["method.params.alpha"]): sel.scores[label]
+                  for label, setting in sel.settings.items()
+                  if "method.params.alpha" in setting and sel.scores[label] != float("-inf")
+                  and all(setting.get(k) == v for k, v in others.items())}
+        out["alpha"][variant] = {"fixed": others, "scores": points, "criterion": sel.criterion}
+    return out
+
+
+def _collect_transfer(study: Study, chosen) -> dict[str, Any]:
+    spec = study.plan.transfer
+    results = []
+    for seed in study.plan.seeds:
+        sources = _labelled(study, spec.sources, chosen, seed)
+        targets = _labelled(study, spec.targets, chosen, seed)
+        results.append(json.loads((transfer_dir(study, sources, targets, seed) / TRANSFER).read_text()))
+    first = results[0]
+    matrix = {s: {t: mean_std([r["accuracy"][s][t] for r in results]) for t in first["targets"]}
+              for s in first["sources"]}
+    return {"sources": first["sources"], "targets": first["targets"], "n": first["n_examples"],
+            "attack": first["attacks"][first["sources"][0]],
+            "clean": {t: mean_std([r["clean"][t] for r in results]) for t in first["targets"]},
+            "accuracy": matrix, "warnings": sorted({w for r in results for w in r["warnings"]})}
+
+
+def _pm(pair) -> str:
+    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
+
+
+def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
+    """The sections' Markdown lines; figures are referenced as ``{figures}{name}-<figure>.png``."""
+    lines: list[str] = []
+    for table in data["tables"]:
+        columns = table["columns"]
+        header = ["model", *("R_worst" if c == "r_worst" else c for c in columns)]
+        lines += [f"### {table['title']}", "",
+                  f"Suite `{table['suite']}` on {table['n']} test images, "
+                  f"{'last-epoch' if table['checkpoint'] == 'last' else 'best-by-validation'} models "
+                  f"of each variant's chosen setting; "
+                  + ("each attack's column is the accuracy against it alone, "
+                     if table["per_attack"] == "standalone" else "columns are cumulative, ")
+                  + "R_worst the per-example worst case over the table's attacks. "
+                  "Accuracy in %, mean ± sample std over seeds.", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in table["rows"]:
+            lines.append("| " + " | ".join([row["row"], *(_pm(row["mean_std"][c]) for c in columns)]) + " |")
+        lines.append("")
+    transfer = data["transfer"]
+    if transfer is not None:
+        attack = transfer["attack"]
+        lines += ["### Transfer (black-box) attacks", "",
+                  f"PGD-{attack.get('steps')} (step {attack.get('step_size')}, {attack.get('norm')} "
+                  f"ε {attack.get('eps'):g}, no early stop) crafted on each source model (rows) and "
+                  f"classified by each target (columns), {transfer['n']} test images; where a "
+                  "source is its own target the entry is white-box. Accuracy in %, mean ± sample "
+                  "std over seeds.", "",
+                  "| source \\ target | " + " | ".join(transfer["targets"]) + " |",
+                  "|" + "---|" * (len(transfer["targets"]) + 1),
+                  "| (clean) | " + " | ".join(_pm(transfer["clean"][t]) for t in transfer["targets"]) + " |"]
+        for source in transfer["sources"]:
+            cells = [_pm(transfer["accuracy"][source][t]) + (" (white-box)" if source == t else "")
+                     for t in transfer["targets"]]
+            lines.append(f"| {source} | " + " | ".join(cells) + " |")
+        verdict = ("; ".join(transfer["warnings"]) if transfer["warnings"] else
+                   "no black-box attack beat the white-box one on its target (no sign of "
+                   "gradient masking)")
+        lines += ["", f"Masking check: {verdict}.", ""]
+    if data["scenarios"]:
+        attack = next(iter(data["scenarios"].values()))["attack"]
+        lines += ["### Knowledge-distillation scenarios", "",
+                  f"Clean and robust ({'R_worst' if attack == 'r_worst' else attack}) test accuracy "
+                  "of each scenario's trained models (last epoch, mean ± std over seeds; a frozen "
+                  "teacher is the scenario's h1 and is its teacher variant's row).", "",
+                  "| scenario | variant | model | clean | robust |", "|---|---|---|---|---|"]
+        for label, point in data["scenarios"].items():
+            for model, acc in point["models"].items():
+                lines.append(f"| {label} | {point['variant']} | {model} | {_pm(acc['clean'])} | "
+                             f"{_pm(acc['robust'])} |")
+        lines += ["", f"![scenarios]({figures}{name}-scenarios.png)", ""]
+    for variant, curve in data["alpha"].items():
+        fixed = ", ".join(f"{k} = {v}" for k, v in curve["fixed"].items()) or "nothing else"
+        lines += [f"### Validation accuracy against α ({variant})", "",
+                  f"{curve['criterion']}; {fixed} held at the chosen value: "
+                  + ", ".join(f"α {a}: {100 * v:.1f}" for a, v in curve["scores"].items()) + ".", "",
+                  f"![alpha]({figures}{name}-alpha-{variant}.png)", ""]
+    return lines
+
+
+def figure_names(data: dict[str, Any]) -> list[str]:
+    return (["scenarios"] if data["scenarios"] else []) + [f"alpha-{v}" for v in data["alpha"]]
+
+
+def plot(data: dict[str, Any], out: Path, name: str) -> list[Path]:
+    """Write the figures as ``out/<name>-<figure>.png``."""
+    paths = []
+    if data["scenarios"]:
+        points = {label: {model: (acc["clean"][0], acc["robust"][0]) for model, acc in p["models"].items()}
+                  for label, p in data["scenarios"].items()}
+        paths.append(paper_plots.plot_kd_scenarios(points, out / f"{name}-scenarios.png"))
+    for variant, curve in data["alpha"].items():
+        paths.append(paper_plots.plot_alpha_curve(curve["scores"], out / f"{name}-alpha-{variant}.png"))
+    return paths

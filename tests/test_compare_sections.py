@@ -1,0 +1,236 @@
+"""A plan's tables, transfer matrix and figures beyond the main comparison, and variants that
+learn from another variant's trained model (a teacher): checked at load, waiting on the
+teacher, end to end on a tiny plan whose rerun reuses everything and writes the same section."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mutualat.compare import Study, load_plan, sections
+from mutualat.compare.report import markdown
+from mutualat.compare.study import validation_score
+from mutualat.config import load_config
+from mutualat.errors import ConfigError
+from mutualat.train.logger import read_metrics
+
+from test_compare import TINY_SUITE, _compare
+
+TABLE_SUITE = """\
+name: tiny-table
+per_attack: standalone
+threats:
+  linf: {eps: 0.1}
+  l2: {eps: 1.0}
+attacks:
+  - {id: fgsm, name: fgsm, threat: linf}
+  - {id: pgd-l2, name: pgd, threat: l2, params: {steps: 2}}
+"""
+
+PLAN = """\
+name: tinypaper
+description: The paper's other tables on a tiny plan.
+set:
+  data.name: fashion-mnist-embedded
+  data.train_subset: 96
+  data.val_subset: 32
+  data.test_subset: 16
+  data.batch_size: 32
+  optim.epochs: 2
+  attack.steps: 1
+  eval.pgd_steps: 1
+  eval.test_pgd_steps: 1
+  models: [tinycnn]
+  progress: false
+  deterministic: true
+  device: cpu
+variants:
+  at: {method.name: at, method.params.loss: lc}
+  mat: {method.name: mat, models: [tinycnn, tinycnn]}
+  mat-offline: {method.name: mat, models: [tinycnn, tinycnn], teacher: at}
+grid:
+  lr: [0.05]
+grids:
+  mat: {lr: [0.05], method.params.alpha: [0.3, 0.6]}
+seeds: [0, 2]
+checkpoints: [last]
+baseline: at
+suite: tiny-suite.yaml
+eval: {n: 24, batch_size: 24, checks: false, members: all, ensembles: [last]}
+tables:
+  - {name: t2, title: "Table 2 (tiny)", suite: table-suite.yaml, variants: [at, mat], n: 16}
+transfer: {sources: [at], targets: [mat], n: 16, steps: 2, step_size: 0.05}
+figures:
+  scenarios: {rob-rob-online: mat, rob-rob-offline: mat-offline}
+  scenarios_attack: pgd-5
+  alpha: [mat]
+"""
+
+
+def _write(folder: Path, text: str = PLAN) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny-suite.yaml").write_text(TINY_SUITE)
+    (folder / "table-suite.yaml").write_text(TABLE_SUITE)
+    (folder / "plan.yaml").write_text(text)
+    return folder / "plan.yaml"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("teacher: at}", "teacher: atx}"), "teacher names 'atx'"),
+    (("teacher: at}", "teacher: mat}"), "teacher 'mat' must train one model"),
+    (("variants: [at, mat], n: 16", "variants: [at, nope], n: 16"), "names 'nope', which is not a variant"),
+    (("n: 16}", "n: 16, checkpoint: best}"), "checkpoint must be one of the plan's checkpoints"),
+    (("steps: 2, step_size", "stepz: 2, step_size"), "transfer: unknown key"),
+    (("scenarios_attack: pgd-5", "scenarios_attack: cw"), "scenarios_attack must be r_worst or"),
+    (("table-suite.yaml, variants", "no-such-suite, variants"), "no-such-suite"),
+    (("teacher: at}", "teacher: at, select_on: h2}"), "select_on must be a non-empty list"),
+])
+def test_a_bad_section_or_teacher_is_refused_at_load(tmp_path, capsys, edit, message):
+    from mutualat.cli import main
+
+    old, new = edit
+    assert old in PLAN
+    path = _write(tmp_path / "plan", PLAN.replace(old, new, 1))
+    assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_teacher_chain_is_refused(tmp_path):
+    text = PLAN.replace("  mat-offline:", "  ard: {method.name: ard, models: [tinycnn, tinycnn], "
+                        "teacher: mat-offline}\n  mat-offline:")
+    with pytest.raises(Exception, match="has a teacher itself"):
+        load_plan(_write(tmp_path / "plan", text))
+
+
+def test_a_student_waits_for_its_teacher_and_loads_it_frozen(tmp_path):
+    """ARD and the offline scenario start from the teacher variant's chosen model of the same
+    seed; until it exists their runs are not ready (and the plan still loads: ARD's rule that
+    models.0 is a frozen, trained model holds in every config the plan builds)."""
+    text = PLAN.replace("  mat-offline:", "  ard: {method.name: ard, models: [tinycnn, tinycnn], "
+                        "teacher: at}\n  mat-offline:")
+    plan = load_plan(_write(tmp_path / "plan", text))
+    study = Study(plan, tmp_path / "out")
+    ready, waiting = sections.tasks(study)
+    assert {t.key for t in ready} == {"train/at/lr0.05/seed0", "train/mat/lr0.05-alpha0.3/seed0",
+                                      "train/mat/lr0.05-alpha0.6/seed0"}
+    assert waiting > 0
+    assert study.config("ard", {"lr": 0.05}, 0) is None  # the teacher has not run
+    cfg = plan.config("ard", {"lr": 0.05}, 2, teacher_file="/runs/at/seed2/models/model.safetensors")
+    assert cfg.models[0].frozen and cfg.models[0].init.endswith("seed2/models/model.safetensors")
+    assert not cfg.models[1].frozen and cfg.models[1].init is None
+
+
+@pytest.fixture(scope="module")
+def paper_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sections")
+    plan = _write(root / "plan")
+    out = root / "out"
+    document = root / "docs" / "RESULTS.md"
+    document.parent.mkdir()
+    document.write_text("# Results\n")
+    run = _compare(plan, out, "--write", str(document))
+    output, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, output
+    return plan, out, document
+
+
+def test_the_sections_equal_the_evaluations_they_read(paper_study):
+    plan_path, out, _ = paper_study
+    plan = load_plan(plan_path)
+    study = Study(plan, out)
+    data = json.loads((out / "comparison.json").read_text())
+    extras = data["extras"]
+    # The table: one row per member of a cohort, mean ± std of the per-seed summaries.
+    (table,) = extras["tables"]
+    assert [r["row"] for r in table["rows"]] == ["at", "mat h1", "mat h2"]
+    assert table["columns"] == ["clean", "fgsm", "pgd-l2", "r_worst"]
+    chosen = study.selection("mat").chosen
+    h2 = [json.loads((sections.table_dir(study, "t2", "mat", chosen, s) / "summary.json").read_text())
+          ["models"]["h2"] for s in plan.seeds]
+    row = table["rows"][2]
+    assert row["mean_std"]["pgd-l2"][0] == pytest.approx(np.mean([m["attacks"]["pgd-l2"]["accuracy"] for m in h2]))
+    assert row["mean_std"]["clean"][1] == pytest.approx(np.std([m["clean"] for m in h2], ddof=1))
+    assert all(m["n_examples"] == 16 for m in [json.loads(p.read_text()) for p in
+                                               out.glob("tables/t2/*/*/seed*/summary.json")])
+    text = (out / "comparison.md").read_text()
+    assert f"| mat h2 | {100 * row['mean_std']['clean'][0]:.2f} ± {100 * row['mean_std']['clean'][1]:.2f} |" in text
+    # The transfer matrix: sources at and the MAT members, targets the MAT members; the
+    # diagonal is white-box.
+    transfer = extras["transfer"]
+    assert transfer["sources"] == ["at"] and transfer["targets"] == ["mat-h1", "mat-h2"]
+    files = sorted(out.glob("transfer/seed*/transfer.json"))
+    assert len(files) == 2
+    per_seed = [json.loads(f.read_text())["accuracy"]["at"]["mat-h1"] for f in files]
+    assert transfer["accuracy"]["at"]["mat-h1"][0] == pytest.approx(np.mean(per_seed))
+    assert "Masking check:" in text
+    # The offline scenario's student learned from the AT model of its own seed, frozen.
+    for seed in plan.seeds:
+        offline = study.run_dir("mat-offline", {"lr": 0.05}, seed)
+        cfg = load_config(offline / "config.yaml")
+        assert cfg.models[0].frozen
+        assert cfg.models[0].init == str(study.run_dir("at", {"lr": 0.05}, seed) / "models" / "model.safetensors")
+        assert list(json.loads((offline / "results.json").read_text())["models"]) == ["h2"]
+    # The figures: the scenarios' points are the main table's rows, the alpha curve the grid.
+    scenarios = extras["scenarios"]
+    main = next(r for r in data["rows"] if r["variant"] == "mat-offline")
+    assert list(scenarios["rob-rob-offline"]["models"]) == ["h2"]  # the student only
+    assert scenarios["rob-rob-offline"]["models"]["h2"]["robust"] == pytest.approx(main["mean_std"]["pgd-5"])
+    assert list(scenarios["rob-rob-online"]["models"]) == ["h1", "h2"]
+    assert extras["alpha"]["mat"]["scores"] == {
+        "0.3": data["selection"]["mat"]["scores"]["lr0.05-alpha0.3"],
+        "0.6": data["selection"]["mat"]["scores"]["lr0.05-alpha0.6"]}
+    for figure in ("tinypaper-scenarios.png", "tinypaper-alpha-mat.png", "curves.png"):
+        assert (out / figure).stat().st_size > 1000, figure
+
+
+def test_a_rerun_reuses_every_task_and_writes_the_same_section(paper_study, tmp_path):
+    plan, out, document = paper_study
+    first = document.read_text()
+    for name in ("tinypaper-scenarios.png", "tinypaper-alpha-mat.png", "tinypaper-curves.png"):
+        assert (document.parent / "figures" / name).is_file()
+    again = _compare(plan, out, "--write", str(document))
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert "start " not in output
+    assert document.read_text() == first
+    data = json.loads((out / "comparison.json").read_text())
+    assert markdown(data, "figures/").split("\n", 1)[1] in first
+    assert "![alpha](figures/tinypaper-alpha-mat.png)" in first
+
+
+def test_the_status_lists_nothing_left(paper_study):
+    plan, out, _ = paper_study
+    status = subprocess.run([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out), "--status"],
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "0 ready, 0 waiting" in status.stdout
+
+
+def test_an_evaluation_of_another_suite_or_subset_is_never_reused(paper_study, tmp_path):
+    """The plan's suite edited after its evaluations ran: the study stops, naming what differs."""
+    _, out, _ = paper_study
+    edited = _write(tmp_path / "plan")
+    (tmp_path / "plan" / "tiny-suite.yaml").write_text(TINY_SUITE.replace("steps: 5", "steps: 6"))
+    with pytest.raises(ConfigError, match="other attacks than the plan's"):
+        sections.tasks(Study(load_plan(edited), out))
+    smaller = _write(tmp_path / "plan2", PLAN.replace("variants: [at, mat], n: 16", "variants: [at, mat], n: 12"))
+    with pytest.raises(ConfigError, match="other images than the plan's"):
+        sections.tasks(Study(load_plan(smaller), out))
+
+
+def test_select_on_scores_only_the_named_members(paper_study):
+    """A cohort with a natural member (ACT, nat-rob MAT) is selected on its robust member."""
+    plan_path, out, _ = paper_study
+    study = Study(load_plan(plan_path), out)
+    run = study.run_dir("mat", {"lr": 0.05, "method.params.alpha": 0.6}, 0)
+    last = [r for r in read_metrics(run) if r["event"] == "epoch"][-1]
+    assert validation_score(run, "last", ["h2"]) == last["val_pgd/h2"]
+    assert validation_score(run, "last") == pytest.approx((last["val_pgd/h1"] + last["val_pgd/h2"]) / 2)
+    with pytest.raises(ConfigError, match="select_on names 'robust'"):
+        validation_score(run, "last", ["robust"])
