@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,14 @@ def _write(folder: Path, text: str = PLAN) -> Path:
     (("scenarios_attack: pgd-5", "scenarios_attack: cw"), "scenarios_attack must be r_worst or"),
     (("table-suite.yaml, variants", "no-such-suite, variants"), "no-such-suite"),
     (("teacher: at}", "teacher: at, select_on: h2}"), "select_on must be a non-empty list"),
+    (("teacher: at}", "teacher: at, select_on: [h1]}"), "select_on names 'h1', not one of its trained"),
+    (("teacher: at}", "teacher: [at]}"), "teacher names \\['at'\\]"),
+    (("  mat: {method.name: mat, models: [tinycnn, tinycnn]}",
+      "  mat: {method.name: mat, models: [tinycnn, tinycnn]}\n  at2: {method.name: at, teacher: at}"),
+     "at2 has a teacher, which takes its first model"),
+    (("variants: [at, mat], n: 16", "variants: [at, [mat]], n: 16"), "non-empty list of variant names"),
+    (("rob-rob-offline: mat-offline}", "rob-rob-offline: [mat-offline]}"), "names \\['mat-offline'\\]"),
+    (("  alpha: [mat]", "  alpha: [at]"), "figures.alpha names at, whose grid does not sweep"),
 ])
 def test_a_bad_section_or_teacher_is_refused_at_load(tmp_path, capsys, edit, message):
     from mutualat.cli import main
@@ -100,6 +109,13 @@ def test_a_bad_section_or_teacher_is_refused_at_load(tmp_path, capsys, edit, mes
     assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_scenarios_need_the_last_checkpoint(tmp_path):
+    text = PLAN.replace("checkpoints: [last]", "checkpoints: [best]").replace(
+        "ensembles: [last]", "ensembles: [best]").replace("n: 16}", "n: 16, checkpoint: best}", 1)
+    with pytest.raises(ConfigError, match="scenarios plots the last epoch"):
+        load_plan(_write(tmp_path / "plan", text))
 
 
 def test_a_teacher_chain_is_refused(tmp_path):
@@ -234,3 +250,36 @@ def test_select_on_scores_only_the_named_members(paper_study):
     assert validation_score(run, "last") == pytest.approx((last["val_pgd/h1"] + last["val_pgd/h2"]) / 2)
     with pytest.raises(ConfigError, match="select_on names 'robust'"):
         validation_score(run, "last", ["robust"])
+
+
+def test_a_table_shows_only_the_selecting_members(paper_study, tmp_path):
+    """select_on also names the members a table evaluates (ACT's robust model, not its
+    natural one); it leaves the run configs as they were, so every run is reused."""
+    _, out, _ = paper_study
+    text = PLAN.replace("  mat: {method.name: mat, models: [tinycnn, tinycnn]}",
+                        "  mat: {method.name: mat, models: [tinycnn, tinycnn], select_on: [h2]}")
+    study = Study(load_plan(_write(tmp_path / "plan", text)), out)
+    chosen = study.selection("mat")
+    assert chosen is not None  # the grid was reused: select_on is not part of a run's config
+    task = sections._table_task(study, study.plan.tables[0], "mat", chosen.chosen, 0, 0)
+    (job,) = task.spec["evaluations"]
+    assert job["evaluated"] == ["h2"] and list(job["models"]) == ["h2"]
+
+
+def test_a_moved_study_is_reused_and_a_changed_teacher_or_attack_is_not(paper_study, tmp_path):
+    """A student is tied to its teacher model by content, not by path: the study folder moved
+    elsewhere is reused whole; a teacher file that changed stops the study. The transfer
+    matrix is keyed by its models' contents and its attack's settings."""
+    plan_path, out, _ = paper_study
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    study = Study(load_plan(plan_path), moved)
+    assert sections.tasks(study) == ([], 0)
+    edited = load_plan(_write(tmp_path / "plan", PLAN.replace("steps: 2, step_size", "steps: 3, step_size")))
+    ready, _ = sections.tasks(Study(edited, moved))
+    assert sorted(t.key for t in ready) == ["transfer/seed0", "transfer/seed2"]
+    teacher = study.run_dir("at", {"lr": 0.05}, 0) / "models" / "model.safetensors"
+    other = study.run_dir("at", {"lr": 0.05}, 2) / "models" / "model.safetensors"
+    shutil.copyfile(other, teacher)  # as if the teacher had been trained again
+    with pytest.raises(ConfigError, match="trained against another teacher model"):
+        sections.tasks(Study(load_plan(plan_path), moved))

@@ -69,7 +69,7 @@ class FigureSpec:
 
 
 def _names(value: Any, variants: dict[str, Any], where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a non-empty list of variant names, got {value!r}")
     unknown = [v for v in value if v not in variants]
     if unknown:
@@ -143,7 +143,8 @@ def parse_transfer(raw: Any, variants: dict[str, Any], default_n: int,
                         None if step_size is None else float(step_size))
 
 
-def parse_figures(raw: Any, variants: dict[str, Any], attacks: list[str], where: str) -> FigureSpec:
+def parse_figures(raw: Any, variants: dict[str, Any], attacks: list[str], checkpoints: list[str],
+                  where: str) -> FigureSpec:
     if raw is None:
         return FigureSpec()
     if not isinstance(raw, dict):
@@ -154,8 +155,11 @@ def parse_figures(raw: Any, variants: dict[str, Any], attacks: list[str], where:
     if not isinstance(scenarios, dict):
         raise ConfigError(f"{here}.scenarios must map a label to a variant, got {scenarios!r}")
     for label, variant in scenarios.items():
-        if variant not in variants:
+        if not isinstance(variant, str) or variant not in variants:
             raise ConfigError(f"{here}.scenarios.{label} names {variant!r}, which is not a variant")
+    if scenarios and "last" not in checkpoints:
+        raise ConfigError(f"{here}.scenarios plots the last epoch's models: add last to the "
+                          f"plan's checkpoints (they are {checkpoints})")
     attack = raw.get("scenarios_attack", "r_worst")
     if attack not in ("r_worst", *attacks):
         raise ConfigError(f"{here}.scenarios_attack must be r_worst or an attack id of the suite "
@@ -169,7 +173,7 @@ def parse_teacher(overrides: dict[str, Any], variants: dict[str, Any], where: st
     teacher = overrides.pop("teacher", None)
     if teacher is None:
         return None
-    if teacher not in variants:
+    if not isinstance(teacher, str) or teacher not in variants:
         raise ConfigError(f"{where}: teacher names {teacher!r}, which is not a variant")
     return teacher
 

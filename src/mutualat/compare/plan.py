@@ -243,7 +243,7 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
         environment=dict(environment or {}), teachers=teachers, select_on=select_on,
         tables=parse_tables(raw.get("tables"), variants, list(checkpoints), spec.n, path.parent, where),
         transfer=parse_transfer(raw.get("transfer"), variants, spec.n, where),
-        figures=parse_figures(raw.get("figures"), variants, attacks, where),
+        figures=parse_figures(raw.get("figures"), variants, attacks, list(checkpoints), where),
     )
     check_plan(plan)
     return plan
@@ -274,6 +274,21 @@ def check_plan(plan: Plan) -> None:
         if len(cfg.models) != 1:
             raise ConfigError(f"plan {plan.name}: {variant}'s teacher {teacher!r} must train one "
                               f"model, it trains {len(cfg.models)}")
+        if len(plan.config(variant, plan.settings(variant)[0], plan.grid_seed).models) < 2:
+            raise ConfigError(f"plan {plan.name}: {variant} has a teacher, which takes its first "
+                              "model: it needs at least two (the teacher's place and a student)")
+    for variant, roles in plan.select_on.items():
+        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+        method = build_method(copy.deepcopy(cfg))
+        trained = [r for r, m in zip(method.roles, cfg.models) if not m.frozen]
+        unknown = [r for r in roles if r not in trained]
+        if unknown:
+            raise ConfigError(f"plan {plan.name}: {variant}'s select_on names {unknown[0]!r}, "
+                              f"not one of its trained members ({', '.join(trained)})")
+    for variant in plan.figures.alpha:
+        if "method.params.alpha" not in plan.grids[variant]:
+            raise ConfigError(f"plan {plan.name}: figures.alpha names {variant}, whose grid does "
+                              "not sweep method.params.alpha")
     _check_seed_spacing(plan)
     load_suite(plan.suite)
     for table in plan.tables:

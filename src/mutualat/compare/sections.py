@@ -5,12 +5,14 @@ the report. Every number is read from the evaluation files, like the main table'
 Layout in the study's folder, beside ``runs/`` and ``evals/``::
 
     tables/<table>/<variant>/<setting>/seed<S>/   the table's suite on the chosen run's members
-    transfer/seed<S>-<models>/transfer.json       sources x targets at seed S; <models> is a
-                                                  digest of the model files, so a later choice
-                                                  never reads an earlier choice's matrix
+    transfer/seed<S>-<digest>/transfer.json       sources x targets at seed S; <digest> covers
+                                                  the model files' contents and the attack's
+                                                  settings, so neither a later choice nor an
+                                                  edited attack reads an earlier matrix
 
 Tables and the transfer matrix use the last checkpoint unless a table names ``best``; every
-member of a cohort is a row of its own (the paper's MAT-h1 and MAT-h2).
+member of a cohort is a row of its own (the paper's MAT-h1 and MAT-h2), except that a variant
+with ``select_on`` shows only those members in tables (ACT's robust model, not its natural).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def table_dir(study: Study, table: str, variant: str, setting: dict[str, Any], s
 def _table_task(study: Study, table, variant: str, setting: dict[str, Any], seed: int,
                 rank: int) -> Task:
     files = study.model_files(study.run_dir(variant, setting, seed), table.checkpoint)
+    roles = study.plan.select_on.get(variant, list(files))  # ACT: its robust model only
+    files = {role: file for role, file in files.items() if role in roles}
     job = {"models": files, "evaluated": list(files), "ensemble": False,
            "out": str(table_dir(study, table.name, variant, setting, seed))}
     spec = {"evaluations": [job], "suite": table.suite, "n": table.n, "checks": False,
@@ -80,9 +84,20 @@ def _labelled(study: Study, variants, chosen, seed: int) -> dict[str, str] | Non
     return files
 
 
-def transfer_dir(study: Study, sources: dict[str, str], targets: dict[str, str], seed: int) -> Path:
-    digest = hashlib.sha256(json.dumps([sources, targets], sort_keys=True).encode()).hexdigest()[:10]
-    return study.out / "transfer" / f"seed{seed}-{digest}"
+def transfer_settings(study: Study, chosen, seed: int) -> dict[str, Any]:
+    """The attack and test images of the transfer matrix at ``seed``."""
+    spec = study.plan.transfer
+    attack = study.plan.config(spec.sources[0], chosen[spec.sources[0]].chosen, seed).attack
+    return {"n": spec.n, "norm": attack.norm, "eps": attack.eps, "steps": spec.steps,
+            "step_size": spec.step_size, "seed": study.plan.eval.seed}
+
+
+def transfer_dir(study: Study, sources: dict[str, str], targets: dict[str, str],
+                 settings: dict[str, Any], seed: int) -> Path:
+    models = {role: {label: study.file_digest(file) for label, file in files.items()}
+              for role, files in (("sources", sources), ("targets", targets))}
+    key = json.dumps([models, settings], sort_keys=True).encode()
+    return study.out / "transfer" / f"seed{seed}-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def _transfer_task(study: Study, chosen, seed: int, rank: int, ready: list[Task]) -> int:
@@ -91,13 +106,12 @@ def _transfer_task(study: Study, chosen, seed: int, rank: int, ready: list[Task]
     targets = _labelled(study, spec.targets, chosen, seed)
     if sources is None or targets is None:
         return 1
-    out = transfer_dir(study, sources, targets, seed)
+    settings = transfer_settings(study, chosen, seed)
+    out = transfer_dir(study, sources, targets, settings, seed)
     if (out / TRANSFER).is_file():
         return 0
-    attack = study.plan.config(spec.sources[0], chosen[spec.sources[0]].chosen, seed).attack
-    task = {"sources": sources, "targets": targets, "n": spec.n, "out": str(out),
-            "norm": attack.norm, "eps": attack.eps, "steps": spec.steps,
-            "step_size": spec.step_size, **study.eval_environment()}
+    task = {**study.eval_environment(), **settings, "sources": sources, "targets": targets,
+            "out": str(out)}
     ready.append(Task(f"transfer/seed{seed}", "transfer", task, (rank, 5)))
     return 0
 
@@ -164,7 +178,8 @@ def _collect_transfer(study: Study, chosen) -> dict[str, Any]:
     for seed in study.plan.seeds:
         sources = _labelled(study, spec.sources, chosen, seed)
         targets = _labelled(study, spec.targets, chosen, seed)
-        results.append(json.loads((transfer_dir(study, sources, targets, seed) / TRANSFER).read_text()))
+        out = transfer_dir(study, sources, targets, transfer_settings(study, chosen, seed), seed)
+        results.append(json.loads((out / TRANSFER).read_text()))
     first = results[0]
     matrix = {s: {t: mean_std([r["accuracy"][s][t] for r in results]) for t in first["targets"]}
               for s in first["sources"]}

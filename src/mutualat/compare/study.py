@@ -7,6 +7,7 @@ Layout of ``OUT``::
     runs/<variant>/<setting>/seed<S>-init<I>/   a control member: seed S's data and order,
                                                 its model initialized from seed I
     runs/.../diverged.json                      a run whose loss became NaN or infinite
+    runs/<variant>/<setting>/teacher-of-seed<S>.json  a student's teacher model, by sha256
     evals/<variant>/<setting>/seed<S>/<last|best>/  the suite on the chosen setting's models
                                                 (+ ensemble); one task evaluates both checkpoints
     evals/control/<setting>/seed<S>/<last|best>/    the control ensemble (ensembles' checkpoints)
@@ -24,6 +25,7 @@ an old choice's numbers under a new one. (Folders of the layout before 2026-11-3
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,13 @@ from mutualat.train.logger import read_metrics
 from mutualat.train.run_dir import config_difference
 
 DIVERGED = "diverged.json"  # written by the worker in a run folder whose loss became NaN
+
+
+def teacher_record(run_dir: Path) -> Path:
+    """Where the worker keeps the sha256 of the teacher model a student's run trains against:
+    beside the run folder (a new run's folder must be empty)."""
+    return run_dir.parent / f"teacher-of-{run_dir.name}.json"
+
 
 CONTROL = "control"
 
@@ -113,6 +122,7 @@ class Study:
     def __init__(self, plan: Plan, out: Path) -> None:
         self.plan, self.out = plan, Path(out)
         self._suites: dict[str, dict[str, Any]] = {}  # suite -> its record, as summaries keep it
+        self._digests: dict[tuple[str, int, int], str] = {}
 
     # --- where things are ---------------------------------------------------------
 
@@ -132,11 +142,23 @@ class Study:
     def diverged(run_dir: Path) -> bool:
         return (run_dir / DIVERGED).is_file()
 
-    def settled(self, run_dir: Path, cfg: RunConfig) -> bool:
-        """Whether the run finished or diverged; either way only with the plan's config."""
+    def settled(self, run_dir: Path, cfg: RunConfig, teacher: bool = False) -> bool:
+        """Whether the run finished or diverged; either way only with the plan's config and,
+        for a student (``teacher``), the very teacher model it was trained against: compared
+        by content (:func:`teacher_record`), as the file's path changes when the study's
+        folder moves."""
         if not (self.finished(run_dir) or self.diverged(run_dir)):
             return False
-        differs = config_difference(load_config(run_dir / "config.yaml"), cfg)
+        saved = load_config(run_dir / "config.yaml")
+        if teacher and teacher_record(run_dir).is_file():
+            record = json.loads(teacher_record(run_dir).read_text())
+            if record["sha256"] != self.file_digest(cfg.models[0].init):
+                raise ConfigError(
+                    f"{run_dir} was trained against another teacher model than the plan's "
+                    f"current one ({cfg.models[0].init}): its teacher was trained again or "
+                    "changed. Move the run away to train it again (nothing was overwritten)")
+            saved.models[0].init = cfg.models[0].init
+        differs = config_difference(saved, cfg)
         if differs:
             raise ConfigError(
                 f"{run_dir} holds a run of another config than the plan's (it differs in "
@@ -174,6 +196,18 @@ class Study:
         roles = json.loads((run_dir / "results.json").read_text())["models"]
         return {role: str(run_dir / "models" / f"{role}{suffix}.safetensors") for role in roles}
 
+    def file_digest(self, path: str | Path) -> str:
+        """sha256 of a file's bytes, remembered while its size and modification time stay."""
+        stat = Path(path).stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._digests[key] = digest.hexdigest()
+        return self._digests[key]
+
     def teacher_file(self, variant: str, seed: int) -> str | None:
         """The model file ``variant`` learns from at ``seed``: its teacher's chosen run of the
         same seed, last epoch; None while that run has not finished."""
@@ -201,7 +235,8 @@ class Study:
         seed = self.plan.grid_seed
         dirs = [self.run_dir(variant, s, seed) for s in settings]
         configs = [self.config(variant, s, seed) for s in settings]
-        if None in configs or not all(self.settled(d, c) for c, d in zip(configs, dirs)):
+        teacher = variant in self.plan.teachers
+        if None in configs or not all(self.settled(d, c, teacher) for c, d in zip(configs, dirs)):
             return None
         # A diverged grid point scores -inf (the report says "diverged"): never chosen.
         scores = {setting_label(s): (float("-inf") if self.diverged(d) else
@@ -300,10 +335,14 @@ class Study:
         cfg = self.config(variant, setting, seed, init_seed)
         if cfg is None:
             return 1
-        if self.settled(run, cfg) or any(t.spec.get("run_dir") == str(run) for t in ready):
+        teacher = variant in self.plan.teachers
+        if self.settled(run, cfg, teacher) or any(t.spec.get("run_dir") == str(run) for t in ready):
             return 0
         key = f"train/{variant}/{setting_label(setting)}/{run.name}"
-        ready.append(Task(key, "train", {"config": to_dict(cfg), "run_dir": str(run)}, priority))
+        spec = {"config": to_dict(cfg), "run_dir": str(run)}
+        if teacher:
+            spec["teacher"] = {"file": cfg.models[0].init, "sha256": self.file_digest(cfg.models[0].init)}
+        ready.append(Task(key, "train", spec, priority))
         return 0
 
     def _eval_task(self, key: str, name: str, setting: dict[str, Any], seed: int, runs: list[Path],

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mutualat.compare.study import teacher_record
 from mutualat.config import config_from_data
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
@@ -42,6 +43,13 @@ HEARTBEAT_S = 60.0
 
 def run_train(spec: dict[str, Any]) -> None:
     run_dir = Path(spec["run_dir"])
+    if "teacher" in spec:  # a student: which teacher model it trains against, by content
+        record, teacher = teacher_record(run_dir), spec["teacher"]
+        if record.is_file() and json.loads(record.read_text())["sha256"] != teacher["sha256"]:
+            raise MutualatError(f"{run_dir} was started against another teacher model than "
+                                f"{teacher['file']}; move it away to train it again")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(record, json.dumps(teacher, indent=2).encode())
     try:
         run_or_reuse(config_from_data(spec["config"]), run_dir)
     except DivergedError as exc:
