@@ -19,6 +19,7 @@ from mutualat.compare.report import markdown
 from mutualat.compare.study import validation_score
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
+from mutualat.evaluation import load_suite
 from mutualat.train.logger import read_metrics
 
 from test_compare import TINY_SUITE, _compare
@@ -283,3 +284,22 @@ def test_a_moved_study_is_reused_and_a_changed_teacher_or_attack_is_not(paper_st
     shutil.copyfile(other, teacher)  # as if the teacher had been trained again
     with pytest.raises(ConfigError, match="trained against another teacher model"):
         sections.tasks(Study(load_plan(plan_path), moved))
+
+
+def test_a_calibrated_strength_is_compared_by_its_value(tmp_path):
+    """table2-fmnist's Fog, Gabor and Elastic run at "calibrated:28x28": an evaluation is
+    reused only if it used the values that name stands for now."""
+    study = Study(load_plan(_write(tmp_path / "plan")), tmp_path / "out")
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "table2-fmnist" / "summary.json"
+    summary = json.loads(example.read_text())
+    summary["suite"] = load_suite("table2-fmnist").to_dict()  # the suite as it is now
+    summary["data"].update(subset=100, subset_seed=0)
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(summary))
+    assert study.evaluated(folder, "table2-fmnist", 100)
+    for model in summary["models"].values():
+        model["attacks"]["fog"]["eps"] += 0.01  # run before a recalibration
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match="other calibrated strengths"):
+        Study(study.plan, tmp_path / "out").evaluated(folder, "table2-fmnist", 100)

@@ -176,11 +176,19 @@ class Study:
         summary = json.loads(path.read_text())
         suite = suite or self.plan.suite
         if suite not in self._suites:
-            self._suites[suite] = load_suite(suite).to_dict()
-        want = {**{k: self._suites[suite][k] for k in ("per_attack", "threats", "attacks")},
-                "images": [n or self.plan.eval.n, self.plan.eval.seed]}
+            loaded = load_suite(suite)
+            # A calibrated strength ("calibrated:28x28") is compared by the value it stands for.
+            calibrated = {a.id: float(loaded.build(a).eps) for a in loaded.attacks
+                          if isinstance(loaded.threat_of(a).eps, str)}
+            self._suites[suite] = {**loaded.to_dict(), "calibrated": calibrated}
+        record = self._suites[suite]
+        used = next(iter(summary["models"].values()))["attacks"] if summary["models"] else {}
+        want = {**{k: record[k] for k in ("per_attack", "threats", "attacks")},
+                "images": [n or self.plan.eval.n, self.plan.eval.seed],
+                "calibrated strengths": record["calibrated"]}
         have = {**{k: summary["suite"].get(k) for k in ("per_attack", "threats", "attacks")},
-                "images": [summary["data"].get("subset"), summary["data"].get("subset_seed")]}
+                "images": [summary["data"].get("subset"), summary["data"].get("subset_seed")],
+                "calibrated strengths": {a: used.get(a, {}).get("eps") for a in record["calibrated"]}}
         differs = [k for k in want if want[k] != have[k]]
         if differs:
             raise ConfigError(
