@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mutualat.cli import main
 from mutualat.compare import Study, load_plan, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
@@ -103,13 +104,15 @@ def test_paired_interval_on_hand_made_numbers():
     (("control: {variant: at, members: 2}", "control: {variant: mat, members: 2}"), "control"),
 ])
 def test_a_bad_plan_is_refused_before_anything_runs(tmp_path, capsys, edit, message):
-    from mutualat.cli import main
-
     old, new = edit
     assert old in TINY_PLAN
-    path = _write_plan(tmp_path / "plan", TINY_PLAN.replace(old, new, 1))
-    out = tmp_path / "out"
-    assert main(["compare", str(path), "--out", str(out)]) == 2
+    assert_refused(_write_plan(tmp_path / "plan", TINY_PLAN.replace(old, new, 1)), tmp_path / "out",
+                   capsys, message)
+
+
+def assert_refused(plan: Path, out: Path, capsys, message: str) -> None:
+    """`mutualat compare` refuses ``plan`` with an error matching ``message``, writing nothing."""
+    assert main(["compare", str(plan), "--out", str(out)]) == 2
     stderr = capsys.readouterr().err
     assert re.search(message, stderr), stderr
     assert not out.exists()

@@ -5,7 +5,6 @@ teacher, end to end on a tiny plan whose rerun reuses everything and writes the 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.train.logger import read_metrics
 
-from test_compare import TINY_SUITE, _compare
+from test_compare import TINY_SUITE, _compare, assert_refused
 
 TABLE_SUITE = """\
 name: tiny-table
@@ -102,14 +101,9 @@ def _write(folder: Path, text: str = PLAN) -> Path:
     (("  alpha: [mat]", "  alpha: [at]"), "figures.alpha names at, whose grid does not sweep"),
 ])
 def test_a_bad_section_or_teacher_is_refused_at_load(tmp_path, capsys, edit, message):
-    from mutualat.cli import main
-
     old, new = edit
     assert old in PLAN
-    path = _write(tmp_path / "plan", PLAN.replace(old, new, 1))
-    assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
-    assert re.search(message, capsys.readouterr().err)
-    assert not (tmp_path / "out").exists()
+    assert_refused(_write(tmp_path / "plan", PLAN.replace(old, new, 1)), tmp_path / "out", capsys, message)
 
 
 def test_scenarios_need_the_last_checkpoint(tmp_path):
