@@ -24,6 +24,7 @@ from typing import Any
 
 from mutualat.compare.plan import setting_label
 from mutualat.compare.stats import mean_std
+from mutualat.compare.records import file_digest
 from mutualat.compare.study import Study, Task
 from mutualat.report import paper_plots
 
@@ -94,7 +95,7 @@ def transfer_settings(study: Study, chosen, seed: int) -> dict[str, Any]:
 
 def transfer_dir(study: Study, sources: dict[str, str], targets: dict[str, str],
                  settings: dict[str, Any], seed: int) -> Path:
-    models = {role: {label: study.file_digest(file) for label, file in files.items()}
+    models = {role: {label: file_digest(file) for label, file in files.items()}
               for role, files in (("sources", sources), ("targets", targets))}
     key = json.dumps([models, settings], sort_keys=True).encode()
     return study.out / "transfer" / f"seed{seed}-{hashlib.sha256(key).hexdigest()[:12]}"

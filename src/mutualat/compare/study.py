@@ -25,28 +25,20 @@ an old choice's numbers under a new one. (Folders of the layout before 2026-11-3
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mutualat.compare.plan import Plan, setting_label
+from mutualat.compare.records import (evaluation_differences, file_digest, suite_record,
+                                      teacher_record)
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
-from mutualat.evaluation import load_suite
 from mutualat.train.logger import read_metrics
 from mutualat.train.run_dir import config_difference
 
 DIVERGED = "diverged.json"  # written by the worker in a run folder whose loss became NaN
-
-
-def teacher_record(run_dir: Path) -> Path:
-    """Where the worker keeps the sha256 of the teacher model a student's run trains against:
-    beside the run folder (a new run's folder must be empty)."""
-    return run_dir.parent / f"teacher-of-{run_dir.name}.json"
-
-
 CONTROL = "control"
 
 
@@ -122,7 +114,6 @@ class Study:
     def __init__(self, plan: Plan, out: Path) -> None:
         self.plan, self.out = plan, Path(out)
         self._suites: dict[str, dict[str, Any]] = {}  # suite -> its record, as summaries keep it
-        self._digests: dict[tuple[str, int, int], str] = {}
 
     # --- where things are ---------------------------------------------------------
 
@@ -152,7 +143,7 @@ class Study:
         saved = load_config(run_dir / "config.yaml")
         if teacher and teacher_record(run_dir).is_file():
             record = json.loads(teacher_record(run_dir).read_text())
-            if record["sha256"] != self.file_digest(cfg.models[0].init):
+            if record["sha256"] != file_digest(cfg.models[0].init):
                 raise ConfigError(
                     f"{run_dir} was trained against another teacher model than the plan's "
                     f"current one ({cfg.models[0].init}): its teacher was trained again or "
@@ -173,23 +164,11 @@ class Study:
         path = eval_dir / "summary.json"
         if not path.is_file():
             return False
-        summary = json.loads(path.read_text())
         suite = suite or self.plan.suite
         if suite not in self._suites:
-            loaded = load_suite(suite)
-            # A calibrated strength ("calibrated:28x28") is compared by the value it stands for.
-            calibrated = {a.id: float(loaded.build(a).eps) for a in loaded.attacks
-                          if isinstance(loaded.threat_of(a).eps, str)}
-            self._suites[suite] = {**loaded.to_dict(), "calibrated": calibrated}
-        record = self._suites[suite]
-        used = next(iter(summary["models"].values()))["attacks"] if summary["models"] else {}
-        want = {**{k: record[k] for k in ("per_attack", "threats", "attacks")},
-                "images": [n or self.plan.eval.n, self.plan.eval.seed],
-                "calibrated strengths": record["calibrated"]}
-        have = {**{k: summary["suite"].get(k) for k in ("per_attack", "threats", "attacks")},
-                "images": [summary["data"].get("subset"), summary["data"].get("subset_seed")],
-                "calibrated strengths": {a: used.get(a, {}).get("eps") for a in record["calibrated"]}}
-        differs = [k for k in want if want[k] != have[k]]
+            self._suites[suite] = suite_record(suite)
+        differs = evaluation_differences(json.loads(path.read_text()), self._suites[suite],
+                                         n or self.plan.eval.n, self.plan.eval.seed)
         if differs:
             raise ConfigError(
                 f"{eval_dir} holds an evaluation with other {' and '.join(differs)} than the "
@@ -203,18 +182,6 @@ class Study:
         suffix = ".best" if checkpoint == "best" else ""
         roles = json.loads((run_dir / "results.json").read_text())["models"]
         return {role: str(run_dir / "models" / f"{role}{suffix}.safetensors") for role in roles}
-
-    def file_digest(self, path: str | Path) -> str:
-        """sha256 of a file's bytes, remembered while its size and modification time stay."""
-        stat = Path(path).stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if key not in self._digests:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            self._digests[key] = digest.hexdigest()
-        return self._digests[key]
 
     def teacher_file(self, variant: str, seed: int) -> str | None:
         """The model file ``variant`` learns from at ``seed``: its teacher's chosen run of the
@@ -349,7 +316,7 @@ class Study:
         key = f"train/{variant}/{setting_label(setting)}/{run.name}"
         spec = {"config": to_dict(cfg), "run_dir": str(run)}
         if teacher:
-            spec["teacher"] = {"file": cfg.models[0].init, "sha256": self.file_digest(cfg.models[0].init)}
+            spec["teacher"] = {"file": cfg.models[0].init, "sha256": file_digest(cfg.models[0].init)}
         ready.append(Task(key, "train", spec, priority))
         return 0
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mutualat.compare.study import teacher_record
+from mutualat.compare.records import teacher_record
 from mutualat.config import config_from_data
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset

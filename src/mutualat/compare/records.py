@@ -1,0 +1,55 @@
+"""What a study's folder records about how each result was made, and the checks that a
+result is still the one the plan asks for: a student's teacher model (by content), a
+file's digest, an evaluation's suite and test subset."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from mutualat.evaluation import load_suite
+
+
+def teacher_record(run_dir: Path) -> Path:
+    """Where the worker keeps the sha256 of the teacher model a student's run trains against:
+    beside the run folder (a new run's folder must be empty)."""
+    return run_dir.parent / f"teacher-of-{run_dir.name}.json"
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, remembered while its size and modification time stay."""
+    stat = Path(path).stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def suite_record(suite: str) -> dict[str, Any]:
+    """What an evaluation summary keeps of ``suite``, and the value each calibrated strength
+    ("calibrated:28x28") stands for now."""
+    loaded = load_suite(suite)
+    calibrated = {a.id: float(loaded.build(a).eps) for a in loaded.attacks
+                  if isinstance(loaded.threat_of(a).eps, str)}
+    return {**loaded.to_dict(), "calibrated": calibrated}
+
+
+def evaluation_differences(summary: dict[str, Any], record: dict[str, Any], n: int,
+                           seed: int) -> list[str]:
+    """What differs between an evaluation's ``summary.json`` and the suite (its
+    :func:`suite_record`) and test subset (``n`` images drawn with ``seed``) asked for."""
+    used = next(iter(summary["models"].values()))["attacks"] if summary["models"] else {}
+    want = {**{k: record[k] for k in ("per_attack", "threats", "attacks")}, "images": [n, seed],
+            "calibrated strengths": record["calibrated"]}
+    have = {**{k: summary["suite"].get(k) for k in ("per_attack", "threats", "attacks")},
+            "images": [summary["data"].get("subset"), summary["data"].get("subset_seed")],
+            "calibrated strengths": {a: used.get(a, {}).get("eps") for a in record["calibrated"]}}
+    return [k for k in want if want[k] != have[k]]
