@@ -16,6 +16,7 @@ import pytest
 from mutualat.compare import Study, load_plan, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.study import validation_score
+from mutualat.compare.worker import run_train
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
@@ -99,6 +100,7 @@ def _write(folder: Path, text: str = PLAN) -> Path:
     (("variants: [at, mat], n: 16", "variants: [at, [mat]], n: 16"), "non-empty list of variant names"),
     (("rob-rob-offline: mat-offline}", "rob-rob-offline: [mat-offline]}"), "names \\['mat-offline'\\]"),
     (("  alpha: [mat]", "  alpha: [at]"), "figures.alpha names at, whose grid does not sweep"),
+    (("members: all", "members: first"), "figures.scenarios shows every member"),
 ])
 def test_a_bad_section_or_teacher_is_refused_at_load(tmp_path, capsys, edit, message):
     old, new = edit
@@ -163,13 +165,13 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     assert [r["row"] for r in table["rows"]] == ["at", "mat h1", "mat h2"]
     assert table["columns"] == ["clean", "fgsm", "pgd-l2", "r_worst"]
     chosen = study.selection("mat").chosen
-    h2 = [json.loads((sections.table_dir(study, "t2", "mat", chosen, s) / "summary.json").read_text())
+    h2 = [json.loads((sections.table_dir(study, plan.tables[0], "mat", chosen, s) / "summary.json").read_text())
           ["models"]["h2"] for s in plan.seeds]
     row = table["rows"][2]
     assert row["mean_std"]["pgd-l2"][0] == pytest.approx(np.mean([m["attacks"]["pgd-l2"]["accuracy"] for m in h2]))
     assert row["mean_std"]["clean"][1] == pytest.approx(np.std([m["clean"] for m in h2], ddof=1))
     assert all(m["n_examples"] == 16 for m in [json.loads(p.read_text()) for p in
-                                               out.glob("tables/t2/*/*/seed*/summary.json")])
+                                               out.glob("tables/t2/*/*/seed*/last/summary.json")])
     text = (out / "comparison.md").read_text()
     assert f"| mat h2 | {100 * row['mean_std']['clean'][0]:.2f} ± {100 * row['mean_std']['clean'][1]:.2f} |" in text
     # The transfer matrix: sources at and the MAT members, targets the MAT members; the
@@ -180,7 +182,7 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     assert len(files) == 2
     per_seed = [json.loads(f.read_text())["accuracy"]["at"]["mat-h1"] for f in files]
     assert transfer["accuracy"]["at"]["mat-h1"][0] == pytest.approx(np.mean(per_seed))
-    assert "Masking check:" in text
+    assert "Masking check: none: no source is also a target" in text  # at -> mat: no diagonal
     # The offline scenario's student learned from the AT model of its own seed, frozen.
     for seed in plan.seeds:
         offline = study.run_dir("mat-offline", {"lr": 0.05}, seed)
@@ -191,8 +193,12 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     # The figures: the scenarios' points are the main table's rows, the alpha curve the grid.
     scenarios = extras["scenarios"]
     main = next(r for r in data["rows"] if r["variant"] == "mat-offline")
-    assert list(scenarios["rob-rob-offline"]["models"]) == ["h2"]  # the student only
-    assert scenarios["rob-rob-offline"]["models"]["h2"]["robust"] == pytest.approx(main["mean_std"]["pgd-5"])
+    # The offline scenario: its h1 is the frozen AT model (the at row), its h2 the student.
+    offline = scenarios["rob-rob-offline"]["models"]
+    assert list(offline) == ["h1 (frozen at)", "h2"]
+    assert offline["h2"]["robust"] == pytest.approx(main["mean_std"]["pgd-5"])
+    at_row = next(r for r in data["rows"] if r["variant"] == "at")
+    assert offline["h1 (frozen at)"]["clean"] == pytest.approx(at_row["mean_std"]["clean"])
     assert list(scenarios["rob-rob-online"]["models"]) == ["h1", "h2"]
     assert extras["alpha"]["mat"]["scores"] == {
         "0.3": data["selection"]["mat"]["scores"]["lr0.05-alpha0.3"],
@@ -297,3 +303,35 @@ def test_a_calibrated_strength_is_compared_by_its_value(tmp_path):
     (folder / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ConfigError, match="other calibrated strengths"):
         Study(study.plan, tmp_path / "out").evaluated(folder, "table2-fmnist", 100)
+
+
+def test_a_retrained_run_is_evaluated_again_not_reported_with_old_numbers(paper_study, tmp_path):
+    """A run trained again after its evaluation (moved away, as the study's message says,
+    then retrained) has other model files: the evaluation and the table of the old ones
+    are refused, naming the folder, instead of being reported."""
+    plan_path, out, _ = paper_study
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    plan = load_plan(plan_path)
+    study = Study(plan, moved)
+    run = study.run_dir("mat", study.selection("mat").chosen, 2)
+    other = study.run_dir("mat", study.selection("mat").chosen, 0)
+    shutil.copyfile(other / "models" / "h1.safetensors", run / "models" / "h1.safetensors")
+    with pytest.raises(ConfigError, match=r"evals/mat/.*seed2/last holds an evaluation with other models"):
+        sections.tasks(Study(plan, moved))
+
+
+def test_a_new_student_run_replaces_a_stale_teacher_record(paper_study, tmp_path):
+    """The teacher record outlives a student run moved away: the new run is not refused."""
+    plan_path, out, _ = paper_study
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    study = Study(load_plan(plan_path), moved)
+    run = study.run_dir("mat-offline", {"lr": 0.05}, 2)
+    shutil.move(run, tmp_path / "away")
+    (task,) = [t for t in sections.tasks(study)[0] if t.kind == "train"]
+    record = run.parent / "teacher-of-seed2.json"
+    record.write_text(json.dumps({"file": "old", "sha256": "0" * 64}))  # a stale record
+    run_train(task.spec)
+    assert (run / "results.json").is_file()
+    assert json.loads(record.read_text())["sha256"] == task.spec["teacher"]["sha256"]

@@ -285,6 +285,9 @@ def check_plan(plan: Plan) -> None:
         if unknown:
             raise ConfigError(f"plan {plan.name}: {variant}'s select_on names {unknown[0]!r}, "
                               f"not one of its trained members ({', '.join(trained)})")
+    if plan.figures.scenarios and plan.eval.members != "all":
+        raise ConfigError(f"plan {plan.name}: figures.scenarios shows every member of each "
+                          "scenario: set eval.members to all (it is first)")
     for variant in plan.figures.alpha:
         if "method.params.alpha" not in plan.grids[variant]:
             raise ConfigError(f"plan {plan.name}: figures.alpha names {variant}, whose grid does "

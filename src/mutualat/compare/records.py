@@ -11,6 +11,10 @@ from typing import Any
 from mutualat.evaluation import load_suite
 
 
+#: In an evaluation folder of a study: name -> sha256 of each model file the evaluation read.
+EVALUATED = "evaluated-models.json"
+
+
 def teacher_record(run_dir: Path) -> Path:
     """Where the worker keeps the sha256 of the teacher model a student's run trains against:
     beside the run folder (a new run's folder must be empty)."""

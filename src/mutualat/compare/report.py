@@ -339,8 +339,8 @@ def document_section(study: Study, command: str) -> str:
         f"<!-- compare:{name}:begin -->",
         markdown(data, "figures/").replace(f"## Comparison `{name}`", f"## The comparison `{name}`", 1),
         f"![Per-epoch validation and training accuracy](figures/{name}-curves.png)", "",
-        f"Regenerate with `{command}` (the plan is `configs/plans/{name}.yaml`; finished runs "
-        f"and evaluations in the output folder are reused). Cost: {hours['train']:.1f} CPU-hours "
+        f"Regenerate with `{command}` (its first argument is the plan; finished runs and "
+        f"evaluations in the output folder are reused). Cost: {hours['train']:.1f} CPU-hours "
         f"of training in {spent['train']['tasks']} runs, {hours['eval']:.1f} CPU-hours of "
         f"evaluation in {spent['eval']['tasks']} tasks{span}; {hw.get('cpu')}, "
         f"{hw.get('cpu_count')} cores, one thread per task, torch {data['versions']['torch']}.",

@@ -4,7 +4,8 @@ the report. Every number is read from the evaluation files, like the main table'
 
 Layout in the study's folder, beside ``runs/`` and ``evals/``::
 
-    tables/<table>/<variant>/<setting>/seed<S>/   the table's suite on the chosen run's members
+    tables/<table>/<variant>/<setting>/seed<S>/<checkpoint>/   the table's suite on the chosen
+                                                  run's members
     transfer/seed<S>-<digest>/transfer.json       sources x targets at seed S; <digest> covers
                                                   the model files' contents and the attack's
                                                   settings, so neither a later choice nor an
@@ -44,8 +45,9 @@ def tasks(study: Study) -> tuple[list[Task], int]:
             for variant in table.variants:
                 if chosen[variant] is None or not study.finished(study.run_dir(variant, chosen[variant].chosen, seed)):
                     waiting += 1
-                elif not study.evaluated(table_dir(study, table.name, variant, chosen[variant].chosen, seed),
-                                         table.suite, table.n):
+                elif not study.evaluated(table_dir(study, table, variant, chosen[variant].chosen, seed),
+                                         table.suite, table.n,
+                                         table_files(study, table, variant, chosen[variant].chosen, seed)):
                     ready.append(_table_task(study, table, variant, chosen[variant].chosen, seed, rank))
         if plan.transfer is not None:
             waiting += _transfer_task(study, chosen, seed, rank, ready)
@@ -53,17 +55,24 @@ def tasks(study: Study) -> tuple[list[Task], int]:
     return ready, waiting
 
 
-def table_dir(study: Study, table: str, variant: str, setting: dict[str, Any], seed: int) -> Path:
-    return study.out / "tables" / table / variant / setting_label(setting) / f"seed{seed}"
+def table_dir(study: Study, table, variant: str, setting: dict[str, Any], seed: int) -> Path:
+    return (study.out / "tables" / table.name / variant / setting_label(setting) / f"seed{seed}"
+            / table.checkpoint)
+
+
+def table_files(study: Study, table, variant: str, setting: dict[str, Any], seed: int) -> dict[str, str]:
+    """The model files a table evaluates of a run: its trained members (only the roles of
+    the variant's ``select_on``, if any) at the table's checkpoint."""
+    files = study.model_files(study.run_dir(variant, setting, seed), table.checkpoint)
+    roles = study.plan.select_on.get(variant, list(files))  # ACT: its robust model only
+    return {role: file for role, file in files.items() if role in roles}
 
 
 def _table_task(study: Study, table, variant: str, setting: dict[str, Any], seed: int,
                 rank: int) -> Task:
-    files = study.model_files(study.run_dir(variant, setting, seed), table.checkpoint)
-    roles = study.plan.select_on.get(variant, list(files))  # ACT: its robust model only
-    files = {role: file for role, file in files.items() if role in roles}
+    files = table_files(study, table, variant, setting, seed)
     job = {"models": files, "evaluated": list(files), "ensemble": False,
-           "out": str(table_dir(study, table.name, variant, setting, seed))}
+           "out": str(table_dir(study, table, variant, setting, seed))}
     spec = {"evaluations": [job], "suite": table.suite, "n": table.n, "checks": False,
             **study.eval_environment()}
     return Task(f"table/{table.name}/{variant}/seed{seed}", "eval", spec, (rank, 4))
@@ -139,14 +148,15 @@ def collect(study: Study) -> dict[str, Any]:
     for table in plan.tables:
         rows, columns, suite = [], None, None
         for variant in table.variants:
-            per_seed = {s: _summary(table_dir(study, table.name, variant, chosen[variant].chosen, s))
+            per_seed = {s: _summary(table_dir(study, table, variant, chosen[variant].chosen, s))
                         for s in plan.seeds}
             first = per_seed[plan.seeds[0]]
             suite = suite or first["suite"]
             for model in first["models"]:
                 values = {s: _numbers(per_seed[s]["models"][model]) for s in plan.seeds}
                 columns = columns or list(values[plan.seeds[0]])
-                label = variant if len(first["models"]) == 1 else f"{variant} {model}"
+                cohort = len(plan.config(variant, plan.settings(variant)[0], plan.grid_seed).models) > 1
+                label = f"{variant} {model}" if cohort else variant
                 rows.append({"row": label, "variant": variant, "model": model, "seeds": values,
                              "mean_std": {c: mean_std([values[s][c] for s in plan.seeds]) for c in columns}})
         out["tables"].append({"name": table.name, "title": table.title, "checkpoint": table.checkpoint,
@@ -155,21 +165,31 @@ def collect(study: Study) -> dict[str, Any]:
     if plan.transfer is not None:
         out["transfer"] = _collect_transfer(study, chosen)
     attack = plan.figures.scenarios_attack
-    for label, variant in plan.figures.scenarios.items():
+
+    def scenario_points(variant: str, rename=lambda model: model) -> dict[str, Any]:
         per_seed = [_summary(study.eval_dir(variant, chosen[variant].chosen, s, "last"))["models"]
                     for s in plan.seeds]
-        out["scenarios"][label] = {"variant": variant, "attack": attack, "models": {
-            model: {"clean": mean_std([m[model]["clean"] for m in per_seed]),
-                    "robust": mean_std([_numbers(m[model])[attack] for m in per_seed])}
-            for model in per_seed[0] if model != "ensemble"}}
+        return {rename(model): {"clean": mean_std([m[model]["clean"] for m in per_seed]),
+                                "robust": mean_std([_numbers(m[model])[attack] for m in per_seed])}
+                for model in per_seed[0] if model != "ensemble"}
+
+    for label, variant in plan.figures.scenarios.items():
+        models = scenario_points(variant)
+        teacher = plan.teachers.get(variant)
+        if teacher is not None:  # an offline scenario's h1: the frozen teacher, seed by seed
+            models = {**scenario_points(teacher, lambda _: f"h1 (frozen {teacher})"), **models}
+        out["scenarios"][label] = {"variant": variant, "attack": attack, "models": models}
     for variant in plan.figures.alpha:
         sel = chosen[variant]
         others = {k: v for k, v in sel.chosen.items() if k != "method.params.alpha"}
-        points = {str(setting["method.params.alpha"]): sel.scores[label]
-                  for label, setting in sel.settings.items()
-                  if "method.params.alpha" in setting and sel.scores[label] != float("-inf")
-                  and all(setting.get(k) == v for k, v in others.items())}
-        out["alpha"][variant] = {"fixed": others, "scores": points, "criterion": sel.criterion}
+        curve = {label: setting for label, setting in sel.settings.items()
+                 if all(setting.get(k) == v for k, v in others.items())}
+        out["alpha"][variant] = {
+            "fixed": others, "criterion": sel.criterion,
+            "scores": {str(s["method.params.alpha"]): sel.scores[label] for label, s in curve.items()
+                       if sel.scores[label] != float("-inf")},
+            "diverged": [str(s["method.params.alpha"]) for label, s in curve.items()
+                         if sel.scores[label] == float("-inf")]}
     return out
 
 
@@ -206,7 +226,8 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
                   f"of each variant's chosen setting; "
                   + ("each attack's column is the accuracy against it alone, "
                      if table["per_attack"] == "standalone" else "columns are cumulative, ")
-                  + "R_worst the per-example worst case over the table's attacks. "
+                  + "R_worst the per-example worst case over all the table's attacks (across its "
+                  "threat models, where it has several). "
                   "Accuracy in %, mean ± sample std over seeds.", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in table["rows"]:
@@ -218,7 +239,8 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
         lines += ["### Transfer (black-box) attacks", "",
                   f"PGD-{attack.get('steps')} (step {attack.get('step_size')}, {attack.get('norm')} "
                   f"ε {attack.get('eps'):g}, no early stop) crafted on each source model (rows) and "
-                  f"classified by each target (columns), {transfer['n']} test images; where a "
+                  f"classified by each target (columns), last-epoch models of each variant's "
+                  f"chosen setting, {transfer['n']} test images; where a "
                   "source is its own target the entry is white-box. Accuracy in %, mean ± sample "
                   "std over seeds.", "",
                   "| source \\ target | " + " | ".join(transfer["targets"]) + " |",
@@ -228,16 +250,22 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
             cells = [_pm(transfer["accuracy"][source][t]) + (" (white-box)" if source == t else "")
                      for t in transfer["targets"]]
             lines.append(f"| {source} | " + " | ".join(cells) + " |")
-        verdict = ("; ".join(transfer["warnings"]) if transfer["warnings"] else
-                   "no black-box attack beat the white-box one on its target (no sign of "
-                   "gradient masking)")
+        if not set(transfer["sources"]) & set(transfer["targets"]):
+            verdict = ("none: no source is also a target, so there is no white-box entry to "
+                       "compare the black-box ones with")
+        elif transfer["warnings"]:
+            verdict = "; ".join(transfer["warnings"])
+        else:
+            verdict = ("no black-box attack beat the white-box one on its target (no sign of "
+                       "gradient masking)")
         lines += ["", f"Masking check: {verdict}.", ""]
     if data["scenarios"]:
         attack = next(iter(data["scenarios"].values()))["attack"]
         lines += ["### Knowledge-distillation scenarios", "",
                   f"Clean and robust ({'R_worst' if attack == 'r_worst' else attack}) test accuracy "
-                  "of each scenario's trained models (last epoch, mean ± std over seeds; a frozen "
-                  "teacher is the scenario's h1 and is its teacher variant's row).", "",
+                  "of each scenario's models (last epoch, mean ± std over seeds; an offline "
+                  "scenario's h1 is its frozen teacher, the teacher variant's model of the same "
+                  "seed).", "",
                   "| scenario | variant | model | clean | robust |", "|---|---|---|---|---|"]
         for label, point in data["scenarios"].items():
             for model, acc in point["models"].items():
@@ -245,10 +273,15 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
                              f"{_pm(acc['robust'])} |")
         lines += ["", f"![scenarios]({figures}{name}-scenarios.png)", ""]
     for variant, curve in data["alpha"].items():
-        fixed = ", ".join(f"{k} = {v}" for k, v in curve["fixed"].items()) or "nothing else"
+        fixed = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in curve["fixed"].items())
+        diverged = (f" Diverged (not plotted): α {', '.join(curve['diverged'])}."
+                    if curve.get("diverged") else "")
         lines += [f"### Validation accuracy against α ({variant})", "",
-                  f"{curve['criterion']}; {fixed} held at the chosen value: "
-                  + ", ".join(f"α {a}: {100 * v:.1f}" for a, v in curve["scores"].items()) + ".", "",
+                  f"{curve['criterion']}: "
+                  + ", ".join(f"α {a}: {100 * v:.1f}" for a, v in curve["scores"].items()) + "."
+                  + (f" The grid's other keys at its chosen point ({fixed}); with the learning "
+                     "rate fixed, MAT's effective step, about (1 − α) × lr while the peers are "
+                     "untrained, changes along the curve." if fixed else "") + diverged, "",
                   f"![alpha]({figures}{name}-alpha-{variant}.png)", ""]
     return lines
 
@@ -263,7 +296,10 @@ def plot(data: dict[str, Any], out: Path, name: str) -> list[Path]:
     if data["scenarios"]:
         points = {label: {model: (acc["clean"][0], acc["robust"][0]) for model, acc in p["models"].items()}
                   for label, p in data["scenarios"].items()}
-        paths.append(paper_plots.plot_kd_scenarios(points, out / f"{name}-scenarios.png"))
+        attack = next(iter(data["scenarios"].values()))["attack"]
+        paths.append(paper_plots.plot_kd_scenarios(
+            points, out / f"{name}-scenarios.png",
+            robust_label=f"robust ({'R_worst' if attack == 'r_worst' else attack})"))
     for variant, curve in data["alpha"].items():
         paths.append(paper_plots.plot_alpha_curve(curve["scores"], out / f"{name}-alpha-{variant}.png"))
     return paths

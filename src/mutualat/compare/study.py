@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from mutualat.compare.plan import Plan, setting_label
-from mutualat.compare.records import (evaluation_differences, file_digest, suite_record,
-                                      teacher_record)
+from mutualat.compare.records import (EVALUATED, evaluation_differences, file_digest,
+                                      suite_record, teacher_record)
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
 from mutualat.train.logger import read_metrics
@@ -147,7 +147,8 @@ class Study:
                 raise ConfigError(
                     f"{run_dir} was trained against another teacher model than the plan's "
                     f"current one ({cfg.models[0].init}): its teacher was trained again or "
-                    "changed. Move the run away to train it again (nothing was overwritten)")
+                    "changed. Move the run away to train it again; its evaluations will then "
+                    "ask to be moved too (nothing was overwritten)")
             saved.models[0].init = cfg.models[0].init
         differs = config_difference(saved, cfg)
         if differs:
@@ -157,10 +158,13 @@ class Study:
                 "away to train it again (nothing was overwritten)")
         return True
 
-    def evaluated(self, eval_dir: Path, suite: str | None = None, n: int | None = None) -> bool:
+    def evaluated(self, eval_dir: Path, suite: str | None = None, n: int | None = None,
+                  files: dict[str, str] | None = None) -> bool:
         """Whether ``eval_dir`` holds a finished evaluation; only of the suite (default: the
-        plan's) and the test subset it is asked for, else the study stops and says what
-        differs (a plan edited after it ran must not report the old suite's numbers)."""
+        plan's) and the test subset it is asked for and, where ``files`` (name -> model file)
+        are given, of those very models (by content, :data:`EVALUATED` written by the worker),
+        else the study stops and says what differs: a plan edited or a run trained again
+        after the evaluation ran must not report the old numbers."""
         path = eval_dir / "summary.json"
         if not path.is_file():
             return False
@@ -169,6 +173,10 @@ class Study:
             self._suites[suite] = suite_record(suite)
         differs = evaluation_differences(json.loads(path.read_text()), self._suites[suite],
                                          n or self.plan.eval.n, self.plan.eval.seed)
+        record = eval_dir / EVALUATED
+        if files is not None and record.is_file():  # (older folders have no record)
+            if json.loads(record.read_text()) != {k: file_digest(f) for k, f in files.items()}:
+                differs.append("models (one was trained again since)")
         if differs:
             raise ConfigError(
                 f"{eval_dir} holds an evaluation with other {' and '.join(differs)} than the "
@@ -288,8 +296,10 @@ class Study:
               runs: list[Path], cohort: bool, rank: int) -> int:
         """Add the evaluation of ``runs`` (every checkpoint not yet evaluated, one task) if
         they have finished; returns 1 if it waits on them, else 0."""
+        finished = all(self.finished(r) for r in runs)
         todo = [c for c in self.checkpoints_of(name)
-                if not self.evaluated(self.eval_dir(name, setting, seed, c))]
+                if not self.evaluated(self.eval_dir(name, setting, seed, c),
+                                      files=self.eval_files(runs, c, cohort) if finished else None)]
         if not todo:
             return 0
         diverged = [r for r in runs if self.diverged(r)]
@@ -320,16 +330,22 @@ class Study:
         ready.append(Task(key, "train", spec, priority))
         return 0
 
+    def eval_files(self, runs: list[Path], checkpoint: str, cohort: bool) -> dict[str, str]:
+        """The model files an evaluation of ``runs`` reads, by the name it gives each: a
+        cohort's roles, or a control member's run and role."""
+        files = {}
+        for run in runs:
+            for role, file in self.model_files(run, checkpoint).items():
+                files[role if cohort else f"{run.name}-{role}"] = file
+        return files
+
     def _eval_task(self, key: str, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
                    checkpoints: list[str], cohort: bool, rank: int) -> Task:
         """Evaluate the models of ``runs`` at each of ``checkpoints``: a cohort's members and
         their ensemble (``cohort``), or only the ensemble of single-model runs (the control)."""
         jobs = []
         for checkpoint in checkpoints:
-            files = {}
-            for run in runs:
-                for role, file in self.model_files(run, checkpoint).items():
-                    files[role if cohort else f"{run.name}-{role}"] = file
+            files = self.eval_files(runs, checkpoint, cohort)
             ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1
             evaluated = list(files) if cohort else []  # the control: only its ensemble
             if cohort and self.plan.eval.members == "first":

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mutualat.compare.records import teacher_record
+from mutualat.compare.records import EVALUATED, file_digest, teacher_record
 from mutualat.config import config_from_data
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
@@ -45,7 +45,8 @@ def run_train(spec: dict[str, Any]) -> None:
     run_dir = Path(spec["run_dir"])
     if "teacher" in spec:  # a student: which teacher model it trains against, by content
         record, teacher = teacher_record(run_dir), spec["teacher"]
-        if record.is_file() and json.loads(record.read_text())["sha256"] != teacher["sha256"]:
+        started = run_dir.is_dir() and any(run_dir.iterdir())  # else a new run: a new record
+        if started and record.is_file() and json.loads(record.read_text())["sha256"] != teacher["sha256"]:
             raise MutualatError(f"{run_dir} was started against another teacher model than "
                                 f"{teacher['file']}; move it away to train it again")
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +81,11 @@ def run_eval(spec: dict[str, Any]) -> None:
                  job["out"], batch_size=spec["batch_size"], device=device, seed=spec["seed"],
                  ensemble=False, checks=spec["checks"], progress=False, data_info=data_info,
                  model_info=model_info)
+        # Which model files these numbers are of, by content (the study reuses the folder
+        # only while they are unchanged). Written last: the evaluator refuses a new folder
+        # that already holds files.
+        digests = {name: file_digest(path) for name, path in files.items()}
+        atomic_write_bytes(Path(job["out"]) / EVALUATED, json.dumps(digests, indent=2).encode())
 
 
 def run_transfer(spec: dict[str, Any]) -> None:

@@ -94,7 +94,8 @@ def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], 
     return _save(fig, out)
 
 
-def plot_kd_scenarios(points: Mapping[str, Mapping[str, tuple[float, float]]], out: Path) -> Path:
+def plot_kd_scenarios(points: Mapping[str, Mapping[str, tuple[float, float]]], out: Path,
+                      robust_label: str = "robust (PGD)") -> Path:
     """``points[scenario][role] = (clean, robust)``: grouped bars, clean and robust per model."""
     plt = _pyplot()
     labels, clean, robust = [], [], []
@@ -107,7 +108,7 @@ def plot_kd_scenarios(points: Mapping[str, Mapping[str, tuple[float, float]]], o
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) + 1), 3.8))
     ax.bar([x - width / 2 for x in xs], clean, width, label="clean")
-    ax.bar([x + width / 2 for x in xs], robust, width, label="robust (PGD)")
+    ax.bar([x + width / 2 for x in xs], robust, width, label=robust_label)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("test accuracy (%)")
