@@ -234,10 +234,10 @@ def test_an_evaluation_of_another_suite_or_subset_is_never_reused(paper_study, t
     _, out, _ = paper_study
     edited = _write(tmp_path / "plan")
     (tmp_path / "plan" / "tiny-suite.yaml").write_text(TINY_SUITE.replace("steps: 5", "steps: 6"))
-    with pytest.raises(ConfigError, match="other attacks than the plan's"):
+    with pytest.raises(ConfigError, match="other attacks than the plan asks for"):
         sections.tasks(Study(load_plan(edited), out))
     smaller = _write(tmp_path / "plan2", PLAN.replace("variants: [at, mat], n: 16", "variants: [at, mat], n: 12"))
-    with pytest.raises(ConfigError, match="other images than the plan's"):
+    with pytest.raises(ConfigError, match="other images than the plan asks for"):
         sections.tasks(Study(load_plan(smaller), out))
 
 

@@ -180,8 +180,9 @@ class Study:
         if differs:
             raise ConfigError(
                 f"{eval_dir} holds an evaluation with other {' and '.join(differs)} than the "
-                f"plan's (suite {Path(str(suite)).stem}): the plan changed after it ran. Restore "
-                "the plan, or move the folder away to evaluate again (nothing was overwritten)")
+                f"plan asks for now (suite {Path(str(suite)).stem}): something changed after it "
+                "ran. Restore what changed, or move the folder away to evaluate again (nothing "
+                "was overwritten)")
         return True
 
     @staticmethod
