@@ -35,9 +35,8 @@ attacks:
   - {id: fgsm, name: fgsm}
 """
 
-TINY_PLAN = """\
-name: tiny
-description: A tiny plan for tests.
+#: What every run of a tiny test plan shares (a plan's `set`): seconds per run on the embedded data.
+TINY_SET = """\
 set:
   data.name: fashion-mnist-embedded
   data.train_subset: 128
@@ -52,6 +51,12 @@ set:
   progress: false
   deterministic: true
   device: cpu
+"""
+
+TINY_PLAN = """\
+name: tiny
+description: A tiny plan for tests.
+""" + TINY_SET + """\
 variants:
   at: {method.name: at, method.params.loss: lc}
   mat: {method.name: mat, models: [tinycnn, tinycnn], method.params.alpha_warmup: 0.5}
@@ -104,14 +109,16 @@ def test_paired_interval_on_hand_made_numbers():
     (("control: {variant: at, members: 2}", "control: {variant: mat, members: 2}"), "control"),
 ])
 def test_a_bad_plan_is_refused_before_anything_runs(tmp_path, capsys, edit, message):
+    assert_edit_refused(_write_plan, TINY_PLAN, edit, tmp_path, capsys, message)
+
+
+def assert_edit_refused(write, text: str, edit: tuple[str, str], tmp_path: Path, capsys,
+                        message: str) -> None:
+    """The plan ``text`` with ``edit`` (old, new) applied, written by ``write(folder, text)``:
+    `mutualat compare` refuses it with an error matching ``message`` and writes nothing."""
     old, new = edit
-    assert old in TINY_PLAN
-    assert_refused(_write_plan(tmp_path / "plan", TINY_PLAN.replace(old, new, 1)), tmp_path / "out",
-                   capsys, message)
-
-
-def assert_refused(plan: Path, out: Path, capsys, message: str) -> None:
-    """`mutualat compare` refuses ``plan`` with an error matching ``message``, writing nothing."""
+    assert old in text
+    plan, out = write(tmp_path / "plan", text.replace(old, new, 1)), tmp_path / "out"
     assert main(["compare", str(plan), "--out", str(out)]) == 2
     stderr = capsys.readouterr().err
     assert re.search(message, stderr), stderr
