@@ -80,7 +80,8 @@ def _names(value: Any, variants: dict[str, Any], where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _keys(raw: dict[str, Any], known: set[str], where: str) -> None:
+def check_keys(raw: dict[str, Any], known: set[str], where: str) -> None:
+    """A ConfigError naming ``raw``'s keys that are not ``known``, and the known ones."""
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
@@ -104,7 +105,7 @@ def parse_tables(raw: Any, variants: dict[str, Any], checkpoints: list[str], def
         here = f"{where}: tables[{i}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{here} must be a mapping, got {table!r}")
-        _keys(table, {"name", "title", "suite", "variants", "n", "checkpoint"}, here)
+        check_keys(table, {"name", "title", "suite", "variants", "n", "checkpoint"}, here)
         name = table.get("name")
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{here}: name must be letters, digits, - and _, got {name!r}")
@@ -132,7 +133,7 @@ def parse_transfer(raw: Any, variants: dict[str, Any], default_n: int,
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: transfer must be a mapping, got {raw!r}")
     here = f"{where}: transfer"
-    _keys(raw, {"sources", "targets", "n", "steps", "step_size"}, here)
+    check_keys(raw, {"sources", "targets", "n", "steps", "step_size"}, here)
     step_size = raw.get("step_size")
     if step_size is not None and (not isinstance(step_size, (int, float)) or step_size <= 0):
         raise ConfigError(f"{here}.step_size must be > 0, got {step_size!r}")
@@ -150,7 +151,7 @@ def parse_figures(raw: Any, variants: dict[str, Any], attacks: list[str], checkp
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: figures must be a mapping, got {raw!r}")
     here = f"{where}: figures"
-    _keys(raw, {"scenarios", "scenarios_attack", "alpha"}, here)
+    check_keys(raw, {"scenarios", "scenarios_attack", "alpha"}, here)
     scenarios = raw.get("scenarios") or {}
     if not isinstance(scenarios, dict):
         raise ConfigError(f"{here}.scenarios must map a label to a variant, got {scenarios!r}")

@@ -41,7 +41,7 @@ import yaml
 
 from mutualat.config import (RunConfig, config_from_data, load_config, read_yaml, set_value,
                              to_dict)
-from mutualat.compare.extras import (FigureSpec, TableSpec, TransferSpec, check_teachers,
+from mutualat.compare.extras import (FigureSpec, TableSpec, TransferSpec, check_keys, check_teachers,
                                      parse_figures, parse_select_on, parse_tables, parse_teacher,
                                      parse_transfer)
 from mutualat.errors import ConfigError
@@ -163,11 +163,8 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
         raise ConfigError(f"plan file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"plan file {path} must hold a mapping")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(f"plan {path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(_TOP_KEYS))}")
     where = f"plan {path}"
+    check_keys(raw, _TOP_KEYS, where)
     base: dict[str, Any] = {}
     if raw.get("base") is not None:
         base_path = (path.parent / raw["base"]) if not Path(raw["base"]).is_absolute() else Path(raw["base"])
@@ -220,9 +217,7 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
     if (path.parent / suite).is_file():
         suite = str(path.parent / suite)
     ev = _mapping(raw.get("eval"), f"{where}: eval")
-    unknown = set(ev) - {"n", "batch_size", "seed", "checks", "members", "ensembles"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown eval key(s) {', '.join(sorted(unknown))}")
+    check_keys(ev, {"n", "batch_size", "seed", "checks", "members", "ensembles"}, f"{where}: eval")
     if "ensembles" in ev:
         if not isinstance(ev["ensembles"], list) or any(c not in checkpoints for c in ev["ensembles"]):
             raise ConfigError(f"{where}: eval.ensembles lists checkpoints of {checkpoints}, "

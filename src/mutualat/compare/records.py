@@ -5,6 +5,7 @@ file's digest, an evaluation's suite and test subset."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,11 @@ def file_digest(path: str | Path) -> str:
                 digest.update(block)
         _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
+
+
+def read_summary(eval_dir: Path) -> dict[str, Any]:
+    """An evaluation folder's ``summary.json``."""
+    return json.loads((Path(eval_dir) / "summary.json").read_text())
 
 
 def suite_record(suite: str) -> dict[str, Any]:

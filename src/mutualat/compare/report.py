@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from mutualat.compare import sections
-from mutualat.compare.stats import INTERVAL, mean_std, paired_interval
+from mutualat.compare.records import read_summary
+from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
 from mutualat.evaluation.records import hardware_info, versions
 from mutualat.report.documents import write_section
@@ -46,8 +47,8 @@ def collect(study: Study) -> dict[str, Any]:
         for checkpoint in study.checkpoints_of(CONTROL):
             rows.append(_row(f"{plan.control.variant} ×{plan.control.members} ensemble (control)",
                              CONTROL, "control", checkpoint,
-                             {s: _summary(study.eval_dir(CONTROL, chosen, s, checkpoint))["models"]["ensemble"]
-                              for s in plan.seeds}))
+                             {s: read_summary(study.eval_dir(CONTROL, chosen, s, checkpoint))
+                              ["models"]["ensemble"] for s in plan.seeds}))
     for row in rows:
         base = next(r for r in rows if r["variant"] == plan.baseline
                     and r["checkpoint"] == row["checkpoint"] and r["kind"] in ("single", "members"))
@@ -58,7 +59,7 @@ def collect(study: Study) -> dict[str, Any]:
         if row["kind"] == "ensemble" and control is not None:
             row["paired_control"] = _paired(row, control)
     baseline_choice = selections[plan.baseline].chosen
-    first = _summary(study.eval_dir(plan.baseline, baseline_choice, plan.grid_seed, plan.checkpoints[0]))
+    first = read_summary(study.eval_dir(plan.baseline, baseline_choice, plan.grid_seed, plan.checkpoints[0]))
     return {
         "plan": {"name": plan.name, "description": plan.description, "seeds": plan.seeds,
                  "select": plan.select, "checkpoints": plan.checkpoints, "baseline": plan.baseline,
@@ -94,7 +95,7 @@ def _paired(row: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 def _variant_rows(study: Study, variant: str, checkpoint: str) -> list[dict[str, Any]]:
     seeds = study.plan.seeds
     chosen = study.selection(variant).chosen
-    summaries = {s: _summary(study.eval_dir(variant, chosen, s, checkpoint)) for s in seeds}
+    summaries = {s: read_summary(study.eval_dir(variant, chosen, s, checkpoint)) for s in seeds}
     models = summaries[seeds[0]]["models"]
     members = [m for m in models if m != "ensemble"]
     cohort = len(study.plan.config(variant, study.plan.settings(variant)[0], seeds[0]).models) > 1
@@ -108,10 +109,6 @@ def _variant_rows(study: Study, variant: str, checkpoint: str) -> list[dict[str,
         rows.append(_row(f"{variant} (ensemble)", variant, "ensemble", checkpoint,
                          {s: summaries[s]["models"]["ensemble"] for s in seeds}))
     return rows
-
-
-def _summary(eval_dir: Path) -> dict[str, Any]:
-    return json.loads((eval_dir / "summary.json").read_text())
 
 
 def _numbers(model: dict[str, Any]) -> dict[str, Any]:
@@ -166,10 +163,6 @@ def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _pm(pair: list[float] | tuple[float, float]) -> str:
-    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
-
-
 def _diff(paired: dict[str, Any], baseline: bool) -> str:
     if baseline:
         return "—"
@@ -202,7 +195,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
             if row["checkpoint"] != checkpoint:
                 continue
             ms = row["mean_std"]
-            cells = [row["row"], _pm(ms["clean"]), *(_pm(ms[a]) for a in attacks), _pm(ms["r_worst"]),
+            cells = [row["row"], *(percent_mean_std(ms[m]) for m in ("clean", *attacks, "r_worst")),
                      *(_diff(row["paired"][m], row["baseline"]) for m in PAIRED_METRICS)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from mutualat.compare.plan import setting_label
-from mutualat.compare.stats import mean_std
-from mutualat.compare.records import file_digest
+from mutualat.compare.records import file_digest, read_summary
+from mutualat.compare.stats import mean_std, percent_mean_std
 from mutualat.compare.study import Study, Task
 from mutualat.report import paper_plots
 
@@ -43,12 +43,12 @@ def tasks(study: Study) -> tuple[list[Task], int]:
     for rank, seed in enumerate(plan.seeds):
         for table in plan.tables:
             for variant in table.variants:
-                if chosen[variant] is None or not study.finished(study.run_dir(variant, chosen[variant].chosen, seed)):
+                setting = chosen[variant].chosen if chosen[variant] is not None else None
+                if setting is None or not study.finished(study.run_dir(variant, setting, seed)):
                     waiting += 1
-                elif not study.evaluated(table_dir(study, table, variant, chosen[variant].chosen, seed),
-                                         table.suite, table.n,
-                                         table_files(study, table, variant, chosen[variant].chosen, seed)):
-                    ready.append(_table_task(study, table, variant, chosen[variant].chosen, seed, rank))
+                elif not study.evaluated(table_dir(study, table, variant, setting, seed), table.suite,
+                                         table.n, table_files(study, table, variant, setting, seed)):
+                    ready.append(_table_task(study, table, variant, setting, seed, rank))
         if plan.transfer is not None:
             waiting += _transfer_task(study, chosen, seed, rank, ready)
     ready.sort(key=lambda t: t.priority)
@@ -136,10 +136,6 @@ def _numbers(model: dict[str, Any]) -> dict[str, float]:
             "r_worst": model["r_worst"]}
 
 
-def _summary(path: Path) -> dict[str, Any]:
-    return json.loads((path / "summary.json").read_text())
-
-
 def collect(study: Study) -> dict[str, Any]:
     """The tables, the transfer matrix and the figures' points, as plain data."""
     plan = study.plan
@@ -148,7 +144,7 @@ def collect(study: Study) -> dict[str, Any]:
     for table in plan.tables:
         rows, columns, suite = [], None, None
         for variant in table.variants:
-            per_seed = {s: _summary(table_dir(study, table, variant, chosen[variant].chosen, s))
+            per_seed = {s: read_summary(table_dir(study, table, variant, chosen[variant].chosen, s))
                         for s in plan.seeds}
             first = per_seed[plan.seeds[0]]
             suite = suite or first["suite"]
@@ -167,7 +163,7 @@ def collect(study: Study) -> dict[str, Any]:
     attack = plan.figures.scenarios_attack
 
     def scenario_points(variant: str, rename=lambda model: model) -> dict[str, Any]:
-        per_seed = [_summary(study.eval_dir(variant, chosen[variant].chosen, s, "last"))["models"]
+        per_seed = [read_summary(study.eval_dir(variant, chosen[variant].chosen, s, "last"))["models"]
                     for s in plan.seeds]
         return {rename(model): {"clean": mean_std([m[model]["clean"] for m in per_seed]),
                                 "robust": mean_std([_numbers(m[model])[attack] for m in per_seed])}
@@ -210,10 +206,6 @@ def _collect_transfer(study: Study, chosen) -> dict[str, Any]:
             "accuracy": matrix, "warnings": sorted({w for r in results for w in r["warnings"]})}
 
 
-def _pm(pair) -> str:
-    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
-
-
 def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
     """The sections' Markdown lines; figures are referenced as ``{figures}{name}-<figure>.png``."""
     lines: list[str] = []
@@ -231,7 +223,8 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
                   "Accuracy in %, mean ± sample std over seeds.", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in table["rows"]:
-            lines.append("| " + " | ".join([row["row"], *(_pm(row["mean_std"][c]) for c in columns)]) + " |")
+            cells = [row["row"], *(percent_mean_std(row["mean_std"][c]) for c in columns)]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     transfer = data["transfer"]
     if transfer is not None:
@@ -245,10 +238,11 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
                   "std over seeds.", "",
                   "| source \\ target | " + " | ".join(transfer["targets"]) + " |",
                   "|" + "---|" * (len(transfer["targets"]) + 1),
-                  "| (clean) | " + " | ".join(_pm(transfer["clean"][t]) for t in transfer["targets"]) + " |"]
+                  "| (clean) | " + " | ".join(percent_mean_std(transfer["clean"][t])
+                                            for t in transfer["targets"]) + " |"]
         for source in transfer["sources"]:
-            cells = [_pm(transfer["accuracy"][source][t]) + (" (white-box)" if source == t else "")
-                     for t in transfer["targets"]]
+            cells = [percent_mean_std(transfer["accuracy"][source][t])
+                     + (" (white-box)" if source == t else "") for t in transfer["targets"]]
             lines.append(f"| {source} | " + " | ".join(cells) + " |")
         if not set(transfer["sources"]) & set(transfer["targets"]):
             verdict = ("none: no source is also a target, so there is no white-box entry to "
@@ -269,8 +263,8 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
                   "| scenario | variant | model | clean | robust |", "|---|---|---|---|---|"]
         for label, point in data["scenarios"].items():
             for model, acc in point["models"].items():
-                lines.append(f"| {label} | {point['variant']} | {model} | {_pm(acc['clean'])} | "
-                             f"{_pm(acc['robust'])} |")
+                lines.append(f"| {label} | {point['variant']} | {model} | {percent_mean_std(acc['clean'])} | "
+                             f"{percent_mean_std(acc['robust'])} |")
         lines += ["", f"![scenarios]({figures}{name}-scenarios.png)", ""]
     for variant, curve in data["alpha"].items():
         fixed = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in curve["fixed"].items())

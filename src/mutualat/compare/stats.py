@@ -57,6 +57,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def percent_mean_std(pair: Sequence[float]) -> str:
+    """``(mean, std)`` of fractions as the report writes them: "61.25 ± 0.80"."""
+    return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
+
+
 def paired_interval(differences: Sequence[float]) -> Paired:
     """The mean of per-seed differences and its 95% t interval (see the module docstring)."""
     d = list(differences)

@@ -59,11 +59,15 @@ def run_train(spec: dict[str, Any]) -> None:
         print(f"diverged: {exc}", file=sys.stderr)
 
 
-def run_eval(spec: dict[str, Any]) -> None:
-    device = resolve_device(spec["device"])
+def _test_images(spec: dict[str, Any]):
+    """The task's device, dataset and its class-balanced, seeded test subset."""
     data = spec["data"]
     dataset = load_dataset(data["name"], data_dir=data["data_dir"], path=data["path"])
-    split = subset(dataset.test, spec["n"], seed=spec["seed"])
+    return resolve_device(spec["device"]), dataset, subset(dataset.test, spec["n"], seed=spec["seed"])
+
+
+def run_eval(spec: dict[str, Any]) -> None:
+    device, dataset, split = _test_images(spec)
     data_info = {"dataset": dataset.name, "split": "test", "n": len(split.labels),
                  "subset": spec["n"], "subset_seed": spec["seed"]}
     suite = load_suite(spec["suite"])
@@ -90,10 +94,7 @@ def run_eval(spec: dict[str, Any]) -> None:
 
 def run_transfer(spec: dict[str, Any]) -> None:
     """PGD crafted on every source model, classified by every target (the paper's Table 4)."""
-    device = resolve_device(spec["device"])
-    data = spec["data"]
-    dataset = load_dataset(data["name"], data_dir=data["data_dir"], path=data["path"])
-    split = subset(dataset.test, spec["n"], seed=spec["seed"])
+    device, _, split = _test_images(spec)
     loaded: dict[str, Any] = {}  # one module per file: a model both source and target is one
     for path in {**spec["sources"], **spec["targets"]}.values():
         loaded.setdefault(path, load_model(path, device=device))
