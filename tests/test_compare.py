@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from mutualat.cli import main
-from mutualat.compare import Study, load_plan, sections
+from mutualat.compare import Study, load_plan, runner, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
+from mutualat.compare.study import Task
 from mutualat.compare.worker import run_train
 from mutualat.errors import ConfigError
 
@@ -160,6 +161,29 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     assert len(permuted_loads) == sum(len(plan.settings(v)) for v in plan.variants)
 
 
+@pytest.mark.parametrize("fork_server", ["1", "0"], ids=["forked", "fresh-interpreter"])
+def test_a_failing_task_gives_its_exit_status_and_its_error_in_its_log(tmp_path, monkeypatch,
+                                                                       fork_server):
+    """Both ways of starting a task (forked from the pre-imported server, or a new
+    interpreter) run the worker with its log and record, and report its exit status."""
+    monkeypatch.setenv("MUTUALAT_FORK_SERVER", fork_server)
+    for folder in ("tasks", "logs"):
+        (tmp_path / folder).mkdir()
+    task = Task("train/bad/seed0", "train", {"run_dir": str(tmp_path / "run"),
+                                             "config": {"optim": {"epochz": 1}}}, (0, 0))
+    lifeline = runner._Lifeline()
+    try:
+        entry = runner._start(task, tmp_path, 1, lifeline)
+        assert isinstance(entry.process, runner._Forked) == (fork_server == "1")
+        assert entry.process.wait() == 2
+    finally:
+        lifeline.close()
+    log = (tmp_path / "logs" / "train__bad__seed0.log").read_text()
+    assert "=== " in log and "error:" in log and "epochz" in log, log
+    record = json.loads((tmp_path / "tasks" / "train__bad__seed0.record.json").read_text())
+    assert record["status"] == "failed" and record["invocations"] == 1
+
+
 def _compare(plan: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out),
@@ -167,20 +191,58 @@ def _compare(plan: Path, out: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env)
 
 
+def _descendants(pid: int) -> list[int] | None:
+    """The process ids below ``pid`` (children, theirs, ...); None without /proc."""
+    if not Path("/proc/self/stat").is_file():
+        return None
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        below = [p for p, pp in parent.items() if pp in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory) -> tuple[Path, Path, dict[str, int]]:
-    """The tiny plan, killed after its first finished task, then run to the end."""
+    """The tiny plan, killed as a task starts after its first finished task, then run to the end."""
     root = tmp_path_factory.mktemp("compare")
     plan = _write_plan(root / "plan")
     out = root / "out"
     tick = time.perf_counter()
     first = _compare(plan, out)
-    for line in first.stdout:
-        if line.startswith("done"):
+    done = False
+    for line in first.stdout:  # kill as a task starts, once another has finished
+        done = done or line.startswith("done")
+        if done and line.startswith("start"):
             break
-    first.send_signal(signal.SIGKILL)  # the scheduler dies; its running tasks are orphaned
+    tasks = _descendants(first.pid)
+    first.send_signal(signal.SIGKILL)  # the scheduler dies; its running tasks must die with it
     first.wait()
-    time.sleep(1.0)
+    finished = sorted(out.glob("runs/*/*/*/results.json")) + sorted(out.glob("evals/**/summary.json"))
+    time.sleep(3.0)  # an orphan would finish its tiny task in this time
+    assert sorted(out.glob("runs/*/*/*/results.json")) + sorted(out.glob("evals/**/summary.json")) \
+        == finished, "a task went on after its scheduler was killed"
+    if tasks is not None:
+        assert tasks, "no task was running at the kill"
+        alive = [pid for pid in tasks if _alive(pid)]
+        assert not alive, f"processes {alive} outlived the killed scheduler"
     finished_before = {str(p): p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/results.json")}
     assert finished_before, "nothing had finished before the kill"
     second = _compare(plan, out)

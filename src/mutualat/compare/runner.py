@@ -2,9 +2,16 @@
 
 Each task runs in its own process (:mod:`mutualat.compare.worker`) with ``threads`` torch
 threads (1 when several run at once: two 2-thread jobs on two cores slowed a MAT run
-tenfold). After every finished task the study is read again from its folder
-(:meth:`Study.tasks`), so a variant's seed runs start as soon as its grid has finished and
-its evaluations as soon as a run has. A task that fails is reported and not retried in the
+tenfold). Where the platform has it (Linux, macOS), that process is forked from a server that
+imported torch and the worker once, at the first task: a fresh interpreter spends 4–6 CPU-
+seconds importing them (torch's optimizer pulls in torch._dynamo), which was most of a tiny
+study's time (its 14 tasks: 111 s of wall time with fresh interpreters, 28 s forked, with two
+jobs). Elsewhere, or with ``MUTUALAT_FORK_SERVER=0``, each task starts
+``python -m mutualat.compare.worker``. Either way a task dies with the scheduler.
+
+After every finished task the study is read again from its folder (:meth:`Study.tasks`),
+so a variant's seed runs start as soon as its grid has finished and its evaluations as soon
+as a run has. A task that fails is reported and not retried in the
 same invocation; the others go on. Interrupted (Ctrl-C, a kill), the same command continues:
 finished runs and evaluations are reused, interrupted ones resumed.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -20,11 +28,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from mutualat.compare import sections
 from mutualat.compare.plan import Plan
 from mutualat.compare.report import write_report
 from mutualat.compare.study import Study, Task
+from mutualat.compare.worker import die_with_parent, forked_main
 from mutualat.errors import MutualatError
 from mutualat.train.checkpoint import atomic_write_bytes
 
@@ -37,12 +47,45 @@ class StudyError(MutualatError):
     """Some tasks of a comparison failed (their logs say why)."""
 
 
+# What the fork server imports once, before the first task is forked from it.
+PRELOAD = ["torch", "torch._dynamo", "mutualat.compare.worker"]
+
+
+class _Process(Protocol):
+    """What the scheduler needs of a task's process (subprocess.Popen has it)."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def send_signal(self, sig: int) -> None: ...
+    def wait(self) -> int: ...
+
+
+class _Forked:
+    """A task forked from the server, seen as a :class:`subprocess.Popen`."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self.process = process
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        self.returncode = self.process.exitcode  # -N when signal N ended it, as Popen
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.process.exitcode is None:
+            os.kill(self.process.pid, sig)
+
+    def wait(self) -> int:
+        self.process.join()
+        return self.poll()
+
+
 @dataclass
 class _Running:
     task: Task
-    process: subprocess.Popen
+    process: _Process
     started: float
-    log: object
 
 
 def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
@@ -59,19 +102,19 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
         (out / folder).mkdir(parents=True, exist_ok=True)
     running: dict[str, _Running] = {}
     failed: dict[str, int] = {}
+    lifeline = _Lifeline()
     try:
         while True:
             ready, _ = sections.tasks(study)
             ready = [t for t in ready if t.key not in running and t.key not in failed]
             while ready and len(running) < jobs:
                 task = ready.pop(0)
-                running[task.key] = _start(task, out, threads)
+                running[task.key] = _start(task, out, threads, lifeline)
             if not running:
                 break
             finished = _wait_any(running)
             for key in finished:
                 entry = running.pop(key)
-                entry.log.close()
                 code = entry.process.returncode
                 took = time.perf_counter() - entry.started
                 if code == 0:
@@ -91,8 +134,9 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
             entry.process.send_signal(signal.SIGINT)
         for entry in running.values():
             entry.process.wait()
-            entry.log.close()
         raise
+    finally:
+        lifeline.close()  # every task has ended; one still running (a bug) dies with it
     _, waiting = sections.tasks(study)
     if failed:
         raise StudyError(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}; "
@@ -101,33 +145,62 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
     return write_report(study) if report else None
 
 
-def _start(task: Task, out: Path, threads: int | None) -> _Running:
+def _start(task: Task, out: Path, threads: int | None, lifeline: "_Lifeline") -> _Running:
     task_file = out / "tasks" / f"{task.slug}.json"
     atomic_write_bytes(task_file, json.dumps({"key": task.key, "kind": task.kind,
                                               "spec": task.spec}, indent=2).encode())
-    env = dict(os.environ)
-    if threads is not None:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   MUTUALAT_THREADS=str(threads))
-    log = open(out / "logs" / f"{task.slug}.log", "a")
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {task.key}\n")
-    log.flush()
-    process = subprocess.Popen([sys.executable, "-m", "mutualat.compare.worker", str(task_file)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env,
-                               preexec_fn=_die_with_parent)
+    log_file = out / "logs" / f"{task.slug}.log"
+    with open(log_file, "a") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {task.key}\n")
+    context = _fork_server()
+    if context is not None:
+        forked = context.Process(target=forked_main, name=task.slug,
+                                 args=(str(task_file), str(log_file), threads, lifeline.reader(context)))
+        forked.start()
+        process: _Process = _Forked(forked)
+    else:
+        env = dict(os.environ)
+        if threads is not None:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                       MUTUALAT_THREADS=str(threads))
+        with open(log_file, "a") as log:
+            process = subprocess.Popen([sys.executable, "-m", "mutualat.compare.worker", str(task_file)],
+                                       stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       preexec_fn=die_with_parent if os.name == "posix" else None)
     logger.info(f"start  {task.key}")
-    return _Running(task, process, time.perf_counter(), log)
+    return _Running(task, process, time.perf_counter())
 
 
-def _die_with_parent() -> None:
-    """In the task's process, before it runs: ask Linux to kill it when the scheduler dies
-    (kill -9 included), so that no orphan keeps training into a folder the next invocation
-    resumes. Elsewhere a no-op (the run folder's lock still refuses a second trainer)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+class _Lifeline:
+    """A pipe whose writing end only the scheduler holds: a forked task reads end-of-file on
+    it, and dies, as soon as the scheduler is gone (:func:`mutualat.compare.worker.forked_main`)."""
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    def __init__(self) -> None:
+        self._pipe: tuple[Any, Any] | None = None
+
+    def reader(self, context: multiprocessing.context.BaseContext) -> Any:
+        if self._pipe is None:
+            self._pipe = context.Pipe(duplex=False)
+        return self._pipe[0]
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            for end in self._pipe:
+                end.close()
+            self._pipe = None
+
+
+def _fork_server() -> multiprocessing.context.BaseContext | None:
+    """The fork-server context with :data:`PRELOAD` (None where there is none, or where
+    ``MUTUALAT_FORK_SERVER=0`` asks for a fresh interpreter per task). The server starts with
+    the first task and ends with this process."""
+    if os.environ.get("MUTUALAT_FORK_SERVER", "1") == "0":
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 def _wait_any(running: dict[str, _Running]) -> list[str]:

@@ -1,4 +1,5 @@
-"""One task of a comparison, in its own process: ``python -m mutualat.compare.worker TASK.json``.
+"""One task of a comparison, in its own process: ``python -m mutualat.compare.worker TASK.json``,
+or :func:`forked_main` in a process forked from the scheduler's server that has torch imported.
 
 A ``train`` task trains (or resumes, or reuses) one run; an ``eval`` task runs a suite on a
 run's models (members and their ensemble) or on the control's ensemble; a ``transfer`` task
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -109,6 +111,52 @@ def run_transfer(spec: dict[str, Any]) -> None:
 
 def record_path(task_file: Path) -> Path:
     return task_file.with_suffix(".record.json")
+
+
+def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: Any) -> None:
+    """A task in a process forked from the scheduler's pre-imported server
+    (:mod:`mutualat.compare.runner`): what ``python -m mutualat.compare.worker TASK.json``
+    does in a fresh interpreter, without importing torch again (seconds per task, most of a
+    tiny study's time). Output goes to ``log_file``; the exit status is :func:`main`'s.
+
+    ``lifeline`` is the reading end of a pipe whose only writer is the scheduler: it reads
+    end-of-file when the scheduler is gone (kill -9 included), and the task then dies at once,
+    so that no orphan keeps training into a folder the next invocation resumes. (The parent
+    of a forked task is the server, which outlives the scheduler while any task runs, so the
+    parent-death signal of :func:`die_with_parent` would not reach it.)"""
+    threading.Thread(target=_die_with, args=(lifeline,), daemon=True).start()
+    log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    if threads is not None:
+        # The server imported torch before these were set; torch.set_num_threads (in main)
+        # sets OpenMP's and MKL's counts, the variables serve any process this one starts.
+        os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                          MUTUALAT_THREADS=str(threads))
+    sys.exit(main([task_file]))
+
+
+def _die_with(lifeline: Any) -> None:
+    try:
+        lifeline.recv_bytes()  # the scheduler never writes: this returns only at its end
+    except (EOFError, OSError):
+        pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with_parent() -> None:
+    """In a task started as ``python -m mutualat.compare.worker``, before it runs: ask Linux
+    to kill it when its parent, the scheduler, dies (kill -9 included), so that no orphan
+    keeps training into a folder the next invocation resumes. Elsewhere a no-op (the run
+    folder's lock still refuses a second trainer)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
