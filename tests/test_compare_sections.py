@@ -239,8 +239,9 @@ def test_select_on_scores_only_the_named_members(paper_study):
 
 
 def test_a_table_shows_only_the_selecting_members(paper_study, tmp_path):
-    """select_on also names the members a table evaluates (ACT's robust model, not its
-    natural one); it leaves the run configs as they were, so every run is reused."""
+    """select_on also names the members a table and the main evaluation evaluate (ACT's
+    robust model, not its natural one); it leaves the run configs as they were, so every run
+    is reused."""
     _, out, _ = paper_study
     text = PLAN.replace("  mat: {method.name: mat, models: [tinycnn, tinycnn]}",
                         "  mat: {method.name: mat, models: [tinycnn, tinycnn], select_on: [h2]}")
@@ -250,6 +251,11 @@ def test_a_table_shows_only_the_selecting_members(paper_study, tmp_path):
     task = sections._table_task(study, study.plan.tables[0], "mat", chosen.chosen, 0, 0)
     (job,) = task.spec["evaluations"]
     assert job["evaluated"] == ["h2"] and list(job["models"]) == ["h2"]
+    # So does the main evaluation, which then has no ensemble (its product is h2).
+    run = study.run_dir("mat", chosen.chosen, 0)
+    task = study._eval_task("eval/mat/seed0", "mat", chosen.chosen, 0, [run], ["last"], True, 0)
+    (job,) = task.spec["evaluations"]
+    assert job["evaluated"] == ["h2"] and not job["ensemble"] and set(job["models"]) == {"h1", "h2"}
 
 
 def test_a_moved_study_is_reused_and_a_changed_teacher_or_attack_is_not(paper_study, tmp_path):

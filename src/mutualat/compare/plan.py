@@ -288,9 +288,32 @@ def check_plan(plan: Plan) -> None:
             raise ConfigError(f"plan {plan.name}: figures.alpha names {variant}, whose grid does "
                               "not sweep method.params.alpha")
     _check_seed_spacing(plan)
-    load_suite(plan.suite)
+    _check_threats(plan)
     for table in plan.tables:
         load_suite(table.suite)
+
+
+def _check_threats(plan: Plan) -> None:
+    """Every threat a variant trains against is one the main suite evaluates (same norm and
+    radius). A variant that names another method than the base's starts from that method's
+    default parameters, and the multiple-perturbation methods default to the paper's CIFAR-10
+    threats: without this check a Fashion-MNIST plan could train at-avg against 8/255 and
+    evaluate at 0.1, and no number would say so."""
+    suite = load_suite(plan.suite)
+    balls = [(t.norm, t.eps) for t in suite.threats.values() if t.norm is not None]
+    for variant in plan.variants:
+        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+        for threat in build_method(copy.deepcopy(cfg)).threats():
+            if threat.steps == 0:
+                continue  # natural training: no ball
+            if not any(norm == threat.norm and abs(eps - threat.eps) <= 1e-9 * max(1.0, eps)
+                       for norm, eps in balls):
+                raise ConfigError(
+                    f"plan {plan.name}: variant {variant} trains against {threat.norm} eps "
+                    f"{threat.eps:g}, which suite {suite.name!r} does not evaluate (its threats: "
+                    + ", ".join(f"{n} {e:g}" for n, e in balls) + "); set the variant's attack "
+                    "or method.params.threats (a variant naming another method than the base's "
+                    "starts from that method's defaults)")
 
 
 def _check_seed_spacing(plan: Plan) -> None:

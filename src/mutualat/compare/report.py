@@ -3,13 +3,17 @@ the JSON alone, so the table always equals it) and ``curves.png`` (per-epoch val
 training accuracy of every variant's chosen run, first seed).
 
 Rows: a single-model variant gives one row; a cohort variant (MAT) gives its members (per
-seed the mean over the members) and its ensemble (mean of the members' softmax); the control
-is the ensemble of independently trained single-model runs of the control variant, as many
-as a cohort has members (the same compute as one cohort). Each row reports, per checkpoint
-(last epoch, best by validation), the mean ± std over seeds of clean accuracy, every attack
-of the suite and R_worst (per example the worst case over the whole suite), and the paired
-difference to the baseline with its 95% t interval (:mod:`mutualat.compare.stats`); each
-cohort's ensemble is also paired with the control, seed by seed (the same compute).
+seed the mean over the members) and its ensemble (mean of the members' softmax), or, with
+``select_on`` (MAT-MP's generalist, ACT's robust model), those members alone and no
+ensemble; the control is the ensemble of independently trained single-model runs of the
+control variant, as many as a cohort has members (the same compute as one cohort). Each row
+reports, per checkpoint (last epoch, best by validation), the mean ± std over seeds of clean
+accuracy, every attack of the suite, every threat type (per example the worst case over its
+attacks), R_avg (their mean) and R_worst (per example the worst case over the whole suite),
+and the paired difference to the baseline with its 95% t interval
+(:mod:`mutualat.compare.stats`). Each cohort's ensemble, or its ``select_on`` members, is
+also paired with the control, seed by seed (the same compute). The Markdown shows a column
+per attack for a one-threat suite, a column per threat type and R_avg for several.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from mutualat.report.documents import write_section
 from mutualat.train.checkpoint import atomic_write_bytes
 from mutualat.train.logger import read_metrics
 
-PAIRED_METRICS = ("clean", "r_worst")
+SUMMARY_METRICS = ("clean", "r_avg", "r_worst")
+PAIRED_METRICS = ("clean", "r_avg", "r_worst")
 
 
 def collect(study: Study) -> dict[str, Any]:
@@ -56,7 +61,10 @@ def collect(study: Study) -> dict[str, Any]:
         row["paired"] = _paired(row, base)
         control = next((r for r in rows if r["kind"] == "control"
                         and r["checkpoint"] == row["checkpoint"]), None)
-        if row["kind"] == "ensemble" and control is not None:
+        # What a cohort yields, against what the same compute yields without learning
+        # together: its ensemble, or the members a variant is judged by (MAT-MP's generalist).
+        if control is not None and (row["kind"] == "ensemble" or (
+                row["kind"] == "members" and row["variant"] in plan.select_on)):
             row["paired_control"] = _paired(row, control)
     baseline_choice = selections[plan.baseline].chosen
     first = read_summary(study.eval_dir(plan.baseline, baseline_choice, plan.grid_seed, plan.checkpoints[0]))
@@ -112,16 +120,16 @@ def _variant_rows(study: Study, variant: str, checkpoint: str) -> list[dict[str,
 
 
 def _numbers(model: dict[str, Any]) -> dict[str, Any]:
-    return {"clean": model["clean"], "r_worst": model["r_worst"],
+    return {"clean": model["clean"], "r_avg": model["r_avg"], "r_worst": model["r_worst"],
+            "threats": dict(model["threats"]),
             "attacks": {k: a["accuracy"] for k, a in model["attacks"].items()}}
 
 
 def _mean_of(models: list[dict[str, Any]]) -> dict[str, Any]:
     numbers = [_numbers(m) for m in models]
-    return {"clean": statistics.mean(n["clean"] for n in numbers),
-            "r_worst": statistics.mean(n["r_worst"] for n in numbers),
-            "attacks": {k: statistics.mean(n["attacks"][k] for n in numbers)
-                        for k in numbers[0]["attacks"]},
+    return {**{metric: statistics.mean(n[metric] for n in numbers) for metric in SUMMARY_METRICS},
+            **{group: {k: statistics.mean(n[group][k] for n in numbers) for k in numbers[0][group]}
+               for group in ("threats", "attacks")},
             "members": numbers}
 
 
@@ -130,8 +138,10 @@ def _row(name: str, variant: str, kind: str, checkpoint: str,
     seeds = {s: (v if "members" in v else _numbers(v)) for s, v in per_seed.items()}
     values = list(seeds.values())
     summary = {}
-    for metric in ("clean", "r_worst"):
+    for metric in SUMMARY_METRICS:
         summary[metric] = mean_std([v[metric] for v in values])
+    for threat in values[0]["threats"]:  # a threat type's name never equals an attack id
+        summary[f"threat:{threat}"] = mean_std([v["threats"][threat] for v in values])
     for attack in values[0]["attacks"]:
         summary[attack] = mean_std([v["attacks"][attack] for v in values])
     return {"row": name, "variant": variant, "kind": kind, "checkpoint": checkpoint,
@@ -176,36 +186,48 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     """The report from its JSON; ``figures`` prefixes the file names of the plan's figures."""
     plan = data["plan"]
     attacks = data["attacks"]
+    threats = list(plan["suite"]["threats"])
+    # Several threat types (MAT-MP's Table 5): a column per type, R_avg and R_worst, as the
+    # paper's table; one type: a column per attack. comparison.json holds both.
+    multi = len(threats) > 1
+    columns = ([f"threat:{t}" for t in threats] + ["r_avg"]) if multi else attacks
+    titles = ([f"{t} attacks" for t in threats] + ["R_avg"]) if multi else attacks
+    paired = PAIRED_METRICS if multi else tuple(m for m in PAIRED_METRICS if m != "r_avg")
+    names = {"clean": "clean", "r_avg": "R_avg", "r_worst": "R_worst"}
     lines = [f"## Comparison `{plan['name']}`", ""]
     if plan["description"]:
         lines += [plan["description"].strip(), ""]
     lines += [f"Seeds {', '.join(map(str, plan['seeds']))}; {data['test_images']} test images "
               f"(class-balanced, the same for every model); suite `{plan['suite']['name']}` "
               f"({', '.join(attacks)}), R_worst = per example the worst case over the suite"
-              + ("; the suite is cumulative, so each attack's column is the accuracy against it "
+              + ("; a threat type's column is per example the worst case over that type's "
+                 "attacks, R_avg the mean of those columns" if multi else
+                 "; the suite is cumulative, so each attack's column is the accuracy against it "
                  "and every attack before it" if plan["suite"].get("per_attack") == "cumulative" else "")
               + f". Accuracy in %, mean ± sample std over seeds. Δ = paired difference to "
               f"`{plan['baseline']}` with its {data['interval']}; * = the interval excludes 0.", ""]
     for checkpoint in plan["checkpoints"]:
         title = "last epoch" if checkpoint == "last" else "best epoch by validation robust accuracy"
         lines += [f"### Models of the {title}", ""]
-        header = ["model", "clean", *attacks, "R_worst", "Δ clean", "Δ R_worst"]
+        header = ["model", "clean", *titles, "R_worst", *(f"Δ {names[m]}" for m in paired)]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in data["rows"]:
             if row["checkpoint"] != checkpoint:
                 continue
             ms = row["mean_std"]
-            cells = [row["row"], *(percent_mean_std(ms[m]) for m in ("clean", *attacks, "r_worst")),
-                     *(_diff(row["paired"][m], row["baseline"]) for m in PAIRED_METRICS)]
+            cells = [row["row"], *(percent_mean_std(ms[m]) for m in ("clean", *columns, "r_worst")),
+                     *(_diff(row["paired"][m], row["baseline"]) for m in paired)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         against = [r for r in data["rows"] if r["checkpoint"] == checkpoint and "paired_control" in r]
         if against:
-            lines += ["Each cohort's ensemble against the compute-matched control (paired by seed):", "",
-                      "| ensemble | Δ clean vs control | Δ R_worst vs control |", "|---|---|---|"]
+            header = ["model", *(f"Δ {names[m]} vs control" for m in paired)]
+            lines += ["Against the compute-matched control (paired by seed): each cohort's ensemble, "
+                      "and the members a variant is judged by (its select_on):", "",
+                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for row in against:
                 lines.append(f"| {row['row']} | " + " | ".join(
-                    _diff(row["paired_control"][m], False) for m in PAIRED_METRICS) + " |")
+                    _diff(row["paired_control"][m], False) for m in paired) + " |")
             lines.append("")
     lines += sections.markdown(data["extras"], plan["name"], figures)
     lines += ["### Hyperparameters chosen on the validation split", ""]
@@ -239,15 +261,17 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def epoch_curves(run_dir: Path) -> dict[str, list[float]]:
-    """Per epoch, mean over the trained members: validation clean and PGD accuracy, the
-    training adversarial accuracy (mean over the epoch's steps) and the learning rate."""
+def epoch_curves(run_dir: Path, roles: list[str] | None = None) -> dict[str, list[float]]:
+    """Per epoch, mean over the trained members (or the members ``roles``): validation clean
+    and PGD accuracy, the training adversarial accuracy (mean over the epoch's steps) and the
+    learning rate."""
     records = read_metrics(run_dir)
     epochs = [r for r in records if r["event"] == "epoch"]
     steps = [r for r in records if r["event"] == "step"]
 
     def members(record: dict[str, Any], prefix: str) -> float | None:
-        values = [v for k, v in record.items() if k.startswith(prefix) and k.count("/") == 1]
+        values = [v for k, v in record.items() if k.startswith(prefix) and k.count("/") == 1
+                  and (roles is None or k.split("/", 1)[1] in roles)]
         return sum(values) / len(values) if values else None
 
     train_adv, lr = [], []
@@ -277,7 +301,8 @@ def plot_curves(study: Study, path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, variant in zip(axes.flat, variants):
         chosen = study.selection(variant)
-        curves = epoch_curves(study.run_dir(variant, chosen.chosen, plan.grid_seed))
+        curves = epoch_curves(study.run_dir(variant, chosen.chosen, plan.grid_seed),
+                              plan.select_on.get(variant))
         x = list(range(1, len(curves["val_pgd"]) + 1))
         ax.plot(x, [100 * v for v in curves["val_clean"]], label="val clean")
         ax.plot(x, [100 * v for v in curves["val_pgd"]], label="val PGD")

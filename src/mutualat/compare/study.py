@@ -343,13 +343,19 @@ class Study:
     def _eval_task(self, key: str, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
                    checkpoints: list[str], cohort: bool, rank: int) -> Task:
         """Evaluate the models of ``runs`` at each of ``checkpoints``: a cohort's members and
-        their ensemble (``cohort``), or only the ensemble of single-model runs (the control)."""
+        their ensemble (``cohort``), or only the ensemble of single-model runs (the control).
+
+        A variant with ``select_on`` is judged by those members alone (MAT-MP's generalist,
+        ACT's robust model): only they are evaluated, and the cohort has no ensemble row."""
         jobs = []
+        roles = self.plan.select_on.get(name)
         for checkpoint in checkpoints:
             files = self.eval_files(runs, checkpoint, cohort)
-            ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1
+            ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1 and roles is None
             evaluated = list(files) if cohort else []  # the control: only its ensemble
-            if cohort and self.plan.eval.members == "first":
+            if roles is not None:
+                evaluated = [r for r in evaluated if r in roles]
+            elif cohort and self.plan.eval.members == "first":
                 evaluated = evaluated[:1]
             if not evaluated and not ensemble:
                 continue  # nothing to evaluate at this checkpoint

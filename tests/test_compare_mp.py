@@ -1,0 +1,125 @@
+"""A comparison of multiple-perturbation methods (MAT-MP against AT-MAX, the paper's Table 5)
+on a tiny plan: the generalist alone is selected, evaluated and reported, and the report has
+a column per threat type with R_avg and R_worst."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from mutualat.compare import Study, load_plan
+from mutualat.compare.report import epoch_curves
+from mutualat.train.logger import read_metrics
+
+from test_compare import TINY_SET, _compare, assert_edit_refused
+
+MP_SUITE = """\
+name: tiny-mp
+per_attack: cumulative
+threats:
+  linf: {eps: 0.1}
+  l2: {eps: 1.0}
+attacks:
+  - {id: fgsm, name: fgsm, threat: linf}
+  - {id: pgd-l2, name: pgd, threat: l2, params: {steps: 2}}
+"""
+
+THREATS = "[{norm: linf, eps: 0.1, steps: 1}, {norm: l2, eps: 1.0, steps: 1}]"
+
+MP_PLAN = """\
+name: tinymp
+description: MAT-MP against AT-MAX on a tiny plan.
+""" + TINY_SET + f"""\
+variants:
+  at-max: {{method.name: at-max, method.params.threats: {THREATS}}}
+  mat-mp: {{method.name: mat-mp, models: [tinycnn, tinycnn, tinycnn], method.params.generalist: max,
+           method.params.threats: {THREATS}, select_on: [generalist]}}
+grid:
+  lr: [0.05]
+seeds: [0, 3]
+checkpoints: [last]
+baseline: at-max
+control: {{variant: at-max, members: 2}}
+suite: mp-suite.yaml
+eval: {{n: 24, batch_size: 24, checks: false, members: all, ensembles: [last]}}
+"""
+
+
+def _write(folder: Path, text: str = MP_PLAN) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mp-suite.yaml").write_text(MP_SUITE)
+    (folder / "plan.yaml").write_text(text)
+    return folder / "plan.yaml"
+
+
+@pytest.mark.parametrize("edit, message", [
+    # Another method than the base's starts from its defaults: the paper's CIFAR-10 threats.
+    ((f"at-max, method.params.threats: {THREATS}}}", "at-max}"),
+     "variant at-max trains against linf eps 0.03, which suite 'tiny-mp' does not evaluate"),
+    (("{norm: l2, eps: 1.0, steps: 1}]", "{norm: l2, eps: 0.5, steps: 1}]"),
+     "trains against l2 eps 0.5, which suite 'tiny-mp' does not evaluate .*linf 0.1, l2 1"),
+])
+def test_a_variant_trained_against_a_threat_the_suite_lacks_is_refused(tmp_path, capsys, edit,
+                                                                      message):
+    assert_edit_refused(_write, MP_PLAN, edit, tmp_path, capsys, message)
+
+
+@pytest.fixture(scope="module")
+def mp_study(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("compare-mp")
+    plan, out = _write(root / "plan"), root / "out"
+    process = _compare(plan, out)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return plan, out
+
+
+def test_only_the_generalist_is_evaluated_and_reported(mp_study):
+    _, out = mp_study
+    data = json.loads((out / "comparison.json").read_text())
+    rows = {r["row"]: r for r in data["rows"]}
+    # No ensemble of a generalist with its specialists; the control is the AT-MAX pair's.
+    assert set(rows) == {"at-max", "mat-mp (member generalist)", "at-max ×2 ensemble (control)"}
+    generalist, control = rows["mat-mp (member generalist)"], rows["at-max ×2 ensemble (control)"]
+    assert generalist["paired_control"]["r_worst"]["differences"] == pytest.approx(
+        [generalist["seeds"][s]["r_worst"] - control["seeds"][s]["r_worst"] for s in generalist["seeds"]])
+    assert "paired_control" not in rows["at-max"]
+    summary = json.loads(next(out.glob("evals/mat-mp/*/seed0/last/summary.json")).read_text())
+    assert list(summary["models"]) == ["generalist"]
+    assert "generalist" in data["selection"]["mat-mp"]["criterion"]
+
+
+def test_the_report_has_a_column_per_threat_type_and_r_avg(mp_study):
+    plan, out = mp_study
+    data = json.loads((out / "comparison.json").read_text())
+    row = next(r for r in data["rows"] if r["variant"] == "mat-mp")
+    per_seed = [json.loads(p.read_text())["models"]["generalist"]
+                for p in sorted(out.glob("evals/mat-mp/*/seed*/last/summary.json"))]
+    assert len(per_seed) == 2
+    for threat in ("linf", "l2"):
+        values = [m["threats"][threat] for m in per_seed]
+        assert row["mean_std"][f"threat:{threat}"][0] == pytest.approx(statistics.mean(values))
+    for model in per_seed:
+        assert model["r_avg"] == pytest.approx((model["threats"]["linf"] + model["threats"]["l2"]) / 2)
+    assert row["mean_std"]["r_avg"][0] == pytest.approx(statistics.mean(m["r_avg"] for m in per_seed))
+    baseline = next(r for r in data["rows"] if r["variant"] == "at-max")
+    assert row["paired"]["r_avg"]["differences"] == pytest.approx(
+        [row["seeds"][s]["r_avg"] - baseline["seeds"][s]["r_avg"] for s in row["seeds"]])
+    text = (out / "comparison.md").read_text()
+    assert ("| model | clean | linf attacks | l2 attacks | R_avg | R_worst | Δ clean | Δ R_avg "
+            "| Δ R_worst |") in text
+    assert "| model | Δ clean vs control | Δ R_avg vs control | Δ R_worst vs control |" in text
+    assert "| mat-mp (member generalist) | " in text.split("vs control")[-1]  # paired with the control
+
+
+def test_the_curves_follow_the_generalist(mp_study):
+    plan, out = mp_study
+    study = Study(load_plan(plan), out)
+    run = study.run_dir("mat-mp", study.selection("mat-mp").chosen, 0)
+    epochs = [r for r in read_metrics(run) if r["event"] == "epoch"]
+    curves = epoch_curves(run, ["generalist"])
+    assert curves["val_pgd"] == [r["val_pgd/generalist"] for r in epochs]
+    assert epoch_curves(run)["val_pgd"] != curves["val_pgd"]  # the specialists differ
