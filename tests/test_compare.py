@@ -103,6 +103,8 @@ def test_paired_interval_on_hand_made_numbers():
     (("seeds: [0, 2]", "seeds: [0, 1]"), "seeds 0 and 1 are closer than the largest cohort"),
     (("ensembles: [last]", "ensembles: []"), "control is an ensemble, so eval.ensembles"),
     (("lr: [0.02, 5e-2]", "lr: []"), "grid.lr must be a non-empty list"),
+    (("lr: [0.02, 5e-2]", "lr: [0.02, 5e-2]\n  attack.eps: [0.1, 0.3]"),
+     r"variant at \(.*\) trains against linf eps 0.3, which suite 'tiny' does not evaluate"),
     (("method.params.loss: lc}", "method.params.loss: lc, optim.epochz: 3}"), "variant at .*optim"),
     (("method.params.alpha_warmup: 0.5}", "method.params.alpha_warmup: 2}"), "variant mat .*alpha_warmup"),
     (("suite: tiny-suite.yaml", "suite: no-such-suite"), "no-such-suite"),
@@ -161,31 +163,30 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     assert len(permuted_loads) == sum(len(plan.settings(v)) for v in plan.variants)
 
 
-@pytest.mark.parametrize("fork_server", ["1", "0"], ids=["forked", "fresh-interpreter"])
-def test_a_failing_task_gives_its_exit_status_and_its_error_in_its_log(tmp_path, monkeypatch,
-                                                                       fork_server):
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "new-interpreter"])
+def test_a_failing_task_gives_its_exit_status_and_its_error_in_its_log(tmp_path, fork):
     """Both ways of starting a task (forked from the pre-imported server, or a new
     interpreter) run the worker with its log and record, and report its exit status."""
-    monkeypatch.setenv("MUTUALAT_FORK_SERVER", fork_server)
     for folder in ("tasks", "logs"):
         (tmp_path / folder).mkdir()
     task = Task("train/bad/seed0", "train", {"run_dir": str(tmp_path / "run"),
                                              "config": {"optim": {"epochz": 1}}}, (0, 0))
-    lifeline = runner._Lifeline()
+    launcher = runner._Launcher(fork, 1)
     try:
-        entry = runner._start(task, tmp_path, 1, lifeline)
-        assert isinstance(entry.process, runner._Forked) == (fork_server == "1")
+        entry = runner._start(task, tmp_path, launcher)
+        assert isinstance(entry.process, runner._Forked) == fork
         assert entry.process.wait() == 2
     finally:
-        lifeline.close()
+        launcher.close()
     log = (tmp_path / "logs" / "train__bad__seed0.log").read_text()
     assert "=== " in log and "error:" in log and "epochz" in log, log
+    assert "Warning" not in log, log  # e.g. the worker module imported twice
     record = json.loads((tmp_path / "tasks" / "train__bad__seed0.record.json").read_text())
     assert record["status"] == "failed" and record["invocations"] == 1
 
 
-def _compare(plan: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _compare(plan: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out),
                              "--jobs", "2", *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
@@ -250,6 +251,53 @@ def finished_study(tmp_path_factory) -> tuple[Path, Path, dict[str, int]]:
     assert second.returncode == 0, output
     took = time.perf_counter() - tick
     return plan, out, {"finished_before": finished_before, "seconds": took, "output": output}
+
+
+def test_a_task_in_a_new_interpreter_dies_with_its_killed_scheduler(tmp_path):
+    """Without the fork server each task is a new interpreter; on Linux the parent-death
+    signal ends it with the scheduler (the forked path is killed in ``finished_study``)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    plan, out = _write_plan(tmp_path / "plan"), tmp_path / "out"
+    first = _compare(plan, out, env={"MUTUALAT_FORK_SERVER": "0"})
+    for line in first.stdout:
+        if line.startswith("start"):
+            break
+    time.sleep(2.0)  # the task's interpreter is up
+    tasks = _descendants(first.pid)
+    assert tasks, "no task was running at the kill"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    time.sleep(2.0)
+    alive = [pid for pid in tasks if _alive(pid)]
+    assert not alive, f"processes {alive} outlived the killed scheduler"
+
+
+@pytest.mark.parametrize("whom", ["group", "scheduler"])
+def test_an_interrupt_stops_the_running_tasks_which_record_it(tmp_path, whom):
+    """Ctrl-C (SIGINT to the whole process group) or a SIGINT to the scheduler alone (kill
+    -INT, a notebook's interrupt): the running tasks stop and record "interrupted", and the
+    scheduler exits with 130 and asks for a rerun."""
+    # Runs long enough (about 20 s) to outlast the scheduler's grace period.
+    plan = _write_plan(tmp_path / "plan", TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30"))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out),
+                              "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env, start_new_session=True)
+    for line in first.stdout:
+        if line.startswith("start"):
+            break
+    time.sleep(0.5)
+    if whom == "group":
+        os.killpg(first.pid, signal.SIGINT)
+    else:
+        first.send_signal(signal.SIGINT)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, output
+    assert "rerun the same command to resume" in output
+    statuses = [json.loads(p.read_text())["status"] for p in out.glob("tasks/*.record.json")]
+    assert "interrupted" in statuses and "running" not in statuses, statuses
 
 
 def test_a_tiny_plan_runs_end_to_end(finished_study):

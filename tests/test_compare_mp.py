@@ -58,7 +58,7 @@ def _write(folder: Path, text: str = MP_PLAN) -> Path:
 @pytest.mark.parametrize("edit, message", [
     # Another method than the base's starts from its defaults: the paper's CIFAR-10 threats.
     ((f"at-max, method.params.threats: {THREATS}}}", "at-max}"),
-     "variant at-max trains against linf eps 0.03, which suite 'tiny-mp' does not evaluate"),
+     r"variant at-max \(lr0.05\) trains against linf eps 0.03, which suite 'tiny-mp' does not evaluate"),
     (("{norm: l2, eps: 1.0, steps: 1}]", "{norm: l2, eps: 0.5, steps: 1}]"),
      "trains against l2 eps 0.5, which suite 'tiny-mp' does not evaluate .*linf 0.1, l2 1"),
 ])

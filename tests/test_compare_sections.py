@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mutualat.compare import Study, load_plan, sections
+from mutualat.compare import Study, load_plan, report, sections
+from mutualat.compare.records import read_summary
 from mutualat.compare.report import markdown
 from mutualat.compare.study import validation_score
 from mutualat.compare.worker import run_train
@@ -238,11 +239,12 @@ def test_select_on_scores_only_the_named_members(paper_study):
         validation_score(run, "last", ["robust"])
 
 
-def test_a_table_shows_only_the_selecting_members(paper_study, tmp_path):
-    """select_on also names the members a table and the main evaluation evaluate (ACT's
-    robust model, not its natural one); it leaves the run configs as they were, so every run
-    is reused."""
-    _, out, _ = paper_study
+def test_a_table_and_the_report_show_only_the_selecting_members(paper_study, tmp_path, monkeypatch):
+    """select_on also names the members a table and the main evaluation evaluate and the
+    report shows (ACT's robust model, not its natural one), with no cohort ensemble; a
+    scenario of Fig. 2 still evaluates every member. It leaves the run configs as they were,
+    so every run is reused, and the report reads evaluations made before it was set."""
+    plan_path, out, _ = paper_study
     text = PLAN.replace("  mat: {method.name: mat, models: [tinycnn, tinycnn]}",
                         "  mat: {method.name: mat, models: [tinycnn, tinycnn], select_on: [h2]}")
     study = Study(load_plan(_write(tmp_path / "plan", text)), out)
@@ -251,11 +253,26 @@ def test_a_table_shows_only_the_selecting_members(paper_study, tmp_path):
     task = sections._table_task(study, study.plan.tables[0], "mat", chosen.chosen, 0, 0)
     (job,) = task.spec["evaluations"]
     assert job["evaluated"] == ["h2"] and list(job["models"]) == ["h2"]
-    # So does the main evaluation, which then has no ensemble (its product is h2).
     run = study.run_dir("mat", chosen.chosen, 0)
-    task = study._eval_task("eval/mat/seed0", "mat", chosen.chosen, 0, [run], ["last"], True, 0)
-    (job,) = task.spec["evaluations"]
-    assert job["evaluated"] == ["h2"] and not job["ensemble"] and set(job["models"]) == {"h1", "h2"}
+
+    def main_job(study: Study) -> dict:
+        task = study._eval_task("eval/mat/seed0", "mat", chosen.chosen, 0, [run], ["last"], True, 0)
+        (job,) = task.spec["evaluations"]
+        assert not job["ensemble"] and set(job["models"]) == {"h1", "h2"}  # its product is h2
+        return job
+
+    assert main_job(study)["evaluated"] == ["h1", "h2"]  # mat is the rob-rob-online scenario
+    unshown = Study(load_plan(_write(tmp_path / "plan2", text.replace("rob-rob-online: mat, ", ""))), out)
+    assert main_job(unshown)["evaluated"] == ["h2"]
+    # This study evaluated both members and their ensemble, at the setting the mean of h1
+    # and h2 chose (h2 alone may choose another): the report shows h2 alone.
+    chosen = Study(load_plan(plan_path), out).selection("mat")
+    monkeypatch.setattr(study, "selection", lambda variant: chosen)
+    rows = report._variant_rows(study, "mat", "last")
+    assert [r["row"] for r in rows] == ["mat (member h2)"]
+    for seed in study.plan.seeds:
+        h2 = read_summary(study.eval_dir("mat", chosen.chosen, seed, "last"))["models"]["h2"]
+        assert rows[0]["seeds"][seed]["r_worst"] == h2["r_worst"]
 
 
 def test_a_moved_study_is_reused_and_a_changed_teacher_or_attack_is_not(paper_study, tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -262,7 +263,8 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"ready    {task.key}")
         print(f"{len(ready)} ready, {waiting} waiting on them")
         return 0
-    report = run_study(plan, args.out, jobs=args.jobs, threads=args.threads)
+    report = run_study(plan, args.out, jobs=args.jobs, threads=args.threads,
+                       fork=os.environ.get("MUTUALAT_FORK_SERVER", "1") != "0")
     print(report.read_text())
     print(f"report: {report}")
     if args.write:

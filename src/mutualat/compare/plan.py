@@ -294,26 +294,30 @@ def check_plan(plan: Plan) -> None:
 
 
 def _check_threats(plan: Plan) -> None:
-    """Every threat a variant trains against is one the main suite evaluates (same norm and
-    radius). A variant that names another method than the base's starts from that method's
-    default parameters, and the multiple-perturbation methods default to the paper's CIFAR-10
-    threats: without this check a Fashion-MNIST plan could train at-avg against 8/255 and
-    evaluate at 0.1, and no number would say so."""
+    """Every threat a variant trains against, at every grid point, is one the main suite
+    evaluates (same norm and radius). A variant that names another method than the base's
+    starts from that method's default parameters, and the multiple-perturbation methods
+    default to the paper's CIFAR-10 threats: without this check a Fashion-MNIST plan could
+    train at-avg at l-inf 0.03 and evaluate at 0.1, and no number would say so. A suite
+    without lp balls (corruptions only) has nothing to compare with."""
     suite = load_suite(plan.suite)
     balls = [(t.norm, t.eps) for t in suite.threats.values() if t.norm is not None]
+    if not balls:
+        return
     for variant in plan.variants:
-        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
-        for threat in build_method(copy.deepcopy(cfg)).threats():
-            if threat.steps == 0:
-                continue  # natural training: no ball
-            if not any(norm == threat.norm and abs(eps - threat.eps) <= 1e-9 * max(1.0, eps)
-                       for norm, eps in balls):
-                raise ConfigError(
-                    f"plan {plan.name}: variant {variant} trains against {threat.norm} eps "
-                    f"{threat.eps:g}, which suite {suite.name!r} does not evaluate (its threats: "
-                    + ", ".join(f"{n} {e:g}" for n, e in balls) + "); set the variant's attack "
-                    "or method.params.threats (a variant naming another method than the base's "
-                    "starts from that method's defaults)")
+        for setting in plan.settings(variant):
+            cfg = plan.config(variant, setting, plan.grid_seed)
+            for threat in build_method(copy.deepcopy(cfg)).threats():
+                if threat.steps == 0:
+                    continue  # natural training: no ball
+                if not any(norm == threat.norm and abs(eps - threat.eps) <= 1e-9 * max(1.0, eps)
+                           for norm, eps in balls):
+                    raise ConfigError(
+                        f"plan {plan.name}: variant {variant} ({setting_label(setting)}) trains "
+                        f"against {threat.norm} eps {threat.eps:g}, which suite {suite.name!r} "
+                        "does not evaluate (its threats: " + ", ".join(f"{n} {e:g}" for n, e in balls)
+                        + "); set the variant's attack or method.params.threats (a variant naming "
+                        "another method than the base's starts from that method's defaults)")
 
 
 def _check_seed_spacing(plan: Plan) -> None:

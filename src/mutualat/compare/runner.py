@@ -2,12 +2,14 @@
 
 Each task runs in its own process (:mod:`mutualat.compare.worker`) with ``threads`` torch
 threads (1 when several run at once: two 2-thread jobs on two cores slowed a MAT run
-tenfold). Where the platform has it (Linux, macOS), that process is forked from a server that
-imported torch and the worker once, at the first task: a fresh interpreter spends 4–6 CPU-
-seconds importing them (torch's optimizer pulls in torch._dynamo), which was most of a tiny
-study's time (its 14 tasks: 111 s of wall time with fresh interpreters, 28 s forked, with two
-jobs). Elsewhere, or with ``MUTUALAT_FORK_SERVER=0``, each task starts
-``python -m mutualat.compare.worker``. Either way a task dies with the scheduler.
+tenfold). ``mutualat compare`` forks that process from a server that imported torch and the
+worker once, at the first task, where the platform has one (Linux, macOS): a new interpreter
+spends 4–6 CPU-seconds importing them (torch's optimizer pulls in torch._dynamo), which was
+most of a tiny study's time (its 14 tasks: 111 s of wall time with new interpreters, 28 s
+forked, two jobs). With ``MUTUALAT_FORK_SERVER=0``, on other platforms, or from
+:func:`run_study` without ``fork``, each task starts a new interpreter. A forked task dies
+with the scheduler (it holds a pipe only the scheduler writes); one in a new interpreter does
+on Linux (the parent-death signal).
 
 After every finished task the study is read again from its folder (:meth:`Study.tasks`),
 so a variant's seed runs start as soon as its grid has finished and its evaluations as soon
@@ -41,6 +43,7 @@ from mutualat.train.checkpoint import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
+_INTERRUPT_GRACE_S = 5.0
 
 
 class StudyError(MutualatError):
@@ -49,6 +52,8 @@ class StudyError(MutualatError):
 
 # What the fork server imports once, before the first task is forked from it.
 PRELOAD = ["torch", "torch._dynamo", "mutualat.compare.worker"]
+#: A forked task's exit status when the fork server died under it (multiprocessing's).
+SERVER_LOST = 255
 
 
 class _Process(Protocol):
@@ -70,6 +75,13 @@ class _Forked:
 
     def poll(self) -> int | None:
         self.returncode = self.process.exitcode  # -N when signal N ended it, as Popen
+        if self.returncode == SERVER_LOST:
+            # The fork server died (no worker exits 255): its task may still run, and is
+            # reported failed, so it must not go on writing into its folder.
+            try:
+                os.kill(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -89,9 +101,14 @@ class _Running:
 
 
 def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
-              report: bool = True) -> Path | None:
+              report: bool = True, fork: bool = False) -> Path | None:
     """Run every task of ``plan`` in ``out`` (``jobs`` at a time), then write the report;
-    returns the path of ``comparison.md`` (None with ``report=False``)."""
+    returns the path of ``comparison.md`` (None with ``report=False``).
+
+    ``fork``: start tasks from a fork server that has imported torch (seconds saved per
+    task). As with any multiprocessing fork server, each task re-imports the caller's main
+    module, so a script calling this with ``fork=True`` needs the ``if __name__ ==
+    "__main__":`` guard; ``mutualat compare`` forks unless ``MUTUALAT_FORK_SERVER=0``."""
     if jobs < 1:
         raise MutualatError(f"--jobs must be >= 1, got {jobs}")
     if threads is None and jobs > 1:
@@ -102,14 +119,14 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
         (out / folder).mkdir(parents=True, exist_ok=True)
     running: dict[str, _Running] = {}
     failed: dict[str, int] = {}
-    lifeline = _Lifeline()
+    launcher = _Launcher(fork, threads)
     try:
         while True:
             ready, _ = sections.tasks(study)
             ready = [t for t in ready if t.key not in running and t.key not in failed]
             while ready and len(running) < jobs:
                 task = ready.pop(0)
-                running[task.key] = _start(task, out, threads, lifeline)
+                running[task.key] = _start(task, out, launcher)
             if not running:
                 break
             finished = _wait_any(running)
@@ -124,6 +141,15 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
                     logger.info(f"FAILED {key} (exit {code}); see "
                                 f"{out / 'logs' / (entry.task.slug + '.log')}")
     except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches every task too; a SIGINT to the scheduler alone
+        # (kill -INT, a notebook's interrupt) is passed on after a grace period, so that a
+        # task is not interrupted twice. Each records it and resumes next time.
+        deadline = time.perf_counter() + _INTERRUPT_GRACE_S
+        while any(e.process.poll() is None for e in running.values()) and time.perf_counter() < deadline:
+            time.sleep(_POLL_S)
+        for entry in running.values():
+            if entry.process.poll() is None:
+                entry.process.send_signal(signal.SIGINT)
         for entry in running.values():
             entry.process.wait()
         raise
@@ -136,7 +162,7 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
             entry.process.wait()
         raise
     finally:
-        lifeline.close()  # every task has ended; one still running (a bug) dies with it
+        launcher.close()  # every task has ended; a forked one still running (a bug) dies now
     _, waiting = sections.tasks(study)
     if failed:
         raise StudyError(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}; "
@@ -145,43 +171,51 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
     return write_report(study) if report else None
 
 
-def _start(task: Task, out: Path, threads: int | None, lifeline: "_Lifeline") -> _Running:
+def _start(task: Task, out: Path, launcher: "_Launcher") -> _Running:
     task_file = out / "tasks" / f"{task.slug}.json"
     atomic_write_bytes(task_file, json.dumps({"key": task.key, "kind": task.kind,
                                               "spec": task.spec}, indent=2).encode())
     log_file = out / "logs" / f"{task.slug}.log"
     with open(log_file, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {task.key}\n")
-    context = _fork_server()
-    if context is not None:
-        forked = context.Process(target=forked_main, name=task.slug,
-                                 args=(str(task_file), str(log_file), threads, lifeline.reader(context)))
-        forked.start()
-        process: _Process = _Forked(forked)
-    else:
-        env = dict(os.environ)
-        if threads is not None:
-            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                       MUTUALAT_THREADS=str(threads))
-        with open(log_file, "a") as log:
-            process = subprocess.Popen([sys.executable, "-m", "mutualat.compare.worker", str(task_file)],
-                                       stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       preexec_fn=die_with_parent if os.name == "posix" else None)
+    process = launcher.start(task.slug, task_file, log_file)
     logger.info(f"start  {task.key}")
     return _Running(task, process, time.perf_counter())
 
 
-class _Lifeline:
-    """A pipe whose writing end only the scheduler holds: a forked task reads end-of-file on
-    it, and dies, as soon as the scheduler is gone (:func:`mutualat.compare.worker.forked_main`)."""
+#: A task in a new interpreter (``python -m mutualat.compare.worker`` would import the worker
+#: twice, since this module imports it: a warning in every log).
+_WORKER = "import sys; from mutualat.compare.worker import main; sys.exit(main())"
 
-    def __init__(self) -> None:
+
+class _Launcher:
+    """How a study's tasks start: forked from the fork server (``fork``, where the platform
+    has one), else each in a new interpreter; and the lifeline of the forked ones, a pipe
+    whose writing end only the scheduler holds: a forked task reads end-of-file on it, and
+    dies, as soon as the scheduler is gone (:func:`mutualat.compare.worker.forked_main`)."""
+
+    def __init__(self, fork: bool, threads: int | None) -> None:
+        self.context = _fork_server() if fork else None
+        self.threads = threads
         self._pipe: tuple[Any, Any] | None = None
 
-    def reader(self, context: multiprocessing.context.BaseContext) -> Any:
-        if self._pipe is None:
-            self._pipe = context.Pipe(duplex=False)
-        return self._pipe[0]
+    def start(self, name: str, task_file: Path, log_file: Path) -> _Process:
+        if self.context is not None:
+            if self._pipe is None:
+                self._pipe = self.context.Pipe(duplex=False)
+            # The environment as it is now: the server's is the one it started with.
+            forked = self.context.Process(target=forked_main, name=name, args=(
+                str(task_file), str(log_file), self.threads, self._pipe[0], dict(os.environ)))
+            forked.start()
+            return _Forked(forked)
+        env = dict(os.environ)
+        if self.threads is not None:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
+                       MUTUALAT_THREADS=str(self.threads))
+        with open(log_file, "a") as log:
+            return subprocess.Popen([sys.executable, "-c", _WORKER, str(task_file)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=die_with_parent if os.name == "posix" else None)
 
     def close(self) -> None:
         if self._pipe is not None:
@@ -191,11 +225,8 @@ class _Lifeline:
 
 
 def _fork_server() -> multiprocessing.context.BaseContext | None:
-    """The fork-server context with :data:`PRELOAD` (None where there is none, or where
-    ``MUTUALAT_FORK_SERVER=0`` asks for a fresh interpreter per task). The server starts with
-    the first task and ends with this process."""
-    if os.environ.get("MUTUALAT_FORK_SERVER", "1") == "0":
-        return None
+    """The fork-server context with :data:`PRELOAD`, None where the platform has none. The
+    server starts with the first task and ends with this process."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
     context = multiprocessing.get_context("forkserver")

@@ -346,15 +346,17 @@ class Study:
         their ensemble (``cohort``), or only the ensemble of single-model runs (the control).
 
         A variant with ``select_on`` is judged by those members alone (MAT-MP's generalist,
-        ACT's robust model): only they are evaluated, and the cohort has no ensemble row."""
+        ACT's robust model): its cohort has no ensemble, and only they are evaluated, unless a
+        figure shows every member (a knowledge-distillation scenario's natural h1)."""
         jobs = []
         roles = self.plan.select_on.get(name)
+        shown = None if name in self.plan.figures.scenarios.values() else roles
         for checkpoint in checkpoints:
             files = self.eval_files(runs, checkpoint, cohort)
             ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1 and roles is None
             evaluated = list(files) if cohort else []  # the control: only its ensemble
-            if roles is not None:
-                evaluated = [r for r in evaluated if r in roles]
+            if shown is not None:
+                evaluated = [r for r in evaluated if r in shown]
             elif cohort and self.plan.eval.members == "first":
                 evaluated = evaluated[:1]
             if not evaluated and not ensemble:

@@ -1,5 +1,6 @@
-"""One task of a comparison, in its own process: ``python -m mutualat.compare.worker TASK.json``,
-or :func:`forked_main` in a process forked from the scheduler's server that has torch imported.
+"""One task of a comparison, in its own process: :func:`main` with the task file's path
+(``python -m mutualat.compare.worker TASK.json`` by hand), or :func:`forked_main` in a
+process forked from the scheduler's server that has torch imported.
 
 A ``train`` task trains (or resumes, or reuses) one run; an ``eval`` task runs a suite on a
 run's models (members and their ensemble) or on the control's ensemble; a ``transfer`` task
@@ -113,7 +114,8 @@ def record_path(task_file: Path) -> Path:
     return task_file.with_suffix(".record.json")
 
 
-def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: Any) -> None:
+def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: Any,
+                environ: dict[str, str]) -> None:
     """A task in a process forked from the scheduler's pre-imported server
     (:mod:`mutualat.compare.runner`): what ``python -m mutualat.compare.worker TASK.json``
     does in a fresh interpreter, without importing torch again (seconds per task, most of a
@@ -123,8 +125,12 @@ def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: An
     end-of-file when the scheduler is gone (kill -9 included), and the task then dies at once,
     so that no orphan keeps training into a folder the next invocation resumes. (The parent
     of a forked task is the server, which outlives the scheduler while any task runs, so the
-    parent-death signal of :func:`die_with_parent` would not reach it.)"""
+    parent-death signal of :func:`die_with_parent` would not reach it.) ``environ`` is the
+    scheduler's environment when it started the task (the server keeps the one it started
+    with)."""
     threading.Thread(target=_die_with, args=(lifeline,), daemon=True).start()
+    os.environ.clear()
+    os.environ.update(environ)
     log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
