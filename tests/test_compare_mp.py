@@ -15,17 +15,7 @@ from mutualat.compare.report import epoch_curves
 from mutualat.train.logger import read_metrics
 
 from test_compare import TINY_SET, _compare, assert_edit_refused
-
-MP_SUITE = """\
-name: tiny-mp
-per_attack: cumulative
-threats:
-  linf: {eps: 0.1}
-  l2: {eps: 1.0}
-attacks:
-  - {id: fgsm, name: fgsm, threat: linf}
-  - {id: pgd-l2, name: pgd, threat: l2, params: {steps: 2}}
-"""
+from test_compare_sections import TABLE_SUITE
 
 THREATS = "[{norm: linf, eps: 0.1, steps: 1}, {norm: l2, eps: 1.0, steps: 1}]"
 
@@ -50,7 +40,7 @@ eval: {{n: 24, batch_size: 24, checks: false, members: all, ensembles: [last]}}
 
 def _write(folder: Path, text: str = MP_PLAN) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mp-suite.yaml").write_text(MP_SUITE)
+    (folder / "mp-suite.yaml").write_text(TABLE_SUITE)  # l-inf FGSM, l2 PGD-2
     (folder / "plan.yaml").write_text(text)
     return folder / "plan.yaml"
 
@@ -58,9 +48,9 @@ def _write(folder: Path, text: str = MP_PLAN) -> Path:
 @pytest.mark.parametrize("edit, message", [
     # Another method than the base's starts from its defaults: the paper's CIFAR-10 threats.
     ((f"at-max, method.params.threats: {THREATS}}}", "at-max}"),
-     r"variant at-max \(lr0.05\) trains against linf eps 0.03, which suite 'tiny-mp' does not evaluate"),
+     r"variant at-max \(lr0.05\) trains against linf eps 0.03, which suite 'tiny-table' does not evaluate"),
     (("{norm: l2, eps: 1.0, steps: 1}]", "{norm: l2, eps: 0.5, steps: 1}]"),
-     "trains against l2 eps 0.5, which suite 'tiny-mp' does not evaluate .*linf 0.1, l2 1"),
+     "trains against l2 eps 0.5, which suite 'tiny-table' does not evaluate .*linf 0.1, l2 1"),
 ])
 def test_a_variant_trained_against_a_threat_the_suite_lacks_is_refused(tmp_path, capsys, edit,
                                                                       message):
