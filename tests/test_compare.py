@@ -21,6 +21,7 @@ from mutualat.compare import Study, load_plan, runner, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.study import Task
+from mutualat.config import to_dict
 from mutualat.compare.worker import run_train
 from mutualat.errors import ConfigError
 
@@ -185,6 +186,34 @@ def test_a_failing_task_gives_its_exit_status_and_its_error_in_its_log(tmp_path,
     assert record["status"] == "failed" and record["invocations"] == 1
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "new-interpreter"])
+def test_a_task_stops_on_the_schedulers_sigint_even_if_started_with_sigint_ignored(tmp_path, fork):
+    """A scheduler started with nohup or in a script's background inherits SIGINT ignored;
+    its tasks must still stop, and record it, when it sends them SIGINT (on a plan edit,
+    on its own interrupt)."""
+    plan = load_plan(_write_plan(tmp_path / "plan", TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30")))
+    for folder in ("tasks", "logs"):
+        (tmp_path / folder).mkdir()
+    settings = plan.settings("at")[0]
+    task = Task("train/at/seed0", "train", {"run_dir": str(tmp_path / "run"),
+                                            "config": to_dict(plan.config("at", settings, 0))}, (0, 0))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a new interpreter inherits
+    launcher = runner._Launcher(fork, 1)
+    try:
+        entry = runner._start(task, tmp_path, launcher)
+        record = tmp_path / "tasks" / "train__at__seed0.record.json"
+        deadline = time.perf_counter() + 60
+        while not (tmp_path / "run" / "metrics.jsonl").is_file() and time.perf_counter() < deadline:
+            time.sleep(0.2)  # training has started
+        entry.process.send_signal(signal.SIGINT)
+        assert entry.process.wait() == 130
+    finally:
+        launcher.close()
+        signal.signal(signal.SIGINT, previous)
+    assert json.loads(record.read_text())["status"] == "interrupted"
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def _compare(plan: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out),
@@ -282,9 +311,12 @@ def test_an_interrupt_stops_the_running_tasks_which_record_it(tmp_path, whom):
     plan = _write_plan(tmp_path / "plan", TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30"))
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # SIGINT's default disposition, whatever the test runner's: a process started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and Python keeps that.
     first = subprocess.Popen([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out),
                               "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=env, start_new_session=True)
+                             text=True, env=env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in first.stdout:
         if line.startswith("start"):
             break

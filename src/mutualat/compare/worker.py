@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     task_file = Path(argv[0])
     task = json.loads(task_file.read_text())
+    # SIGINT is how the scheduler stops a task (it records "interrupted" and resumes next
+    # time): answer it even when started with SIGINT ignored (nohup, a background job of a
+    # script), which the task would otherwise inherit and keep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
