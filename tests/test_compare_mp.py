@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from mutualat.compare import Study, load_plan
-from mutualat.compare.report import epoch_curves
+from mutualat.compare.curves import epoch_curves
 from mutualat.train.logger import read_metrics
 
 from test_compare import TINY_SET, _compare, assert_edit_refused
 from test_compare_sections import TABLE_SUITE
+
+# l-inf FGSM and l2 PGD-2, cumulative as the Table 5 suites.
+MP_SUITE = TABLE_SUITE.replace("per_attack: standalone", "per_attack: cumulative")
 
 THREATS = "[{norm: linf, eps: 0.1, steps: 1}, {norm: l2, eps: 1.0, steps: 1}]"
 
@@ -40,7 +43,7 @@ eval: {{n: 24, batch_size: 24, checks: false, members: all, ensembles: [last]}}
 
 def _write(folder: Path, text: str = MP_PLAN) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mp-suite.yaml").write_text(TABLE_SUITE)  # l-inf FGSM, l2 PGD-2
+    (folder / "mp-suite.yaml").write_text(MP_SUITE)
     (folder / "plan.yaml").write_text(text)
     return folder / "plan.yaml"
 

@@ -1,6 +1,6 @@
 """The comparison's report: ``comparison.json`` (every number), ``comparison.md`` (made from
-the JSON alone, so the table always equals it) and ``curves.png`` (per-epoch validation and
-training accuracy of every variant's chosen run, first seed).
+the JSON alone, so the table always equals it) and ``curves.png``
+(:mod:`mutualat.compare.curves`).
 
 Rows: a single-model variant gives one row; a cohort variant (MAT) gives its members (per
 seed the mean over the members) and its ensemble (mean of the members' softmax), or, with
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mutualat.compare import sections
+from mutualat.compare.curves import plot_curves
 from mutualat.compare.records import read_summary
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
@@ -34,7 +35,6 @@ from mutualat.errors import ConfigError
 from mutualat.evaluation.records import hardware_info, versions
 from mutualat.report.documents import write_section
 from mutualat.train.checkpoint import atomic_write_bytes
-from mutualat.train.logger import read_metrics
 
 SUMMARY_METRICS = ("clean", "r_avg", "r_worst")
 PAIRED_METRICS = ("clean", "r_avg", "r_worst")
@@ -110,6 +110,9 @@ def _variant_rows(study: Study, variant: str, checkpoint: str) -> list[dict[str,
     # The members reported: the select_on ones when the variant has them (an evaluation may
     # hold more: a scenario's every member, or one made before select_on was set).
     members = [m for m in models if m != "ensemble" and (roles is None or m in roles)]
+    if not members:
+        raise ConfigError(f"{study.eval_dir(variant, chosen, seeds[0], checkpoint)} evaluated "
+                          f"none of {', '.join(roles or [])}; move it away and run the plan again")
     cohort = len(study.plan.config(variant, study.plan.settings(variant)[0], seeds[0]).models) > 1
     if not cohort:
         return [_row(variant, variant, "single", checkpoint,
@@ -264,75 +267,6 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     lines += ["", f"Training CPU time of these runs: {total / 3600:.1f} h. Hardware: {hw.get('cpu')} "
               f"({hw.get('cpu_count')} cores), torch {data['versions']['torch']}.", ""]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Curves
-# --------------------------------------------------------------------------------------------
-
-
-def epoch_curves(run_dir: Path, roles: list[str] | None = None) -> dict[str, list[float]]:
-    """Per epoch, mean over the trained members (or the members ``roles``): validation clean
-    and PGD accuracy, the training adversarial accuracy (mean over the epoch's steps) and the
-    learning rate."""
-    records = read_metrics(run_dir)
-    epochs = [r for r in records if r["event"] == "epoch"]
-    steps = [r for r in records if r["event"] == "step"]
-
-    def members(record: dict[str, Any], prefix: str) -> float | None:
-        values = [v for k, v in record.items() if k.startswith(prefix) and k.count("/") == 1
-                  and (roles is None or k.split("/", 1)[1] in roles)]
-        return sum(values) / len(values) if values else None
-
-    train_adv, lr = [], []
-    for e in range(1, len(epochs) + 1):
-        mine = [r for r in steps if r.get("epoch") == e]
-        accs = [a for a in (members(r, "adv_acc/") for r in mine) if a is not None]
-        train_adv.append(sum(accs) / len(accs) if accs else float("nan"))
-        rates = [next(iter(r["lr"].values())) if isinstance(r.get("lr"), dict) else r.get("lr")
-                 for r in mine]
-        lr.append(rates[-1] if rates else float("nan"))
-    return {"val_clean": [members(r, "val_clean/") for r in epochs],
-            "val_pgd": [members(r, "val_pgd/") for r in epochs],
-            "train_adv": train_adv, "lr": lr}
-
-
-def plot_curves(study: Study, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    plan = study.plan
-    variants = list(plan.variants)
-    cols = min(3, len(variants))
-    rows = (len(variants) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, variant in zip(axes.flat, variants):
-        chosen = study.selection(variant)
-        curves = epoch_curves(study.run_dir(variant, chosen.chosen, plan.grid_seed),
-                              plan.select_on.get(variant))
-        x = list(range(1, len(curves["val_pgd"]) + 1))
-        ax.plot(x, [100 * v for v in curves["val_clean"]], label="val clean")
-        ax.plot(x, [100 * v for v in curves["val_pgd"]], label="val PGD")
-        ax.plot(x, [100 * v for v in curves["train_adv"]], label="train adversarial", linestyle="--")
-        optim = plan.config(variant, chosen.chosen, plan.grid_seed).optim
-        for fraction in optim.milestones:  # the learning-rate decays (stepped per batch)
-            ax.axvline(fraction * optim.epochs, color="grey", linewidth=0.6, linestyle=":")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 100)
-        ax.set_title(f"{variant} ({chosen.label})", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(variants):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{plan.name}: seed {plan.grid_seed}, chosen settings (dotted: lr decays)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def cost(study: Study) -> dict[str, Any]:

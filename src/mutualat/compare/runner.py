@@ -43,7 +43,8 @@ from mutualat.train.checkpoint import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
-_INTERRUPT_GRACE_S = 5.0
+#: How long a task may take to stop after SIGINT (record it, undo a new run folder).
+STOP_S = 60.0
 
 
 class StudyError(MutualatError):
@@ -72,21 +73,27 @@ class _Forked:
     def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
         self.process = process
         self.returncode: int | None = None
+        self._lost = False
 
     def poll(self) -> int | None:
         self.returncode = self.process.exitcode  # -N when signal N ended it, as Popen
-        if self.returncode == SERVER_LOST:
+        if self.returncode == SERVER_LOST and not self._lost:
             # The fork server died (no worker exits 255): its task may still run, and is
-            # reported failed, so it must not go on writing into its folder.
-            try:
-                os.kill(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            # reported failed, so it must not go on writing into its folder. Once: the pid
+            # is not ours to signal after that.
+            self._lost = True
+            self._signal(signal.SIGKILL)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
         if self.process.exitcode is None:
+            self._signal(sig)
+
+    def _signal(self, sig: int) -> None:
+        try:
             os.kill(self.process.pid, sig)
+        except ProcessLookupError:  # ended between the check and the signal
+            pass
 
     def wait(self) -> int:
         self.process.join()
@@ -140,26 +147,13 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
                     failed[key] = code
                     logger.info(f"FAILED {key} (exit {code}); see "
                                 f"{out / 'logs' / (entry.task.slug + '.log')}")
-    except KeyboardInterrupt:
-        # Ctrl-C in a terminal reaches every task too; a SIGINT to the scheduler alone
-        # (kill -INT, a notebook's interrupt) is passed on after a grace period, so that a
-        # task is not interrupted twice. Each records it and resumes next time.
-        deadline = time.perf_counter() + _INTERRUPT_GRACE_S
-        while any(e.process.poll() is None for e in running.values()) and time.perf_counter() < deadline:
-            time.sleep(_POLL_S)
-        for entry in running.values():
-            if entry.process.poll() is None:
-                entry.process.send_signal(signal.SIGINT)
-        for entry in running.values():
-            entry.process.wait()
-        raise
-    except MutualatError:
-        # The study cannot go on (a plan edit, a diverged chosen run): the running tasks are
-        # interrupted as by Ctrl-C (they record it and resume next time), not orphaned.
-        for entry in running.values():
-            entry.process.send_signal(signal.SIGINT)
-        for entry in running.values():
-            entry.process.wait()
+    except BaseException:
+        # Ctrl-C, a SIGINT to the scheduler alone (kill -INT, a notebook's interrupt), a study
+        # that cannot go on (a plan edit, a diverged chosen run) or a fault of the scheduler:
+        # the running tasks are interrupted (they record it and resume next time), not
+        # orphaned. A task stops at its first SIGINT and ignores later ones, so one that Ctrl-C
+        # already reached is not cut short.
+        _stop(list(running.values()))
         raise
     finally:
         launcher.close()  # every task has ended; a forked one still running (a bug) dies now
@@ -169,6 +163,22 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
                          f"{waiting} more wait on them. Fix the cause and run the same command "
                          "again: everything finished is reused")
     return write_report(study) if report else None
+
+
+def _stop(running: list[_Running]) -> None:
+    """SIGINT to every running task; one still running after :data:`STOP_S` is killed."""
+    for entry in running:
+        entry.process.send_signal(signal.SIGINT)
+    if running:
+        logger.info(f"stopping {len(running)} task(s)")
+    deadline = time.perf_counter() + STOP_S
+    while any(e.process.poll() is None for e in running) and time.perf_counter() < deadline:
+        time.sleep(_POLL_S)
+    for entry in running:
+        if entry.process.poll() is None:
+            logger.info(f"killing {entry.task.key}: still running {STOP_S:.0f} s after SIGINT")
+            entry.process.send_signal(signal.SIGKILL)
+        entry.process.wait()
 
 
 def _start(task: Task, out: Path, launcher: "_Launcher") -> _Running:

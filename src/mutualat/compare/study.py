@@ -159,20 +159,25 @@ class Study:
         return True
 
     def evaluated(self, eval_dir: Path, suite: str | None = None, n: int | None = None,
-                  files: dict[str, str] | None = None) -> bool:
+                  files: dict[str, str] | None = None, models: list[str] | None = None) -> bool:
         """Whether ``eval_dir`` holds a finished evaluation; only of the suite (default: the
-        plan's) and the test subset it is asked for and, where ``files`` (name -> model file)
-        are given, of those very models (by content, :data:`EVALUATED` written by the worker),
-        else the study stops and says what differs: a plan edited or a run trained again
-        after the evaluation ran must not report the old numbers."""
+        plan's) and the test subset it is asked for, of at least the ``models`` named (the
+        members and the ``ensemble`` the plan evaluates) and, where ``files`` (name -> model
+        file) are given, of those very models (by content, :data:`EVALUATED` written by the
+        worker), else the study stops and says what differs: a plan edited or a run trained
+        again after the evaluation ran must not report the old numbers."""
         path = eval_dir / "summary.json"
         if not path.is_file():
             return False
         suite = suite or self.plan.suite
         if suite not in self._suites:
             self._suites[suite] = suite_record(suite)
-        differs = evaluation_differences(json.loads(path.read_text()), self._suites[suite],
+        summary = json.loads(path.read_text())
+        differs = evaluation_differences(summary, self._suites[suite],
                                          n or self.plan.eval.n, self.plan.eval.seed)
+        missing = [m for m in models or [] if m not in summary["models"]]
+        if missing:
+            differs.append(f"models (it lacks {', '.join(missing)})")
         record = eval_dir / EVALUATED
         if files is not None and record.is_file():  # (older folders have no record)
             if json.loads(record.read_text()) != {k: file_digest(f) for k, f in files.items()}:
@@ -298,9 +303,13 @@ class Study:
         """Add the evaluation of ``runs`` (every checkpoint not yet evaluated, one task) if
         they have finished; returns 1 if it waits on them, else 0."""
         finished = all(self.finished(r) for r in runs)
-        todo = [c for c in self.checkpoints_of(name)
-                if not self.evaluated(self.eval_dir(name, setting, seed, c),
-                                      files=self.eval_files(runs, c, cohort) if finished else None)]
+        todo = []
+        for c in self.checkpoints_of(name):
+            job = self._eval_job(name, setting, seed, runs, c, cohort) if finished else None
+            if not self.evaluated(self.eval_dir(name, setting, seed, c),
+                                  files=job and job["models"],
+                                  models=job and job["evaluated"] + ["ensemble"] * job["ensemble"]):
+                todo.append(c)
         if not todo:
             return 0
         diverged = [r for r in runs if self.diverged(r)]
@@ -348,24 +357,29 @@ class Study:
         A variant with ``select_on`` is judged by those members alone (MAT-MP's generalist,
         ACT's robust model): its cohort has no ensemble, and only they are evaluated, unless a
         figure shows every member (a knowledge-distillation scenario's natural h1)."""
-        jobs = []
-        roles = self.plan.select_on.get(name)
-        shown = None if name in self.plan.figures.scenarios.values() else roles
-        for checkpoint in checkpoints:
-            files = self.eval_files(runs, checkpoint, cohort)
-            ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1 and roles is None
-            evaluated = list(files) if cohort else []  # the control: only its ensemble
-            if shown is not None:
-                evaluated = [r for r in evaluated if r in shown]
-            elif cohort and self.plan.eval.members == "first":
-                evaluated = evaluated[:1]
-            if not evaluated and not ensemble:
-                continue  # nothing to evaluate at this checkpoint
-            jobs.append({"models": files, "evaluated": evaluated, "ensemble": ensemble,
-                         "out": str(self.eval_dir(name, setting, seed, checkpoint))})
+        jobs = [job for c in checkpoints
+                if (job := self._eval_job(name, setting, seed, runs, c, cohort)) is not None]
         spec = {"evaluations": jobs, "suite": self.plan.suite, "n": self.plan.eval.n,
                 "checks": self.plan.eval.checks, **self.eval_environment()}
         return Task(key, "eval", spec, (rank, 3))
+
+    def _eval_job(self, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
+                  checkpoint: str, cohort: bool) -> dict[str, Any] | None:
+        """One checkpoint's evaluation of ``runs`` (None: nothing to evaluate there): the
+        model files, the names evaluated alone, whether their ensemble is, and the folder."""
+        roles = self.plan.select_on.get(name)
+        shown = None if name in self.plan.figures.scenarios.values() else roles
+        files = self.eval_files(runs, checkpoint, cohort)
+        ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1 and roles is None
+        evaluated = list(files) if cohort else []  # the control: only its ensemble
+        if shown is not None:
+            evaluated = [r for r in evaluated if r in shown]
+        elif cohort and self.plan.eval.members == "first":
+            evaluated = evaluated[:1]
+        if not evaluated and not ensemble:
+            return None
+        return {"models": files, "evaluated": evaluated, "ensemble": ensemble,
+                "out": str(self.eval_dir(name, setting, seed, checkpoint))}
 
     def eval_environment(self) -> dict[str, Any]:
         """What every evaluation task shares: the data, batch size, seed and device."""

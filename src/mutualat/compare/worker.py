@@ -128,6 +128,7 @@ def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: An
     parent-death signal of :func:`die_with_parent` would not reach it.) ``environ`` is the
     scheduler's environment when it started the task (the server keeps the one it started
     with)."""
+    stop_once_on_sigint()
     threading.Thread(target=_die_with, args=(lifeline,), daemon=True).start()
     os.environ.clear()
     os.environ.update(environ)
@@ -145,6 +146,20 @@ def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: An
     sys.exit(main([task_file]))
 
 
+def stop_once_on_sigint() -> None:
+    """SIGINT is how the scheduler stops a task: the first one raises KeyboardInterrupt (the
+    task records "interrupted" and resumes next time), later ones are ignored, so that a
+    Ctrl-C that reached the task and the scheduler's own SIGINT cannot cut the task's
+    clean-up short (its record, a new run folder's undoing). Installed even when the task
+    started with SIGINT ignored (nohup, a script's background job), which it would inherit."""
+    signal.signal(signal.SIGINT, _stop)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _die_with(lifeline: Any) -> None:
     try:
         lifeline.recv_bytes()  # the scheduler never writes: this returns only at its end
@@ -154,10 +169,13 @@ def _die_with(lifeline: Any) -> None:
 
 
 def die_with_parent() -> None:
-    """In a task started as ``python -m mutualat.compare.worker``, before it runs: ask Linux
-    to kill it when its parent, the scheduler, dies (kill -9 included), so that no orphan
-    keeps training into a folder the next invocation resumes. Elsewhere a no-op (the run
-    folder's lock still refuses a second trainer)."""
+    """In a task started as a new interpreter, before it runs: SIGINT's default disposition
+    (an inherited "ignored" would outlive the interpreter's start, when the scheduler may
+    already ask it to stop), and ask Linux to kill it when its parent, the scheduler, dies
+    (kill -9 included), so that no orphan keeps training into a folder the next invocation
+    resumes. Elsewhere that request is a no-op (the run folder's lock still refuses a second
+    trainer)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -173,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     task_file = Path(argv[0])
     task = json.loads(task_file.read_text())
-    # SIGINT is how the scheduler stops a task (it records "interrupted" and resumes next
-    # time): answer it even when started with SIGINT ignored (nohup, a background job of a
-    # script), which the task would otherwise inherit and keep.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_once_on_sigint()
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
