@@ -186,10 +186,10 @@ def test_a_failing_task_gives_its_exit_status_and_its_error_in_its_log(tmp_path,
     assert record["status"] == "failed" and record["invocations"] == 1
 
 
-#: A scheduler's part, run with SIGINT ignored from the start (argv: folder, fork|new): start
-#: the task of folder/spec.json, SIGINT it once it trains, print its exit status.
-SIGINT_IGNORED_SCHEDULER = """
-import json, signal, sys, time
+#: A scheduler's part, run in a process of its own (argv: folder, fork|new): start the task
+#: of folder/spec.json and wait until it trains; the test adds what follows.
+TASK_TRAINING = """
+import json, multiprocessing.forkserver, os, signal, sys, time
 from pathlib import Path
 from mutualat.compare import runner
 from mutualat.compare.study import Task
@@ -200,10 +200,22 @@ entry = runner._start(Task("train/at/seed0", "train", spec, (0, 0)), out, launch
 deadline = time.perf_counter() + 60
 while not (Path(spec["run_dir"]) / "metrics.jsonl").is_file() and time.perf_counter() < deadline:
     time.sleep(0.2)
-entry.process.send_signal(signal.SIGINT)
-print(entry.process.wait())
-launcher.close()
 """
+
+
+def _scheduler_part(tmp_path: Path, then: str, fork: bool, **popen) -> list[str]:
+    """Run :data:`TASK_TRAINING` and ``then`` on a tiny run long enough (about 20 s) not to
+    end during the test, in a process of its own (its fork server too); its printed words."""
+    plan = load_plan(_write_plan(tmp_path / "plan", TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30")))
+    for folder in ("tasks", "logs"):
+        (tmp_path / folder).mkdir()
+    config = to_dict(plan.config("at", plan.settings("at")[0], 0))
+    (tmp_path / "spec.json").write_text(json.dumps({"run_dir": str(tmp_path / "run"), "config": config}))
+    done = subprocess.run([sys.executable, "-c", TASK_TRAINING + then + "\nlauncher.close()\n",
+                           str(tmp_path), "fork" if fork else "new"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split()
 
 
 @pytest.mark.parametrize("fork", [True, False], ids=["forked", "new-interpreter"])
@@ -211,19 +223,34 @@ def test_a_task_stops_on_the_schedulers_sigint_even_if_started_with_sigint_ignor
     """A scheduler started with nohup or in a script's background inherits SIGINT ignored
     (and so does its fork server); its tasks must still stop, and record it, when it sends
     them SIGINT (on a plan edit, on its own interrupt)."""
-    plan = load_plan(_write_plan(tmp_path / "plan", TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30")))
-    for folder in ("tasks", "logs"):
-        (tmp_path / folder).mkdir()
-    config = to_dict(plan.config("at", plan.settings("at")[0], 0))
-    (tmp_path / "spec.json").write_text(json.dumps({"run_dir": str(tmp_path / "run"), "config": config}))
-    done = subprocess.run([sys.executable, "-c", SIGINT_IGNORED_SCHEDULER, str(tmp_path),
-                           "fork" if fork else "new"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split()[-1] == "130", done.stdout + done.stderr
+    then = "entry.process.send_signal(signal.SIGINT)\nprint(entry.process.wait())"
+    words = _scheduler_part(tmp_path, then, fork,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert words[-1] == "130", words
     record = json.loads((tmp_path / "tasks" / "train__at__seed0.record.json").read_text())
     assert record["status"] == "interrupted"
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_task_whose_fork_server_died_is_failed_and_killed(tmp_path):
+    """The fork server killed under a running task (the OOM killer, a stray kill): the
+    scheduler sees the task fail, and the task, which would go on training into a folder
+    reported failed, is killed."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc is Linux's")
+    then = """
+os.kill(multiprocessing.forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+time.sleep(1.0)
+status = entry.process.poll()
+time.sleep(1.0)
+try:
+    state = Path(f"/proc/{entry.process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+except OSError:
+    state = "gone"
+print(status, state)"""
+    status, state = _scheduler_part(tmp_path, then, True)[-2:]
+    assert int(status) == runner.SERVER_LOST
+    assert state in ("gone", "Z", "X"), f"the task still runs ({state})"
     assert not (tmp_path / "run" / "results.json").exists()
 
 

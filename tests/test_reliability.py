@@ -79,6 +79,31 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# The same, killed as it renames the temporary of the new run's config.yaml into place: the
+# folder then holds only its lock and that temporary (a study's scheduler killed as a task
+# starts leaves this).
+_KILLED_WRITING_ITS_CONFIG = _KILLED_IN_FIRST_CHECKPOINT_WRITE.replace('"checkpoint.pt"', '"config.yaml"')
+
+
+def test_a_start_killed_while_writing_its_config_does_not_block_a_new_run(full_run, tmp_path,
+                                                                          capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_config(load_config(None, tiny_overrides(2))))
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITING_ITS_CONFIG, "train", "--config",
+                             str(config), "--out", str(out)], capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stale = sorted(p.name for p in out.iterdir() if p.name != ".lock")
+    assert len(stale) == 1 and stale[0].startswith(".config.yaml.") and stale[0].endswith(".tmp")
+    assert main(["train", "--dry-run", "--config", str(config), "--out", str(out)]) == 0
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"removed 1 temporary file(s) an interrupted start left in {out}: {stale[0]}" in said
+    assert not list(out.glob(".*.tmp"))
+    _assert_identical_weights(out, full_run)
+
+
 @pytest.fixture(scope="module")
 def dead_start(tmp_path_factory) -> Path:
     """A run folder whose training was killed during its first checkpoint write."""

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from mutualat.config import RunConfig
 from mutualat.errors import ConfigError
 from mutualat.train.preflight import check_names
+from mutualat.train.run_dir import run_contents
 from mutualat.train.trainer import Trainer
 
 
@@ -57,7 +58,7 @@ def check_out_dir(out: Path, resume: bool) -> None:
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"cannot resume: {out} has no config.yaml (is it a run folder?)")
         return
-    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
+    if run_contents(out):
         raise ConfigError(f"run folder {out} already exists and is not empty; the real run would "
                           "refuse it (pass --resume to continue it, or choose another --out)")
 

@@ -5,7 +5,8 @@ run's identity), ``metrics.jsonl``, ``checkpoint.pt``, ``models/`` and, once fin
 ``results.json``. Nothing here trains: these functions decide whether a folder may be
 started, continued or must be refused, and they never change a folder they refuse.
 
-- A new run needs a missing or empty folder (:func:`prepare_run_dir`).
+- A new run needs a missing or empty folder (:func:`prepare_run_dir`); its lock and the
+  temporaries of a start killed mid-write do not count (:func:`run_contents`).
 - ``--resume`` continues from the checkpoint only if it belongs to the folder: its config
   must equal ``config.yaml`` (up to :data:`ENVIRONMENT_KEYS`) and its run identity
   ``run.json`` (:func:`resume_state`); a run killed before its first checkpoint starts again
@@ -68,7 +69,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
         raise ConfigError("a new run needs a config")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
-    present = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    present = run_contents(out)
     if present:
         if saved.is_file() and not (out / CHECKPOINT).is_file():
             raise ConfigError(
@@ -80,11 +81,25 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
             f"run folder {out} already exists and is not empty; pass --resume to continue it "
             "or choose another --out (nothing was overwritten)"
         )
+    stale = remove_stale_temporaries(out) if out.is_dir() else []
+    if stale:  # a start killed while it wrote its config (this process holds the lock)
+        logger.info(f"removed {len(stale)} temporary file(s) an interrupted start left in "
+                    f"{out}: {', '.join(stale)}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(saved, dump_config(cfg).encode())
     # The run's identity: a checkpoint copied in from another run is refused on resume.
     atomic_write_bytes(out / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}).encode())
     return cfg
+
+
+def run_contents(out: Path) -> list[str]:
+    """What ``out`` holds that a new run would overwrite: everything but its lock and the
+    temporaries of atomic writes (``.NAME.XXXX.tmp``) that a kill left, as when a start was
+    killed while writing its config. A new run needs this to be empty."""
+    if not Path(out).is_dir():
+        return []
+    return sorted(p.name for p in Path(out).iterdir()
+                  if p.name != LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
 
 def resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
