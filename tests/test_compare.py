@@ -72,6 +72,9 @@ suite: tiny-suite.yaml
 eval: {n: 40, batch_size: 40, checks: false, members: all, ensembles: [last]}
 """
 
+#: The tiny plan with runs long enough (about 20 s) not to end during a test of stopping them.
+LONG_PLAN = TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30")
+
 
 def _write_plan(folder: Path, text: str = TINY_PLAN) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -206,7 +209,7 @@ while not (Path(spec["run_dir"]) / "metrics.jsonl").is_file() and time.perf_coun
 def _scheduler_part(tmp_path: Path, then: str, fork: bool, **popen) -> list[str]:
     """Run :data:`TASK_TRAINING` and ``then`` on a tiny run long enough (about 20 s) not to
     end during the test, in a process of its own (its fork server too); its printed words."""
-    plan = load_plan(_write_plan(tmp_path / "plan", TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30")))
+    plan = load_plan(_write_plan(tmp_path / "plan", LONG_PLAN))
     for folder in ("tasks", "logs"):
         (tmp_path / folder).mkdir()
     config = to_dict(plan.config("at", plan.settings("at")[0], 0))
@@ -266,7 +269,7 @@ def _training_study(tmp_path: Path, env: dict[str, str] | None = None,
                     **popen) -> tuple[subprocess.Popen, Path]:
     """The tiny plan with runs long enough (about 20 s) not to end during a test, started
     and waited on until a task trains."""
-    plan = _write_plan(tmp_path / "plan", TINY_PLAN.replace("optim.epochs: 2", "optim.epochs: 30"))
+    plan = _write_plan(tmp_path / "plan", LONG_PLAN)
     out = tmp_path / "out"
     study = _compare(plan, out, env=env, **popen)
     for line in study.stdout:

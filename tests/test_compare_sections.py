@@ -250,14 +250,15 @@ def test_a_table_and_the_report_show_only_the_selecting_members(paper_study, tmp
     study = Study(load_plan(_write(tmp_path / "plan", text)), out)
     chosen = study.selection("mat")
     assert chosen is not None  # the grid was reused: select_on is not part of a run's config
-    task = sections._table_task(study, study.plan.tables[0], "mat", chosen.chosen, 0, 0)
+    table = study.plan.tables[0]
+    files = sections.table_files(study, table, "mat", chosen.chosen, 0)
+    task = sections._table_task(study, table, "mat", chosen.chosen, 0, files, 0)
     (job,) = task.spec["evaluations"]
     assert job["evaluated"] == ["h2"] and list(job["models"]) == ["h2"]
     run = study.run_dir("mat", chosen.chosen, 0)
 
     def main_job(study: Study) -> dict:
-        task = study._eval_task("eval/mat/seed0", "mat", chosen.chosen, 0, [run], ["last"], True, 0)
-        (job,) = task.spec["evaluations"]
+        job = study.eval_job("mat", chosen.chosen, 0, [run], "last", True)
         assert not job["ensemble"] and set(job["models"]) == {"h1", "h2"}  # its product is h2
         return job
 

@@ -247,15 +247,19 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
 def check_plan(plan: Plan) -> None:
     """Build every run config and the method of each, and load the suite, so a mistake in
     the plan stops it before anything runs."""
+    suite = load_suite(plan.suite)
+    balls = [(t.norm, t.eps) for t in suite.threats.values() if t.norm is not None]
     for variant in plan.variants:
         for setting in plan.settings(variant):
             for seed in plan.seeds:
                 try:
                     cfg = plan.config(variant, setting, seed)
-                    build_method(copy.deepcopy(cfg))
+                    method = build_method(copy.deepcopy(cfg))
                 except ConfigError as exc:
                     raise ConfigError(f"plan {plan.name}, variant {variant} "
                                       f"({setting_label(setting)}, seed {seed}): {exc}") from None
+            # The seed does not change what a variant trains against: checked once per setting.
+            _check_threats(plan, variant, setting, method.threats(), suite.name, balls)
     if plan.control is not None:
         cfg = plan.config(plan.control.variant, plan.settings(plan.control.variant)[0], plan.grid_seed)
         if len(cfg.models) != 1:
@@ -288,36 +292,29 @@ def check_plan(plan: Plan) -> None:
             raise ConfigError(f"plan {plan.name}: figures.alpha names {variant}, whose grid does "
                               "not sweep method.params.alpha")
     _check_seed_spacing(plan)
-    _check_threats(plan)
     for table in plan.tables:
         load_suite(table.suite)
 
 
-def _check_threats(plan: Plan) -> None:
-    """Every threat a variant trains against, at every grid point, is one the main suite
-    evaluates (same norm and radius). A variant that names another method than the base's
+def _check_threats(plan: Plan, variant: str, setting: dict[str, Any], threats: list,
+                   suite: str, balls: list[tuple[str, float]]) -> None:
+    """Every threat ``variant`` trains against at ``setting`` is one of the main suite's
+    ``balls`` (same norm and radius). A variant that names another method than the base's
     starts from that method's default parameters, and the multiple-perturbation methods
     default to the paper's CIFAR-10 threats: without this check a Fashion-MNIST plan could
     train at-avg at l-inf 0.03 and evaluate at 0.1, and no number would say so. A suite
     without lp balls (corruptions only) has nothing to compare with."""
-    suite = load_suite(plan.suite)
-    balls = [(t.norm, t.eps) for t in suite.threats.values() if t.norm is not None]
-    if not balls:
-        return
-    for variant in plan.variants:
-        for setting in plan.settings(variant):
-            cfg = plan.config(variant, setting, plan.grid_seed)
-            for threat in build_method(copy.deepcopy(cfg)).threats():
-                if threat.steps == 0:
-                    continue  # natural training: no ball
-                if not any(norm == threat.norm and abs(eps - threat.eps) <= 1e-9 * max(1.0, eps)
-                           for norm, eps in balls):
-                    raise ConfigError(
-                        f"plan {plan.name}: variant {variant} ({setting_label(setting)}) trains "
-                        f"against {threat.norm} eps {threat.eps:g}, which suite {suite.name!r} "
-                        "does not evaluate (its threats: " + ", ".join(f"{n} {e:g}" for n, e in balls)
-                        + "); set the variant's attack or method.params.threats (a variant naming "
-                        "another method than the base's starts from that method's defaults)")
+    for threat in threats:
+        if not balls or threat.steps == 0:  # nothing to compare with; natural training
+            continue
+        if not any(norm == threat.norm and abs(eps - threat.eps) <= 1e-9 * max(1.0, eps)
+                   for norm, eps in balls):
+            raise ConfigError(
+                f"plan {plan.name}: variant {variant} ({setting_label(setting)}) trains against "
+                f"{threat.norm} eps {threat.eps:g}, which suite {suite!r} does not evaluate (its "
+                "threats: " + ", ".join(f"{n} {e:g}" for n, e in balls) + "); set the variant's "
+                "attack or method.params.threats (a variant naming another method than the "
+                "base's starts from that method's defaults)")
 
 
 def _check_seed_spacing(plan: Plan) -> None:

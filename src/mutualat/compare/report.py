@@ -31,7 +31,6 @@ from mutualat.compare.curves import plot_curves
 from mutualat.compare.records import read_summary
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
-from mutualat.errors import ConfigError
 from mutualat.evaluation.records import hardware_info, versions
 from mutualat.report.documents import write_section
 from mutualat.train.checkpoint import atomic_write_bytes
@@ -105,28 +104,21 @@ def _variant_rows(study: Study, variant: str, checkpoint: str) -> list[dict[str,
     seeds = study.plan.seeds
     chosen = study.selection(variant).chosen
     summaries = {s: read_summary(study.eval_dir(variant, chosen, s, checkpoint)) for s in seeds}
-    models = summaries[seeds[0]]["models"]
+    # The members reported are those the plan evaluates (Study.evaluated refused any
+    # evaluation lacking one), less a scenario's other members under select_on; an
+    # evaluation may hold more (one made before select_on was set).
+    job = study.eval_job(variant, chosen, seeds[0], [study.run_dir(variant, chosen, seeds[0])],
+                         checkpoint, True)
     roles = study.plan.select_on.get(variant)
-    # The members reported: the select_on ones when the variant has them (an evaluation may
-    # hold more: a scenario's every member, or one made before select_on was set).
-    members = [m for m in models if m != "ensemble" and (roles is None or m in roles)]
-    if not members:
-        raise ConfigError(f"{study.eval_dir(variant, chosen, seeds[0], checkpoint)} evaluated "
-                          f"none of {', '.join(roles or [])}; move it away and run the plan again")
+    members = [m for m in job["evaluated"] if roles is None or m in roles]
     cohort = len(study.plan.config(variant, study.plan.settings(variant)[0], seeds[0]).models) > 1
     if not cohort:
         return [_row(variant, variant, "single", checkpoint,
                      {s: summaries[s]["models"][members[0]] for s in seeds})]
-    missing = [(s, m) for s in seeds for m in members if m not in summaries[s]["models"]]
-    if missing:
-        seed, member = missing[0]
-        raise ConfigError(f"{study.eval_dir(variant, chosen, seed, checkpoint)} has no evaluation "
-                          f"of {member}, which seed {seeds[0]}'s has; move that folder away and "
-                          "run the plan again to evaluate it as the others")
     per_seed = {s: _mean_of([summaries[s]["models"][m] for m in members]) for s in seeds}
     label = "members" if len(members) > 1 else f"member {members[0]}"
     rows = [_row(f"{variant} ({label})", variant, "members", checkpoint, per_seed)]
-    if "ensemble" in models and roles is None:
+    if job["ensemble"]:
         rows.append(_row(f"{variant} (ensemble)", variant, "ensemble", checkpoint,
                          {s: summaries[s]["models"]["ensemble"] for s in seeds}))
     return rows

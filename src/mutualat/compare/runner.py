@@ -210,18 +210,19 @@ class _Launcher:
         self._pipe: tuple[Any, Any] | None = None
 
     def start(self, name: str, task_file: Path, log_file: Path) -> _Process:
-        if self.context is not None:
-            if self._pipe is None:
-                self._pipe = self.context.Pipe(duplex=False)
-            # The environment as it is now: the server's is the one it started with.
-            forked = self.context.Process(target=forked_main, name=name, args=(
-                str(task_file), str(log_file), self.threads, self._pipe[0], dict(os.environ)))
-            forked.start()
-            return _Forked(forked)
+        # The environment as it is now (a forked task's server keeps the one it started
+        # with), with the thread count for OpenMP, MKL and the worker's torch.set_num_threads.
         env = dict(os.environ)
         if self.threads is not None:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
                        MUTUALAT_THREADS=str(self.threads))
+        if self.context is not None:
+            if self._pipe is None:
+                self._pipe = self.context.Pipe(duplex=False)
+            forked = self.context.Process(target=forked_main, name=name, args=(
+                str(task_file), str(log_file), self._pipe[0], env))
+            forked.start()
+            return _Forked(forked)
         with open(log_file, "a") as log:
             return subprocess.Popen([sys.executable, "-c", _WORKER, str(task_file)],
                                     stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -46,9 +46,11 @@ def tasks(study: Study) -> tuple[list[Task], int]:
                 setting = chosen[variant].chosen if chosen[variant] is not None else None
                 if setting is None or not study.finished(study.run_dir(variant, setting, seed)):
                     waiting += 1
-                elif not study.evaluated(table_dir(study, table, variant, setting, seed), table.suite,
-                                         table.n, table_files(study, table, variant, setting, seed)):
-                    ready.append(_table_task(study, table, variant, setting, seed, rank))
+                    continue
+                files = table_files(study, table, variant, setting, seed)
+                if not study.evaluated(table_dir(study, table, variant, setting, seed), table.suite,
+                                       table.n, files):
+                    ready.append(_table_task(study, table, variant, setting, seed, files, rank))
         if plan.transfer is not None:
             waiting += _transfer_task(study, chosen, seed, rank, ready)
     ready.sort(key=lambda t: t.priority)
@@ -69,8 +71,7 @@ def table_files(study: Study, table, variant: str, setting: dict[str, Any], seed
 
 
 def _table_task(study: Study, table, variant: str, setting: dict[str, Any], seed: int,
-                rank: int) -> Task:
-    files = table_files(study, table, variant, setting, seed)
+                files: dict[str, str], rank: int) -> Task:
     job = {"models": files, "evaluated": list(files), "ensemble": False,
            "out": str(table_dir(study, table, variant, setting, seed))}
     spec = {"evaluations": [job], "suite": table.suite, "n": table.n, "checks": False,

@@ -303,23 +303,26 @@ class Study:
         """Add the evaluation of ``runs`` (every checkpoint not yet evaluated, one task) if
         they have finished; returns 1 if it waits on them, else 0."""
         finished = all(self.finished(r) for r in runs)
-        todo = []
+        jobs, todo = [], False  # jobs: each checkpoint's, once the runs have finished
         for c in self.checkpoints_of(name):
-            job = self._eval_job(name, setting, seed, runs, c, cohort) if finished else None
+            job = self.eval_job(name, setting, seed, runs, c, cohort) if finished else None
             if not self.evaluated(self.eval_dir(name, setting, seed, c),
                                   files=job and job["models"],
                                   models=job and job["evaluated"] + ["ensemble"] * job["ensemble"]):
-                todo.append(c)
+                todo = True
+                if job is not None:
+                    jobs.append(job)
         if not todo:
             return 0
         diverged = [r for r in runs if self.diverged(r)]
         if diverged:
             raise ConfigError(f"{diverged[0]} diverged with the setting chosen on the grid's "
                               f"seed; {name} cannot be evaluated at seed {seed} (see its log)")
-        if not all(self.finished(r) for r in runs):
+        if not finished:
             return 1
-        ready.append(self._eval_task(f"eval/{name}/seed{seed}", name, setting, seed, runs, todo,
-                                     cohort, rank))
+        spec = {"evaluations": jobs, "suite": self.plan.suite, "n": self.plan.eval.n,
+                "checks": self.plan.eval.checks, **self.eval_environment()}
+        ready.append(Task(f"eval/{name}/seed{seed}", "eval", spec, (rank, 3)))
         return 0
 
     def _train(self, ready: list[Task], variant: str, setting: dict[str, Any], seed: int,
@@ -349,24 +352,16 @@ class Study:
                 files[role if cohort else f"{run.name}-{role}"] = file
         return files
 
-    def _eval_task(self, key: str, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
-                   checkpoints: list[str], cohort: bool, rank: int) -> Task:
-        """Evaluate the models of ``runs`` at each of ``checkpoints``: a cohort's members and
-        their ensemble (``cohort``), or only the ensemble of single-model runs (the control).
+    def eval_job(self, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
+                 checkpoint: str, cohort: bool) -> dict[str, Any] | None:
+        """One checkpoint's evaluation of ``runs`` (None: nothing to evaluate there): the
+        model files, the names evaluated alone, whether their ensemble is, and the folder.
+        A cohort's members and their ensemble (``cohort``), or only the ensemble of
+        single-model runs (the control).
 
         A variant with ``select_on`` is judged by those members alone (MAT-MP's generalist,
         ACT's robust model): its cohort has no ensemble, and only they are evaluated, unless a
         figure shows every member (a knowledge-distillation scenario's natural h1)."""
-        jobs = [job for c in checkpoints
-                if (job := self._eval_job(name, setting, seed, runs, c, cohort)) is not None]
-        spec = {"evaluations": jobs, "suite": self.plan.suite, "n": self.plan.eval.n,
-                "checks": self.plan.eval.checks, **self.eval_environment()}
-        return Task(key, "eval", spec, (rank, 3))
-
-    def _eval_job(self, name: str, setting: dict[str, Any], seed: int, runs: list[Path],
-                  checkpoint: str, cohort: bool) -> dict[str, Any] | None:
-        """One checkpoint's evaluation of ``runs`` (None: nothing to evaluate there): the
-        model files, the names evaluated alone, whether their ensemble is, and the folder."""
         roles = self.plan.select_on.get(name)
         shown = None if name in self.plan.figures.scenarios.values() else roles
         files = self.eval_files(runs, checkpoint, cohort)

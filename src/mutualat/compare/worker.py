@@ -114,8 +114,7 @@ def record_path(task_file: Path) -> Path:
     return task_file.with_suffix(".record.json")
 
 
-def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: Any,
-                environ: dict[str, str]) -> None:
+def forked_main(task_file: str, log_file: str, lifeline: Any, environ: dict[str, str]) -> None:
     """A task in a process forked from the scheduler's pre-imported server
     (:mod:`mutualat.compare.runner`): what ``python -m mutualat.compare.worker TASK.json``
     does in a fresh interpreter, without importing torch again (seconds per task, most of a
@@ -126,8 +125,9 @@ def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: An
     so that no orphan keeps training into a folder the next invocation resumes. (The parent
     of a forked task is the server, which outlives the scheduler while any task runs, so the
     parent-death signal of :func:`die_with_parent` would not reach it.) ``environ`` is the
-    scheduler's environment when it started the task (the server keeps the one it started
-    with)."""
+    task's environment, as a new interpreter would get it (the server keeps the one it
+    started with; torch.set_num_threads in :func:`main` applies its thread count, which the
+    server's OpenMP read before it was set)."""
     stop_once_on_sigint()
     threading.Thread(target=_die_with, args=(lifeline,), daemon=True).start()
     os.environ.clear()
@@ -138,11 +138,6 @@ def forked_main(task_file: str, log_file: str, threads: int | None, lifeline: An
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    if threads is not None:
-        # The server imported torch before these were set; torch.set_num_threads (in main)
-        # sets OpenMP's and MKL's counts, the variables serve any process this one starts.
-        os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                          MUTUALAT_THREADS=str(threads))
     sys.exit(main([task_file]))
 
 

@@ -34,6 +34,9 @@ from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
+#: What atomic_write_bytes writes before renaming it into place (``.NAME.XXXX.tmp``).
+TEMPORARY = ".*.tmp"
+
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 RUN_FILE = "run.json"  # the run's identity, written at creation
@@ -98,8 +101,7 @@ def run_contents(out: Path) -> list[str]:
     killed while writing its config. A new run needs this to be empty."""
     if not Path(out).is_dir():
         return []
-    return sorted(p.name for p in Path(out).iterdir()
-                  if p.name != LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    return sorted(p.name for p in Path(out).iterdir() if p.name != LOCK and not p.match(TEMPORARY))
 
 
 def resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -178,7 +180,7 @@ def remove_stale_temporaries(out: Path) -> list[str]:
     called by the process holding the folder's lock, so none of them is being written."""
     removed = []
     for folder in (out, out / "models"):
-        for tmp in folder.glob(".*.tmp"):
+        for tmp in folder.glob(TEMPORARY):
             tmp.unlink(missing_ok=True)
             removed.append(str(tmp.relative_to(out)))
     return removed
