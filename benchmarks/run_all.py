@@ -11,7 +11,9 @@ Rows (every figure a ratio of two timings side by side in one process, median of
 - pgd:   our PGD-K / torchattacks' PGD-K (same model, batch, steps, no random start);
 - mat:   one MAT step of N = 2, 3, 4 / N x one AT step;
 - flops: a training step's achieved FLOP/s / an n x n matrix product's FLOP/s;
-- eval:  the evaluator's time with cumulative / standalone attacks.
+- eval:  the evaluator's time with cumulative / standalone attacks, and in channels_last /
+         contiguous;
+- layout: one attack step of each architecture in channels_last / contiguous.
 
 The cpu preset runs torch on one thread and reads each thread's CPU time: on a shared, busy
 CPU that measures the work and not the waiting (see common.py), and on a contended 2-core
@@ -29,6 +31,7 @@ import torch
 
 import bench_eval
 import bench_flops
+import bench_layout
 import bench_mat
 import bench_pgd
 from common import Row, environment, print_table, use_clock
@@ -41,6 +44,7 @@ PRESETS: dict[str, list[tuple[str, list[str]]]] = {
         ("flops", ["--models", "tinycnn", "madrycnn", "--batch", "128", "--steps", "10",
                    "--repeats", "3", "--matmul", "4096"]),
         ("eval", ["--suite", "quick", "--n", "512", "--repeats", "3"]),
+        ("layout", ["--batch", "128", "--repeats", "3"]),
     ],
     "gpu": [  # most wanted first: a run cut short by its time limit keeps these
         ("mat", ["--model", "resnet18", "--batch", "128", "--steps", "10", "--repeats", "3",
@@ -58,6 +62,8 @@ PRESETS: dict[str, list[tuple[str, list[str]]]] = {
                    "--steps", "10", "--repeats", "3", "--matmul", "8192"]),
         ("mat", ["--model", "tinycnn", "--batch", "128", "--steps", "10", "--repeats", "3",
                  "--amp", "--channels-last"]),
+        # fp32 attack steps: would "auto" gain from channels_last on a GPU too?
+        ("layout", ["--models", "resnet18", "wrn34_10", "--batch", "128", "--repeats", "3"]),
     ],
     "smoke": [
         ("pgd", ["--batch", "32", "--steps", "2", "--repeats", "1"]),
@@ -66,9 +72,11 @@ PRESETS: dict[str, list[tuple[str, list[str]]]] = {
         ("flops", ["--models", "tinycnn", "--layouts", "nchw", "--batch", "16", "--steps", "2",
                    "--repeats", "1", "--matmul", "512"]),
         ("eval", ["--suite", "quick", "--n", "64", "--repeats", "1"]),
+        ("layout", ["--models", "tinycnn", "--batch", "8", "--repeats", "1"]),
     ],
 }
-MODULES = {"pgd": bench_pgd, "mat": bench_mat, "flops": bench_flops, "eval": bench_eval}
+MODULES = {"pgd": bench_pgd, "mat": bench_mat, "flops": bench_flops, "eval": bench_eval,
+           "layout": bench_layout}
 
 
 def main(argv: list[str] | None = None) -> None:

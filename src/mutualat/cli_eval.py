@@ -62,6 +62,7 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
                     help="off (default): fp32 throughout. bf16: the models run under bf16 autocast "
                          "(faster on processors with bf16 units; lower-precision gradients can "
                          "weaken attacks, so the summary says so)")
+    _layout_arg(ev)
     _data_args(ev)
     _source_args(ev)
     _run_args(ev)
@@ -78,6 +79,7 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
     tr.add_argument("--steps", type=int, default=100, help="PGD steps (default 100, the paper's)")
     tr.add_argument("--step-size", type=float,
                     help="PGD step (default 0.003 in linf, the paper's; 2.5 eps / steps otherwise)")
+    _layout_arg(tr)
     _data_args(tr)
     _source_args(tr)
     _run_args(tr)
@@ -89,6 +91,13 @@ def add_eval_commands(subparsers: Any) -> dict[str, Handler]:
     rp.add_argument("--out", type=Path, required=True, help="report folder")
     rp.set_defaults(handler=run_report)
     return {"eval": run_eval, "transfer": run_transfer, "report": run_report}
+
+
+def _layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="the models' memory layout, fp32 either way: auto (default) runs "
+                        "convolutional models in channels_last on the CPU, where it is faster; "
+                        "the record says which layout each model ran in")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -251,13 +260,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if points:
         eps_sweep(models, suite, points, images, labels, args.out, checks=checks,
                   batch_size=args.batch_size, device=device, seed=args.seed, ensemble=args.ensemble,
-                  progress=not args.no_progress, data_info=data_info, model_info=info, amp=args.amp)
+                  progress=not args.no_progress, data_info=data_info, model_info=info, amp=args.amp,
+                  channels_last=args.channels_last)
         print(sweep_table(json.loads((args.out / "eps_sweep.json").read_text())))
         print(f"robust accuracy against eps: {args.out / 'eps_sweep.png'}")
         return 0
     summary = evaluate(models, suite, images, labels, args.out, batch_size=args.batch_size, device=device,
              seed=args.seed, ensemble=args.ensemble, checks=checks, progress=not args.no_progress,
-             data_info=data_info, model_info=info, amp=args.amp)
+             data_info=data_info, model_info=info, amp=args.amp, channels_last=args.channels_last)
     print(summary_table(summary))
     print(f"summary: {args.out / 'summary.json'}")
     return 0
@@ -315,7 +325,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         step = args.step_size if args.step_size is not None else (0.003 if norm == "linf" else None)
         attacks[name] = default_attack(norm, eps, steps=args.steps, step_size=step)
     result = transfer_matrix(sources, targets, images, labels, attacks, batch_size=args.batch_size,
-                             device=device, seed=args.seed, progress=not args.no_progress)
+                             device=device, seed=args.seed, progress=not args.no_progress,
+                             channels_last=args.channels_last)
     path = write_transfer(result, args.out)
     print((args.out / "transfer.md").read_text())
     print(f"transfer matrix: {path}")

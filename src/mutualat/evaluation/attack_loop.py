@@ -163,8 +163,11 @@ def model_outcomes(
     device: torch.device,
     seed: int,
     progress: bool,
+    layout: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
-    """Clean flags, the outcome matrix and per-attack run facts of one model (resuming)."""
+    """Clean flags, the outcome matrix and per-attack run facts of one model (resuming).
+    ``layout`` (:mod:`.layout`'s name of the memory layout the model runs in) is recorded
+    with each attack it runs; an attack recorded before layouts were is None."""
     mdir = out / name
     clean_file = mdir / "clean.npz"
     if clean_file.is_file():
@@ -183,7 +186,8 @@ def model_outcomes(
             with np.load(path) as f:
                 outcome[:, j] = f["outcome"]
                 facts[spec.id] = {"seconds": float(f["seconds"]), "invalid": int(f["invalid"]),
-                                  "attacked": int(f["attacked"])}
+                                  "attacked": int(f["attacked"]),
+                                  "layout": str(f["layout"]) if "layout" in f.files else None}
             continue
         if suite.per_attack == "cumulative":
             todo = candidates(clean, outcome[:, :j], threats[:j], spec.threat)
@@ -199,8 +203,10 @@ def model_outcomes(
         )
         seconds = time.perf_counter() - tick
         outcome[:, j] = col
-        facts[spec.id] = {"seconds": seconds, "invalid": invalid, "attacked": int(todo.sum())}
-        write_npz(path, outcome=col, seconds=seconds, invalid=invalid, attacked=int(todo.sum()))
+        facts[spec.id] = {"seconds": seconds, "invalid": invalid, "attacked": int(todo.sum()),
+                          "layout": layout}
+        write_npz(path, outcome=col, seconds=seconds, invalid=invalid, attacked=int(todo.sum()),
+                  **({"layout": layout} if layout else {}))
         partial.unlink(missing_ok=True)
         same = [k for k in range(j + 1) if threats[k] == spec.threat]
         acc = float((clean & (outcome[:, same] == ROBUST).all(axis=1)).mean())

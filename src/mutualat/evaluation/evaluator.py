@@ -49,8 +49,9 @@ from torch import nn
 
 from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
-from mutualat.evaluation.attack_loop import as_tensors, batch_seed, model_outcomes
+from mutualat.evaluation.attack_loop import as_tensors, batch_seed, model_outcomes, to_float01
 from mutualat.evaluation.checks import CheckConfig, run_checks
+from mutualat.evaluation.layout import check_choice, in_layout
 from mutualat.evaluation.records import (
     check_manifest, fingerprint_data, fingerprint_model, write_json,
 )
@@ -85,6 +86,7 @@ def evaluate(
     model_info: Mapping[str, Mapping[str, Any]] | None = None,
     amp: str = "off",
     preprocessing: tuple[Sequence[float], Sequence[float]] | None = None,
+    channels_last: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate ``models`` (name -> module mapping [0,1] images to logits) under ``suite``.
 
@@ -104,9 +106,13 @@ def evaluate(
             normalized input (normalization done by the data pipeline, as torchvision's
             ``Normalize``): each model is wrapped in :class:`~mutualat.models.Preprocessed`,
             so attacks still perturb [0,1] pixels and radii mean what the suite says.
+        channels_last: the memory layout the models run in, "auto" (channels_last on the
+            CPU, where it is faster), "on" or "off"; see :mod:`.layout`. Both are fp32 with
+            the same weights; each attack's record says which one it ran in.
 
     Returns the summary (also written to ``out_dir/summary.json``; :func:`summary_table` gives
-    its table) and logs its warnings. The models are moved to ``device``; the global torch random state is restored
+    its table) and logs its warnings. The models are moved to ``device`` (and, in
+    channels_last, converted to that layout in place, their values unchanged); the global torch random state is restored
     afterwards. The unit of resumption is one (model, attack): an attack interrupted halfway
     runs again from its start.
     """
@@ -116,6 +122,7 @@ def evaluate(
         raise ConfigError("evaluate needs at least one model")
     if amp not in ("off", "bf16"):
         raise ConfigError(f"amp must be off or bf16, got {amp!r}")
+    check_choice(channels_last)
     suite.validate()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     x_all, y_all = as_tensors(images, labels)
@@ -149,13 +156,18 @@ def evaluate(
 
     cuda = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
+        # After the identity: a layout changes neither a model's weights nor its fingerprint.
+        probe = to_float01(x_all[:2], dev)
+        laid = {name: in_layout(name, model, probe, channels_last, dev) for name, model in named.items()}
         results = {
-            name: model_outcomes(name, model, suite, x_all, y_all, out, batch_size, dev, seed, progress)
-            for name, model in named.items()
+            name: model_outcomes(name, model, suite, x_all, y_all, out, batch_size, dev, seed,
+                                 progress, layout=layout)
+            for name, (model, layout) in laid.items()
         }
         check_record = None
         if checks:
-            check_record = _checks(named, suite, x_all, y_all, out, batch_size, dev, seed,
+            run_models = {name: model for name, (model, _) in laid.items()}
+            check_record = _checks(run_models, suite, x_all, y_all, out, batch_size, dev, seed,
                                    checks if isinstance(checks, CheckConfig) else CheckConfig())
     summary = build_summary(
         suite, results, seed=seed, batch_size=batch_size, device=dev, data_info=data_info,

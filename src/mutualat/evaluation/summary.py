@@ -43,7 +43,9 @@ def build_summary(
          "models": {name: {"info": {...model file metadata...},
                            "clean", "r_avg", "r_worst", "threats": {t: acc},
                            "attacks": {id: {name, threat, restarts, params, eps, accuracy,
-                                            attacked, broken, invalid, seconds}},
+                                            attacked, broken, invalid, seconds,
+                                            layout: "channels_last" | "contiguous" | "mixed"
+                                                    | null (recorded before layouts were)}},
                            "correct_file": "<name>/correct.npz"}},
          "checks": {...} or null, "precision": "fp32" | "bf16 autocast", "warnings": [...]}
     """
@@ -67,6 +69,7 @@ def build_summary(
                 "accuracy": report["attacks"][spec.id],
                 "attacked": fact.get("attacked"), "broken": int((outcome[:, j] == BROKEN).sum()),
                 "invalid": fact.get("invalid", 0), "seconds": fact.get("seconds"),
+                "layout": fact.get("layout"),
             }
             if fact.get("invalid"):
                 warnings.append(

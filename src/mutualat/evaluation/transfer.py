@@ -28,6 +28,7 @@ from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
 from mutualat.evaluation.attack_loop import as_tensors, batch_seed, correct_on, to_float01
 from mutualat.evaluation.checks import transfer_vs_whitebox
+from mutualat.evaluation.layout import check_choice, in_layout
 from mutualat.evaluation.records import fingerprint_model, hardware_info, utc_now, versions
 from mutualat.report.paper_tables import transfer_table
 from mutualat.train.checkpoint import atomic_write_bytes
@@ -57,6 +58,7 @@ def transfer_matrix(
     seed: int = 0,
     progress: bool = True,
     tol: float = 0.01,
+    channels_last: str = "auto",
 ) -> dict[str, Any]:
     """The accuracy matrix of ``targets`` under attacks crafted on ``sources``.
 
@@ -64,8 +66,11 @@ def transfer_matrix(
     at its source's training eps). ``images`` (N, C, H, W) uint8 or float in [0,1],
     ``labels`` (N,). Returns ``{"sources", "targets", "clean": {t: acc}, "accuracy":
     {s: {t: acc}}, "white_box": {t: acc}, "attacks": {s: description}, "n_examples",
-    "seed", "warnings", "versions", "hardware", "date"}``; accuracies are fractions.
+    "seed", "layout": {model: "channels_last" | "contiguous"}, "warnings", "versions",
+    "hardware", "date"}``; accuracies are fractions. ``channels_last`` is the models' memory
+    layout as in :func:`~mutualat.evaluation.evaluate` (:mod:`.layout`; converted in place).
     """
+    check_choice(channels_last)
     if not sources or not targets:
         raise ConfigError("transfer needs at least one source and one target model")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -80,6 +85,14 @@ def transfer_matrix(
             raise ConfigError(f"source and target {name!r} share a name but not their weights")
     for model in list(sources.values()) + list(targets.values()):
         model.to(dev)
+    probe = to_float01(x_all[:2], dev)
+    laid: dict[int, tuple[nn.Module, str]] = {}  # by module: a model both source and target once
+    for name, model in list(sources.items()) + list(targets.items()):
+        if id(model) not in laid:
+            laid[id(model)] = in_layout(name, model, probe, channels_last, dev)
+    layout = {name: laid[id(m)][1] for name, m in {**sources, **targets}.items()}
+    sources = {name: laid[id(m)][0] for name, m in sources.items()}
+    targets = {name: laid[id(m)][0] for name, m in targets.items()}
 
     n = len(y_all)
     clean = {t: np.zeros(n, dtype=bool) for t in targets}
@@ -110,6 +123,7 @@ def transfer_matrix(
         "date": utc_now(),
         "seed": seed,
         "n_examples": n,
+        "layout": layout,
         "sources": list(sources),
         "targets": list(targets),
         "attacks": {s: _describe(per_source[s]) for s in sources},

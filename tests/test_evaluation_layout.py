@@ -1,0 +1,175 @@
+"""The evaluator's memory layout (mutualat.evaluation.layout): channels_last finds what the
+contiguous layout finds, is recorded per attack, resumes a folder begun in the other layout,
+leaves the weights' values alone, and is refused (or skipped) for a model that cannot run in it."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mutualat.data import load_dataset
+from mutualat.errors import ConfigError
+from mutualat.evaluation import evaluate
+from mutualat.evaluation.records import fingerprint_model
+from mutualat.evaluation.suite import suite_from_dict
+from mutualat.evaluation.transfer import default_attack, transfer_matrix
+from mutualat.evaluation.worst_case import BROKEN
+from mutualat.models import create_model
+
+SUITE = suite_from_dict({
+    "name": "layout",
+    "per_attack": "cumulative",
+    "threats": {"linf": {"eps": 0.03}},
+    "attacks": [
+        {"id": "pgd-5", "name": "pgd", "params": {"steps": 5, "random_start": True}},
+        {"id": "fgsm", "name": "fgsm"},
+    ],
+})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model_and_data(n: int = 48) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A tinycnn trained for 60 plain steps on the embedded Fashion-MNIST, and ``n`` of its
+    test images: most are clean-correct, and l-inf 0.03 breaks about half of those."""
+    torch.manual_seed(0)
+    data = load_dataset("fashion-mnist-embedded")
+    xs = torch.from_numpy(data.train.images).float().div(255)
+    ys = torch.from_numpy(data.train.labels).long()
+    model = create_model("tinycnn", num_classes=10, in_channels=1, input_size=28)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(60):
+        i = torch.randint(len(ys), (64,))
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(xs[i]), ys[i]).backward()
+        optimizer.step()
+    return (model.eval(), torch.from_numpy(data.test.images[:n]).float().div(255),
+            torch.from_numpy(data.test.labels[:n]).long())
+
+
+def _evaluate(model, x, y, out, **kw):
+    return evaluate({"m": model}, kw.pop("suite", SUITE), x, y, out, batch_size=16, device="cpu",
+                    seed=0, checks=False, progress=False, **kw)
+
+
+def _outcome(out) -> np.ndarray:
+    with np.load(out / "m" / "correct.npz") as f:
+        return f["outcome"]
+
+
+def test_channels_last_finds_what_contiguous_finds_and_each_attack_says_which_ran(tmp_path):
+    model, x, y = _model_and_data()
+    before = fingerprint_model(model)
+    off = _evaluate(copy.deepcopy(model), x, y, tmp_path / "off", channels_last="off")
+    auto = _evaluate(model, x, y, tmp_path / "auto")  # the default: channels_last on the CPU
+    assert {a["layout"] for a in off["models"]["m"]["attacks"].values()} == {"contiguous"}
+    assert {a["layout"] for a in auto["models"]["m"]["attacks"].values()} == {"channels_last"}
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fingerprint_model(model) == before  # converted in place, values unchanged
+    # The same sums in another order: an attack's outcome may flip only on a near-tie.
+    a, b = _outcome(tmp_path / "off"), _outcome(tmp_path / "auto")
+    assert 0 < (a == BROKEN).sum() < a.size  # something broke, not everything
+    assert (a != b).sum() <= 1, (a, b)
+
+
+def test_a_folder_begun_in_one_layout_resumes_in_the_other(tmp_path):
+    model, x, y = _model_and_data()
+    out = tmp_path / "ev"
+    first = _evaluate(copy.deepcopy(model), x, y, out, channels_last="off")
+    # as if stopped after its first attack: the second attack's record and the summary gone
+    (out / "m" / "attacks" / "fgsm.npz").unlink()
+    (out / "summary.json").unlink()
+    resumed = _evaluate(model, x, y, out, channels_last="on")
+    attacks = resumed["models"]["m"]["attacks"]
+    assert attacks["pgd-5"]["layout"] == "contiguous" and attacks["fgsm"]["layout"] == "channels_last"
+    assert attacks["pgd-5"]["accuracy"] == first["models"]["m"]["attacks"]["pgd-5"]["accuracy"]
+    assert abs(resumed["models"]["m"]["r_worst"] - first["models"]["m"]["r_worst"]) <= 1 / len(y)
+
+
+class _ViewsAsNCHW(nn.Module):
+    """Flattens a convolution's output with view, which a channels_last tensor refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.fc(h.view(h.shape[0], -1))
+
+
+class _ReadsRawMemory(_ViewsAsNCHW):
+    """Reads the convolution's output in memory order, which channels_last permutes."""
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.fc(torch.as_strided(h, (h.shape[0], h[0].numel()), (h[0].numel(), 1)))
+
+
+@pytest.mark.parametrize("model_class, problem", [
+    (_ViewsAsNCHW, "it raised RuntimeError"),
+    (_ReadsRawMemory, "its logits differ from the contiguous layout's"),
+])
+def test_a_model_that_cannot_run_channels_last_stays_contiguous_or_is_refused(
+        tmp_path, caplog, model_class, problem):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)  # every example clean-correct
+    with caplog.at_level(logging.INFO, logger="mutualat.evaluation.layout"):
+        summary = _evaluate(model, x, y, tmp_path / "auto")
+    assert {a["layout"] for a in summary["models"]["m"]["attacks"].values()} == {"contiguous"}
+    assert f"m: stays contiguous: in channels_last {problem}" in caplog.text
+    assert model.conv.weight.is_contiguous()  # put back
+    with pytest.raises(ConfigError, match=f"model 'm' cannot run in channels_last: {problem}"):
+        _evaluate(model, x, y, tmp_path / "on", channels_last="on")
+
+
+def test_a_model_under_bf16_autocast_is_probed_in_fp32(tmp_path):
+    model, x, y = _model_and_data(8)
+    summary = _evaluate(model, x, y, tmp_path / "bf16", amp="bf16")
+    assert summary["precision"] == "bf16 autocast"
+    assert {a["layout"] for a in summary["models"]["m"]["attacks"].values()} == {"channels_last"}
+
+
+def test_an_unknown_layout_is_refused_before_anything_is_written(tmp_path):
+    model, x, y = _model_and_data(8)
+    with pytest.raises(ConfigError, match="channels_last must be one of auto, on, off, got 'yes'"):
+        _evaluate(model, x, y, tmp_path / "ev", channels_last="yes")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_transfer_runs_in_channels_last_and_says_so(tmp_path):
+    model, x, y = _model_and_data(32)
+    other = copy.deepcopy(model)
+    attack = default_attack("linf", 0.03, steps=5)
+    off = transfer_matrix({"a": copy.deepcopy(model)}, {"a": copy.deepcopy(model), "b": copy.deepcopy(other)},
+                          x, y, attack, batch_size=16, device="cpu", progress=False, channels_last="off")
+    auto = transfer_matrix({"a": model}, {"a": model, "b": other}, x, y, attack, batch_size=16,
+                           device="cpu", progress=False)
+    assert off["layout"] == {"a": "contiguous", "b": "contiguous"}
+    assert auto["layout"] == {"a": "channels_last", "b": "channels_last"}
+    for source, row in off["accuracy"].items():
+        for target, acc in row.items():
+            assert abs(auto["accuracy"][source][target] - acc) <= 1 / len(y)
+
+
+def test_off_leaves_a_model_its_owner_converted_as_it_is_and_says_so(tmp_path):
+    model, x, y = _model_and_data(8)
+    model.to(memory_format=torch.channels_last)
+    summary = _evaluate(model, x, y, tmp_path / "off", channels_last="off")
+    assert {a["layout"] for a in summary["models"]["m"]["attacks"].values()} == {"channels_last"}
