@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import io
 import tempfile
@@ -55,14 +54,12 @@ def rows(args: argparse.Namespace) -> list[Row]:
               "standalone": dataclasses.replace(cumulative, per_attack="standalone")}
     summaries: dict[str, dict] = {}
     outcomes: dict[str, np.ndarray] = {}
-    # "on" converts its model in place: its own copy, so that "off" stays contiguous
-    models = {"off": model, "on": copy.deepcopy(model)}
 
     def run(mode: str, layout: str = "off"):
         def go() -> None:
             with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
                 summaries[mode, layout] = evaluate(
-                    {"cnn": models[layout]}, suites[mode], images, labels, out, batch_size=args.batch,
+                    {"cnn": model}, suites[mode], images, labels, out, batch_size=args.batch,
                     device=device, seed=0, checks=False, progress=False, channels_last=layout)
                 with np.load(f"{out}/cnn/correct.npz") as f:
                     outcomes[mode, layout] = f["outcome"]

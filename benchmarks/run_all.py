@@ -36,6 +36,7 @@ import bench_mat
 import bench_pgd
 from common import Row, environment, print_table, use_clock
 
+SMALL_BATCH_MODELS = ["tinycnn", "smallcnn", "madrycnn", "cnn32", "resnet18"]
 # Each preset: a list of (section, arguments of that benchmark's command line).
 PRESETS: dict[str, list[tuple[str, list[str]]]] = {
     "cpu": [
@@ -45,6 +46,9 @@ PRESETS: dict[str, list[tuple[str, list[str]]]] = {
                    "--repeats", "3", "--matmul", "4096"]),
         ("eval", ["--suite", "quick", "--n", "512", "--repeats", "3"]),
         ("layout", ["--batch", "128", "--repeats", "3"]),
+        # a cumulative suite's last batches are small: is channels_last still the faster?
+        ("layout", ["--batch", "32", "--repeats", "3", "--models", *SMALL_BATCH_MODELS]),
+        ("layout", ["--batch", "8", "--repeats", "3", "--models", *SMALL_BATCH_MODELS]),
     ],
     "gpu": [  # most wanted first: a run cut short by its time limit keeps these
         ("mat", ["--model", "resnet18", "--batch", "128", "--steps", "10", "--repeats", "3",

@@ -1,6 +1,7 @@
 """The evaluator's memory layout (mutualat.evaluation.layout): channels_last finds what the
 contiguous layout finds, is recorded per attack, resumes a folder begun in the other layout,
-leaves the weights' values alone, and is refused (or skipped) for a model that cannot run in it."""
+gives the caller's models back as they came, and is refused (or skipped) for a model that
+cannot run in it."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from torch import nn
 from mutualat.data import load_dataset
 from mutualat.errors import ConfigError
 from mutualat.evaluation import evaluate
+from mutualat.attacks.pgd import PGD
+from mutualat.evaluation.layout import ChannelsLast, in_layout
 from mutualat.evaluation.records import fingerprint_model
 from mutualat.evaluation.suite import suite_from_dict
 from mutualat.evaluation.transfer import default_attack, transfer_matrix
 from mutualat.evaluation.worst_case import BROKEN
-from mutualat.models import create_model
+from mutualat.models import MODELS, create_model
 
 SUITE = suite_from_dict({
     "name": "layout",
@@ -75,9 +78,9 @@ def test_channels_last_finds_what_contiguous_finds_and_each_attack_says_which_ra
     auto = _evaluate(model, x, y, tmp_path / "auto")  # the default: channels_last on the CPU
     assert {a["layout"] for a in off["models"]["m"]["attacks"].values()} == {"contiguous"}
     assert {a["layout"] for a in auto["models"]["m"]["attacks"].values()} == {"channels_last"}
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert fingerprint_model(model) == before  # converted in place, values unchanged
+    # the caller's model comes back as it went in: contiguous, the same values
+    assert all(p.is_contiguous() for p in model.parameters()) and fingerprint_model(model) == before
+    torch.nn.utils.parameters_to_vector(model.parameters())  # views every weight: needs contiguous
     # The same sums in another order: an attack's outcome may flip only on a near-tie.
     a, b = _outcome(tmp_path / "off"), _outcome(tmp_path / "auto")
     assert 0 < (a == BROKEN).sum() < a.size  # something broke, not everything
@@ -99,12 +102,12 @@ def test_a_folder_begun_in_one_layout_resumes_in_the_other(tmp_path):
 
 
 class _ViewsAsNCHW(nn.Module):
-    """Flattens a convolution's output with view, which a channels_last tensor refuses."""
+    """Flattens its convolutions' output with view, which a channels_last tensor refuses."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.fc = nn.Linear(4 * 26 * 26, 10)
+        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+        self.fc = nn.Linear(4 * 24 * 24, 10)
 
     def forward(self, x):
         h = self.conv(x)
@@ -112,7 +115,7 @@ class _ViewsAsNCHW(nn.Module):
 
 
 class _ReadsRawMemory(_ViewsAsNCHW):
-    """Reads the convolution's output in memory order, which channels_last permutes."""
+    """Reads its convolutions' output in memory order, which channels_last permutes."""
 
     def forward(self, x):
         h = self.conv(x)
@@ -121,7 +124,7 @@ class _ReadsRawMemory(_ViewsAsNCHW):
 
 @pytest.mark.parametrize("model_class, problem", [
     (_ViewsAsNCHW, "it raised RuntimeError"),
-    (_ReadsRawMemory, "its logits differ from the contiguous layout's"),
+    (_ReadsRawMemory, "its logits differ from the contiguous layout's by"),
 ])
 def test_a_model_that_cannot_run_channels_last_stays_contiguous_or_is_refused(
         tmp_path, caplog, model_class, problem):
@@ -133,10 +136,52 @@ def test_a_model_that_cannot_run_channels_last_stays_contiguous_or_is_refused(
     with caplog.at_level(logging.INFO, logger="mutualat.evaluation.layout"):
         summary = _evaluate(model, x, y, tmp_path / "auto")
     assert {a["layout"] for a in summary["models"]["m"]["attacks"].values()} == {"contiguous"}
-    assert f"m: stays contiguous: in channels_last {problem}" in caplog.text
-    assert model.conv.weight.is_contiguous()  # put back
+    assert f"m: not converted to channels_last: {problem}" in caplog.text
+    assert model.conv[2].weight.is_contiguous()  # the probe ran on a copy
     with pytest.raises(ConfigError, match=f"model 'm' cannot run in channels_last: {problem}"):
         _evaluate(model, x, y, tmp_path / "on", channels_last="on")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_architecture_passes_the_probe(name):
+    """Deep nets' input gradients differ between the layouts by fp32 rounding (up to 2.5e-3
+    relative, WRN-28-10): the probe must not mistake that for a model that cannot run."""
+    c, side = (1, 28) if name in ("tinycnn", "smallcnn", "madrycnn") else (3, 32)
+    model = create_model(name, num_classes=10, in_channels=c, input_size=side)
+    torch.manual_seed(0)
+    laid, layout = in_layout(name, model, torch.rand(2, c, side, side), "on", torch.device("cpu"))
+    assert layout == "channels_last" and isinstance(laid, ChannelsLast)
+
+
+def test_an_ensemble_with_a_member_that_cannot_convert_runs_mixed_and_says_so(tmp_path):
+    model, x, y = _model_and_data(16)
+    torch.manual_seed(1)
+    other = _ViewsAsNCHW().eval()
+    summary = evaluate({"good": model, "bad": other}, SUITE, x, y, tmp_path / "ev", batch_size=16,
+                       device="cpu", seed=0, ensemble=True, checks=False, progress=False)
+    layouts = {name: {a["layout"] for a in m["attacks"].values()} for name, m in summary["models"].items()}
+    assert layouts == {"good": {"channels_last"}, "bad": {"contiguous"}, "ensemble": {"mixed"}}
+    assert all(p.is_contiguous() for p in (*model.parameters(), *other.parameters()))
+
+
+def test_an_attack_resumed_in_the_other_layout_is_recorded_mixed(tmp_path, monkeypatch):
+    model, x, y = _model_and_data()
+    original, calls = PGD.perturb, []
+
+    def stopped_at_the_second_batch(self, model, x, y):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, model, x, y)
+
+    monkeypatch.setattr(PGD, "perturb", stopped_at_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(model, x, y, tmp_path / "ev", channels_last="off")
+    assert (tmp_path / "ev" / "m" / "attacks" / "pgd-5.partial.npz").is_file()
+    monkeypatch.setattr(PGD, "perturb", original)
+    summary = _evaluate(model, x, y, tmp_path / "ev")
+    attacks = summary["models"]["m"]["attacks"]
+    assert attacks["pgd-5"]["layout"] == "mixed" and attacks["fgsm"]["layout"] == "channels_last"
 
 
 def test_a_model_under_bf16_autocast_is_probed_in_fp32(tmp_path):

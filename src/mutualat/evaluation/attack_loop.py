@@ -95,12 +95,14 @@ def run_attack(
     progress: bool = True,
     desc: str = "",
     partial: Path | None = None,
-) -> tuple[np.ndarray, int]:
+    layout: str | None = None,
+) -> tuple[np.ndarray, int, str | None]:
     """Run ``attack`` ``restarts`` times on the examples where ``todo`` is True.
 
-    Returns the outcome column ``(N,)`` (``NOT_ATTACKED`` outside ``todo``) and the number of
-    invalid points returned (counted as failures). Each restart only attacks what is still
-    robust; each batch is seeded from ``seed_key + (restart, batch)``.
+    Returns the outcome column ``(N,)`` (``NOT_ATTACKED`` outside ``todo``), the number of
+    invalid points returned (counted as failures) and the memory layout the attack ran in:
+    ``layout``, or "mixed" when it continued a part run in another one. Each restart only
+    attacks what is still robust; each batch is seeded from ``seed_key + (restart, batch)``.
 
     ``partial``: a file where the progress is saved after every batch (the column so far,
     the restart and batch reached, the examples that restart attacks); if it exists, the
@@ -118,6 +120,8 @@ def run_attack(
                 col, alive = f["col"].copy(), f["alive"].copy()
                 invalid, first_restart, first_batch = (int(f["invalid"]), int(f["restart"]),
                                                        int(f["batch"]))
+                before = str(f["layout"]) if "layout" in f.files else None
+                layout = layout if before == layout else "mixed"
     for restart in range(first_restart, restarts):
         if alive.size == 0:
             break
@@ -147,9 +151,10 @@ def run_attack(
                 write_npz(partial, col=col,
                           alive=alive[col[alive] == ROBUST] if last else alive,
                           restart=restart + 1 if last else restart,
-                          batch=0 if last else b + 1, invalid=invalid)
+                          batch=0 if last else b + 1, invalid=invalid,
+                          **({"layout": layout} if layout else {}))
         alive = alive[col[alive] == ROBUST]
-    return col, invalid
+    return col, invalid, layout
 
 
 def model_outcomes(
@@ -196,17 +201,17 @@ def model_outcomes(
         attack = suite.build(spec)
         tick = time.perf_counter()
         partial = path.with_name(f"{spec.id}.partial.npz")
-        col, invalid = run_attack(
+        col, invalid, ran_in = run_attack(
             model, attack, suite.threat_of(spec), images, labels, todo, spec.restarts,
             batch_size, device, (seed, name, spec.id), progress, desc=f"{name} {spec.id}",
-            partial=partial,
+            partial=partial, layout=layout,
         )
         seconds = time.perf_counter() - tick
         outcome[:, j] = col
         facts[spec.id] = {"seconds": seconds, "invalid": invalid, "attacked": int(todo.sum()),
-                          "layout": layout}
+                          "layout": ran_in}
         write_npz(path, outcome=col, seconds=seconds, invalid=invalid, attacked=int(todo.sum()),
-                  **({"layout": layout} if layout else {}))
+                  **({"layout": ran_in} if ran_in else {}))
         partial.unlink(missing_ok=True)
         same = [k for k in range(j + 1) if threats[k] == spec.threat]
         acc = float((clean & (outcome[:, same] == ROBUST).all(axis=1)).mean())

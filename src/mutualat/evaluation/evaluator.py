@@ -51,7 +51,7 @@ from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
 from mutualat.evaluation.attack_loop import as_tensors, batch_seed, model_outcomes, to_float01
 from mutualat.evaluation.checks import CheckConfig, run_checks
-from mutualat.evaluation.layout import check_choice, in_layout
+from mutualat.evaluation.layout import check_choice, in_layout, kept_layouts
 from mutualat.evaluation.records import (
     check_manifest, fingerprint_data, fingerprint_model, write_json,
 )
@@ -111,8 +111,8 @@ def evaluate(
             the same weights; each attack's record says which one it ran in.
 
     Returns the summary (also written to ``out_dir/summary.json``; :func:`summary_table` gives
-    its table) and logs its warnings. The models are moved to ``device`` (and, in
-    channels_last, converted to that layout in place, their values unchanged); the global torch random state is restored
+    its table) and logs its warnings. The models are moved to ``device`` (a memory
+    layout chosen here is undone on return); the global torch random state is restored
     afterwards. The unit of resumption is one (model, attack): an attack interrupted halfway
     runs again from its start.
     """
@@ -155,7 +155,7 @@ def evaluate(
     started = json.loads((out / "manifest.json").read_text()).get("started")
 
     cuda = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), kept_layouts(named.values()):
         # After the identity: a layout changes neither a model's weights nor its fingerprint.
         probe = to_float01(x_all[:2], dev)
         laid = {name: in_layout(name, model, probe, channels_last, dev) for name, model in named.items()}

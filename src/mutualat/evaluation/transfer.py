@@ -28,7 +28,7 @@ from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
 from mutualat.evaluation.attack_loop import as_tensors, batch_seed, correct_on, to_float01
 from mutualat.evaluation.checks import transfer_vs_whitebox
-from mutualat.evaluation.layout import check_choice, in_layout
+from mutualat.evaluation.layout import check_choice, in_layout, kept_layouts
 from mutualat.evaluation.records import fingerprint_model, hardware_info, utc_now, versions
 from mutualat.report.paper_tables import transfer_table
 from mutualat.train.checkpoint import atomic_write_bytes
@@ -68,7 +68,7 @@ def transfer_matrix(
     {s: {t: acc}}, "white_box": {t: acc}, "attacks": {s: description}, "n_examples",
     "seed", "layout": {model: "channels_last" | "contiguous"}, "warnings", "versions",
     "hardware", "date"}``; accuracies are fractions. ``channels_last`` is the models' memory
-    layout as in :func:`~mutualat.evaluation.evaluate` (:mod:`.layout`; converted in place).
+    layout as in :func:`~mutualat.evaluation.evaluate` (:mod:`.layout`).
     """
     check_choice(channels_last)
     if not sources or not targets:
@@ -85,34 +85,18 @@ def transfer_matrix(
             raise ConfigError(f"source and target {name!r} share a name but not their weights")
     for model in list(sources.values()) + list(targets.values()):
         model.to(dev)
-    probe = to_float01(x_all[:2], dev)
-    laid: dict[int, tuple[nn.Module, str]] = {}  # by module: a model both source and target once
-    for name, model in list(sources.items()) + list(targets.items()):
-        if id(model) not in laid:
-            laid[id(model)] = in_layout(name, model, probe, channels_last, dev)
-    layout = {name: laid[id(m)][1] for name, m in {**sources, **targets}.items()}
-    sources = {name: laid[id(m)][0] for name, m in sources.items()}
-    targets = {name: laid[id(m)][0] for name, m in targets.items()}
-
+    # A layout chosen here is undone on return: the caller's models stay as they were.
+    with kept_layouts(list(sources.values()) + list(targets.values())):
+        probe = to_float01(x_all[:2], dev)
+        laid: dict[int, tuple[nn.Module, str]] = {}  # by module: a model both source and target once
+        for name, model in list(sources.items()) + list(targets.items()):
+            if id(model) not in laid:
+                laid[id(model)] = in_layout(name, model, probe, channels_last, dev)
+        layout = {name: laid[id(m)][1] for name, m in {**sources, **targets}.items()}
+        clean, robust = _outcomes({name: laid[id(m)][0] for name, m in sources.items()},
+                                  {name: laid[id(m)][0] for name, m in targets.items()},
+                                  per_source, x_all, y_all, batch_size, dev, seed, progress)
     n = len(y_all)
-    clean = {t: np.zeros(n, dtype=bool) for t in targets}
-    robust = {s: {t: np.zeros(n, dtype=bool) for t in targets} for s in sources}
-    cuda = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        starts = range(0, n, batch_size)
-        for s, (source, model) in enumerate(sources.items()):
-            for b, start in enumerate(tqdm(starts, desc=f"transfer from {source}",
-                                           disable=not progress, leave=False)):
-                x = to_float01(x_all[start:start + batch_size], dev)
-                y = y_all[start:start + batch_size].to(dev)
-                torch.manual_seed(batch_seed(seed, "transfer", source, b))
-                x_adv = per_source[source](model, x, y)
-                for target, tmodel in targets.items():
-                    if s == 0:
-                        clean[target][start:start + batch_size] = correct_on(tmodel, x, y).cpu().numpy()
-                    robust[source][target][start:start + batch_size] = (
-                        correct_on(tmodel, x_adv, y).cpu().numpy()
-                    )
     accuracy = {s: {t: float((clean[t] & robust[s][t]).mean()) for t in targets} for s in sources}
     white_box = {t: accuracy[t][t] for t in targets if t in sources}
     warnings = transfer_vs_whitebox(accuracy, white_box, tol)
@@ -134,6 +118,33 @@ def transfer_matrix(
         "versions": versions(),
         "hardware": hardware_info(dev),
     }
+
+
+def _outcomes(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module],
+              per_source: Mapping[str, Any], x_all: torch.Tensor, y_all: torch.Tensor,
+              batch_size: int, dev: torch.device, seed: int, progress: bool):
+    """Per target, which examples it classifies right clean; per source and target, which
+    it still classifies right after the source's attack."""
+    n = len(y_all)
+    clean = {t: np.zeros(n, dtype=bool) for t in targets}
+    robust = {s: {t: np.zeros(n, dtype=bool) for t in targets} for s in sources}
+    cuda = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        starts = range(0, n, batch_size)
+        for s, (source, model) in enumerate(sources.items()):
+            for b, start in enumerate(tqdm(starts, desc=f"transfer from {source}",
+                                           disable=not progress, leave=False)):
+                x = to_float01(x_all[start:start + batch_size], dev)
+                y = y_all[start:start + batch_size].to(dev)
+                torch.manual_seed(batch_seed(seed, "transfer", source, b))
+                x_adv = per_source[source](model, x, y)
+                for target, tmodel in targets.items():
+                    if s == 0:
+                        clean[target][start:start + batch_size] = correct_on(tmodel, x, y).cpu().numpy()
+                    robust[source][target][start:start + batch_size] = (
+                        correct_on(tmodel, x_adv, y).cpu().numpy()
+                    )
+    return clean, robust
 
 
 def _describe(attack: Any) -> dict[str, Any]:
