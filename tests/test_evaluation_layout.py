@@ -35,14 +35,6 @@ SUITE = suite_from_dict({
 })
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model_and_data(n: int = 48) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A tinycnn trained for 60 plain steps on the embedded Fashion-MNIST, and ``n`` of its
     test images: most are clean-correct, and l-inf 0.03 breaks about half of those."""
