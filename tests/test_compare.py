@@ -352,6 +352,10 @@ def test_no_task_outlives_its_killed_scheduler(tmp_path, fork):
     alive = [pid for pid in tasks if _alive(pid)]
     assert not alive, f"processes {alive} outlived the killed scheduler by 5 s"
     assert not list(out.glob("runs/*/*/*/results.json"))  # no run went on to its end
+    # and nothing complains on the way: tqdm's lock was a semaphore the resource tracker
+    # called leaked when a killed task could not release it
+    said = first.stdout.read() + "".join(p.read_text() for p in out.glob("logs/*.log"))
+    assert "leaked" not in said, said
 
 
 @pytest.mark.parametrize("whom", ["group", "scheduler"])

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from mutualat.compare.records import EVALUATED, file_digest, teacher_record
 from mutualat.config import config_from_data
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     task_file = Path(argv[0])
     task = json.loads(task_file.read_text())
     stop_once_on_sigint()
+    # tqdm's default lock is a multiprocessing semaphore, registered with the scheduler's
+    # resource tracker: a task killed with its scheduler (kill -9) left it "leaked", and the
+    # tracker said so on the terminal. A task's progress bars share no other process.
+    tqdm.set_lock(threading.RLock())
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
