@@ -113,8 +113,8 @@ def evaluate(
     Returns the summary (also written to ``out_dir/summary.json``; :func:`summary_table` gives
     its table) and logs its warnings. The models are moved to ``device`` (a memory
     layout chosen here is undone on return); the global torch random state is restored
-    afterwards. The unit of resumption is one (model, attack): an attack interrupted halfway
-    runs again from its start.
+    afterwards. A rerun skips every finished (model, attack), and an attack interrupted
+    halfway continues from its last finished batch (see :func:`.attack_loop.run_attack`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -66,7 +66,7 @@ def transfer_matrix(
     at its source's training eps). ``images`` (N, C, H, W) uint8 or float in [0,1],
     ``labels`` (N,). Returns ``{"sources", "targets", "clean": {t: acc}, "accuracy":
     {s: {t: acc}}, "white_box": {t: acc}, "attacks": {s: description}, "n_examples",
-    "seed", "layout": {model: "channels_last" | "contiguous"}, "warnings", "versions",
+    "seed", "layout": {model: "channels_last" | "contiguous" | "mixed"}, "warnings", "versions",
     "hardware", "date"}``; accuracies are fractions. ``channels_last`` is the models' memory
     layout as in :func:`~mutualat.evaluation.evaluate` (:mod:`.layout`).
     """
