@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from mutualat.cli import main
-from mutualat.compare import Study, load_plan, runner, sections
+from mutualat.compare import Study, load_plan, progress, runner, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.study import Task
@@ -400,6 +401,37 @@ def test_a_tiny_plan_runs_end_to_end(finished_study):
     assert {("at", chosen["at"], "seed2"), ("mat", chosen["mat"], "seed2"),
             ("at", chosen["at"], "seed0-init1"), ("at", chosen["at"], "seed2-init3")} <= runs
     assert len(runs) == 8
+
+
+def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finished_study, tmp_path):
+    """An evaluation and a run undone in a copy of the finished study: --status lists them
+    with the mean CPU time of the finished tasks of their family (kind and variant), less
+    what an interrupted one already spent, and the finished tasks' total."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    chosen = json.loads((out / "comparison.json").read_text())["selection"]["at"]["label"]
+    shutil.rmtree(out / "evals" / "at" / chosen / "seed2")
+    (out / "runs" / "mat" / "lr0.02" / "seed0" / "results.json").unlink()  # as if cut short
+    records = {p.name.removesuffix(".record.json"): json.loads(p.read_text())
+               for p in (out / "tasks").glob("*.record.json")}
+    cut = out / "tasks" / "train__mat__lr0.02__seed0.record.json"
+    cut.write_text(json.dumps({**records["train__mat__lr0.02__seed0"], "status": "interrupted"}))
+    lines = {line.split()[1]: line for line in progress.status_lines(Study(load_plan(plan), out))
+             if line.startswith("ready")}
+    assert set(lines) == {"eval/at/seed2", "train/mat/lr0.02/seed0"}
+
+    def minutes(seconds):
+        return f"{max(round(seconds / 60), 1) if seconds else 0} CPU-min"
+
+    other_eval = records["eval__at__seed0"]["cpu_s"]
+    assert f"about {minutes(other_eval)} (the mean of 1 finished like it)" in lines["eval/at/seed2"]
+    trains = [r["cpu_s"] for k, r in records.items() if k.startswith("train__mat__") and k != "train__mat__lr0.02__seed0"]
+    spent = records["train__mat__lr0.02__seed0"]["cpu_s"]
+    left = max(sum(trains) / len(trains) - spent, 0.0)
+    assert (f"about {minutes(left)} (the mean of {len(trains)} finished like it); "
+            f"{minutes(spent)} already spent") in lines["train/mat/lr0.02/seed0"]
+    assert progress.family("train__mat-a0.6__lr0.2__seed10-init11") == "train__mat-a0.6"
 
 
 def test_the_killed_study_reused_what_had_finished(finished_study):

@@ -33,7 +33,7 @@ from mutualat.bundled import copy_configs, packaged_configs, resolve_config
 from mutualat.catalog import KINDS, catalog, format_entries
 from mutualat.cli_eval import add_eval_commands
 from mutualat.compare import Study, load_plan, run_study
-from mutualat.compare import sections
+from mutualat.compare.progress import status_lines
 from mutualat.compare.report import write_document
 from mutualat.config import dump_config, load_config
 from mutualat.console import setup_logging
@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data-dir", help="data root (else $MUTUALAT_DATA, else the user cache folder)")
     compare.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
     compare.add_argument("--status", action="store_true",
-                         help="say what is finished, running-ready and waiting, then exit")
+                         help="say what is finished and what it cost, what can start now "
+                              "(with an estimate of its CPU time) and what waits, then exit")
     compare.add_argument("--write", type=Path, metavar="DOC",
                          help="also write the report as a section of this Markdown document "
                               "(between its markers; the curves go to figures/ beside it)")
@@ -258,10 +259,7 @@ def _compare(args: argparse.Namespace) -> int:
     plan = load_plan(_config_file(args.plan), environment)
     _check_plan_names(plan)
     if args.status:
-        ready, waiting = sections.tasks(Study(plan, args.out))
-        for task in ready:
-            print(f"ready    {task.key}")
-        print(f"{len(ready)} ready, {waiting} waiting on them")
+        print("\n".join(status_lines(Study(plan, args.out))))
         return 0
     report = run_study(plan, args.out, jobs=args.jobs, threads=args.threads,
                        fork=os.environ.get("MUTUALAT_FORK_SERVER", "1") != "0")
