@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from mutualat.cli import main
-from mutualat.compare import Study, load_plan, progress, runner, sections
+from mutualat.compare import Study, load_plan, progress, report, runner, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.study import Task
 from mutualat.config import to_dict
-from mutualat.compare.worker import run_train
+from mutualat.compare.worker import Record, run_train
 from mutualat.errors import ConfigError
 
 from conftest import script_module
@@ -404,34 +404,64 @@ def test_a_tiny_plan_runs_end_to_end(finished_study):
 
 
 def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finished_study, tmp_path):
-    """An evaluation and a run undone in a copy of the finished study: --status lists them
-    with the mean CPU time of the finished tasks of their family (kind and variant), less
-    what an interrupted one already spent, and the finished tasks' total."""
+    """An evaluation and a run undone in a copy of the finished study, with made-up records:
+    --status gives each the median CPU time of the finished tasks of its family (kind and
+    variant), less what an interrupted one already spent, and totals the rest."""
     plan, finished, _ = finished_study
     out = tmp_path / "out"
     shutil.copytree(finished, out)
-    chosen = json.loads((out / "comparison.json").read_text())["selection"]["at"]["label"]
-    shutil.rmtree(out / "evals" / "at" / chosen / "seed2")
+    chosen = json.loads((out / "comparison.json").read_text())["selection"]
+    shutil.rmtree(out / "evals" / "at" / chosen["at"]["label"] / "seed2")
     (out / "runs" / "mat" / "lr0.02" / "seed0" / "results.json").unlink()  # as if cut short
-    records = {p.name.removesuffix(".record.json"): json.loads(p.read_text())
-               for p in (out / "tasks").glob("*.record.json")}
-    cut = out / "tasks" / "train__mat__lr0.02__seed0.record.json"
-    cut.write_text(json.dumps({**records["train__mat__lr0.02__seed0"], "status": "interrupted"}))
-    lines = {line.split()[1]: line for line in progress.status_lines(Study(load_plan(plan), out))
-             if line.startswith("ready")}
-    assert set(lines) == {"eval/at/seed2", "train/mat/lr0.02/seed0"}
+    tasks = out / "tasks"
+    for path in tasks.glob("*.record.json"):
+        path.write_text(json.dumps({"status": "done", "cpu_s": 60.0, "wall_s": 60.0}))
+    made_up = {"eval__at__seed0": ("done", 600), "eval__at__seed2": ("done", 9999),  # its own
+               f"train__mat__{chosen['mat']['label']}__seed2": ("done", 1800),
+               "train__mat__lr0.05__seed0": ("done", 1200),
+               "train__mat__lr0.02__seed0": ("interrupted", 300)}
+    for slug, (status, cpu) in made_up.items():
+        (tasks / f"{slug}.record.json").write_text(json.dumps({"status": status, "cpu_s": cpu}))
+    (tasks / "eval__mat__seed9.record.json").write_text("null")  # a hand edit: ignored
+    lines = progress.status_lines(Study(load_plan(plan), out))
+    assert lines[0].split() == "ready train/mat/lr0.02/seed0 about 20 CPU-min (the median of 2 "\
+                               "finished like it); 5 CPU-min already spent".split()
+    assert lines[1].split() == "ready eval/at/seed2 about 10 CPU-min (the median of 1 finished "\
+                               "like it)".split()
+    others = len(list(tasks.glob("*.record.json"))) - 3  # not the two ready ones, not the null
+    finished_cpu = 600 + 1800 + 1200 + 60 * (others - 3)
+    assert lines[2] == f"finished {others} tasks, {finished_cpu / 3600:.1f} CPU-h"  # over an hour
+    waiting = sections.tasks(Study(load_plan(plan), out))[1]  # on the mat grid point undone
+    assert lines[3] == f"2 ready, {waiting} waiting on them; the ready ones: about 30 CPU-min"
+    for key, expected in (("train/mat-a0.6/lr0.2/seed10-init11", "train/mat-a0.6"),
+                          ("eval/control/seed20", "eval/control"),
+                          ("table/table2/mat/seed0", "table/table2/mat"), ("transfer/seed10", "transfer")):
+        assert progress.family(key) == expected
 
-    def minutes(seconds):
-        return f"{max(round(seconds / 60), 1) if seconds else 0} CPU-min"
 
-    other_eval = records["eval__at__seed0"]["cpu_s"]
-    assert f"about {minutes(other_eval)} (the mean of 1 finished like it)" in lines["eval/at/seed2"]
-    trains = [r["cpu_s"] for k, r in records.items() if k.startswith("train__mat__") and k != "train__mat__lr0.02__seed0"]
-    spent = records["train__mat__lr0.02__seed0"]["cpu_s"]
-    left = max(sum(trains) / len(trains) - spent, 0.0)
-    assert (f"about {minutes(left)} (the mean of {len(trains)} finished like it); "
-            f"{minutes(spent)} already spent") in lines["train/mat/lr0.02/seed0"]
-    assert progress.family("train__mat-a0.6__lr0.2__seed10-init11") == "train__mat-a0.6"
+def test_a_finished_task_run_again_gets_a_record_of_its_own(tmp_path):
+    """Its result moved away, a finished task runs again: its record is this run's, the
+    finished one kept under "earlier", and the study's cost counts both."""
+    path = tmp_path / "tasks" / "eval__at__seed0.record.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"status": "done", "cpu_s": 500.0, "wall_s": 900.0,
+                                "invocations": 2, "started": 1.0, "ended": 2.0}))
+    record = Record(path)
+    record.close("interrupted")
+    again = json.loads(path.read_text())
+    assert again["invocations"] == 1 and again["cpu_s"] < 100 and again["status"] == "interrupted"
+    assert again["earlier"] == [{"status": "done", "cpu_s": 500.0, "wall_s": 900.0,
+                                 "invocations": 2, "started": 1.0, "ended": 2.0}]
+    Record(path).close("done")
+    resumed = json.loads(path.read_text())
+    assert resumed["invocations"] == 2 and len(resumed["earlier"]) == 1  # the interrupted run goes on
+
+    class _Study:
+        out = tmp_path
+
+    total = report.cost(_Study())
+    assert total["eval"]["cpu_s"] == pytest.approx(500.0 + resumed["cpu_s"])
+    assert total["span_s"] == pytest.approx(resumed["ended"] - 1.0)
 
 
 def test_the_killed_study_reused_what_had_finished(finished_study):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from tqdm import tqdm
 
@@ -37,7 +38,13 @@ class TqdmHandler(logging.Handler):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Send the ``mutualat`` loggers' records at ``level`` and above to stdout (idempotent)."""
+    """Send the ``mutualat`` loggers' records at ``level`` and above to stdout (idempotent).
+
+    Also gives tqdm a thread lock: its default is a multiprocessing semaphore, registered
+    with a resource tracker that calls it "leaked" on the terminal when its process is killed
+    (a compare task killed with its scheduler did). No mutualat process shares progress bars
+    with another process."""
+    tqdm.set_lock(threading.RLock())
     root = logging.getLogger("mutualat")
     for handler in list(root.handlers):
         if isinstance(handler, TqdmHandler):

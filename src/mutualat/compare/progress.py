@@ -1,12 +1,13 @@
 """Where a study stands (``mutualat compare PLAN --out DIR --status``): what is finished and
 what it cost, what can start now, and about how much CPU time that will take.
 
-The estimate for a task that can start is the mean CPU time of the finished tasks of its
-family: the same kind (train, eval, ...) of the same variant, any seed or grid point. A task
-that was interrupted resumes (a run from its last epoch, an evaluation from its last
-attack), so the CPU time its record already holds is taken off. Tasks still waiting on
-others are counted, not estimated: which ones they will be depends on what is still to
-finish (a grid's choice, for one).
+The estimate for a task that can start is the median CPU time of the finished tasks of its
+**family**: the same kind of the same variant, any seed or grid point (see :func:`family`).
+A median, because a record can be low (a sitting killed between two heartbeats loses up to
+a minute) or high (a machine that was busier). A task that was interrupted or failed
+resumes (a run from its last epoch, an evaluation from its last attack), so the CPU time its
+record already holds is taken off. Tasks still waiting on others are counted, not estimated:
+which ones they will be depends on what is still to finish (a grid's choice, for one).
 """
 
 from __future__ import annotations
@@ -19,40 +20,44 @@ from typing import Any
 from mutualat.compare import sections
 from mutualat.compare.study import Study
 
-#: Record statuses of an invocation that will be resumed: its CPU time counts as done.
-_RESUMED = ("interrupted", "running")
+#: Record statuses of a task that continues where it stopped: its CPU time counts as done.
+_RESUMES = ("interrupted", "running", "failed")
 
 
-def family(slug: str) -> str:
-    """A task's kind and variant: "train__mat-a0.6__lr0.2__seed10" -> "train__mat-a0.6"."""
-    return "__".join(slug.split("__")[:2])
+def family(key: str) -> str:
+    """The tasks whose cost a task's is estimated from: its key without the seed, and a
+    training run's also without its grid point. "train/mat/lr0.2/seed10" -> "train/mat";
+    "eval/control/seed20" -> "eval/control"; "table/table2/mat/seed0" -> "table/table2/mat";
+    "transfer/seed10" -> "transfer"."""
+    parts = key.split("/")[:-1]
+    return "/".join(parts[:2] if parts[0] == "train" else parts)
 
 
 def status_lines(study: Study) -> list[str]:
     """The lines ``--status`` prints: one per task that can start, then the totals."""
-    records = _records(study.out / "tasks")
-    done = {slug: r for slug, r in records.items() if r.get("status") == "done"}
+    records = _records(study.out / "tasks")  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
+    ready_slugs = {t.slug for t in ready}
+    done = {slug: r for slug, r in records.items() if r.get("status") == "done"}
     width = max((len(t.key) for t in ready), default=0)
     lines, total, unknown = [], 0.0, 0
     for task in ready:
         like = [r["cpu_s"] for slug, r in done.items()
-                if family(slug) == family(task.slug) and slug != task.slug]
+                if _family_of(slug) == family(task.key) and slug != task.slug]
         record = records.get(task.slug, {})
-        spent = record.get("cpu_s", 0.0) if record.get("status") in _RESUMED else 0.0
-        note = ""
+        spent = record.get("cpu_s", 0.0) if record.get("status") in _RESUMES else 0.0
         if like:
-            left = max(statistics.mean(like) - spent, 0.0)
+            left = max(statistics.median(like) - spent, 0.0)
             total += left
-            note = f"about {_amount(left)} (the mean of {len(like)} finished like it)"
+            note = f"about {_amount(left)} (the median of {len(like)} finished like it)"
         else:
             unknown += 1
             note = "no finished task like it to go by"
         if spent:
             note += f"; {_amount(spent)} already spent"
         lines.append(f"ready    {task.key:<{width}}  {note}")
-    finished_cpu = sum(r["cpu_s"] for r in done.values())
-    lines.append(f"finished {len(done)} tasks, {_amount(finished_cpu)}")
+    finished = [r["cpu_s"] for slug, r in done.items() if slug not in ready_slugs]
+    lines.append(f"finished {len(finished)} tasks, {_amount(sum(finished))}")
     last = f"{len(ready)} ready, {waiting} waiting on them"
     if ready:
         last += f"; the ready ones: about {_amount(total)}"
@@ -61,14 +66,24 @@ def status_lines(study: Study) -> list[str]:
     return lines
 
 
+def _family_of(slug: str) -> str:
+    """:func:`family` of a task known by its slug, where "/" is written "__". A "__" inside a
+    grid label turns into a "/" here, harmlessly: a training run's family drops its grid
+    point, and no other task's key holds one."""
+    return family(slug.replace("__", "/"))
+
+
 def _records(folder: Path) -> dict[str, dict[str, Any]]:
-    """Each task's record (its slug -> the record), skipping one that cannot be read."""
+    """Each task's record by the task's slug; one that cannot be read, or lacks its CPU time
+    (a hand edit), is left out."""
     out = {}
     for path in sorted(folder.glob("*.record.json")):
         try:
-            out[path.name.removesuffix(".record.json")] = json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if isinstance(record, dict) and isinstance(record.get("cpu_s"), (int, float)):
+            out[path.name.removesuffix(".record.json")] = record
     return out
 
 
@@ -77,4 +92,3 @@ def _amount(seconds: float) -> str:
     if seconds < 3600:
         return f"{max(round(seconds / 60), 1) if seconds else 0} CPU-min"
     return f"{seconds / 3600:.1f} CPU-h"
-

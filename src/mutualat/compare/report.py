@@ -263,13 +263,14 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
 
 def cost(study: Study) -> dict[str, Any]:
     """What the study cost, from its task records: CPU and wall seconds of the training and
-    evaluation tasks, and the span from the first start to the last end (pauses between
-    sittings included)."""
+    evaluation tasks (a task that finished and ran again counts both times), and the span
+    from the first start to the last end (pauses between sittings included)."""
     records = []
     for path in sorted((study.out / "tasks").glob("*.record.json")):
         record = json.loads(path.read_text())
-        record["kind"] = "train" if path.name.startswith("train__") else "eval"
-        records.append(record)
+        kind = "train" if path.name.startswith("train__") else "eval"
+        for entry in (record, *record.get("earlier", [])):  # a task that ran again: each run
+            records.append({**entry, "kind": kind})
     total = {kind: {"cpu_s": sum(r["cpu_s"] for r in records if r["kind"] == kind),
                     "wall_s": sum(r["wall_s"] for r in records if r["kind"] == kind),
                     "tasks": sum(r["kind"] == kind for r in records)} for kind in ("train", "eval")}

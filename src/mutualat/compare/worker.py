@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from mutualat.compare.records import EVALUATED, file_digest, teacher_record
 from mutualat.config import config_from_data
@@ -188,10 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     task_file = Path(argv[0])
     task = json.loads(task_file.read_text())
     stop_once_on_sigint()
-    # tqdm's default lock is a multiprocessing semaphore, registered with the scheduler's
-    # resource tracker: a task killed with its scheduler (kill -9) left it "leaked", and the
-    # tracker said so on the terminal. A task's progress bars share no other process.
-    tqdm.set_lock(threading.RLock())
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -215,17 +210,25 @@ class Record:
     """One invocation's wall and CPU seconds added to the task's record (several if it was
     resumed), which also keeps when the task first started and last ended (Unix time). It is
     written at the start and every :data:`HEARTBEAT_S` seconds with status ``running``, then
-    once more at the end with the invocation's status."""
+    once more at the end with the invocation's status. A task that had finished and runs
+    again starts a new record, the finished ones kept in its list ``earlier``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.wall, self.cpu, now = time.perf_counter(), time.process_time(), time.time()
         self.base = {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0, "started": now}
-        if path.is_file():
-            try:
-                self.base.update(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError):
-                pass
+        try:
+            previous = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if isinstance(previous, dict) and previous.get("status") == "done":
+            # A finished task run again (its result moved away, or the plan asks it for more):
+            # a record of its own, so that this run's cost is not the two added up; the
+            # earlier ones stay under "earlier", which the study's cost still counts.
+            self.base["earlier"] = [{k: v for k, v in previous.items() if k != "earlier"},
+                                    *previous.get("earlier", [])]
+        elif isinstance(previous, dict):
+            self.base.update(previous)
         self.base["invocations"] += 1
         self.lock = threading.Lock()
         self.stopped = threading.Event()
