@@ -600,9 +600,9 @@ def test_a_task_record_survives_a_kill_up_to_its_last_heartbeat(tmp_path, monkey
     time.sleep(0.3)
     beat = json.loads(path.read_text())  # what a SIGKILL now would leave
     assert beat["status"] == "running" and beat["invocations"] == 1 and beat["wall_s"] >= 0.1
-    record.close("done")
+    record.close("interrupted")
     first = json.loads(path.read_text())
-    assert first["status"] == "done" and first["wall_s"] >= beat["wall_s"]
+    assert first["status"] == "interrupted" and first["wall_s"] >= beat["wall_s"]
     again = worker.Record(path)  # a resumed task adds its seconds to the same record
     again.close("done")
     second = json.loads(path.read_text())
