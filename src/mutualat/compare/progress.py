@@ -12,12 +12,10 @@ which ones they will be depends on what is still to finish (a grid's choice, for
 
 from __future__ import annotations
 
-import json
 import statistics
-from pathlib import Path
-from typing import Any
 
 from mutualat.compare import sections
+from mutualat.compare.records import task_records
 from mutualat.compare.study import Study
 
 #: Record statuses of a task that continues where it stopped: its CPU time counts as done.
@@ -35,15 +33,16 @@ def family(key: str) -> str:
 
 def status_lines(study: Study) -> list[str]:
     """The lines ``--status`` prints: one per task that can start, then the totals."""
-    records = _records(study.out / "tasks")  # by slug, the task's record file name
+    records = task_records(study.out)  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
     ready_slugs = {t.slug for t in ready}
-    done = {slug: r for slug, r in records.items() if r.get("status") == "done"}
+    done = {slug: (_family_of(slug), r["cpu_s"]) for slug, r in records.items()
+            if r.get("status") == "done"}
     width = max((len(t.key) for t in ready), default=0)
     lines, total, unknown = [], 0.0, 0
     for task in ready:
-        like = [r["cpu_s"] for slug, r in done.items()
-                if _family_of(slug) == family(task.key) and slug != task.slug]
+        like = [cpu for slug, (fam, cpu) in done.items()
+                if fam == family(task.key) and slug != task.slug]
         record = records.get(task.slug, {})
         spent = record.get("cpu_s", 0.0) if record.get("status") in _RESUMES else 0.0
         if like:
@@ -56,7 +55,7 @@ def status_lines(study: Study) -> list[str]:
         if spent:
             note += f"; {_amount(spent)} already spent"
         lines.append(f"ready    {task.key:<{width}}  {note}")
-    finished = [r["cpu_s"] for slug, r in done.items() if slug not in ready_slugs]
+    finished = [cpu for slug, (_, cpu) in done.items() if slug not in ready_slugs]
     lines.append(f"finished {len(finished)} tasks, {_amount(sum(finished))}")
     last = f"{len(ready)} ready, {waiting} waiting on them"
     if ready:
@@ -71,20 +70,6 @@ def _family_of(slug: str) -> str:
     grid label turns into a "/" here, harmlessly: a training run's family drops its grid
     point, and no other task's key holds one."""
     return family(slug.replace("__", "/"))
-
-
-def _records(folder: Path) -> dict[str, dict[str, Any]]:
-    """Each task's record by the task's slug; one that cannot be read, or lacks its CPU time
-    (a hand edit), is left out."""
-    out = {}
-    for path in sorted(folder.glob("*.record.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("cpu_s"), (int, float)):
-            out[path.name.removesuffix(".record.json")] = record
-    return out
 
 
 def _amount(seconds: float) -> str:

@@ -38,6 +38,21 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+def task_records(out: Path) -> dict[str, dict[str, Any]]:
+    """A study's task records (``tasks/<slug>.record.json``, written by the worker's
+    ``Record``) by the task's slug; one that cannot be read, or lacks its CPU time (a hand
+    edit), is left out."""
+    records = {}
+    for path in sorted((Path(out) / "tasks").glob("*.record.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("cpu_s"), (int, float)):
+            records[path.name.removesuffix(".record.json")] = record
+    return records
+
+
 def read_summary(eval_dir: Path) -> dict[str, Any]:
     """An evaluation folder's ``summary.json``."""
     return json.loads((Path(eval_dir) / "summary.json").read_text())

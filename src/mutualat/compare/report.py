@@ -28,7 +28,7 @@ import torch
 
 from mutualat.compare import sections
 from mutualat.compare.curves import plot_curves
-from mutualat.compare.records import read_summary
+from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
 from mutualat.evaluation.records import hardware_info, versions
@@ -157,13 +157,11 @@ def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
     """Every training run of the study with what it cost (wall and CPU seconds of the task
     processes that ran it, summed over invocations; None for a run this study reused from
     elsewhere without a record)."""
-    out = []
+    out, records = [], task_records(study.out)
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
         if not (study.finished(run) or study.diverged(run)):
             continue
-        slug = "__".join(["train", *run.relative_to(study.out / "runs").parts])
-        record_file = study.out / "tasks" / f"{slug}.record.json"
-        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        record = records.get("__".join(["train", *run.relative_to(study.out / "runs").parts]), {})
         variant, label = run.parts[-3], run.parts[-2]
         chosen = selections.get(variant)
         out.append({"variant": variant, "setting": label, "run": run.name,
@@ -266,9 +264,8 @@ def cost(study: Study) -> dict[str, Any]:
     evaluation tasks (a task that finished and ran again counts both times), and the span
     from the first start to the last end (pauses between sittings included)."""
     records = []
-    for path in sorted((study.out / "tasks").glob("*.record.json")):
-        record = json.loads(path.read_text())
-        kind = "train" if path.name.startswith("train__") else "eval"
+    for slug, record in task_records(study.out).items():
+        kind = "train" if slug.startswith("train__") else "eval"
         for entry in (record, *record.get("earlier", [])):  # a task that ran again: each run
             records.append({**entry, "kind": kind})
     total = {kind: {"cpu_s": sum(r["cpu_s"] for r in records if r["kind"] == kind),

@@ -120,8 +120,7 @@ def run_attack(
                 col, alive = f["col"].copy(), f["alive"].copy()
                 invalid, first_restart, first_batch = (int(f["invalid"]), int(f["restart"]),
                                                        int(f["batch"]))
-                before = str(f["layout"]) if "layout" in f.files else None
-                layout = layout if before == layout else "mixed"
+                layout = layout if _layout_in(f) == layout else "mixed"
     for restart in range(first_restart, restarts):
         if alive.size == 0:
             break
@@ -151,10 +150,19 @@ def run_attack(
                 write_npz(partial, col=col,
                           alive=alive[col[alive] == ROBUST] if last else alive,
                           restart=restart + 1 if last else restart,
-                          batch=0 if last else b + 1, invalid=invalid,
-                          **({"layout": layout} if layout else {}))
+                          batch=0 if last else b + 1, invalid=invalid, **_layout_field(layout))
         alive = alive[col[alive] == ROBUST]
     return col, invalid, layout
+
+
+def _layout_in(f: Any) -> str | None:
+    """The memory layout an attack's file (or its partial file) records; None before layouts
+    were recorded."""
+    return str(f["layout"]) if "layout" in f.files else None
+
+
+def _layout_field(layout: str | None) -> dict[str, str]:
+    return {"layout": layout} if layout else {}
 
 
 def model_outcomes(
@@ -192,7 +200,7 @@ def model_outcomes(
                 outcome[:, j] = f["outcome"]
                 facts[spec.id] = {"seconds": float(f["seconds"]), "invalid": int(f["invalid"]),
                                   "attacked": int(f["attacked"]),
-                                  "layout": str(f["layout"]) if "layout" in f.files else None}
+                                  "layout": _layout_in(f)}
             continue
         if suite.per_attack == "cumulative":
             todo = candidates(clean, outcome[:, :j], threats[:j], spec.threat)
@@ -211,7 +219,7 @@ def model_outcomes(
         facts[spec.id] = {"seconds": seconds, "invalid": invalid, "attacked": int(todo.sum()),
                           "layout": ran_in}
         write_npz(path, outcome=col, seconds=seconds, invalid=invalid, attacked=int(todo.sum()),
-                  **({"layout": ran_in} if ran_in else {}))
+                  **_layout_field(ran_in))
         partial.unlink(missing_ok=True)
         same = [k for k in range(j + 1) if threats[k] == spec.threat]
         acc = float((clean & (outcome[:, same] == ROBUST).all(axis=1)).mean())

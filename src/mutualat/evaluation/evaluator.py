@@ -51,7 +51,7 @@ from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
 from mutualat.evaluation.attack_loop import as_tensors, batch_seed, model_outcomes, to_float01
 from mutualat.evaluation.checks import CheckConfig, run_checks
-from mutualat.evaluation.layout import check_choice, in_layout, kept_layouts
+from mutualat.evaluation.layout import check_choice, laid_out
 from mutualat.evaluation.records import (
     check_manifest, fingerprint_data, fingerprint_model, write_json,
 )
@@ -155,18 +155,17 @@ def evaluate(
     started = json.loads((out / "manifest.json").read_text()).get("started")
 
     cuda = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), kept_layouts(named.values()):
-        # After the identity: a layout changes neither a model's weights nor its fingerprint.
-        probe = to_float01(x_all[:2], dev)
-        laid = {name: in_layout(name, model, probe, channels_last, dev) for name, model in named.items()}
+    # After the identity: a layout changes neither a model's weights nor its fingerprint.
+    with torch.random.fork_rng(devices=cuda), \
+            laid_out(named.items(), to_float01(x_all[:2], dev), channels_last, dev) as laid:
         results = {
-            name: model_outcomes(name, model, suite, x_all, y_all, out, batch_size, dev, seed,
-                                 progress, layout=layout)
-            for name, (model, layout) in laid.items()
+            name: model_outcomes(name, laid[id(model)][0], suite, x_all, y_all, out, batch_size,
+                                 dev, seed, progress, layout=laid[id(model)][1])
+            for name, model in named.items()
         }
         check_record = None
         if checks:
-            run_models = {name: model for name, (model, _) in laid.items()}
+            run_models = {name: laid[id(model)][0] for name, model in named.items()}
             check_record = _checks(run_models, suite, x_all, y_all, out, batch_size, dev, seed,
                                    checks if isinstance(checks, CheckConfig) else CheckConfig())
     summary = build_summary(

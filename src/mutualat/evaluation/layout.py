@@ -22,7 +22,7 @@ reshapes its activations as if they were NCHW (``x.view(n, -1)`` after a convolu
 disagrees. Under "auto" such a model stays as it is, and the log says why; under "on" it is
 an error naming the model. The choice depends only on the device, the model and its input,
 never on a timing, so two runs of one evaluation choose alike. The evaluator puts every
-model's layout back when it returns (:func:`kept_layouts`).
+model's layout back when it returns (:func:`laid_out`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def in_layout(name: str, model: nn.Module, x: torch.Tensor, channels_last: str,
 
     ``x`` is a small float batch on ``device`` for the probe, which runs on a copy of the
     model. Only a model that passes it is converted, in place (its values unchanged; run the
-    evaluation inside :func:`kept_layouts` to have the layout put back afterwards). A model
+    evaluation inside :func:`laid_out` to have the layout put back afterwards). A model
     under bf16 autocast is probed in fp32 (its layouts would differ by bf16's rounding)."""
     check_choice(channels_last)
     if isinstance(model, AutocastModel):
@@ -102,15 +102,24 @@ def layout_of(model: nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def kept_layouts(models: Iterable[nn.Module]) -> Iterator[None]:
-    """Whatever :func:`in_layout` converts inside is put back as it was on leaving: the
-    caller's models keep their layout (code that views a weight as a vector still works, and
-    a later evaluation with channels_last "off" runs in the layout the owner chose)."""
-    saved = {id(t): (t, t.data) for m in models for t in (*m.parameters(), *m.buffers())}
+def laid_out(models: Iterable[tuple[str, nn.Module]], x: torch.Tensor, channels_last: str,
+             device: torch.device) -> Iterator[dict[int, tuple[nn.Module, str]]]:
+    """Each of the ``(name, model)`` pairs as the evaluator should run it, with its layout's
+    name (:func:`in_layout`, probed on ``x``), keyed by ``id(model)``: a module under several
+    names (a model both source and target, an ensemble's members) is laid out once. On
+    leaving, every model's parameters and buffers are put back as they were, so the caller's
+    models keep their layout (code that views a weight as a vector still works, and a later
+    evaluation with channels_last "off" runs in the layout the owner chose)."""
+    pairs = list(models)
+    tensors = {id(t): (t, t.data) for _, m in pairs for t in (*m.parameters(), *m.buffers())}
     try:
-        yield
+        laid: dict[int, tuple[nn.Module, str]] = {}
+        for name, model in pairs:
+            if id(model) not in laid:
+                laid[id(model)] = in_layout(name, model, x, channels_last, device)
+        yield laid
     finally:
-        for tensor, data in saved.values():
+        for tensor, data in tensors.values():
             if tensor.data.data_ptr() != data.data_ptr():
                 tensor.data = data
 

@@ -28,7 +28,7 @@ from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
 from mutualat.evaluation.attack_loop import as_tensors, batch_seed, correct_on, to_float01
 from mutualat.evaluation.checks import transfer_vs_whitebox
-from mutualat.evaluation.layout import check_choice, in_layout, kept_layouts
+from mutualat.evaluation.layout import check_choice, laid_out
 from mutualat.evaluation.records import fingerprint_model, hardware_info, utc_now, versions
 from mutualat.report.paper_tables import transfer_table
 from mutualat.train.checkpoint import atomic_write_bytes
@@ -86,12 +86,8 @@ def transfer_matrix(
     for model in list(sources.values()) + list(targets.values()):
         model.to(dev)
     # A layout chosen here is undone on return: the caller's models stay as they were.
-    with kept_layouts(list(sources.values()) + list(targets.values())):
-        probe = to_float01(x_all[:2], dev)
-        laid: dict[int, tuple[nn.Module, str]] = {}  # by module: a model both source and target once
-        for name, model in list(sources.items()) + list(targets.items()):
-            if id(model) not in laid:
-                laid[id(model)] = in_layout(name, model, probe, channels_last, dev)
+    with laid_out([*sources.items(), *targets.items()], to_float01(x_all[:2], dev),
+                  channels_last, dev) as laid:
         layout = {name: laid[id(m)][1] for name, m in {**sources, **targets}.items()}
         clean, robust = _outcomes({name: laid[id(m)][0] for name, m in sources.items()},
                                   {name: laid[id(m)][0] for name, m in targets.items()},
