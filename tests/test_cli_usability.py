@@ -59,6 +59,22 @@ def test_list_shows_every_registry_with_options_and_defaults(capsys) -> None:
         build_parser().parse_args(["list", "nonsense"])
 
 
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """`mutualat list attacks --json | head -c 20`: the reader is gone before the listing is
+    written. The command exits as one killed by SIGPIPE would (141), quietly."""
+    import subprocess
+
+    read, write = os.pipe()
+    os.close(read)  # the reader went away before the first write
+    try:
+        done = subprocess.run([sys.executable, "-m", "mutualat", "list", "attacks", "--json"],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
 def test_version(capsys) -> None:
     import mutualat
 

@@ -326,6 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "resume with --resume" if args.command == "train" else "rerun the same command to resume"
         print(f"interrupted; {hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`mutualat list attacks | head`): what it read is
+        # all it wanted, so no traceback. Later writes, Python's own flush at exit included,
+        # go nowhere; the status is the one a process killed by SIGPIPE gets.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE (13)
 
 
 if __name__ == "__main__":
