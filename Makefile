@@ -9,6 +9,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist), one file each so a module's fixtures are built once; each
+# worker runs torch on one thread (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 
 .PHONY: demo test test-all bench install clean
 
@@ -29,10 +32,10 @@ demo: $(VENV)/.installed
 # MUTUALAT_REQUIRE_REFERENCES: the reference libraries installed above must import (the
 # cross-checks against torchattacks and AutoAttack fail instead of skipping).
 test: $(VENV)/.installed
-	MUTUALAT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	MUTUALAT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
-	MUTUALAT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	MUTUALAT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
