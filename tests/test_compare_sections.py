@@ -119,7 +119,15 @@ def test_a_student_waits_for_its_teacher_and_loads_it_frozen(tmp_path):
     ready, waiting = sections.tasks(study)
     assert {t.key for t in ready} == {"train/at/lr0.05/seed0", "train/mat/lr0.05-alpha0.3/seed0",
                                       "train/mat/lr0.05-alpha0.6/seed0"}
-    assert waiting > 0
+    # Everything else waits: the students' grids on their teacher, each variant's second seed
+    # on its grid's choice, the evaluations, tables and transfer matrices on their runs.
+    assert sorted(waiting) == [
+        "eval/ard/seed0", "eval/ard/seed2", "eval/at/seed0", "eval/at/seed2",
+        "eval/mat-offline/seed0", "eval/mat-offline/seed2", "eval/mat/seed0", "eval/mat/seed2",
+        "table/t2/at/seed0", "table/t2/at/seed2", "table/t2/mat/seed0", "table/t2/mat/seed2",
+        "train/ard/(chosen)/seed2", "train/ard/lr0.05/seed0", "train/at/(chosen)/seed2",
+        "train/mat-offline/(chosen)/seed2", "train/mat-offline/lr0.05/seed0",
+        "train/mat/(chosen)/seed2", "transfer/seed0", "transfer/seed2"]
     assert study.config("ard", {"lr": 0.05}, 0) is None  # the teacher has not run
     cfg = plan.config("ard", {"lr": 0.05}, 2, teacher_file="/runs/at/seed2/models/model.safetensors")
     assert cfg.models[0].frozen and cfg.models[0].init.endswith("seed2/models/model.safetensors")
@@ -284,7 +292,7 @@ def test_a_moved_study_is_reused_and_a_changed_teacher_or_attack_is_not(paper_st
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
     study = Study(load_plan(plan_path), moved)
-    assert sections.tasks(study) == ([], 0)
+    assert sections.tasks(study) == ([], [])
     edited = load_plan(_write(tmp_path / "plan", PLAN.replace("steps: 2, step_size", "steps: 3, step_size")))
     ready, _ = sections.tasks(Study(edited, moved))
     assert sorted(t.key for t in ready) == ["transfer/seed0", "transfer/seed2"]

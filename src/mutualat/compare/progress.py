@@ -6,8 +6,9 @@ The estimate for a task that can start is the median CPU time of the finished ta
 A median, because a record can be low (a sitting killed between two heartbeats loses up to
 a minute) or high (a machine that was busier). A task that was interrupted or failed
 resumes (a run from its last epoch, an evaluation from its last attack), so the CPU time its
-record already holds is taken off. Tasks still waiting on others are counted, not estimated:
-which ones they will be depends on what is still to finish (a grid's choice, for one).
+record already holds is taken off. A task still waiting on others gets the same median, by
+family: a run whose grid has not chosen yet is still known by its family, whatever setting
+the grid will choose.
 """
 
 from __future__ import annotations
@@ -32,37 +33,61 @@ def family(key: str) -> str:
 
 
 def status_lines(study: Study) -> list[str]:
-    """The lines ``--status`` prints: one per task that can start, then the totals."""
+    """The lines ``--status`` prints: one per task that can start, one per family of tasks
+    still waiting on others, then the totals."""
     records = task_records(study.out)  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
-    ready_slugs = {t.slug for t in ready}
-    done = {slug: (_family_of(slug), r["cpu_s"]) for slug, r in records.items()
-            if r.get("status") == "done"}
+    undone = {t.slug for t in ready} | {_slug(key) for key in waiting}
+    done: dict[str, list[float]] = {}  # family -> CPU seconds of its finished tasks
+    for slug, record in records.items():
+        if record.get("status") == "done" and slug not in undone:
+            done.setdefault(_family_of(slug), []).append(record["cpu_s"])
+    lines = []
     width = max((len(t.key) for t in ready), default=0)
-    lines, total, unknown = [], 0.0, 0
+    ready_total, ready_unknown = 0.0, 0
     for task in ready:
-        like = [cpu for slug, (fam, cpu) in done.items()
-                if fam == family(task.key) and slug != task.slug]
         record = records.get(task.slug, {})
         spent = record.get("cpu_s", 0.0) if record.get("status") in _RESUMES else 0.0
+        like = done.get(family(task.key), [])
         if like:
             left = max(statistics.median(like) - spent, 0.0)
-            total += left
+            ready_total += left
             note = f"about {_amount(left)} (the median of {len(like)} finished like it)"
         else:
-            unknown += 1
+            ready_unknown += 1
             note = "no finished task like it to go by"
         if spent:
             note += f"; {_amount(spent)} already spent"
         lines.append(f"ready    {task.key:<{width}}  {note}")
-    finished = [cpu for slug, (_, cpu) in done.items() if slug not in ready_slugs]
+    families: dict[str, int] = {}
+    for key in waiting:
+        families[family(key)] = families.get(family(key), 0) + 1
+    width = max((len(f"{n} × {f}") for f, n in families.items()), default=0)
+    waiting_total, waiting_unknown = 0.0, 0
+    for fam, count in families.items():
+        like = done.get(fam, [])
+        if like:
+            each = statistics.median(like)
+            waiting_total += count * each
+            note = f"about {_amount(each)} each (the median of {len(like)} finished like them)"
+        else:
+            waiting_unknown += count
+            note = "no finished task like them to go by"
+        lines.append(f"waiting  {f'{count} × {fam}':<{width}}  {note}")
+    finished = [cpu for cpus in done.values() for cpu in cpus]
     lines.append(f"finished {len(finished)} tasks, {_amount(sum(finished))}")
-    last = f"{len(ready)} ready, {waiting} waiting on them"
-    if ready:
-        last += f"; the ready ones: about {_amount(total)}"
-        last += f" ({unknown} of them not estimated)" if unknown else ""
+    last = f"{len(ready)} ready, {len(waiting)} waiting on them"
+    for name, tasks, total, unknown in (("ready", ready, ready_total, ready_unknown),
+                                         ("waiting", waiting, waiting_total, waiting_unknown)):
+        if tasks:
+            last += f"; the {name} ones: about {_amount(total)}"
+            last += f" ({unknown} of them not estimated)" if unknown else ""
     lines.append(last)
     return lines
+
+
+def _slug(key: str) -> str:
+    return key.replace("/", "__")
 
 
 def _family_of(slug: str) -> str:

@@ -160,7 +160,7 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
     _, waiting = sections.tasks(study)
     if failed:
         raise StudyError(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}; "
-                         f"{waiting} more wait on them. Fix the cause and run the same command "
+                         f"{len(waiting)} more wait on them. Fix the cause and run the same command "
                          "again: everything finished is reused")
     return write_report(study) if report else None
 

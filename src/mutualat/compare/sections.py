@@ -32,9 +32,10 @@ from mutualat.report import paper_plots
 TRANSFER = "transfer.json"
 
 
-def tasks(study: Study) -> tuple[list[Task], int]:
+def tasks(study: Study) -> tuple[list[Task], list[str]]:
     """The study's tasks (:meth:`Study.tasks`) and those of its tables and transfer matrix,
-    which start once the runs they read have finished."""
+    which start once the runs they read have finished: those ready, and the keys of those
+    waiting."""
     ready, waiting = study.tasks()
     plan = study.plan
     if not plan.tables and plan.transfer is None:
@@ -45,7 +46,7 @@ def tasks(study: Study) -> tuple[list[Task], int]:
             for variant in table.variants:
                 setting = chosen[variant].chosen if chosen[variant] is not None else None
                 if setting is None or not study.finished(study.run_dir(variant, setting, seed)):
-                    waiting += 1
+                    waiting.append(f"table/{table.name}/{variant}/seed{seed}")
                     continue
                 files = table_files(study, table, variant, setting, seed)
                 if not study.evaluated(table_dir(study, table, variant, setting, seed), table.suite,
@@ -111,20 +112,22 @@ def transfer_dir(study: Study, sources: dict[str, str], targets: dict[str, str],
     return study.out / "transfer" / f"seed{seed}-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
-def _transfer_task(study: Study, chosen, seed: int, rank: int, ready: list[Task]) -> int:
-    spec = study.plan.transfer
+def _transfer_task(study: Study, chosen, seed: int, rank: int, ready: list[Task]) -> list[str]:
+    """Add the seed's transfer matrix once its models have finished; returns its key if it
+    waits on them, else nothing."""
+    spec, key = study.plan.transfer, f"transfer/seed{seed}"
     sources = _labelled(study, spec.sources, chosen, seed)
     targets = _labelled(study, spec.targets, chosen, seed)
     if sources is None or targets is None:
-        return 1
+        return [key]
     settings = transfer_settings(study, chosen, seed)
     out = transfer_dir(study, sources, targets, settings, seed)
     if (out / TRANSFER).is_file():
-        return 0
+        return []
     task = {**study.eval_environment(), **settings, "sources": sources, "targets": targets,
             "out": str(out)}
-    ready.append(Task(f"transfer/seed{seed}", "transfer", task, (rank, 5)))
-    return 0
+    ready.append(Task(key, "transfer", task, (rank, 5)))
+    return []
 
 
 # --------------------------------------------------------------------------------------------

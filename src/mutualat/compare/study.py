@@ -40,6 +40,7 @@ from mutualat.train.run_dir import config_difference
 
 DIVERGED = "diverged.json"  # written by the worker in a run folder whose loss became NaN
 CONTROL = "control"
+UNCHOSEN = "(chosen)"  # the setting in the key of a run waiting on its grid's choice
 
 
 @dataclass
@@ -252,22 +253,26 @@ class Study:
 
     # --- tasks --------------------------------------------------------------------
 
-    def tasks(self) -> tuple[list[Task], int]:
-        """Tasks that can start now (not finished, dependencies met), by priority, and how
-        many tasks are still waiting on others.
+    def tasks(self) -> tuple[list[Task], list[str]]:
+        """Tasks that can start now (not finished, dependencies met), by priority, and the
+        keys of the tasks still waiting on others. A run whose setting the grid has yet to
+        choose is keyed ``train/<variant>/(chosen)/seed<S>``: its family
+        (:func:`mutualat.compare.progress.family`) is known, its setting is not.
 
         Seed by seed: the grid (first seed), that seed's runs and evaluations, then the next
         seed's, so a study stopped early has whole seeds to report."""
         plan = self.plan
         ready: list[Task] = []
-        waiting = 0
+        waiting: list[str] = []
         selections = {v: self.selection(v) for v in plan.variants}
         for variant in plan.variants:
             for setting in plan.settings(variant):
                 waiting += self._train(ready, variant, setting, plan.grid_seed, (0, 0))
             chosen = selections[variant]
-            if chosen is None:
-                waiting += 2 * len(plan.seeds) - 1  # its other seeds' runs, every evaluation
+            if chosen is None:  # its other seeds' runs, every seed's evaluation
+                waiting += [f"train/{variant}/{UNCHOSEN}/seed{s}" for s in plan.seeds
+                            if s != plan.grid_seed]
+                waiting += [f"eval/{variant}/seed{s}" for s in plan.seeds]
                 continue
             for rank, seed in enumerate(plan.seeds):
                 run = self.run_dir(variant, chosen.chosen, seed)
@@ -278,16 +283,19 @@ class Study:
         ready.sort(key=lambda t: t.priority)
         return ready, waiting
 
-    def _control_tasks(self, ready: list[Task], chosen: Selection | None) -> int:
+    def _control_tasks(self, ready: list[Task], chosen: Selection | None) -> list[str]:
         plan = self.plan
-        if chosen is None:
-            return len(plan.seeds) * plan.control.members  # its extra members, evaluations
-        waiting = 0
+        if chosen is None:  # its extra members, its evaluations
+            return [key for seed in plan.seeds for key in
+                    [f"train/{plan.control.variant}/{UNCHOSEN}/seed{seed}-init{i}"
+                     for i in self.control_inits(seed)] + [f"eval/{CONTROL}/seed{seed}"]]
+        waiting = []
         for rank, seed in enumerate(plan.seeds):
             runs = [self.run_dir(plan.control.variant, chosen.chosen, seed)]
             for init in self.control_inits(seed):
                 runs.append(self.run_dir(plan.control.variant, chosen.chosen, seed, init))
-                self._train(ready, plan.control.variant, chosen.chosen, seed, (rank, 2), init)
+                waiting += self._train(ready, plan.control.variant, chosen.chosen, seed,
+                                       (rank, 2), init)
             waiting += self._eval(ready, CONTROL, chosen.chosen, seed, runs, False, rank)
         return waiting
 
@@ -299,9 +307,9 @@ class Study:
         return list(self.plan.checkpoints)
 
     def _eval(self, ready: list[Task], name: str, setting: dict[str, Any], seed: int,
-              runs: list[Path], cohort: bool, rank: int) -> int:
+              runs: list[Path], cohort: bool, rank: int) -> list[str]:
         """Add the evaluation of ``runs`` (every checkpoint not yet evaluated, one task) if
-        they have finished; returns 1 if it waits on them, else 0."""
+        they have finished; returns its key if it waits on them, else nothing."""
         finished = all(self.finished(r) for r in runs)
         jobs, todo = [], False  # jobs: each checkpoint's, once the runs have finished
         for c in self.checkpoints_of(name):
@@ -312,36 +320,37 @@ class Study:
                 todo = True
                 if job is not None:
                     jobs.append(job)
+        key = f"eval/{name}/seed{seed}"
         if not todo:
-            return 0
+            return []
         diverged = [r for r in runs if self.diverged(r)]
         if diverged:
             raise ConfigError(f"{diverged[0]} diverged with the setting chosen on the grid's "
                               f"seed; {name} cannot be evaluated at seed {seed} (see its log)")
         if not finished:
-            return 1
+            return [key]
         spec = {"evaluations": jobs, "suite": self.plan.suite, "n": self.plan.eval.n,
                 "checks": self.plan.eval.checks, **self.eval_environment()}
-        ready.append(Task(f"eval/{name}/seed{seed}", "eval", spec, (rank, 3)))
-        return 0
+        ready.append(Task(key, "eval", spec, (rank, 3)))
+        return []
 
     def _train(self, ready: list[Task], variant: str, setting: dict[str, Any], seed: int,
-               priority: tuple[int, int], init_seed: int | None = None) -> int:
-        """Add the run's training if it has not settled; returns 1 if it waits on its
-        teacher, else 0."""
+               priority: tuple[int, int], init_seed: int | None = None) -> list[str]:
+        """Add the run's training if it has not settled; returns its key if it waits on its
+        teacher, else nothing."""
         run = self.run_dir(variant, setting, seed, init_seed)
+        key = f"train/{variant}/{setting_label(setting)}/{run.name}"
         cfg = self.config(variant, setting, seed, init_seed)
         if cfg is None:
-            return 1
+            return [key]
         teacher = variant in self.plan.teachers
         if self.settled(run, cfg, teacher) or any(t.spec.get("run_dir") == str(run) for t in ready):
-            return 0
-        key = f"train/{variant}/{setting_label(setting)}/{run.name}"
+            return []
         spec = {"config": to_dict(cfg), "run_dir": str(run)}
         if teacher:
             spec["teacher"] = {"file": cfg.models[0].init, "sha256": file_digest(cfg.models[0].init)}
         ready.append(Task(key, "train", spec, priority))
-        return 0
+        return []
 
     def eval_files(self, runs: list[Path], checkpoint: str, cohort: bool) -> dict[str, str]:
         """The model files an evaluation of ``runs`` reads, by the name it gives each: a
