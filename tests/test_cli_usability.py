@@ -59,6 +59,19 @@ def test_list_shows_every_registry_with_options_and_defaults(capsys) -> None:
         build_parser().parse_args(["list", "nonsense"])
 
 
+def test_a_summary_is_the_first_sentence_even_past_an_abbreviation(capsys) -> None:
+    from mutualat.catalog import _first_line
+
+    def documented():
+        """Attacks of Liu et al. 2021, e.g. PGD, cf. Madry; vs. FGSM. The second sentence.
+
+        Another paragraph."""
+
+    assert _first_line(documented) == ("Attacks of Liu et al. 2021, e.g. PGD, cf. Madry; vs. FGSM")
+    assert main(["list", "datasets"]) == 0
+    assert "MNIST (LeCun et al. 1998): 60,000 + 10,000 grey 28x28 digits" in capsys.readouterr().out
+
+
 def test_a_reader_that_stops_early_gets_no_traceback() -> None:
     """`mutualat list attacks --json | head -c 20`: the reader is gone before the listing is
     written. The command exits as one killed by SIGPIPE would (141), quietly."""

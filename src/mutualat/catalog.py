@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,6 +31,11 @@ class Entry:
         return dataclasses.asdict(self)
 
 
+#: Where a docstring's first sentence ends: a full stop and a space, not after an
+#: abbreviation ("Liu et al. 2021", "e.g. PGD").
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\bcf)(?<!\betc)\.\s+")
+
+
 def _first_line(*objects: Any) -> str:
     """The first sentence of the first docstring among ``objects`` (the builder, its class,
     its module), so that an entry without its own docstring still says what it is. A class's
@@ -38,8 +44,7 @@ def _first_line(*objects: Any) -> str:
         doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
         if doc:
             paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
-            sentence = paragraph.split(". ")[0]
-            return sentence.rstrip(".")
+            return _SENTENCE_END.split(paragraph, maxsplit=1)[0].rstrip(".")
     return ""
 
 
