@@ -403,6 +403,43 @@ def test_a_tiny_plan_runs_end_to_end(finished_study):
     assert len(runs) == 8
 
 
+def _set_validation(run: Path, per_role: dict[str, list[float]]) -> None:
+    """Rewrite a run's per-epoch validation PGD accuracy of each role (metrics.jsonl)."""
+    lines = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") == "epoch":
+            for role, values in per_role.items():
+                record[f"val_pgd/{role}"] = values[record["epoch"] - 1]
+        lines.append(json.dumps(record))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_the_robust_overfitting_table_reads_each_seeds_curve(finished_study, tmp_path):
+    """Made-up validation curves: the best epoch (the first on ties, for a cohort of the
+    members' mean), the best and last accuracy and the fall between them, mean ± std over
+    seeds, in the JSON and its table."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    study = Study(load_plan(plan), out)
+    at, mat = study.selection("at").chosen, study.selection("mat").chosen
+    _set_validation(study.run_dir("at", at, 0), {"model": [1.0, 0.9]})  # still the grid's best
+    _set_validation(study.run_dir("at", at, 2), {"model": [0.2, 0.5]})
+    _set_validation(study.run_dir("mat", mat, 2), {"h1": [0.2, 0.6], "h2": [0.4, 0.0]})  # a tie
+    data = report.collect(study)
+    entry = data["overfitting"]["at"]
+    assert [(s["best_epoch"], s["best"], s["last"]) for s in entry["seeds"].values()] == [
+        (1, 1.0, 0.9), (2, 0.5, 0.5)]
+    assert entry["seeds"][0]["drop"] == pytest.approx(0.1) and entry["seeds"][2]["drop"] == 0.0
+    assert data["overfitting"]["mat"]["seeds"][2]["best_epoch"] == 1
+    assert data["overfitting"]["mat"]["seeds"][2]["best"] == pytest.approx(0.3)
+    text = markdown(json.loads(json.dumps(data)))  # from the JSON, as comparison.md is
+    section = text[text.index("### Robust overfitting"):].splitlines()
+    row = next(line for line in section if line.startswith("| at | "))
+    assert row.split(" | ")[1:5] == ["1/2, 2/2", "75.00 ± 35.36", "70.00 ± 28.28", "5.00 ± 7.07"]
+
+
 def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finished_study, tmp_path):
     """An evaluation and a run undone in a copy of the finished study, with made-up records:
     --status gives each the median CPU time of the finished tasks of its family (kind and

@@ -37,6 +37,31 @@ def epoch_curves(run_dir: Path, roles: list[str] | None = None) -> dict[str, lis
             "train_adv": train_adv, "lr": lr}
 
 
+def overfitting(study: Study) -> dict[str, Any]:
+    """Per variant, each seed's chosen run: the epoch of its best validation robust accuracy
+    (the mean over the members the variant is judged by; the first epoch on ties), that
+    accuracy, the last epoch's, and the last epoch's validation clean and training
+    adversarial accuracy. A fall from the best to the last is robust overfitting."""
+    plan = study.plan
+    out: dict[str, Any] = {}
+    for variant in plan.variants:
+        chosen = study.selection(variant)
+        per_seed = {}
+        for seed in plan.seeds:
+            curves = epoch_curves(study.run_dir(variant, chosen.chosen, seed),
+                                  plan.select_on.get(variant))
+            pgd = curves["val_pgd"]
+            best = max(range(len(pgd)), key=lambda e: (pgd[e], -e))
+            per_seed[seed] = {"epochs": len(pgd), "best_epoch": best + 1, "best": pgd[best],
+                              "last": pgd[-1], "drop": pgd[best] - pgd[-1],
+                              "last_clean": curves["val_clean"][-1],
+                              "last_train_adv": curves["train_adv"][-1]}
+        cfg = plan.config(variant, chosen.chosen, plan.grid_seed)
+        out[variant] = {"seeds": per_seed, "val_images": cfg.data.val_subset,
+                        "val_steps": cfg.eval.pgd_steps}
+    return out
+
+
 def plot_curves(study: Study, path: Path) -> None:
     import matplotlib
 

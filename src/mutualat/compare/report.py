@@ -13,7 +13,9 @@ attacks), R_avg (their mean) and R_worst (per example the worst case over the wh
 and the paired difference to the baseline with its 95% t interval
 (:mod:`mutualat.compare.stats`). Each cohort's ensemble, or its ``select_on`` members, is
 also paired with the control, seed by seed (the same compute). The Markdown shows a column
-per attack for a one-threat suite, a column per threat type and R_avg for several.
+per attack for a one-threat suite, a column per threat type and R_avg for several. A table of
+robust overfitting follows: per variant, each seed's best and last validation robust
+accuracy and the fall between them (:func:`mutualat.compare.curves.overfitting`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 
 from mutualat.compare import sections
-from mutualat.compare.curves import plot_curves
+from mutualat.compare.curves import overfitting, plot_curves
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
@@ -84,6 +86,7 @@ def collect(study: Study) -> dict[str, Any]:
                       for v, s in selections.items()},
         "rows": rows,
         "runs": _runs(study, selections),
+        "overfitting": overfitting(study),
         "extras": sections.collect(study),
         "hardware": hardware_info(torch.device("cpu")), "versions": versions(),
     }
@@ -176,6 +179,30 @@ def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
+def _overfitting_lines(data: dict[str, Any]) -> list[str]:
+    """The robust-overfitting table: per variant, mean ± std over seeds."""
+    if not data:
+        return []
+    first = next(iter(data.values()))
+    lines = ["### Robust overfitting, on the validation split", "",
+             f"Each seed's chosen run: validation PGD-{first['val_steps']} accuracy (a cohort's: "
+             "the mean over its members, or over its select_on members) at its best epoch and at "
+             "the last, the fall "
+             "between them (robust overfitting), and at the last epoch the validation clean and "
+             "the training adversarial accuracy (mean over the epoch's batches). Mean ± std over "
+             f"seeds. The best is a maximum over epochs of a score measured on "
+             f"{first['val_images']} images, so noise alone makes it exceed the last a little.", "",
+             "| variant | best epoch (per seed) | best | last | best − last | last: clean | "
+             "last: training adversarial |", "|---|---|---|---|---|---|---|"]
+    for variant, entry in data.items():
+        seeds = list(entry["seeds"].values())
+        cells = [variant, ", ".join(f"{s['best_epoch']}/{s['epochs']}" for s in seeds)]
+        cells += [percent_mean_std(mean_std([s[k] for s in seeds]))
+                  for k in ("best", "last", "drop", "last_clean", "last_train_adv")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _diff(paired: dict[str, Any], baseline: bool) -> str:
     if baseline:
         return "—"
@@ -232,6 +259,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
                 lines.append(f"| {row['row']} | " + " | ".join(
                     _diff(row["paired_control"][m], False) for m in paired) + " |")
             lines.append("")
+    lines += _overfitting_lines(data["overfitting"])
     lines += sections.markdown(data["extras"], plan["name"], figures)
     lines += ["### Hyperparameters chosen on the validation split", ""]
     lines += ["| variant | grid point: validation score (%) | chosen |", "|---|---|---|"]
