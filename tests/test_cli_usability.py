@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 from torch import nn
 
 from mutualat.cli import build_parser, main
-from mutualat.config import load_config
+from mutualat.config import dump_config, load_config
 
 from conftest import tiny_overrides
 
@@ -72,20 +73,54 @@ def test_a_summary_is_the_first_sentence_even_past_an_abbreviation(capsys) -> No
     assert "MNIST (LeCun et al. 1998): 60,000 + 10,000 grey 28x28 digits" in capsys.readouterr().out
 
 
-def test_a_reader_that_stops_early_gets_no_traceback() -> None:
-    """`mutualat list attacks --json | head -c 20`: the reader is gone before the listing is
-    written. The command exits as one killed by SIGPIPE would (141), quietly."""
-    import subprocess
-
+def _into_a_closed_pipe(command: list[str], **kwargs) -> "subprocess.CompletedProcess[str]":
+    """Run ``command`` with its stdout a pipe whose reader went away before the first write."""
     read, write = os.pipe()
-    os.close(read)  # the reader went away before the first write
+    os.close(read)
     try:
-        done = subprocess.run([sys.executable, "-m", "mutualat", "list", "attacks", "--json"],
-                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+        return subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=300, **kwargs)
     finally:
         os.close(write)
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_a_reader_that_stops_early_gets_no_traceback(unbuffered) -> None:
+    """`mutualat list attacks --json | head -c 20`: the reader is gone before the listing is
+    written (at the end, from a pipe's buffer; or at once, unbuffered). The command exits as
+    one killed by SIGPIPE would (141), quietly."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    done = _into_a_closed_pipe([sys.executable, "-m", "mutualat", "list", "attacks", "--json"],
+                               env=env)
     assert done.returncode == 141
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_a_run_whose_log_reader_went_away_trains_to_the_end(tmp_path) -> None:
+    """`mutualat train ... | head`: the log's reader leaves, the run goes on, quietly."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_config(load_config(None, tiny_overrides(1))))
+    command = [sys.executable, "-m", "mutualat", "train", "--config", str(config)]
+    logged = subprocess.run(command + ["--out", str(tmp_path / "logged")], capture_output=True,
+                            text=True, timeout=300)
+    assert logged.returncode == 0 and "epoch 1" in logged.stdout, logged.stderr  # it logs
+    done = _into_a_closed_pipe(command + ["--out", str(tmp_path / "run")])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "results.json").is_file()
+    assert "Traceback" not in done.stderr and "Logging error" not in done.stderr, done.stderr
+
+
+def test_a_broken_pipe_other_than_stdout_is_not_hidden() -> None:
+    """Only a reader of stdout gone ends a command quietly: a broken worker pipe is a fault."""
+    script = ("import sys\nfrom mutualat import cli\n"
+              "def broken(args):\n    raise BrokenPipeError('a worker pipe')\n"
+              "cli.COMMANDS['list'] = broken\nsys.exit(cli.main(['list', 'models']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode not in (0, 141)
+    assert "BrokenPipeError: a worker pipe" in done.stderr
 
 
 def test_version(capsys) -> None:

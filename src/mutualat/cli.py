@@ -36,7 +36,7 @@ from mutualat.compare import Study, load_plan, run_study
 from mutualat.compare.progress import status_lines
 from mutualat.compare.report import write_document
 from mutualat.config import dump_config, load_config
-from mutualat.console import setup_logging
+from mutualat.console import setup_logging, silence_stdout, stdout_reader_gone
 from mutualat.demo import run_demo
 from mutualat.errors import ConfigError, MutualatError
 from mutualat.methods import resolve_method_params
@@ -318,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a pipe's buffered output: a reader gone shows here, not at exit
+        return status
     except MutualatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -327,10 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted; {hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if not stdout_reader_gone():  # another pipe or socket broke: a fault, reported
+            raise
         # The reader of stdout went away (`mutualat list attacks | head`): what it read is
         # all it wanted, so no traceback. Later writes, Python's own flush at exit included,
         # go nowhere; the status is the one a process killed by SIGPIPE gets.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
         return 141  # 128 + SIGPIPE (13)
 
 

@@ -9,6 +9,8 @@ prefixed ``warning:``, written with ``tqdm.write`` so a message never tears a pr
 from __future__ import annotations
 
 import logging
+import os
+import select
 import sys
 import threading
 
@@ -33,8 +35,35 @@ class TqdmHandler(logging.Handler):
         try:
             tqdm.write(self.format(record), file=sys.stdout)
             sys.stdout.flush()
+        except BrokenPipeError:
+            if not stdout_reader_gone():
+                self.handleError(record)
+            # `mutualat train ... | head`: the reader took what it wanted; the run goes on
+            # (metrics.jsonl has every number) and its messages go nowhere.
+            silence_stdout()
         except Exception:  # logging must never raise into the program
             self.handleError(record)
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end has closed: an error
+    condition on its file descriptor (Linux and macOS; False where it cannot be asked)."""
+    if not hasattr(select, "poll"):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a capture, closed)
+        return False
+
+
+def silence_stdout() -> None:
+    """Point stdout's file descriptor at the null device, so every later write (a print,
+    a log record, Python's own flush at exit) succeeds and goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
