@@ -64,11 +64,12 @@ def test_a_summary_is_the_first_sentence_even_past_an_abbreviation(capsys) -> No
     from mutualat.catalog import _first_line
 
     def documented():
-        """Attacks of Liu et al. 2021, e.g. PGD, cf. Madry; vs. FGSM. The second sentence.
+        """Attacks of Liu et al. 2021 (Fig. 2, Eq. 3), E.g. PGD, cf. Madry; vs. FGSM. The second.
 
         Another paragraph."""
 
-    assert _first_line(documented) == ("Attacks of Liu et al. 2021, e.g. PGD, cf. Madry; vs. FGSM")
+    assert _first_line(documented) == ("Attacks of Liu et al. 2021 (Fig. 2, Eq. 3), E.g. PGD, "
+                                       "cf. Madry; vs. FGSM")
     assert main(["list", "datasets"]) == 0
     assert "MNIST (LeCun et al. 1998): 60,000 + 10,000 grey 28x28 digits" in capsys.readouterr().out
 

@@ -455,32 +455,40 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
     for path in tasks.glob("*.record.json"):
         path.write_text(json.dumps({"status": "done", "cpu_s": 60.0, "wall_s": 60.0}))
     made_up = {"eval__at__seed0": ("done", 600), "eval__at__seed2": ("done", 9999),  # its own
-               f"train__mat__{chosen['mat']['label']}__seed2": ("done", 1800),
+               "eval__at__seed5": ("done", 3000), "eval__at__seed6": ("done", 700),  # median 700
+               f"train__mat__{chosen['mat']['label']}__seed2": ("done", 1800),  # not finished now
                "train__mat__lr0.05__seed0": ("done", 1200),
                "train__mat__lr0.02__seed0": ("interrupted", 300)}
     for slug, (status, cpu) in made_up.items():
         (tasks / f"{slug}.record.json").write_text(json.dumps({"status": status, "cpu_s": cpu}))
     (tasks / "eval__mat__seed9.record.json").write_text("null")  # a hand edit: ignored
     lines = progress.status_lines(Study(load_plan(plan), out))
-    assert lines[0].split() == "ready train/mat/lr0.02/seed0 about 20 CPU-min (the median of 2 "\
+    assert lines[0].split() == "ready train/mat/lr0.02/seed0 about 15 CPU-min (the median of 1 "\
                                "finished like it); 5 CPU-min already spent".split()
-    assert lines[1].split() == "ready eval/at/seed2 about 10 CPU-min (the median of 1 finished "\
+    assert lines[1].split() == "ready eval/at/seed2 about 12 CPU-min (the median of 3 finished "\
                                "like it)".split()
-    # Until mat's grid has chosen: its second seed's run, and both seeds' evaluations (their
-    # old records do not count: they are of tasks not finished now).
+    # Until mat's grid has chosen: its second seed's run, and both seeds' evaluations. Their
+    # old records do not count (of tasks not finished now), the second seed's run of any
+    # grid point included.
     ready, waiting = sections.tasks(Study(load_plan(plan), out))
     assert sorted(waiting) == ["eval/mat/seed0", "eval/mat/seed2", "train/mat/(chosen)/seed2"]
-    assert lines[2].split() == "waiting 1 × train/mat about 25 CPU-min each (the median of 2 "\
+    assert lines[2].split() == "waiting 1 × train/mat about 20 CPU-min each (the median of 1 "\
                                "finished like them)".split()
     assert lines[3].split() == "waiting 2 × eval/mat no finished task like them to go by".split()
-    undone = {"eval__at__seed2", "train__mat__lr0.02__seed0", "eval__mat__seed0", "eval__mat__seed2"}
+    undone = {"eval__at__seed2", "train__mat__lr0.02__seed0", "eval__mat__seed0", "eval__mat__seed2",
+              f"train__mat__{chosen['mat']['label']}__seed2"}
     others = [p for p in tasks.glob("*.record.json")
               if p.name.removesuffix(".record.json") not in undone | set(made_up)
               and p.name != "eval__mat__seed9.record.json"]
-    finished_cpu = 600 + 1800 + 1200 + 60 * len(others)
-    assert lines[4] == f"finished {len(others) + 3} tasks, {finished_cpu / 3600:.1f} CPU-h"
-    assert lines[5] == ("2 ready, 3 waiting on them; the ready ones: about 30 CPU-min; the waiting "
-                        "ones: about 25 CPU-min (2 of them not estimated)")
+    finished_cpu = 600 + 3000 + 700 + 1200 + 60 * len(others)
+    assert lines[4] == f"finished {len(others) + 4} tasks, {finished_cpu / 3600:.1f} CPU-h"
+    assert lines[5] == ("2 ready, 3 waiting on them; the ready ones: about 27 CPU-min; the waiting "
+                        "ones: about 20 CPU-min (2 of them not estimated)")
+    # Nothing like them finished: not estimated, rather than "about 0".
+    for path in tasks.glob("*.record.json"):
+        path.unlink()
+    assert progress.status_lines(Study(load_plan(plan), out))[-1] == (
+        "2 ready, 3 waiting on them; the ready ones: not estimated; the waiting ones: not estimated")
     for key, expected in (("train/mat-a0.6/lr0.2/seed10-init11", "train/mat-a0.6"),
                           ("eval/control/seed20", "eval/control"),
                           ("table/table2/mat/seed0", "table/table2/mat"), ("transfer/seed10", "transfer")):

@@ -32,8 +32,10 @@ class Entry:
 
 
 #: Where a docstring's first sentence ends: a full stop and a space, not after an
-#: abbreviation ("Liu et al. 2021", "e.g. PGD").
-_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\bcf)(?<!\betc)\.\s+")
+#: abbreviation ("Liu et al. 2021", "e.g. PGD", "Fig. 2"; "etc." is taken to go on).
+_ABBREVIATIONS = ("al", "e.g", "i.e", "vs", "cf", "etc", "sec", "fig", "eq", "approx", "resp")
+_SENTENCE_END = re.compile("".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS) + r"\.\s+",
+                           re.IGNORECASE)
 
 
 def _first_line(*objects: Any) -> str:

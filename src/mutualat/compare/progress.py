@@ -17,7 +17,7 @@ import statistics
 
 from mutualat.compare import sections
 from mutualat.compare.records import task_records
-from mutualat.compare.study import Study
+from mutualat.compare.study import UNCHOSEN, Study
 
 #: Record statuses of a task that continues where it stopped: its CPU time counts as done.
 _RESUMES = ("interrupted", "running", "failed")
@@ -37,7 +37,7 @@ def status_lines(study: Study) -> list[str]:
     still waiting on others, then the totals."""
     records = task_records(study.out)  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
-    undone = {t.slug for t in ready} | {_slug(key) for key in waiting}
+    undone = _undone(records, [t.key for t in ready] + waiting)
     done: dict[str, list[float]] = {}  # family -> CPU seconds of its finished tasks
     for slug, record in records.items():
         if record.get("status") == "done" and slug not in undone:
@@ -79,15 +79,27 @@ def status_lines(study: Study) -> list[str]:
     last = f"{len(ready)} ready, {len(waiting)} waiting on them"
     for name, tasks, total, unknown in (("ready", ready, ready_total, ready_unknown),
                                          ("waiting", waiting, waiting_total, waiting_unknown)):
-        if tasks:
+        if tasks and unknown == len(tasks):
+            last += f"; the {name} ones: not estimated"
+        elif tasks:
             last += f"; the {name} ones: about {_amount(total)}"
             last += f" ({unknown} of them not estimated)" if unknown else ""
     lines.append(last)
     return lines
 
 
-def _slug(key: str) -> str:
-    return key.replace("/", "__")
+def _undone(records: dict[str, dict], keys: list[str]) -> set[str]:
+    """The record slugs of tasks not finished now: those of ``keys`` and, for a run waiting on
+    its grid's choice (its key names no setting), that seed's run of every setting: what it
+    cost counts once the grid has chosen."""
+    undone = {key.replace("/", "__") for key in keys}
+    for key in keys:
+        head, unchosen, run = key.partition(f"/{UNCHOSEN}/")
+        if unchosen:
+            prefix, suffix = head.replace("/", "__") + "__", "__" + run
+            undone |= {slug for slug in records if slug.startswith(prefix)
+                       and slug.endswith(suffix) and "__" not in slug[len(prefix):-len(suffix)]}
+    return undone
 
 
 def _family_of(slug: str) -> str:

@@ -270,8 +270,8 @@ class Study:
                 waiting += self._train(ready, variant, setting, plan.grid_seed, (0, 0))
             chosen = selections[variant]
             if chosen is None:  # its other seeds' runs, every seed's evaluation
-                waiting += [f"train/{variant}/{UNCHOSEN}/seed{s}" for s in plan.seeds
-                            if s != plan.grid_seed]
+                waiting += [f"train/{variant}/{self._unchosen(variant)}/seed{s}"
+                            for s in plan.seeds if s != plan.grid_seed]
                 waiting += [f"eval/{variant}/seed{s}" for s in plan.seeds]
                 continue
             for rank, seed in enumerate(plan.seeds):
@@ -283,11 +283,18 @@ class Study:
         ready.sort(key=lambda t: t.priority)
         return ready, waiting
 
+    def _unchosen(self, variant: str) -> str:
+        """The setting in the key of a run waiting on ``variant``'s grid: the grid's only
+        point, else :data:`UNCHOSEN`."""
+        settings = self.plan.settings(variant)
+        return setting_label(settings[0]) if len(settings) == 1 else UNCHOSEN
+
     def _control_tasks(self, ready: list[Task], chosen: Selection | None) -> list[str]:
         plan = self.plan
         if chosen is None:  # its extra members, its evaluations
             return [key for seed in plan.seeds for key in
-                    [f"train/{plan.control.variant}/{UNCHOSEN}/seed{seed}-init{i}"
+                    [f"train/{plan.control.variant}/{self._unchosen(plan.control.variant)}"
+                     f"/seed{seed}-init{i}"
                      for i in self.control_inits(seed)] + [f"eval/{CONTROL}/seed{seed}"]]
         waiting = []
         for rank, seed in enumerate(plan.seeds):
