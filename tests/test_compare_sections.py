@@ -286,13 +286,20 @@ def test_a_table_and_the_report_show_only_the_selecting_members(paper_study, tmp
 
 def test_a_moved_study_is_reused_and_a_changed_teacher_or_attack_is_not(paper_study, tmp_path):
     """A student is tied to its teacher model by content, not by path: the study folder moved
-    elsewhere is reused whole; a teacher file that changed stops the study. The transfer
-    matrix is keyed by its models' contents and its attack's settings."""
+    elsewhere is reused whole, and a student run cut short resumes there against the moved
+    teacher; a teacher file that changed stops the study. The transfer matrix is keyed by
+    its models' contents and its attack's settings."""
     plan_path, out, _ = paper_study
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
     study = Study(load_plan(plan_path), moved)
     assert sections.tasks(study) == ([], [])
+    student = study.run_dir("mat-offline", study.selection("mat-offline").chosen, 0)
+    (student / "results.json").unlink()  # as if killed after its last checkpoint
+    (task,) = sections.tasks(study)[0]
+    assert task.spec["run_dir"] == str(student) and str(moved) in task.spec["config"]["models"][0]["init"]
+    run_train(task.spec)  # resumed, not refused for the teacher's new path
+    assert (student / "results.json").is_file() and sections.tasks(study) == ([], [])
     edited = load_plan(_write(tmp_path / "plan", PLAN.replace("steps: 2, step_size", "steps: 3, step_size")))
     ready, _ = sections.tasks(Study(edited, moved))
     assert sorted(t.key for t in ready) == ["transfer/seed0", "transfer/seed2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,36 @@ def test_kill_9_then_resume_from_the_command_line(full_run, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_weights(out, full_run)
+
+
+def test_a_student_moved_with_its_teacher_resumes_but_not_against_another(tmp_path):
+    """An ARD run interrupted after its first epoch, moved elsewhere with its teacher's file
+    (a study folder moved): resumed with the teacher's new path it ends as the uninterrupted
+    run; another model at a path is refused, naming models.0.init, and nothing changes."""
+    from mutualat.data import load_dataset
+
+    def ard(teacher: Path):
+        return load_config(None, tiny_overrides(2) + [
+            "method.name=ard", "models.1.name=tinycnn", "models.0.frozen=true",
+            f"models.0.init={teacher}"])
+
+    data = load_dataset("fashion-mnist-embedded")
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in ("teacher", "other"):  # two models of different weights
+        model = mutualat.create_model("tinycnn", 10, in_channels=1, input_size=28,
+                                      mean=data.mean, std=data.std)
+        mutualat.save_model(model, first / f"{name}.safetensors")
+    Trainer(ard(first / "teacher.safetensors"), tmp_path / "full").fit()
+    train_first_epoch_only(ard(first / "teacher.safetensors"), first / "run")
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    before = {p: p.stat().st_mtime_ns for p in (moved / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="differs from the saved one in models.0.init"):
+        Trainer(ard(moved / "other.safetensors"), moved / "run", resume=True)
+    assert {p: p.stat().st_mtime_ns for p in (moved / "run").rglob("*") if p.is_file()} == before
+    Trainer(ard(moved / "teacher.safetensors"), moved / "run", resume=True).fit()
+    _assert_same_weights(moved / "run", tmp_path / "full")
 
 
 def test_existing_run_folder_is_not_overwritten(full_run):

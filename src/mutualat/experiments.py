@@ -20,7 +20,7 @@ from mutualat.report.paper_plots import plot_alpha_curve
 from mutualat.train import Trainer
 from mutualat.train.checkpoint import atomic_write_bytes
 from mutualat.train.logger import read_metrics
-from mutualat.train.run_dir import config_difference
+from mutualat.train.run_dir import config_difference, run_inits
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def run_or_reuse(cfg: RunConfig, run_dir: Path, label: str | None = None) -> dic
     label = label or run_dir.name
     done = run_dir / "results.json"
     if done.is_file():
-        differs = config_difference(load_config(run_dir / "config.yaml"), cfg)
+        differs = config_difference(load_config(run_dir / "config.yaml"), cfg, run_inits(run_dir))
         if differs:
             raise ConfigError(
                 f"{label}: {run_dir} holds a finished run of another config (it differs in "

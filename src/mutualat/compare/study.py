@@ -284,8 +284,8 @@ class Study:
         return ready, waiting
 
     def _unchosen(self, variant: str) -> str:
-        """The setting in the key of a run waiting on ``variant``'s grid: the grid's only
-        point, else :data:`UNCHOSEN`."""
+        """The setting in the key of a run waiting on ``variant``'s grid: its only point, or
+        :data:`UNCHOSEN`."""
         settings = self.plan.settings(variant)
         return setting_label(settings[0]) if len(settings) == 1 else UNCHOSEN
 
@@ -293,8 +293,7 @@ class Study:
         plan = self.plan
         if chosen is None:  # its extra members, its evaluations
             return [key for seed in plan.seeds for key in
-                    [f"train/{plan.control.variant}/{self._unchosen(plan.control.variant)}"
-                     f"/seed{seed}-init{i}"
+                    [f"train/{plan.control.variant}/{self._unchosen(plan.control.variant)}/seed{seed}-init{i}"
                      for i in self.control_inits(seed)] + [f"eval/{CONTROL}/seed{seed}"]]
         waiting = []
         for rank, seed in enumerate(plan.seeds):

@@ -1,14 +1,16 @@
 """The run folder: creating it, checking it before a resume, and keeping it for one process.
 
 A run folder holds ``config.yaml`` (the resolved config, written first), ``run.json`` (the
-run's identity), ``metrics.jsonl``, ``checkpoint.pt``, ``models/`` and, once finished,
-``results.json``. Nothing here trains: these functions decide whether a folder may be
-started, continued or must be refused, and they never change a folder they refuse.
+run's identity, and the digests of the model files its members start from),
+``metrics.jsonl``, ``checkpoint.pt``, ``models/`` and, once finished, ``results.json``.
+Nothing here trains: these functions decide whether a folder may be started, continued or
+must be refused, and they never change a folder they refuse.
 
 - A new run needs a missing or empty folder (:func:`prepare_run_dir`); its lock and the
   temporaries of a start killed mid-write do not count (:func:`run_contents`).
 - ``--resume`` continues from the checkpoint only if it belongs to the folder: its config
-  must equal ``config.yaml`` (up to :data:`ENVIRONMENT_KEYS`) and its run identity
+  must equal ``config.yaml`` (up to :data:`ENVIRONMENT_KEYS`, and a member's ``init`` file
+  found by content where it moved: :func:`config_difference`) and its run identity
   ``run.json`` (:func:`resume_state`); a run killed before its first checkpoint starts again
   from scratch with its saved config (:func:`clear_dead_start`); :func:`resume_or_restart`
   decides which, for the trainer.
@@ -30,6 +32,7 @@ from typing import Any, Iterator
 from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import resolve_method_params
+from mutualat.models.torch_source import file_digest
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
         saved_cfg = load_config(saved)
         if cfg is None:
             return saved_cfg
-        differs = config_difference(saved_cfg, cfg)
+        differs = config_difference(saved_cfg, cfg, run_inits(out))
         if differs:
             raise ConfigError(
                 f"cannot resume {out}: the given config differs from the saved one in "
@@ -90,9 +93,29 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
                     f"{out}: {', '.join(stale)}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(saved, dump_config(cfg).encode())
-    # The run's identity: a checkpoint copied in from another run is refused on resume.
-    atomic_write_bytes(out / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}).encode())
+    # The run's identity: a checkpoint copied in from another run is refused on resume. And
+    # the contents of the model files its members start from, so that a resume may name a
+    # file moved elsewhere (an ARD teacher moved with its study) but not another model.
+    atomic_write_bytes(out / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex,
+                                                   "inits": init_digests(cfg)}).encode())
     return cfg
+
+
+def init_digests(cfg: RunConfig) -> dict[str, str]:
+    """``{member index: digest}`` of each ``models.N.init`` that names a local file (a
+    source such as ``torch:FILE?mean=...`` or ``robustbench:NAME`` is compared by name)."""
+    return {str(i): file_digest(m.init) for i, m in enumerate(cfg.models)
+            if m.init and Path(m.init).is_file()}
+
+
+def run_inits(out: Path) -> dict[str, str]:
+    """The digests of the files a run's members started from (:func:`init_digests`, in
+    ``run.json``); empty for a run made before they were recorded."""
+    try:
+        inits = json.loads((Path(out) / RUN_FILE).read_text()).get("inits", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return inits if isinstance(inits, dict) else {}
 
 
 def run_contents(out: Path) -> list[str]:
@@ -122,7 +145,7 @@ def resume_state(out: Path, cfg: RunConfig) -> dict[str, Any] | None:
     except ConfigError as exc:
         raise CheckpointError(f"{out / CHECKPOINT} records a config this version cannot read: "
                               f"{exc}") from None
-    differs = config_difference(recorded, cfg)
+    differs = config_difference(recorded, cfg, run_inits(out))
     if differs:
         raise CheckpointError(
             f"{out / CHECKPOINT} was written by another config than {out / CONFIG}: they differ "
@@ -204,13 +227,22 @@ def lock_run_dir(out: Path) -> Any:
     return handle
 
 
-def config_difference(saved: RunConfig, given: RunConfig) -> str:
+def config_difference(saved: RunConfig, given: RunConfig, inits: dict[str, str] | None = None) -> str:
     """Where two configs differ, ignoring :data:`ENVIRONMENT_KEYS` ("" when they agree); the
-    method parameters are compared with their defaults filled in, as a run saves them."""
+    method parameters are compared with their defaults filled in, as a run saves them.
+    ``inits`` (:func:`run_inits`): a member's ``init`` file is the same where the given
+    path holds the content the run started from, whatever its path now."""
     a, b = (to_dict(resolve_method_params(copy.deepcopy(c))) for c in (saved, given))
     for key in ENVIRONMENT_KEYS:
         _pop(a, key)
         _pop(b, key)
+    for index, digest in (inits or {}).items():
+        i = int(index)
+        if i < min(len(a["models"]), len(b["models"])):
+            path = b["models"][i].get("init")
+            if path != a["models"][i].get("init") and path and Path(path).is_file() \
+                    and file_digest(path) == digest:
+                a["models"][i]["init"] = path
     return "" if a == b else _diff(a, b)
 
 
@@ -228,6 +260,9 @@ def _diff(a: Any, b: Any, prefix: str = "") -> str:
             if found:
                 return found
         return ""
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):  # models.0.init
+        return next((found for i, (x, y) in enumerate(zip(a, b))
+                     if (found := _diff(x, y, f"{prefix}{i}."))), "")
     return "" if a == b else f"{prefix.rstrip('.')} ({a!r} saved, {b!r} given)"
 
 
