@@ -74,10 +74,19 @@ def test_a_summary_is_the_first_sentence_even_past_an_abbreviation(capsys) -> No
     assert "MNIST (LeCun et al. 1998): 60,000 + 10,000 grey 28x28 digits" in capsys.readouterr().out
 
 
-def _into_a_closed_pipe(command: list[str], **kwargs) -> "subprocess.CompletedProcess[str]":
-    """Run ``command`` with its stdout a pipe whose reader went away before the first write."""
-    read, write = os.pipe()
-    os.close(read)
+def _into_a_closed_pipe(command: list[str], socket: bool = False,
+                        **kwargs) -> "subprocess.CompletedProcess[str]":
+    """Run ``command`` with its stdout a pipe (or a socket) whose reader went away before the
+    first write."""
+    import socket as sockets
+
+    if socket:
+        ours, theirs = sockets.socketpair()
+        ours.close()
+        write = theirs.detach()
+    else:
+        read, write = os.pipe()
+        os.close(read)
     try:
         return subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True,
                               timeout=300, **kwargs)
@@ -85,16 +94,17 @@ def _into_a_closed_pipe(command: list[str], **kwargs) -> "subprocess.CompletedPr
         os.close(write)
 
 
-@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
-def test_a_reader_that_stops_early_gets_no_traceback(unbuffered) -> None:
+@pytest.mark.parametrize("unbuffered,socket", [(False, False), (True, False), (False, True)],
+                         ids=["buffered", "unbuffered", "socket"])
+def test_a_reader_that_stops_early_gets_no_traceback(unbuffered, socket) -> None:
     """`mutualat list attacks --json | head -c 20`: the reader is gone before the listing is
-    written (at the end, from a pipe's buffer; or at once, unbuffered). The command exits as
-    one killed by SIGPIPE would (141), quietly."""
+    written (at the end, from a pipe's buffer; or at once, unbuffered; or a socket's peer).
+    The command exits as one killed by SIGPIPE would (141), quietly."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     done = _into_a_closed_pipe([sys.executable, "-m", "mutualat", "list", "attacks", "--json"],
-                               env=env)
+                               socket=socket, env=env)
     assert done.returncode == 141
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
@@ -122,6 +132,27 @@ def test_a_broken_pipe_other_than_stdout_is_not_hidden() -> None:
                           timeout=120)
     assert done.returncode not in (0, 141)
     assert "BrokenPipeError: a worker pipe" in done.stderr
+
+
+def test_a_log_record_that_meets_another_broken_pipe_is_reported_not_silenced(monkeypatch, capsys):
+    """A BrokenPipeError while logging whose stdout is not a pipe without a reader is logging's
+    ordinary error report; stdout is left as it is and nothing raises into the program."""
+    import logging
+
+    from mutualat.console import TqdmHandler
+
+    class Broken:  # a stream with no file descriptor whose write fails
+        def write(self, text):
+            raise BrokenPipeError("another pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Broken())
+    monkeypatch.setattr(logging, "raiseExceptions", True)
+    handler = TqdmHandler()
+    handler.emit(logging.LogRecord("mutualat", logging.INFO, __file__, 1, "hello", None, None))
+    assert "BrokenPipeError: another pipe" in capsys.readouterr().err
 
 
 def test_version(capsys) -> None:

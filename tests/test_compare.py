@@ -427,7 +427,13 @@ def test_the_robust_overfitting_table_reads_each_seeds_curve(finished_study, tmp
     _set_validation(study.run_dir("at", at, 0), {"model": [1.0, 0.9]})  # still the grid's best
     _set_validation(study.run_dir("at", at, 2), {"model": [0.2, 0.5]})
     _set_validation(study.run_dir("mat", mat, 2), {"h1": [0.2, 0.6], "h2": [0.4, 0.0]})  # a tie
+    metrics = study.run_dir("mat", mat, 0) / "metrics.jsonl"  # its first epoch's record lost
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if json.loads(line).get("event") != "epoch"
+                               or json.loads(line)["epoch"] != 1))
     data = report.collect(study)
+    assert data["overfitting"]["mat"]["seeds"][0]["best_epoch"] == 2  # by the record's number
+    assert data["overfitting"]["mat"]["seeds"][0]["epochs"] == 2
     entry = data["overfitting"]["at"]
     assert [(s["best_epoch"], s["best"], s["last"]) for s in entry["seeds"].values()] == [
         (1, 1.0, 0.9), (2, 0.5, 0.5)]

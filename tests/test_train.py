@@ -142,8 +142,23 @@ def test_a_student_moved_with_its_teacher_resumes_but_not_against_another(tmp_pa
     with pytest.raises(ConfigError, match="differs from the saved one in models.0.init"):
         Trainer(ard(moved / "other.safetensors"), moved / "run", resume=True)
     assert {p: p.stat().st_mtime_ns for p in (moved / "run").rglob("*") if p.is_file()} == before
+    # The teacher's file overwritten in place by another model: refused by content too.
+    shutil.copyfile(moved / "teacher.safetensors", tmp_path / "kept.safetensors")
+    shutil.copyfile(moved / "other.safetensors", moved / "teacher.safetensors")
+    with pytest.raises(ConfigError, match="holds other weights than the run started from"):
+        Trainer(ard(moved / "teacher.safetensors"), moved / "run", resume=True)
+    shutil.copyfile(tmp_path / "kept.safetensors", moved / "teacher.safetensors")
     Trainer(ard(moved / "teacher.safetensors"), moved / "run", resume=True).fit()
     _assert_same_weights(moved / "run", tmp_path / "full")
+
+
+def test_a_key_one_config_lacks_is_a_difference_even_inside_a_list():
+    """models.0.kwargs {} against {dropout: None}: named, not taken for equal."""
+    from mutualat.train.run_dir import config_difference
+
+    saved = load_config(None, tiny_overrides(1))
+    given = load_config(None, tiny_overrides(1) + ["models.0.kwargs={dropout: null}"])
+    assert config_difference(saved, given).startswith("models.0.kwargs.dropout")
 
 
 def test_existing_run_folder_is_not_overwritten(full_run):

@@ -36,8 +36,9 @@ class TqdmHandler(logging.Handler):
             tqdm.write(self.format(record), file=sys.stdout)
             sys.stdout.flush()
         except BrokenPipeError:
-            if not stdout_reader_gone():
+            if not stdout_reader_gone():  # not stdout's reader: reported as any other fault
                 self.handleError(record)
+                return
             # `mutualat train ... | head`: the reader took what it wanted; the run goes on
             # (metrics.jsonl has every number) and its messages go nowhere.
             silence_stdout()
@@ -53,7 +54,8 @@ def stdout_reader_gone() -> bool:
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        # A pipe without a reader reports POLLERR; a socket whose peer closed, POLLHUP.
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
     except (OSError, ValueError, AttributeError):  # no file descriptor (a capture, closed)
         return False
 

@@ -1,6 +1,7 @@
 """The comparison's ``curves.png``: per epoch, validation clean and robust accuracy and the
 training adversarial accuracy of every variant's chosen run (first seed), with the learning
-rate's decays marked, so robust overfitting shows."""
+rate's decays marked, so robust overfitting shows; and the report's robust-overfitting
+table, the same curves' best and last epochs for every seed (:func:`overfitting`)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,15 @@ def epoch_curves(run_dir: Path, roles: list[str] | None = None) -> dict[str, lis
         return sum(values) / len(values) if values else None
 
     train_adv, lr = [], []
-    for e in range(1, len(epochs) + 1):
+    for e in (r["epoch"] for r in epochs):  # the records' own numbers: one may be missing
         mine = [r for r in steps if r.get("epoch") == e]
         accs = [a for a in (members(r, "adv_acc/") for r in mine) if a is not None]
         train_adv.append(sum(accs) / len(accs) if accs else float("nan"))
         rates = [next(iter(r["lr"].values())) if isinstance(r.get("lr"), dict) else r.get("lr")
                  for r in mine]
         lr.append(rates[-1] if rates else float("nan"))
-    return {"val_clean": [members(r, "val_clean/") for r in epochs],
+    return {"epoch": [r["epoch"] for r in epochs],
+            "val_clean": [members(r, "val_clean/") for r in epochs],
             "val_pgd": [members(r, "val_pgd/") for r in epochs],
             "train_adv": train_adv, "lr": lr}
 
@@ -52,7 +54,8 @@ def overfitting(study: Study) -> dict[str, Any]:
                                   plan.select_on.get(variant))
             pgd = curves["val_pgd"]
             best = max(range(len(pgd)), key=lambda e: (pgd[e], -e))
-            per_seed[seed] = {"epochs": len(pgd), "best_epoch": best + 1, "best": pgd[best],
+            epochs = plan.config(variant, chosen.chosen, seed).optim.epochs
+            per_seed[seed] = {"epochs": epochs, "best_epoch": curves["epoch"][best], "best": pgd[best],
                               "last": pgd[-1], "drop": pgd[best] - pgd[-1],
                               "last_clean": curves["val_clean"][-1],
                               "last_train_adv": curves["train_adv"][-1]}
@@ -78,7 +81,7 @@ def plot_curves(study: Study, path: Path) -> None:
         chosen = study.selection(variant)
         curves = epoch_curves(study.run_dir(variant, chosen.chosen, plan.grid_seed),
                               plan.select_on.get(variant))
-        x = list(range(1, len(curves["val_pgd"]) + 1))
+        x = curves["epoch"]
         ax.plot(x, [100 * v for v in curves["val_clean"]], label="val clean")
         ax.plot(x, [100 * v for v in curves["val_pgd"]], label="val PGD")
         ax.plot(x, [100 * v for v in curves["train_adv"]], label="train adversarial", linestyle="--")

@@ -191,7 +191,8 @@ def _overfitting_lines(data: dict[str, Any]) -> list[str]:
              "between them (robust overfitting), and at the last epoch the validation clean and "
              "the training adversarial accuracy (mean over the epoch's batches). Mean ± std over "
              f"seeds. The best is a maximum over epochs of a score measured on "
-             f"{first['val_images']} images, so noise alone makes it exceed the last a little.", "",
+             + (f"{first['val_images']} images" if first["val_images"] else "the validation split")
+             + ", so noise alone makes it exceed the last a little.", "",
              "| variant | best epoch (per seed) | best | last | best − last | last: clean | "
              "last: training adversarial |", "|---|---|---|---|---|---|---|"]
     for variant, entry in data.items():

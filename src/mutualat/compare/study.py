@@ -36,7 +36,7 @@ from mutualat.compare.records import (EVALUATED, evaluation_differences, file_di
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
 from mutualat.train.logger import read_metrics
-from mutualat.train.run_dir import config_difference
+from mutualat.train.run_dir import config_difference, run_inits
 
 DIVERGED = "diverged.json"  # written by the worker in a run folder whose loss became NaN
 CONTROL = "control"
@@ -151,7 +151,7 @@ class Study:
                     "changed. Move the run away to train it again; its evaluations will then "
                     "ask to be moved too (nothing was overwritten)")
             saved.models[0].init = cfg.models[0].init
-        differs = config_difference(saved, cfg)
+        differs = config_difference(saved, cfg, run_inits(run_dir))
         if differs:
             raise ConfigError(
                 f"{run_dir} holds a run of another config than the plan's (it differs in "

@@ -115,7 +115,9 @@ def run_inits(out: Path) -> dict[str, str]:
         inits = json.loads((Path(out) / RUN_FILE).read_text()).get("inits", {})
     except (OSError, ValueError, AttributeError):
         return {}
-    return inits if isinstance(inits, dict) else {}
+    if not isinstance(inits, dict):
+        return {}
+    return {k: v for k, v in inits.items() if isinstance(k, str) and k.isdigit() and isinstance(v, str)}
 
 
 def run_contents(out: Path) -> list[str]:
@@ -230,20 +232,21 @@ def lock_run_dir(out: Path) -> Any:
 def config_difference(saved: RunConfig, given: RunConfig, inits: dict[str, str] | None = None) -> str:
     """Where two configs differ, ignoring :data:`ENVIRONMENT_KEYS` ("" when they agree); the
     method parameters are compared with their defaults filled in, as a run saves them.
-    ``inits`` (:func:`run_inits`): a member's ``init`` file is the same where the given
-    path holds the content the run started from, whatever its path now."""
+    ``inits`` (:func:`run_inits`): a member's ``init`` file is compared by content, the one
+    the run started from: the same wherever it is now, and different if it changed."""
     a, b = (to_dict(resolve_method_params(copy.deepcopy(c))) for c in (saved, given))
     for key in ENVIRONMENT_KEYS:
         _pop(a, key)
         _pop(b, key)
     for index, digest in (inits or {}).items():
         i = int(index)
-        if i < min(len(a["models"]), len(b["models"])):
-            path = b["models"][i].get("init")
-            if path != a["models"][i].get("init") and path and Path(path).is_file() \
-                    and file_digest(path) == digest:
-                a["models"][i]["init"] = path
-    return "" if a == b else _diff(a, b)
+        path = b["models"][i].get("init") if i < len(b["models"]) else None
+        if i < len(a["models"]) and path and Path(path).is_file():
+            if file_digest(path) != digest:
+                return (f"models.{i}.init (the file {path} holds other weights than the run "
+                        "started from)")
+            a["models"][i]["init"] = path
+    return "" if a == b else (_diff(a, b) or "the config")
 
 
 def _pop(tree: dict, dotted: str) -> None:
@@ -253,10 +256,13 @@ def _pop(tree: dict, dotted: str) -> None:
     tree.pop(last, None)
 
 
+_ABSENT = "(absent)"  # a key one config lacks: never equal to a value the other has
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
-            found = _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+            found = _diff(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{prefix}{key}.")
             if found:
                 return found
         return ""
