@@ -4,12 +4,12 @@ file's digest, an evaluation's suite and test subset."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from mutualat.evaluation import load_suite
+from mutualat.models.torch_source import file_sha256
 
 
 #: In an evaluation folder of a study: name -> sha256 of each model file the evaluation read.
@@ -22,20 +22,10 @@ def teacher_record(run_dir: Path) -> Path:
     return run_dir.parent / f"teacher-of-{run_dir.name}.json"
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, remembered while its size and modification time stay."""
-    stat = Path(path).stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
+    """sha256 of a file's bytes (hex, all 64 digits), remembered while its size and
+    modification time stay."""
+    return file_sha256(path)
 
 
 def task_records(out: Path) -> dict[str, dict[str, Any]]:

@@ -187,10 +187,10 @@ def _overfitting_lines(data: dict[str, Any]) -> list[str]:
     lines = ["### Robust overfitting, on the validation split", "",
              f"Each seed's chosen run: validation PGD-{first['val_steps']} accuracy (a cohort's: "
              "the mean over its members, or over its select_on members) at its best epoch and at "
-             "the last, the fall "
-             "between them (robust overfitting), and at the last epoch the validation clean and "
-             "the training adversarial accuracy (mean over the epoch's batches). Mean ± std over "
-             f"seeds. The best is a maximum over epochs of a score measured on "
+             "the last, the fall between them (robust overfitting), and at the last epoch the "
+             "validation clean and the training adversarial accuracy (mean over the epoch's "
+             "batches). Mean ± std over seeds. The best is a maximum over epochs of a score "
+             "measured on "
              + (f"{first['val_images']} images" if first["val_images"] else "the validation split")
              + ", so noise alone makes it exceed the last a little.", "",
              "| variant | best epoch (per seed) | best | last | best − last | last: clean | "

@@ -92,13 +92,27 @@ def _find_state(obj: Any, key: str | None, where: str) -> dict[str, torch.Tensor
     raise CheckpointError(f"{where}: holds a {type(obj).__name__}, not a state dict")
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex), remembered while its size and modification time stay:
+    a study checks its models' files each time it looks for work."""
+    stat = Path(path).stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file (first 16 hex digits): which weights a report is about."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    """sha256 of a file (first 16 hex digits): which weights a report is about, or which
+    file a run's member started from."""
+    return file_sha256(path)[:16]
 
 
 def _first_and_last(model: nn.Module) -> tuple[str | None, str | None]:
