@@ -1,6 +1,7 @@
 """A CLI that explains itself, plots and logs people expect, file modes, interop helpers.
 
-``list``, ``--version``, ``configs``, ``train --print-config`` and ``--dry-run``; names checked
+``list`` (its summaries past an abbreviation; a reader of stdout that goes away, as with
+``| head``), ``--version``, ``configs``, ``train --print-config`` and ``--dry-run``; names checked
 before any data is read; ``eval`` of a ``py:`` model and an eps sweep; the training-curve
 figure; TensorBoard and W&B receiving metrics.jsonl's scalars (stand-in modules); files
 created 0644 under umask 022; ``Attack.bind`` and ``evaluate(preprocessing=...)``.
