@@ -379,6 +379,39 @@ def test_ard_distils_from_a_plain_pytorch_teacher(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["event"] == "epoch"
 
 
+def test_a_run_from_a_moved_pytorch_teacher_resumes_but_not_with_other_options(tmp_path: Path) -> None:
+    """``torch:FILE?mean=..&std=..`` as ARD's teacher: the run, interrupted and moved with the
+    file, resumes naming its new path; the same file with other options is refused."""
+    import shutil
+
+    from mutualat.config import load_config
+    from mutualat.errors import ConfigError
+    from mutualat.train import Trainer
+
+    from conftest import tiny_overrides, train_first_epoch_only
+
+    def ard(init: str):
+        return load_config(None, tiny_overrides(epochs=2) + [
+            "method.name=ard", f"models.0.init={init}", "models.0.frozen=true",
+            "models.1.name=tinycnn", "eval.test=false"])
+
+    torch.manual_seed(7)
+    teacher = randomize_batchnorm(create_model("tinycnn", in_channels=1, input_size=28))
+    first = tmp_path / "first"
+    first.mkdir()
+    torch.save({k: v for k, v in teacher.state_dict().items() if not k.startswith("normalize.")},
+               first / "teacher.pth")
+    train_first_epoch_only(ard(f"torch:{first / 'teacher.pth'}?mean=0&std=1"), first / "run")
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    with pytest.raises(ConfigError, match="models.0.init"):
+        Trainer(ard(f"torch:{moved / 'teacher.pth'}?mean=0.5&std=1"), moved / "run", resume=True)
+    Trainer(ard(f"torch:{moved / 'teacher.pth'}?mean=0&std=1"), moved / "run", resume=True).fit()
+    epochs = [json.loads(line)["epoch"] for line in (moved / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    assert epochs == [1, 2]  # the first epoch's run, resumed for the second
+
+
 def test_cli_builds_a_state_dict_for_the_data_it_evaluates(tmp_path: Path) -> None:
     """A tinycnn state dict evaluated on 28x28 data: size comes from the data, classes and
     channels from the weights, normalization from the file, the record into the summary."""

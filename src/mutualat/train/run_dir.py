@@ -32,6 +32,7 @@ from typing import Any, Iterator
 from mutualat.config import RunConfig, dump_config, from_dict, load_config, to_dict
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import resolve_method_params
+from mutualat.models.sources import parse_source
 from mutualat.models.torch_source import file_digest
 from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint
 
@@ -102,10 +103,25 @@ def prepare_run_dir(out: Path, cfg: RunConfig | None, resume: bool) -> RunConfig
 
 
 def init_digests(cfg: RunConfig) -> dict[str, str]:
-    """``{member index: digest}`` of each ``models.N.init`` that names a local file (a
-    source such as ``torch:FILE?mean=...`` or ``robustbench:NAME`` is compared by name)."""
-    return {str(i): file_digest(m.init) for i, m in enumerate(cfg.models)
-            if m.init and Path(m.init).is_file()}
+    """``{member index: digest}`` of each ``models.N.init`` read from a local file: a model
+    file, or the file of a ``torch:FILE?...`` source (a ``robustbench:NAME`` is compared by
+    name)."""
+    files = {i: _init_file(m.init) for i, m in enumerate(cfg.models) if m.init}
+    return {str(i): file_digest(f[0]) for i, f in files.items() if f and Path(f[0]).is_file()}
+
+
+def _init_file(init: str) -> tuple[str, str] | None:
+    """The local file an ``init`` source reads, and the rest of the source (its kind and
+    options), which must match as written; None for a source without a local file."""
+    try:
+        source = parse_source(init)
+    except ConfigError:
+        return None
+    if source.kind == "file":
+        return source.target, "file"
+    if source.kind == "torch":
+        return source.target, "torch?" + source.text.partition("?")[2]
+    return None
 
 
 def run_inits(out: Path) -> dict[str, str]:
@@ -240,12 +256,14 @@ def config_difference(saved: RunConfig, given: RunConfig, inits: dict[str, str] 
         _pop(b, key)
     for index, digest in (inits or {}).items():
         i = int(index)
-        path = b["models"][i].get("init") if i < len(b["models"]) else None
-        if i < len(a["models"]) and path and Path(path).is_file():
-            if file_digest(path) != digest:
-                return (f"models.{i}.init (the file {path} holds other weights than the run "
+        if i >= min(len(a["models"]), len(b["models"])) or not b["models"][i].get("init"):
+            continue
+        given, kept = _init_file(b["models"][i]["init"]), _init_file(a["models"][i].get("init") or "")
+        if given and kept and given[1] == kept[1] and Path(given[0]).is_file():
+            if file_digest(given[0]) != digest:
+                return (f"models.{i}.init (the file {given[0]} holds other weights than the run "
                         "started from)")
-            a["models"][i]["init"] = path
+            a["models"][i]["init"] = b["models"][i]["init"]
     return "" if a == b else (_diff(a, b) or "the config")
 
 
