@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from mutualat.evaluation import load_suite
-from mutualat.models.torch_source import file_sha256
+# sha256 of a file's bytes (hex, all 64 digits), remembered while its size and
+# modification time stay: what a study's records name a model file by.
+from mutualat.models.torch_source import file_sha256 as file_digest  # noqa: F401
 
 
 #: In an evaluation folder of a study: name -> sha256 of each model file the evaluation read.
@@ -20,12 +22,6 @@ def teacher_record(run_dir: Path) -> Path:
     """Where the worker keeps the sha256 of the teacher model a student's run trains against:
     beside the run folder (a new run's folder must be empty)."""
     return run_dir.parent / f"teacher-of-{run_dir.name}.json"
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex, all 64 digits), remembered while its size and
-    modification time stay."""
-    return file_sha256(path)
 
 
 def task_records(out: Path) -> dict[str, dict[str, Any]]:
