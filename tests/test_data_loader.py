@@ -12,6 +12,7 @@ from mutualat.data import (
     balanced_indices,
     crop_flip,
     subset,
+    to_unit,
     train_val_split,
 )
 from mutualat.errors import ConfigError
@@ -139,6 +140,25 @@ def test_cuda_batches_equal_cpu_batches() -> None:
     gpu = batches(DeviceLoader(split, batch_size=16, device="cuda", augment="crop_flip", seed=2), 3)
     assert gpu[0][0].device.type == "cuda"
     assert_same(cpu, [(x.cpu(), y.cpu()) for x, y in gpu])
+
+
+def test_to_unit_is_value_over_255_correctly_rounded() -> None:
+    values = torch.arange(256, dtype=torch.uint8).reshape(4, 1, 8, 8)
+    unit = to_unit(values)
+    assert unit.dtype == torch.float32 and unit.shape == values.shape
+    expected = np.arange(256, dtype=np.float32) / np.float32(255)  # IEEE division, rounded once
+    assert np.array_equal(unit.flatten().numpy(), expected)
+    assert unit[0, 0, 0, 0] == 0 and unit[-1, 0, -1, -1] == 1
+    floats = torch.rand(2, 3, dtype=torch.float64)
+    assert torch.equal(to_unit(floats), floats.float())  # float input: only cast
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pixels_have_the_cpu_bits() -> None:
+    # CUDA divides by a scalar through its reciprocal: 1 ulp off for some values (seen on an
+    # H200, where the loader's batches differed from the CPU's before to_unit).
+    values = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_unit(values.cuda()).cpu(), to_unit(values))
 
 
 # --------------------------------------------------------------------------------------------

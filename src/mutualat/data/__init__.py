@@ -12,7 +12,7 @@
 from mutualat.data.datasets import DATASETS, Dataset, channel_stats, load_dataset, resolve_data_dir
 from mutualat.data.formats import ArraySplit, read_cifar, read_idx, read_idx_split
 from mutualat.data.image_folders import read_image_folder
-from mutualat.data.loader import AUGMENTATIONS, DeviceLoader, crop_flip
+from mutualat.data.loader import AUGMENTATIONS, DeviceLoader, crop_flip, to_unit
 from mutualat.data.splits import balanced_indices, subset, train_val_split
 
 __all__ = [
@@ -31,5 +31,6 @@ __all__ = [
     "read_image_folder",
     "resolve_data_dir",
     "subset",
+    "to_unit",
     "train_val_split",
 ]

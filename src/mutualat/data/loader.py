@@ -22,6 +22,12 @@ from mutualat.data.formats import ArraySplit
 from mutualat.errors import ConfigError
 
 AUGMENTATIONS = ("none", "crop_flip")
+# Pixel value v as float32 v / 255, divided once on the CPU, correctly rounded. CUDA divides
+# by a scalar as a product with its reciprocal, one unit in the last place off for some
+# values: a GPU run then saw other inputs than a CPU run of the same images. Every device
+# reads this table instead.
+_UNIT_TABLE = torch.arange(256, dtype=torch.float32).div(255)
+_UNIT_TABLES: dict[torch.device, torch.Tensor] = {}
 CROP_PADDING = 4  # the paper's (and the usual CIFAR) random crop: pad 4 pixels with zeros
 
 
@@ -45,6 +51,17 @@ def crop_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Float32 images in [0,1]: uint8 ones as value / 255, the same bits on every device
+    (a CPU's own division gives them too); float ones only cast to float32."""
+    if images.dtype != torch.uint8:
+        return images.float()
+    table = _UNIT_TABLES.get(images.device)
+    if table is None:
+        table = _UNIT_TABLES.setdefault(images.device, _UNIT_TABLE.to(images.device))
+    return table.index_select(0, images.flatten().int()).view(images.shape)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -110,7 +127,7 @@ class DeviceLoader:
             x = self.images[index]
             if self.augment == "crop_flip":
                 x = crop_flip(x, shifts[batch], flips[batch])
-            yield x.float().div_(255.0), self.labels[index]
+            yield to_unit(x), self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch 0, always: a training loop calls :meth:`epoch` with the epoch number."""

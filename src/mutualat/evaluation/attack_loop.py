@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mutualat.attacks import attack_mode, make_threat
+from mutualat.data import to_unit
 from mutualat.evaluation.records import EvaluationError, write_npz
 from mutualat.evaluation.suite import Suite, Threat
 from mutualat.evaluation.worst_case import BROKEN, NOT_ATTACKED, ROBUST, candidates
@@ -50,8 +51,7 @@ def as_tensors(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_float01(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device)
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    return to_unit(x.to(device))
 
 
 def valid_points(x: torch.Tensor, x_adv: torch.Tensor, threat: Threat) -> torch.Tensor:

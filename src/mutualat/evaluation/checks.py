@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mutualat.attacks import attack_mode, create_attack, make_threat
+from mutualat.data import to_unit
 from mutualat.evaluation.worst_case import BROKEN, ROBUST
 
 SINGLE_STEP = ("fgsm",)
@@ -227,7 +228,7 @@ def run_checks(
     """
     cfg = config or CheckConfig()
     x = images[: cfg.n]
-    x = (x.float() / 255 if x.dtype == torch.uint8 else x.float()).to(device)
+    x = to_unit(x.to(device))
     y = labels[: cfg.n].to(device)
     warnings: list[str] = []
     measured: dict[str, dict[str, float]] = {}

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mutualat.attacks import attack_mode
+from mutualat.data import to_unit
 from mutualat.methods.attacks import eval_pgd  # noqa: F401  (moved to methods/attacks.py; importable here as before)
 
 
@@ -27,8 +28,7 @@ def batched_correct(
     flags = []
     with attack_mode(model, "eval"):
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device)
-            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+            x = to_unit(images[start : start + batch_size].to(device))
             y = labels[start : start + batch_size].to(device)
             if attack is not None:
                 x = attack(model, x, y)
