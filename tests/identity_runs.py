@@ -6,11 +6,14 @@ Each is a few steps of a tiny run with random starts on, so that every random dr
 loss and every update of the training loop is covered: AT, MAT with 2 and 3 members, MAT-MP,
 and 2-process data-parallel AT and cohort-parallel MAT. The reference files were written by
 the code before the Cohort/Trainer restructuring (issue 14); the test reruns the same
-configs and requires bit-identical weights.
+configs and requires bit-identical weights. Floating-point kernels differ between torch
+releases and between a CPU's instruction sets (AVX2, AVX-512), so the files hold bit for bit
+only on the platform recorded beside them in platform.json; elsewhere the test skips.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -39,6 +42,16 @@ DISTRIBUTED: dict[str, list[str]] = {
     "data2": COMMON + ["method.name=at", "distributed.mode=data"],
     "cohort2": COMMON + ["method.name=mat", "models.1.name=tinycnn", "distributed.mode=cohort"],
 }
+
+
+PLATFORM_FILE = "platform.json"
+
+
+def platform() -> dict[str, str]:
+    """What the reference bits depend on: the torch release (without its build suffix: a CUDA
+    build runs the same CPU kernels) and the CPU kernels it dispatches to."""
+    return {"torch": torch.__version__.split("+")[0],
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def train(overrides: list[str], out: Path) -> None:
@@ -92,6 +105,8 @@ def main(folder: str) -> None:
             save_file({k: v.contiguous() for k, v in weights(Path(tmp) / name).items()},
                       str(out / f"{name}.safetensors"))
             print(f"wrote {out / name}.safetensors")
+    (out / PLATFORM_FILE).write_text(json.dumps(platform(), indent=2) + "\n")
+    print(f"wrote {out / PLATFORM_FILE}: {platform()}")
 
 
 if __name__ == "__main__":
