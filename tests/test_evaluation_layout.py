@@ -6,6 +6,7 @@ cannot run in it."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import script_module
 from mutualat.data import load_dataset
 from mutualat.errors import ConfigError
 from mutualat.evaluation import evaluate
@@ -210,3 +212,35 @@ def test_off_leaves_a_model_its_owner_converted_as_it_is_and_says_so(tmp_path):
     model.to(memory_format=torch.channels_last)
     summary = _evaluate(model, x, y, tmp_path / "off", channels_last="off")
     assert {a["layout"] for a in summary["models"]["m"]["attacks"].values()} == {"channels_last"}
+
+
+def test_eval_agreement_compares_two_runs_of_one_experiment(tmp_path, capsys):
+    """scripts/eval_agreement.py: per-example agreement of an experiment run in two layouts
+    (the way a GPU run is checked against the CPU's); another seed is another experiment."""
+    agree = script_module("eval_agreement")
+    model, x, y = _model_and_data()
+    _evaluate(copy.deepcopy(model), x, y, tmp_path / "off", channels_last="off")
+    _evaluate(copy.deepcopy(model), x, y, tmp_path / "on", channels_last="on")
+    assert agree.main([str(tmp_path / "off"), str(tmp_path / "on"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "layout contiguous" in result["a"]["setting"]
+    assert "layout channels_last" in result["b"]["setting"]
+    rows = {r["what"]: r for r in result["rows"]}
+    assert list(rows) == ["clean", "pgd-5", "fgsm", "R_worst"]
+    worst = {}
+    for layout in ("off", "on"):
+        with np.load(tmp_path / layout / "m" / "correct.npz") as outcomes:
+            worst[layout] = outcomes["robust"].all(axis=1)
+    assert rows["R_worst"]["differ"] == int((worst["off"] != worst["on"]).sum())
+    summary = json.loads((tmp_path / "on" / "summary.json").read_text())
+    assert rows["R_worst"]["b"] == pytest.approx(summary["models"]["m"]["r_worst"])
+    assert all(r["n"] == len(y) for r in result["rows"])
+    assert agree.main([str(tmp_path / "off"), str(tmp_path / "on")]) == 0
+    assert "| m | R_worst |" in capsys.readouterr().out
+
+    evaluate({"m": model}, SUITE, x, y, tmp_path / "seed1", batch_size=16, device="cpu", seed=1,
+             checks=False, progress=False)
+    assert agree.main([str(tmp_path / "off"), str(tmp_path / "seed1")]) == 2
+    assert "different experiments: they differ in seed" in capsys.readouterr().err
+    assert agree.main([str(tmp_path / "off"), str(tmp_path / "nowhere")]) == 2
+    assert "not a finished evaluation: no manifest.json" in capsys.readouterr().err
