@@ -15,6 +15,7 @@ from mutualat.data import (
     to_unit,
     train_val_split,
 )
+from mutualat.data.loader import _UNIT_TABLE
 from mutualat.errors import ConfigError
 
 
@@ -149,6 +150,10 @@ def test_to_unit_is_value_over_255_correctly_rounded() -> None:
     expected = np.arange(256, dtype=np.float32) / np.float32(255)  # IEEE division, rounded once
     assert np.array_equal(unit.flatten().numpy(), expected)
     assert unit[0, 0, 0, 0] == 0 and unit[-1, 0, -1, -1] == 1
+    as_table = _UNIT_TABLE.index_select(0, values.flatten().int()).view(values.shape)
+    assert torch.equal(as_table, unit)  # what other devices read is what the CPU computes
+    strided = values.repeat(1, 3, 1, 1).to(memory_format=torch.channels_last)[:, :, ::2]
+    assert torch.equal(to_unit(strided), strided.float() / 255)
     floats = torch.rand(2, 3, dtype=torch.float64)
     assert torch.equal(to_unit(floats), floats.float())  # float input: only cast
 

@@ -24,9 +24,9 @@ from mutualat.errors import ConfigError
 AUGMENTATIONS = ("none", "crop_flip")
 # Pixel value v as float32 v / 255, divided once on the CPU, correctly rounded. CUDA divides
 # by a scalar as a product with its reciprocal, one unit in the last place off for some
-# values: a GPU run then saw other inputs than a CPU run of the same images. Every device
-# reads this table instead.
-_UNIT_TABLE = torch.arange(256, dtype=torch.float32).div(255)
+# values: a GPU run then saw other inputs than a CPU run of the same images. Other devices
+# read this table instead.
+_UNIT_TABLE = torch.arange(256, dtype=torch.float32, device="cpu").div(255)
 _UNIT_TABLES: dict[torch.device, torch.Tensor] = {}
 CROP_PADDING = 4  # the paper's (and the usual CIFAR) random crop: pad 4 pixels with zeros
 
@@ -54,10 +54,16 @@ def crop_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """Float32 images in [0,1]: uint8 ones as value / 255, the same bits on every device
-    (a CPU's own division gives them too); float ones only cast to float32."""
+    """Float32 images in [0,1]: uint8 ones as value / 255, the same bits on every device;
+    float ones only cast to float32.
+
+    On the CPU that is the division itself (IEEE, which keeps the input's memory format);
+    elsewhere a lookup in a table the CPU divided, whose result is contiguous.
+    """
     if images.dtype != torch.uint8:
         return images.float()
+    if images.device.type == "cpu":
+        return images.float().div_(255)
     table = _UNIT_TABLES.get(images.device)
     if table is None:
         table = _UNIT_TABLES.setdefault(images.device, _UNIT_TABLE.to(images.device))
