@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from mutualat.attacks import create_attack
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
 from mutualat.evaluation import evaluate, load_suite
+from mutualat.evaluation.suite import suite_from_dict
 from mutualat.models import create_model
 from mutualat.train import Trainer, precision
 from mutualat.train.checkpoint import load_checkpoint
-from mutualat.train.precision import Precision, candidates, choose_precision, pick
+from mutualat.train.precision import Precision, candidates, choose_precision, ieee_fp32, pick
 
 from conftest import tiny_overrides, train_first_epoch_only
 
@@ -235,3 +237,39 @@ def test_on_off_spellings_from_set_and_from_a_file(tmp_path, assignment, key, va
 def test_amp_on_is_refused_with_the_allowed_values():
     with pytest.raises(ConfigError, match="amp must be auto, bf16 or off"):
         load_config(None, ["amp=on"])
+
+
+def test_ieee_fp32_turns_tf32_off_on_cuda_only_and_restores_it() -> None:
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with ieee_fp32(torch.device("cpu")):
+            assert cudnn.allow_tf32 and matmul.allow_tf32  # the CPU has no TF32: untouched
+        with pytest.raises(RuntimeError, match="inside"):
+            with ieee_fp32(torch.device("cuda")):  # flags only: no GPU needed
+                assert not cudnn.allow_tf32 and not matmul.allow_tf32
+                raise RuntimeError("inside")
+        assert cudnn.allow_tf32 and matmul.allow_tf32  # back, also after an error
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_an_fp32_evaluation_on_cuda_runs_without_tf32(tmp_path) -> None:
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 10, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return self.conv(x).flatten(1)
+
+    suite = suite_from_dict({"name": "p", "threats": {"linf": {"eps": 0.1}},
+                             "attacks": [{"id": "fgsm", "name": "fgsm"}]})
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    evaluate({"m": Probe()}, suite, x, y, tmp_path, device="cuda", checks=False, progress=False)
+    assert seen and not any(seen)

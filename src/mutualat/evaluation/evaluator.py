@@ -36,6 +36,7 @@ This module is the entry point; the parts it joins live beside it: :mod:`.attack
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ from mutualat.evaluation.summary import build_summary
 from mutualat.models.ensemble import Ensemble
 from mutualat.models.layers import Preprocessed
 from mutualat.train.logger import log_summary
-from mutualat.train.precision import AutocastModel
+from mutualat.train.precision import AutocastModel, ieee_fp32
 
 ENSEMBLE = "ensemble"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -98,7 +99,8 @@ def evaluate(
         checks: run the gradient-masking checks (True, False, or a :class:`CheckConfig`).
         data_info, model_info: recorded in the summary as they are (dataset name, split,
             model file metadata...).
-        amp: "off" (default): every forward and backward in fp32. "bf16": the models run
+        amp: "off" (default): every forward and backward in fp32 (IEEE: on CUDA, TF32 is
+            off while the evaluation runs). "bf16": the models run
             under bf16 autocast (the perturbation stays fp32); faster where the processor
             has bf16 units, but a lower-precision gradient can weaken an attack and make a
             model look more robust than it is. The summary records it (``precision``).
@@ -156,7 +158,9 @@ def evaluate(
 
     cuda = [dev.index or 0] if dev.type == "cuda" else []
     # After the identity: a layout changes neither a model's weights nor its fingerprint.
-    with torch.random.fork_rng(devices=cuda), \
+    # fp32 means IEEE fp32 on a GPU too, not TF32 (bf16 autocast sets its own precision).
+    fp32 = ieee_fp32(dev) if amp == "off" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=cuda), fp32, \
             laid_out(named.items(), to_float01(x_all[:2], dev), channels_last, dev) as laid:
         results = {
             name: model_outcomes(name, laid[id(model)][0], suite, x_all, y_all, out, batch_size,

@@ -32,6 +32,7 @@ from mutualat.evaluation.layout import check_choice, laid_out
 from mutualat.evaluation.records import fingerprint_model, hardware_info, utc_now, versions
 from mutualat.report.paper_tables import transfer_table
 from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.train.precision import ieee_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _outcomes(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module]
     clean = {t: np.zeros(n, dtype=bool) for t in targets}
     robust = {s: {t: np.zeros(n, dtype=bool) for t in targets} for s in sources}
     cuda = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), ieee_fp32(dev):
         starts = range(0, n, batch_size)
         for s, (source, model) in enumerate(sources.items()):
             for b, start in enumerate(tqdm(starts, desc=f"transfer from {source}",

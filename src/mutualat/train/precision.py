@@ -204,6 +204,26 @@ def _private_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """Every CUDA convolution and matrix product in IEEE fp32 while inside.
+
+    torch runs fp32 convolutions on CUDA in TF32 by default (a 10-bit mantissa): an attack's
+    gradient is then computed at about bf16's precision, and an evaluation that says "fp32"
+    would not be. The previous settings come back on exit; other devices are untouched.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 class AutocastModel(nn.Module):
     """``model`` run under bf16 autocast, its logits returned in fp32: what ``mutualat eval
     --amp bf16`` attacks. The input (the attack's ``x + delta``) is never cast."""
