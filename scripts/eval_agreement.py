@@ -4,9 +4,10 @@
 
 A and B are evaluation folders (`mutualat eval --out`, or a comparison's evals/.../last)
 that ran the same experiment somewhere else: on a GPU and on the CPU, in another memory
-layout or precision, under another torch release. Their manifests must name the same
-experiment (suite, seed, batch size, examples, data and model digests); the script refuses
-otherwise, since a difference would then say nothing about the hardware. For every model in
+layout, under another torch release. Their manifests must name the same experiment (suite,
+seed, batch size, examples, data and model digests, and precision: a bf16 evaluation is
+another experiment); the script refuses otherwise, since a difference would then say
+nothing about the hardware. For every model in
 both it prints the clean accuracy, each attack's accuracy after it (the suite's cumulative
 column) and R_worst on each side, and on how many examples the two disagree, with what ran
 each side (device, precision, torch, layouts).
@@ -30,18 +31,36 @@ class AgreementError(Exception):
 
 
 def _read(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not folder.is_dir():
+        raise AgreementError(f"{folder} is not a finished evaluation: not a folder")
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         summary = json.loads((folder / "summary.json").read_text())
     except FileNotFoundError as missing:
         name = Path(missing.filename).name
-        raise AgreementError(f"{folder} is not a finished evaluation: no {name}")
+        raise AgreementError(f"{folder} is not a finished evaluation: no {name}") from None
+    except json.JSONDecodeError as bad:
+        raise AgreementError(f"{folder}: a record is not valid JSON ({bad})") from None
+    if not (isinstance(manifest.get("identity"), dict)
+            and isinstance(summary.get("models"), dict)):
+        raise AgreementError(f"{folder}: its manifest or summary is not an evaluation's")
     return manifest, summary
+
+
+def _outcomes(folder: Path, name: str) -> dict[str, np.ndarray]:
+    path = folder / name / "correct.npz"
+    try:
+        with np.load(path) as saved:
+            return {k: saved[k] for k in ("attacks", "clean", "robust", "labels")}
+    except FileNotFoundError:
+        raise AgreementError(f"{folder}: no per-example outcomes for {name} ({path})") from None
+    except (KeyError, ValueError, OSError) as bad:
+        raise AgreementError(f"{path} is not an evaluation's outcome file ({bad})") from None
 
 
 def _setting(summary: dict[str, Any]) -> str:
     hardware, versions = summary.get("hardware", {}), summary.get("versions", {})
-    layouts = sorted({a.get("layout", "?") for m in summary["models"].values()
+    layouts = sorted({a.get("layout") or "unrecorded" for m in summary["models"].values()
                       for a in m.get("attacks", {}).values()})
     device = hardware.get("gpu") or hardware.get("cpu") or hardware.get("device", "?")
     return (f"{hardware.get('device', '?')} ({device}), {summary.get('precision', '?')}, "
@@ -59,13 +78,15 @@ def agreement(a: Path, b: Path) -> dict[str, Any]:
                              f"they differ in {', '.join(differ)}")
     rows = []
     for name in sorted(summary_a["models"].keys() & summary_b["models"].keys()):
-        with np.load(a / name / "correct.npz") as fa, np.load(b / name / "correct.npz") as fb:
-            if not np.array_equal(fa["labels"], fb["labels"]):
-                raise AgreementError(f"{name}: the two evaluations' labels differ")
-            columns = [("clean", fa["clean"], fb["clean"])]
-            columns += [(str(attack), fa["robust"][:, i], fb["robust"][:, i])
-                        for i, attack in enumerate(fa["attacks"])]
-            columns.append(("R_worst", fa["robust"].all(axis=1), fb["robust"].all(axis=1)))
+        fa, fb = _outcomes(a, name), _outcomes(b, name)
+        if not np.array_equal(fa["labels"], fb["labels"]):
+            raise AgreementError(f"{name}: the two evaluations' labels differ")
+        columns = [("clean", fa["clean"], fb["clean"])]
+        columns += [(str(attack), fa["robust"][:, i], fb["robust"][:, i])
+                    for i, attack in enumerate(fa["attacks"])]
+        # R_worst as the summary counts it: right on the clean image and after every attack.
+        columns.append(("R_worst", fa["clean"] & fa["robust"].all(axis=1),
+                        fb["clean"] & fb["robust"].all(axis=1)))
         for what, ra, rb in columns:
             rows.append({"model": name, "what": what, "a": float(ra.mean()), "b": float(rb.mean()),
                          "differ": int((ra != rb).sum()), "n": int(len(ra))})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import logging
 
 import numpy as np
@@ -243,4 +244,11 @@ def test_eval_agreement_compares_two_runs_of_one_experiment(tmp_path, capsys):
     assert agree.main([str(tmp_path / "off"), str(tmp_path / "seed1")]) == 2
     assert "different experiments: they differ in seed" in capsys.readouterr().err
     assert agree.main([str(tmp_path / "off"), str(tmp_path / "nowhere")]) == 2
+    assert "not a finished evaluation: not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert agree.main([str(tmp_path / "off"), str(tmp_path / "empty")]) == 2
     assert "not a finished evaluation: no manifest.json" in capsys.readouterr().err
+    shutil.copytree(tmp_path / "on", tmp_path / "records-only")
+    shutil.rmtree(tmp_path / "records-only" / "m")
+    assert agree.main([str(tmp_path / "off"), str(tmp_path / "records-only")]) == 2
+    assert "no per-example outcomes for m" in capsys.readouterr().err
