@@ -10,7 +10,9 @@
 # 2. correctness: benchmarks/check_gpu.py (GPU results equal the CPU's within bf16
 #    tolerance on a fixed batch: logits, one MAT step's loss, PGD output; PGD keeps delta in
 #    fp32 under autocast; no host sync in training PGD);
-# 3. the speed table: benchmarks/run_all.py --preset gpu (ResNet-18 and WRN-34-10 at batch
+# 3. the tests that need CUDA (the loader's and the pixels' bits equal the CPU's, an fp32
+#    evaluation runs without TF32);
+# 4. the speed table: benchmarks/run_all.py --preset gpu (ResNet-18 and WRN-34-10 at batch
 #    128, bf16, channels_last, CIFAR-shaped random data: images/s of AT and MAT steps, the
 #    fraction of the card's measured bf16 matmul rate, PGD against torchattacks, evaluator).
 # Each step has its own time limit so that the whole stays inside 8 minutes; logs go to
@@ -41,6 +43,10 @@ $PY -c "import torch, mutualat; print('torch', torch.__version__, 'cuda', torch.
 status=0
 echo "== correctness ($DEVICE) =="
 timeout $CHECK_S $PY benchmarks/check_gpu.py --device "$DEVICE" $CHECK_ARGS 2>&1 | tee "$LOGS/check.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+echo "== the tests that need CUDA (skipped without it) =="
+timeout $CHECK_S $PY -m pytest -q -rs -p no:cacheprovider tests/test_data_loader.py \
+    tests/test_precision.py -k cuda 2>&1 | tee "$LOGS/cuda-tests.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 echo "== speed table (preset $PRESET) =="
 timeout $BENCH_S $PY benchmarks/run_all.py --preset "$PRESET" --device "$DEVICE" 2>&1 | tee "$LOGS/bench.log"
