@@ -222,6 +222,7 @@ def test_eval_agreement_compares_two_runs_of_one_experiment(tmp_path, capsys):
     model, x, y = _model_and_data()
     _evaluate(copy.deepcopy(model), x, y, tmp_path / "off", channels_last="off")
     _evaluate(copy.deepcopy(model), x, y, tmp_path / "on", channels_last="on")
+    capsys.readouterr()  # what the evaluations printed is not the script's output
     assert agree.main([str(tmp_path / "off"), str(tmp_path / "on"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert "layout contiguous" in result["a"]["setting"]
@@ -241,6 +242,7 @@ def test_eval_agreement_compares_two_runs_of_one_experiment(tmp_path, capsys):
 
     evaluate({"m": model}, SUITE, x, y, tmp_path / "seed1", batch_size=16, device="cpu", seed=1,
              checks=False, progress=False)
+    capsys.readouterr()
     assert agree.main([str(tmp_path / "off"), str(tmp_path / "seed1")]) == 2
     assert "different experiments: they differ in seed" in capsys.readouterr().err
     assert agree.main([str(tmp_path / "off"), str(tmp_path / "nowhere")]) == 2
