@@ -20,7 +20,6 @@ test this script without a GPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import warnings
 
@@ -31,6 +30,7 @@ from common import autocast, build, random_batch
 from mutualat.config import AttackConfig
 from mutualat.methods.mat import MAT, MATParams
 from mutualat.train.cohort import Cohort
+from mutualat.train.precision import ieee_fp32
 
 EPS = 8 / 255
 failures: list[str] = []
@@ -47,22 +47,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-@contextlib.contextmanager
-def strict_fp32():
-    """fp32 means fp32: cuDNN's convolutions otherwise default to TF32 (10-bit mantissa),
-    which on the H200 made 23% of PGD-5's pixels differ from the CPU's."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def run(model_cpu, x_cpu, y_cpu, device, amp: bool, channels_last: bool) -> dict:
     """Logits, one MAT step's loss and a PGD output, computed on ``device``."""
-    if not amp:
-        with strict_fp32():
+    if not amp:  # fp32 as the evaluator runs it: TF32 off (with it, 23% of PGD-5's pixels
+        with ieee_fp32(torch.device(device)):  # differed from the CPU's on the H200)
             return _run(model_cpu, x_cpu, y_cpu, device, amp, channels_last)
     return _run(model_cpu, x_cpu, y_cpu, device, amp, channels_last)
 
