@@ -146,15 +146,16 @@ def test_kl_divergence_by_hand():
 # --- MAT ------------------------------------------------------------------------------
 
 
-def make_mat(biases, deltas, alpha=0.6, natural=(), frozen=None, temperature=1.0):
+def make_mat(biases, deltas, alpha=0.6, natural=(), frozen=None, temperature=1.0, loss="lc"):
     models = [Affine(b) for b in biases]
     frozen = frozen or [False] * len(models)
-    method = MAT(MATParams(alpha=alpha, natural=list(natural), temperature=temperature), ATTACK, frozen)
+    params = MATParams(alpha=alpha, natural=list(natural), temperature=temperature, loss=loss)
+    method = MAT(params, ATTACK, frozen)
     method.attack = FixedAttack({id(m): d for m, d in zip(models, deltas)})
     return method, models
 
 
-def mat_by_hand(models, attack, alpha, natural=(), frozen=None, t=1.0):
+def mat_by_hand(models, attack, alpha, natural=(), frozen=None, t=1.0, label=lc):
     n = len(models)
     frozen = frozen or [False] * n
     clean = [m.logits(X) for m in models]
@@ -163,7 +164,7 @@ def mat_by_hand(models, attack, alpha, natural=(), frozen=None, t=1.0):
         if frozen[i]:
             continue
         own = clean[i] if i in natural else model.logits(attack.adv_rows(model))
-        l_c = mean([lc(z, y) for z, y in zip(own, Y)])
+        l_c = mean([label(z, y) for z, y in zip(own, Y)])
         k = sum(mean([kl(clean[m][b], own[b], t) * t * t for b in range(3)]) for m in range(n) if m != i)
         total += (1 - alpha) * l_c + alpha / (n - 1) * k
     return total
@@ -204,6 +205,32 @@ def test_mat_three_models_by_hand():
     expected = mat_by_hand(models, method.attack, 0.45)  # alpha / (N - 1) = 0.225 per peer KL
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     assert method.roles == ["h1", "h2", "h3"]
+
+
+def test_mat_with_a_cross_entropy_label_term_by_hand():
+    method, models = make_mat(
+        biases=[[0.3, -0.2, 0.0], [-0.5, 0.4, 0.1]],
+        deltas=[[0.05, -0.05, 0.02], [-0.03, 0.04, 0.05]],
+        alpha=0.3, loss="ce",
+    )
+    x, y = batch()
+    out = method.loss(Cohort.of(models, method), x, y)
+    h1, h2 = models
+    a1 = h1.logits(method.attack.adv_rows(h1))
+    ce1 = mean([ce(a1[b], Y[b]) for b in range(3)])
+    kd1 = mean([kl(h2.logits(X)[b], a1[b]) for b in range(3)])
+    assert out.metrics["loss/h1"].item() == pytest.approx(0.7 * ce1 + 0.3 * kd1, rel=1e-5)
+    assert out.metrics["ce/h1"].item() == pytest.approx(ce1, rel=1e-5)
+    assert "lc/h1" not in out.metrics
+    assert out.loss.item() == pytest.approx(mat_by_hand(models, method.attack, 0.3, label=ce), rel=1e-5)
+    # ... and differs from the paper's L_C on the same numbers
+    assert out.loss.item() != pytest.approx(mat_by_hand(models, method.attack, 0.3), rel=1e-3)
+
+
+@pytest.mark.parametrize("loss", ["lc", "ce"])
+def test_mat_training_attack_maximizes_its_label_loss(loss):
+    method = MAT(MATParams(loss=loss), AttackConfig(steps=3), [False, False])
+    assert method.attack.loss == loss
 
 
 def test_mat_natural_member_uses_clean_input_and_one_forward_each():
@@ -276,6 +303,8 @@ def test_mat_validation():
         MATParams(temperature=0.0).validate()
     with pytest.raises(ConfigError, match="natural"):
         MATParams(natural=[0, 0]).validate()
+    with pytest.raises(ConfigError, match="loss must be 'ce' or 'lc', got 'mse'"):
+        MATParams(loss="mse").validate()
     with pytest.raises(ConfigError, match="index 2"):
         MAT(MATParams(natural=[2]), ATTACK, [False, False])
     with pytest.raises(ConfigError, match="not frozen"):
