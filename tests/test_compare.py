@@ -627,6 +627,65 @@ def test_the_apgd_targets_gap_attacks_only_what_the_suite_left(finished_study, t
     assert "no finished evaluation" in capsys.readouterr().err
 
 
+def assert_same_pairing(got: dict, reported: dict) -> None:
+    for key in ("differences", "mean", "low", "high"):
+        assert got[key] == pytest.approx(reported[key]), key
+    assert got["excludes_zero"] == reported["excludes_zero"]
+
+
+def test_paired_differences_to_any_row_reproduce_the_reports_own(finished_study, capsys):
+    """scripts/paired_differences.py: paired against the plan's baseline it gives exactly the
+    report's Δ columns (the same per-seed numbers, the same interval); against the control,
+    the report's ensemble-vs-control table."""
+    _, out, _ = finished_study
+    pairs = script_module("paired_differences")
+    data = json.loads((out / "comparison.json").read_text())
+    assert pairs.main([str(out), "--against", "at", "--json"]) == 0
+    entries = {(e["row"], e["checkpoint"]): e for e in json.loads(capsys.readouterr().out)}
+    reported = {(r["row"], r["checkpoint"]): r for r in data["rows"] if not r["baseline"]}
+    assert set(entries) == set(reported)
+    for key, row in reported.items():
+        for column in ("clean", "r_worst"):
+            assert_same_pairing(entries[key][column], row["paired"][column])
+    ensemble = next(r for r in data["rows"] if r["kind"] == "ensemble")
+    assert pairs.main([str(out / "comparison.json"), "--against", "at ×2 ensemble (control)",
+                       "--checkpoints", "last", "--json"]) == 0
+    entry = next(e for e in json.loads(capsys.readouterr().out) if e["row"] == ensemble["row"])
+    assert_same_pairing(entry["r_worst"], ensemble["paired_control"]["r_worst"])
+    assert pairs.main([str(out), "--against", "at", "--columns", "r_worst", "pgd-5"]) == 0
+    assert "| Δ r_worst | Δ pgd-5 |" in capsys.readouterr().out
+
+
+def test_paired_differences_by_hand_and_their_errors(tmp_path, capsys):
+    pairs = script_module("paired_differences")
+
+    def seeds(*r_worst):
+        return {str(s): {"clean": 0.9, "r_worst": v, "attacks": {"pgd": v + 0.01}}
+                for s, v in zip((0, 10, 20), r_worst)}
+
+    rows = [{"row": "at", "checkpoint": "last", "seeds": seeds(0.50, 0.52, 0.51)},
+            {"row": "mat (member h1)", "checkpoint": "last", "seeds": seeds(0.52, 0.56, 0.54)},
+            {"row": "mat (member h1)", "checkpoint": "best", "seeds": seeds(0.1, 0.1, 0.1)}]
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "comparison.json").write_text(json.dumps({"rows": rows, "attacks": ["pgd"]}))
+    assert pairs.main([str(study), "--against", "at", "--columns", "r_worst", "pgd", "--json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)  # "at" has no best row: nothing to pair there
+    # differences 0.02, 0.04, 0.03: mean 0.03, sd 0.01, half-width t(2) = 4.303 x 0.01 / sqrt(3)
+    half = 4.303 * 0.01 / 3**0.5
+    assert entry["r_worst"]["differences"] == pytest.approx([0.02, 0.04, 0.03])
+    assert (entry["r_worst"]["low"], entry["r_worst"]["high"]) == pytest.approx((0.03 - half, 0.03 + half))
+    assert entry["r_worst"]["excludes_zero"] and entry["pgd"]["mean"] == pytest.approx(0.03)
+    assert pairs.main([str(study), "--against", "at", "--columns", "r_worst"]) == 0
+    assert f"| mat (member h1) | last | 3 | +3.00 [{100 * (0.03 - half):+.2f}, " in capsys.readouterr().out
+    for argv, message in (([str(study), "--against", "trades"], "no row named 'trades'; the rows are: at, mat"),
+                          ([str(study), "--against", "at", "--columns", "fgsm"], "unknown column 'fgsm'"),
+                          ([str(study), "--against", "at", "--checkpoints", "best"], "was not evaluated"),
+                          ([str(tmp_path), "--against", "at"], "holds no comparison.json")):
+        assert pairs.main(argv) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_a_diverged_grid_point_is_never_chosen_and_a_changed_plan_is_refused(tmp_path):
     """A grid point whose loss becomes NaN is marked diverged (the task succeeds) and scores
     -inf; a finished run is reused only while the plan still builds its config."""

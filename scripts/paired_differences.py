@@ -1,0 +1,131 @@
+"""Paired differences between any two rows of a finished comparison, not only to its baseline.
+
+    python scripts/paired_differences.py STUDY --against ROW [--checkpoints last best]
+                                         [--columns r_worst clean pgd-100 ...] [--json]
+
+STUDY is a `mutualat compare` output folder (or its comparison.json). A comparison reports
+every row against the plan's baseline and each cohort's ensemble against the control; a
+reading often needs another pairing as well ("MAT against AT trained with cross-entropy",
+"the α = 0.3 ensemble against the α = 0.6 one"). For every row at each checkpoint this
+prints the mean of its per-seed differences to ROW (the same row name at the same
+checkpoint; a row evaluated only at the last epoch is compared there only) and the same
+two-sided 95 % Student-t interval the report uses (mutualat.compare.stats), from the
+per-seed numbers the report wrote, so nothing is evaluated again. Columns: clean, r_worst,
+r_avg, or an attack of the suite (its cumulative accuracy, as in the report's table).
+
+docs/RESULTS.md quotes it for the Fashion-MNIST comparison, against AT (CE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mutualat.compare.stats import paired_interval
+
+SUMMARY_COLUMNS = ("clean", "r_worst", "r_avg")
+
+
+class PairingError(Exception):
+    """The comparison cannot be paired as asked; the message says why."""
+
+
+def load(study: Path) -> dict[str, Any]:
+    path = study / "comparison.json" if study.is_dir() else study
+    if not path.is_file():
+        raise PairingError(f"{study} holds no comparison.json: is it a finished `mutualat "
+                           "compare` output folder?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PairingError(f"{path} is not valid JSON ({error})") from None
+
+
+def value(seed_record: dict[str, Any], column: str) -> float | None:
+    if column in SUMMARY_COLUMNS:
+        return seed_record.get(column)
+    return seed_record.get("attacks", {}).get(column)
+
+
+def pairings(comparison: dict[str, Any], against: str, checkpoints: list[str],
+             columns: list[str]) -> list[dict[str, Any]]:
+    rows = comparison.get("rows") or []
+    names = sorted({r["row"] for r in rows})
+    if against not in names:
+        raise PairingError(f"no row named {against!r}; the rows are: {', '.join(names)}")
+    attacks = [a["id"] if isinstance(a, dict) else a for a in comparison.get("attacks", [])]
+    unknown = [c for c in columns if c not in SUMMARY_COLUMNS and c not in attacks]
+    if unknown:
+        raise PairingError(f"unknown column {unknown[0]!r}; choose from "
+                           f"{', '.join([*SUMMARY_COLUMNS, *attacks])}")
+    out = []
+    for checkpoint in checkpoints:
+        base = next((r for r in rows if r["row"] == against and r["checkpoint"] == checkpoint), None)
+        if base is None:
+            continue
+        for row in rows:
+            if row["checkpoint"] != checkpoint or row is base:
+                continue
+            seeds = [s for s in row["seeds"] if s in base["seeds"]]
+            entry: dict[str, Any] = {"row": row["row"], "checkpoint": checkpoint,
+                                     "against": against, "seeds": [int(s) for s in seeds]}
+            for column in columns:
+                pairs = [(value(row["seeds"][s], column), value(base["seeds"][s], column))
+                         for s in seeds]
+                pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+                if not pairs:
+                    entry[column] = None
+                    continue
+                d = paired_interval([a - b for a, b in pairs])
+                entry[column] = {"differences": [a - b for a, b in pairs], "mean": d.mean,
+                                 "low": d.low, "high": d.high, "excludes_zero": d.excludes_zero}
+            out.append(entry)
+    if not out:
+        raise PairingError(f"row {against!r} was not evaluated at checkpoint(s) "
+                           f"{', '.join(checkpoints)}")
+    return out
+
+
+def cell(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "—"
+    text = f"{100 * d['mean']:+.2f}"
+    if d["low"] is not None:
+        text += f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+    return text + (" *" if d["excludes_zero"] else "")
+
+
+def markdown(entries: list[dict[str, Any]], columns: list[str]) -> str:
+    against = entries[0]["against"]
+    lines = [f"Paired differences to `{against}` (points; mean over seeds, two-sided 95% "
+             "Student-t interval; * = the interval excludes 0):", "",
+             "| model | checkpoint | seeds | " + " | ".join(f"Δ {c}" for c in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for e in entries:
+        lines.append(f"| {e['row']} | {e['checkpoint']} | {len(e['seeds'])} | "
+                     + " | ".join(cell(e[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", type=Path, help="a `mutualat compare` output folder")
+    parser.add_argument("--against", required=True, help="the row to pair with, as the report names it")
+    parser.add_argument("--checkpoints", nargs="+", default=["last", "best"], choices=["last", "best"])
+    parser.add_argument("--columns", nargs="+", default=["clean", "r_worst"])
+    parser.add_argument("--json", action="store_true", help="print the pairings as JSON")
+    args = parser.parse_args(argv)
+    try:
+        entries = pairings(load(args.study), args.against, args.checkpoints, args.columns)
+    except PairingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(entries, indent=2) if args.json else markdown(entries, args.columns))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
