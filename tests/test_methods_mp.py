@@ -131,45 +131,51 @@ def make_mat_mp(generalist="avg", alpha=0.6, frozen=None, **params):
     return method, models
 
 
-def specialist_by_hand(models, method, m: int, alpha: float, teachers=None) -> float:
+def specialist_by_hand(models, method, m: int, alpha: float, teachers=None, label=lc) -> float:
     """Eq. 6: (1 - a) L_C(p_m(x_adv_m), y) + a/M sum_{n != m, 1 <= n <= M} KL(p_n(x) || p_m(x_adv_m))."""
     adv = models[m].logits(method.attacks[m - 1].rows(models[m]))
     teachers = teachers if teachers is not None else [n for n in (1, 2, 3) if n != m]
-    l_c = mean([lc(adv[b], Y[b]) for b in B])
+    l_c = mean([label(adv[b], Y[b]) for b in B])
     k = sum(mean([kl(models[n].logits(X)[b], adv[b]) for b in B]) for n in teachers)
     return (1 - alpha) * l_c + alpha / 3 * k
 
 
-def generalist_by_hand(models, method, strategy: str, alpha: float) -> tuple[float, list[int]]:
+def generalist_by_hand(models, method, strategy: str, alpha: float,
+                       label=lc) -> tuple[float, list[int]]:
     g = models[0]
     clean = {n: models[n].logits(X) for n in (1, 2, 3)}
     if strategy == "msd":  # Eq. 9
         z = g.logits(method.msd.rows(g))
-        return mean([(1 - alpha) * lc(z[b], Y[b]) + alpha / 3 * sum(kl(clean[n][b], z[b]) for n in (1, 2, 3))
+        return mean([(1 - alpha) * label(z[b], Y[b]) + alpha / 3 * sum(kl(clean[n][b], z[b]) for n in (1, 2, 3))
                      for b in B]), []
     adv = {n: g.logits(method.attacks[n - 1].rows(g)) for n in (1, 2, 3)}
     if strategy == "avg":  # Eq. 7
-        return mean([(1 - alpha) * mean([lc(adv[n][b], Y[b]) for b in B])
+        return mean([(1 - alpha) * mean([label(adv[n][b], Y[b]) for b in B])
                      + alpha * mean([kl(clean[n][b], adv[n][b]) for b in B]) for n in (1, 2, 3)]), []
-    # "max", Eq. 8: per example the type with the highest L_C
-    picks = [max((1, 2, 3), key=lambda n: lc(adv[n][b], Y[b])) for b in B]
-    return mean([(1 - alpha) * lc(adv[k][b], Y[b]) + alpha * kl(clean[k][b], adv[k][b])
+    # "max", Eq. 8: per example the type with the highest label loss
+    picks = [max((1, 2, 3), key=lambda n: label(adv[n][b], Y[b])) for b in B]
+    return mean([(1 - alpha) * label(adv[k][b], Y[b]) + alpha * kl(clean[k][b], adv[k][b])
                  for b, k in zip(B, picks)]), picks
 
 
 # --- MAT-MP by hand ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("loss", ["lc", "ce"])
 @pytest.mark.parametrize("strategy", ["avg", "max", "msd"])
-def test_mat_mp_by_hand(strategy):
-    method, models = make_mat_mp(strategy, alpha=0.6)
+def test_mat_mp_by_hand(strategy, loss):
+    """Eq. 6-10; with ``loss: ce`` (beyond the paper) the cross-entropy takes L_C's place."""
+    label = {"lc": lc, "ce": ce}[loss]
+    method, models = make_mat_mp(strategy, alpha=0.6, loss=loss)
     out = method.loss(Cohort.of(models, method), *batch())
-    gen, picks = generalist_by_hand(models, method, strategy, 0.6)
-    specs = [specialist_by_hand(models, method, m, 0.6) for m in (1, 2, 3)]
+    gen, picks = generalist_by_hand(models, method, strategy, 0.6, label)
+    specs = [specialist_by_hand(models, method, m, 0.6, label=label) for m in (1, 2, 3)]
     assert out.metrics["loss/generalist"].item() == pytest.approx(gen, rel=1e-5)
     for m, role in zip((1, 2, 3), ("linf", "l2", "l1")):
         assert out.metrics[f"loss/{role}"].item() == pytest.approx(specs[m - 1], rel=1e-5)
     assert out.loss.item() == pytest.approx(gen + sum(specs), rel=1e-5)  # Eq. 10
+    assert {k.split("/")[0] for k in out.metrics} >= {loss, "kl", "loss"}
+    assert ({"lc", "ce"} - {loss}).isdisjoint(k.split("/")[0] for k in out.metrics)
     if strategy == "max":
         assert picks == [1, 2, 3]  # the fixture makes every example pick a different type
         for norm in ("linf", "l2", "l1"):
@@ -302,6 +308,8 @@ def test_mat_mp_msd_attack_comes_from_the_threats():
     assert method.params.msd_steps is None
     msd = MATMP(MATMPParams(generalist="msd", threats=list(THREATS), msd_steps=7), ATTACK, [False] * 4).msd
     assert msd.steps == 7 and msd.loss == "lc"
+    ce_method = MATMP(MATMPParams(generalist="msd", threats=list(THREATS), loss="ce"), ATTACK, [False] * 4)
+    assert ce_method.msd.loss == "ce" and all(a.loss == "ce" for a in ce_method.attacks)
     assert msd.eps == {"linf": 0.1, "l2": 1.0, "l1": 10.0}
     assert msd.step_size == pytest.approx({"linf": 2.5 * 0.1 / 2, "l2": 2.5 / 2, "l1": 2.5 * 10 / 2 / 20})
 
@@ -332,6 +340,7 @@ def with_l2(first: dict) -> dict:
     ({"generalist": "min"}, "generalist must be one of avg, max, msd"),
     ({"temperature": 0.0}, "temperature"),
     ({"msd_steps": 0}, "msd_steps"),
+    ({"loss": "mse"}, "loss must be 'ce' or 'lc', got 'mse'"),
 ])
 def test_mat_mp_validation(params, message):
     with pytest.raises(ConfigError, match=message):

@@ -31,7 +31,8 @@ Decisions the paper leaves open (each a documented, configurable default):
   generalist's clean prediction as an M-th teacher (``0 <= n <= M``, for which the factor
   1/M is exactly the mean over a specialist's peers, as 1/(N - 1) in Eq. 5).
 - Every training attack (specialists', generalist's per-type PGDs, MSD) maximizes L_C, the
-  training loss (docs/METHOD.md §6); specialist m and the generalist's m-th attack are the
+  training loss (docs/METHOD.md §6; ``loss: ce`` puts the cross-entropy in L_C's place
+  everywhere, beyond the paper, as for MAT); specialist m and the generalist's m-th attack are the
   same PGD (``params.threats[m-1]``), run against different models.
 - MAX selects by the per-example L_C of the generalist's own forward on each x_adv_m (the
   logits that are then trained on: no extra forward); ties go to the earlier threat. Each
@@ -63,6 +64,7 @@ from torch import nn
 from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.attacks.threat import Threat
+from mutualat.methods.at import CLASSIFICATION_LOSSES
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
 from mutualat.methods.checks import check_temperature, check_trainable, check_weight
 from mutualat.methods.peers import check_target_bn, check_warmup, scheduled_alpha
@@ -101,8 +103,13 @@ class MATMPParams:
     # this fraction of training, and how a peer's target forward treats batch-norm.
     alpha_warmup: float = 0.0
     target_bn: str = "update"
+    # Beyond the paper, as for MAT: the label term and every training attack's objective,
+    # "lc" as Eq. 6-9 or "ce" (the loss of Maini et al.'s AT-MAX / AVG / MSD).
+    loss: str = "lc"
 
     def validate(self) -> None:
+        if self.loss not in CLASSIFICATION_LOSSES:
+            raise ConfigError(f"method.params.loss must be 'ce' or 'lc', got {self.loss!r}")
         if self.generalist not in GENERALIST_STRATEGIES:
             raise ConfigError(
                 f"method.params.generalist must be one of {', '.join(GENERALIST_STRATEGIES)}, "
@@ -138,9 +145,11 @@ class MATMP(Method):
         self.target_members = sorted(
             {n for i in self.trainable for n in self.teachers[i]} if params.alpha > 0 else set()
         )
-        # Training attacks maximize L_C (docs/METHOD.md §6); attacks[m - 1] is type m's PGD.
-        self.attacks = threat_attacks(params.threats, "lc", attack.bn_mode)
-        self.msd = (msd_attack(params.threats, params.msd_steps, "lc", attack.bn_mode)
+        # Training attacks maximize the label loss, L_C by default (docs/METHOD.md §6);
+        # attacks[m - 1] is type m's PGD.
+        self.criterion = CLASSIFICATION_LOSSES[params.loss]
+        self.attacks = threat_attacks(params.threats, params.loss, attack.bn_mode)
+        self.msd = (msd_attack(params.threats, params.msd_steps, params.loss, attack.bn_mode)
                     if params.generalist == "msd" else None)
 
     def member_roles(self, num_models: int) -> list[str]:
@@ -201,13 +210,13 @@ class MATMP(Method):
         alpha, m = self.alpha(), len(self.norms)
         role = self.roles[i]
         logits = model(self.attacks[i - 1](model, x, y))
-        lc = losses.boosted_cross_entropy(logits, y)
+        label = self.criterion(logits, y)
         teachers = [n for n in self.teachers[i] if n in targets]
         kl = sum((self._kd(targets[n], logits) for n in teachers), logits.new_zeros((), dtype=torch.float32))
-        metrics[f"lc/{role}"] = lc.detach()
+        metrics[f"{self.params.loss}/{role}"] = label.detach()
         metrics[f"kl/{role}"] = (kl / max(len(teachers), 1)).detach()  # mean KL to one teacher
         metrics[f"adv_acc/{role}"] = accuracy(logits, y)
-        return (1.0 - alpha) * lc + alpha / m * kl
+        return (1.0 - alpha) * label + alpha / m * kl
 
     def _generalist(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     targets: dict[int, torch.Tensor], metrics: dict) -> torch.Tensor:
@@ -215,34 +224,34 @@ class MATMP(Method):
         use_kl = alpha > 0
         if self.params.generalist == "msd":  # Eq. 9: one MSD batch, every specialist teaches
             logits = model(self.msd(model, x, y))
-            lc = losses.boosted_cross_entropy(logits, y)
+            label = self.criterion(logits, y)
             kl = (sum(self._kd(targets[n], logits) for n in range(1, m + 1)) / m
-                  if use_kl else torch.zeros_like(lc))
+                  if use_kl else torch.zeros_like(label))
             metrics[f"adv_acc/{GENERALIST}"] = accuracy(logits, y)
         else:
             per_type = [model(attack(model, x, y)) for attack in self.attacks]  # x_adv_m^{θ_0}
             for norm, logits in zip(self.norms, per_type):
                 metrics[f"adv_acc/{GENERALIST}/{norm}"] = accuracy(logits, y)
             if self.params.generalist == "avg":  # Eq. 7
-                lc = sum(losses.boosted_cross_entropy(z, y) for z in per_type) / m
+                label = sum(self.criterion(z, y) for z in per_type) / m
                 kl = (sum(self._kd(targets[n + 1], z) for n, z in enumerate(per_type)) / m
-                      if use_kl else torch.zeros_like(lc))
+                      if use_kl else torch.zeros_like(label))
                 metrics[f"adv_acc/{GENERALIST}"] = sum(accuracy(z, y) for z in per_type) / m
-            else:  # "max", Eq. 8: per example the type with the highest L_C for h0
-                lcs = torch.stack([losses.boosted_cross_entropy(z, y, "none") for z in per_type], 1)
-                k = lcs.argmax(dim=1)  # (B,); ties: the first (earliest) type
-                lc = lcs.gather(1, k[:, None]).squeeze(1).mean()
+            else:  # "max", Eq. 8: per example the type with the highest label loss for h0
+                labels = torch.stack([self.criterion(z, y, "none") for z in per_type], 1)
+                k = labels.argmax(dim=1)  # (B,); ties: the first (earliest) type
+                label = labels.gather(1, k[:, None]).squeeze(1).mean()
                 if use_kl:
                     kls = torch.stack([self._kd(targets[n + 1], z, "none")
                                        for n, z in enumerate(per_type)], 1)
                     kl = kls.gather(1, k[:, None]).squeeze(1).mean()
                 else:
-                    kl = torch.zeros_like(lc)
+                    kl = torch.zeros_like(label)
                 picked = pick_per_example(per_type, k)
                 metrics[f"adv_acc/{GENERALIST}"] = accuracy(picked, y)
                 for j, norm in enumerate(self.norms):
                     metrics[f"max_share/{norm}"] = (k == j).float().mean().detach()
-        metrics[f"lc/{GENERALIST}"] = lc.detach()
+        metrics[f"{self.params.loss}/{GENERALIST}"] = label.detach()
         metrics[f"kl/{GENERALIST}"] = kl.detach()
-        return (1.0 - alpha) * lc + alpha * kl
+        return (1.0 - alpha) * label + alpha * kl
 
