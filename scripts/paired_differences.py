@@ -8,10 +8,12 @@ every row against the plan's baseline and each cohort's ensemble against the con
 reading often needs another pairing as well ("MAT against AT trained with cross-entropy",
 "the α = 0.3 ensemble against the α = 0.6 one"). For every row at each checkpoint this
 prints the mean of its per-seed differences to ROW (the same row name at the same
-checkpoint; a row evaluated only at the last epoch is compared there only) and the same
-two-sided 95 % Student-t interval the report uses (mutualat.compare.stats), from the
-per-seed numbers the report wrote, so nothing is evaluated again. Columns: clean, r_worst,
-r_avg, or an attack of the suite (its cumulative accuracy, as in the report's table).
+checkpoint; a row evaluated only at the last epoch is compared there only, and a
+checkpoint ROW lacks is skipped with a note) and the same two-sided 95 % Student-t interval
+the report uses (mutualat.compare.stats), from the per-seed numbers the report wrote, so
+nothing is evaluated again. Columns: clean, r_worst, r_avg, an attack of the suite (its
+cumulative accuracy, as in the report's table), or a threat type of a suite with several
+(linf, l2, l1: per example the worst case over that type's attacks).
 
 docs/RESULTS.md quotes it for the Fashion-MNIST comparison, against AT (CE).
 """
@@ -47,7 +49,15 @@ def load(study: Path) -> dict[str, Any]:
 def value(seed_record: dict[str, Any], column: str) -> float | None:
     if column in SUMMARY_COLUMNS:
         return seed_record.get(column)
-    return seed_record.get("attacks", {}).get(column)
+    found = seed_record.get("attacks", {}).get(column)
+    return found if found is not None else seed_record.get("threats", {}).get(column)
+
+
+def known_columns(comparison: dict[str, Any]) -> list[str]:
+    attacks = [a["id"] if isinstance(a, dict) else a for a in comparison.get("attacks", [])]
+    threats = sorted({t for row in comparison.get("rows", []) for record in row["seeds"].values()
+                      for t in record.get("threats", {})})
+    return [*SUMMARY_COLUMNS, *attacks, *(t for t in threats if t not in attacks)]
 
 
 def pairings(comparison: dict[str, Any], against: str, checkpoints: list[str],
@@ -56,15 +66,16 @@ def pairings(comparison: dict[str, Any], against: str, checkpoints: list[str],
     names = sorted({r["row"] for r in rows})
     if against not in names:
         raise PairingError(f"no row named {against!r}; the rows are: {', '.join(names)}")
-    attacks = [a["id"] if isinstance(a, dict) else a for a in comparison.get("attacks", [])]
-    unknown = [c for c in columns if c not in SUMMARY_COLUMNS and c not in attacks]
+    known = known_columns(comparison)
+    unknown = [c for c in columns if c not in known]
     if unknown:
-        raise PairingError(f"unknown column {unknown[0]!r}; choose from "
-                           f"{', '.join([*SUMMARY_COLUMNS, *attacks])}")
+        raise PairingError(f"unknown column {unknown[0]!r}; choose from {', '.join(known)}")
     out = []
     for checkpoint in checkpoints:
         base = next((r for r in rows if r["row"] == against and r["checkpoint"] == checkpoint), None)
         if base is None:
+            print(f"note: {against!r} has no {checkpoint!r} row, so nothing is paired at that "
+                  "checkpoint", file=sys.stderr)
             continue
         for row in rows:
             if row["checkpoint"] != checkpoint or row is base:
@@ -81,7 +92,8 @@ def pairings(comparison: dict[str, Any], against: str, checkpoints: list[str],
                     continue
                 d = paired_interval([a - b for a, b in pairs])
                 entry[column] = {"differences": [a - b for a, b in pairs], "mean": d.mean,
-                                 "low": d.low, "high": d.high, "excludes_zero": d.excludes_zero}
+                                 "low": d.low, "high": d.high, "excludes_zero": d.excludes_zero,
+                                 "n": d.n}
             out.append(entry)
     if not out:
         raise PairingError(f"row {against!r} was not evaluated at checkpoint(s) "
@@ -100,19 +112,22 @@ def cell(d: dict[str, Any] | None) -> str:
 
 def markdown(entries: list[dict[str, Any]], columns: list[str]) -> str:
     against = entries[0]["against"]
-    lines = [f"Paired differences to `{against}` (points; mean over seeds, two-sided 95% "
-             "Student-t interval; * = the interval excludes 0):", "",
+    lines = [(f"Paired differences to `{against}` (points; mean over seeds, two-sided 95% "
+              "Student-t interval; * = the interval excludes 0):"), "",
              "| model | checkpoint | seeds | " + " | ".join(f"Δ {c}" for c in columns) + " |",
              "|---|---|---|" + "---|" * len(columns)]
     for e in entries:
-        lines.append(f"| {e['row']} | {e['checkpoint']} | {len(e['seeds'])} | "
+        # the pairs each column used: a seed lacking a column's number is left out of it
+        used = sorted({e[c]["n"] for c in columns if e[c] is not None}) or [0]
+        lines.append(f"| {e['row']} | {e['checkpoint']} | {'/'.join(map(str, used))} | "
                      + " | ".join(cell(e[c]) for c in columns) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", type=Path, help="a `mutualat compare` output folder")
+    parser.add_argument("study", type=Path,
+                        help="a `mutualat compare` output folder, or its comparison.json")
     parser.add_argument("--against", required=True, help="the row to pair with, as the report names it")
     parser.add_argument("--checkpoints", nargs="+", default=["last", "best"], choices=["last", "best"])
     parser.add_argument("--columns", nargs="+", default=["clean", "r_worst"])

@@ -660,7 +660,8 @@ def test_paired_differences_by_hand_and_their_errors(tmp_path, capsys):
     pairs = script_module("paired_differences")
 
     def seeds(*r_worst):
-        return {str(s): {"clean": 0.9, "r_worst": v, "attacks": {"pgd": v + 0.01}}
+        return {str(s): {"clean": 0.9, "r_worst": v, "attacks": {"pgd": v + 0.01},
+                         "threats": {"linf": v + 0.02}}
                 for s, v in zip((0, 10, 20), r_worst)}
 
     rows = [{"row": "at", "checkpoint": "last", "seeds": seeds(0.50, 0.52, 0.51)},
@@ -669,8 +670,12 @@ def test_paired_differences_by_hand_and_their_errors(tmp_path, capsys):
     study = tmp_path / "study"
     study.mkdir()
     (study / "comparison.json").write_text(json.dumps({"rows": rows, "attacks": ["pgd"]}))
-    assert pairs.main([str(study), "--against", "at", "--columns", "r_worst", "pgd", "--json"]) == 0
-    [entry] = json.loads(capsys.readouterr().out)  # "at" has no best row: nothing to pair there
+    assert pairs.main([str(study), "--against", "at", "--columns", "r_worst", "pgd", "linf",
+                       "--json"]) == 0
+    captured = capsys.readouterr()
+    [entry] = json.loads(captured.out)  # "at" has no best row: nothing to pair there, and it says so
+    assert "'at' has no 'best' row" in captured.err
+    assert entry["linf"]["mean"] == pytest.approx(0.03) and entry["linf"]["n"] == 3
     # differences 0.02, 0.04, 0.03: mean 0.03, sd 0.01, half-width t(2) = 4.303 x 0.01 / sqrt(3)
     half = 4.303 * 0.01 / 3**0.5
     assert entry["r_worst"]["differences"] == pytest.approx([0.02, 0.04, 0.03])

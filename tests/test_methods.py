@@ -546,6 +546,10 @@ def test_scenarios():
         assert stage2.method.params["natural"] == ([0] if name.startswith("nat") else [])
         build_method(stage2)  # a valid cohort: roles fit, a trainable member exists
     assert base.models[0] is before and not before.frozen  # base untouched
+    # A MAT on cross-entropy: its offline teacher is trained on cross-entropy as well.
+    on_ce = RunConfig(models=[ModelConfig(name="tinycnn")], method=MethodConfig("mat", {"loss": "ce"}))
+    stage1, stage2 = scenario_configs("rob-rob-offline", on_ce, "h1.safetensors")
+    assert stage1.method.params == {"loss": "ce"} and stage2.method.params["loss"] == "ce"
 
     with pytest.raises(ConfigError, match="stage1_model_path"):
         scenario_configs("rob-rob-offline", base)

@@ -197,6 +197,36 @@ def test_mat_mp_max_picks_the_per_example_worst_type():
         assert out.metrics["lc/generalist"].item() > mean([table[b][m] for b in B]) + 0.1
 
 
+@pytest.mark.parametrize("loss, worst", [("lc", "linf"), ("ce", "l2")])
+def test_mat_mp_max_picks_by_its_own_label_loss(loss, worst):
+    """Per example, the generalist's logits under type linf put p_y = 0.30 with one rival at
+    0.69, under l2 p_y = 0.28 with two rivals at 0.36, under l1 p_y = 0.9. The cross-entropy
+    ranks l2 worst (-log 0.28 > -log 0.30); L_C ranks linf worst (its margin term,
+    -log(1 - 0.69) against -log(1 - 0.36), outweighs it). MAX must follow the loss it trains on."""
+    method, models = make_mat_mp("max", alpha=0.0, loss=loss)
+    g = models[0]
+
+    def probs(y: int, p_y: float, rivals: list[float]) -> list[float]:
+        out, rest = [0.0] * 3, iter(rivals)
+        for k in range(3):
+            out[k] = p_y if k == Y[y] else next(rest)
+        return out
+
+    wanted = {"linf": lambda b: probs(b, 0.30, [0.69, 0.01]),
+              "l2": lambda b: probs(b, 0.28, [0.36, 0.36]),
+              "l1": lambda b: probs(b, 0.90, [0.05, 0.05])}
+    for attack, norm in zip(method.attacks, ("linf", "l2", "l1")):
+        # logits = x + delta + bias = log p: the delta that gives these probabilities
+        attack.deltas[id(g)] = [[math.log(wanted[norm](b)[k]) - X[b][k] - BIASES[0][k] for k in range(3)]
+                                for b in B]
+    label = {"lc": lc, "ce": ce}[loss]
+    table = {norm: [label([math.log(v) for v in wanted[norm](b)], Y[b]) for b in B] for norm in wanted}
+    assert all(max(table, key=lambda n: table[n][b]) == worst for b in B)  # the fixture's premise
+    out = method.loss(Cohort.of(models, method), *batch())
+    assert out.metrics[f"max_share/{worst}"].item() == 1.0
+    assert out.metrics[f"{loss}/generalist"].item() == pytest.approx(mean(table[worst]), rel=1e-5)
+
+
 def test_mat_mp_specialist_written_out():
     # Specialist l2 (m = 2), example by example: its teachers are linf (n = 1) and l1 (n = 3).
     method, models = make_mat_mp("avg", alpha=0.25, frozen=[True, True, False, True])

@@ -51,6 +51,11 @@ def boosted_cross_entropy(
     return _reduce(ce + margin, reduction)
 
 
+#: The label losses a method may train on (``method.params.loss``): Madry's cross-entropy, or
+#: MART's boosted cross-entropy L_C, the MAT paper's (Eq. 1).
+CLASSIFICATION_LOSSES = {"ce": cross_entropy, "lc": boosted_cross_entropy}
+
+
 def kl_divergence(
     target_logits: torch.Tensor,
     input_logits: torch.Tensor,

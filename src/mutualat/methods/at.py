@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from mutualat import losses
-from mutualat.errors import ConfigError
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
+from mutualat.methods.checks import check_loss
 
 if TYPE_CHECKING:
     from mutualat.train.cohort import Cohort
-
-CLASSIFICATION_LOSSES = {"ce": losses.cross_entropy, "lc": losses.boosted_cross_entropy}
 
 
 @dataclass
@@ -28,8 +26,7 @@ class ATParams:
     loss: str = "ce"  # "ce" (Madry) or "lc" (boosted cross-entropy, the MAT paper's AT)
 
     def validate(self) -> None:
-        if self.loss not in CLASSIFICATION_LOSSES:
-            raise ConfigError(f"method.params.loss must be 'ce' or 'lc', got {self.loss!r}")
+        check_loss(self.loss)
 
 
 @register_method("at")
@@ -38,7 +35,7 @@ class AT(Method):
 
     def __init__(self, params: ATParams, attack, frozen) -> None:
         super().__init__(params, attack, frozen)
-        self.criterion = CLASSIFICATION_LOSSES[params.loss]
+        self.criterion = losses.CLASSIFICATION_LOSSES[params.loss]
         self.attack = training_attack(attack, loss=params.loss)
 
     def loss(self, cohort: Cohort, x: torch.Tensor, y: torch.Tensor) -> StepResult:

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mutualat.errors import ConfigError
-from mutualat.methods.at import CLASSIFICATION_LOSSES
+from mutualat import losses
 from mutualat.attacks.threat import Threat
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
+from mutualat.methods.checks import check_loss
 from mutualat.methods.multi import (
     check_msd_steps,
     check_threats,
@@ -55,8 +55,7 @@ class MultiATParams:
     loss: str = "ce"  # "ce" (Maini et al.) or "lc"; also the training attacks' objective
 
     def validate(self) -> None:
-        if self.loss not in CLASSIFICATION_LOSSES:
-            raise ConfigError(f"method.params.loss must be 'ce' or 'lc', got {self.loss!r}")
+        check_loss(self.loss)
         check_threats(self.threats)
 
 
@@ -76,7 +75,7 @@ class _MultiAT(Method):
 
     def __init__(self, params: MultiATParams, attack, frozen) -> None:
         super().__init__(params, attack, frozen)
-        self.criterion = CLASSIFICATION_LOSSES[params.loss]
+        self.criterion = losses.CLASSIFICATION_LOSSES[params.loss]
         self.norms = [t.norm for t in params.threats]
         self.attacks = threat_attacks(params.threats, params.loss, attack.bn_mode)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from mutualat.errors import ConfigError
+from mutualat.losses import CLASSIFICATION_LOSSES
 
 
 def check_weight(name: str, value: float) -> None:
@@ -16,6 +17,12 @@ def check_weight(name: str, value: float) -> None:
 def check_temperature(value: float, name: str = "method.params.temperature") -> None:
     if not value > 0:
         raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def check_loss(value: str, name: str = "method.params.loss") -> None:
+    """A label loss by name: "ce" or "lc" (:data:`mutualat.losses.CLASSIFICATION_LOSSES`)."""
+    if value not in CLASSIFICATION_LOSSES:
+        raise ConfigError(f"{name} must be 'ce' or 'lc', got {value!r}")
 
 
 def check_trainable(method: str, frozen: Sequence[bool]) -> None:

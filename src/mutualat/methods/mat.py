@@ -7,7 +7,7 @@ than going alone" (BMVC 2021, arXiv 2112.05005), Sec. 2.1, Eq. 1-5 and Algorithm
     L_MAT = (1 - alpha) sum_n L_C(p_n(x_adv_n), y)
             + alpha / (N - 1) sum_n sum_{m != n} KL(p_m(x) || p_n(x_adv_n))
 
-``x_adv_n`` is crafted for member n against its own L_C (``training_attack(cfg, "lc")``);
+``x_adv_n`` is crafted for member n against its own L_C (``training_attack(cfg, loss)``);
 ``p_m(x)``, a peer's prediction on the *clean* image, is a target: computed under
 ``no_grad`` so no gradient reaches the peer through it (docs/METHOD.md §6). KL sums over
 classes and averages over the batch (``batchmean``).
@@ -48,10 +48,9 @@ import torch
 
 from mutualat import losses
 from mutualat.errors import ConfigError
-from mutualat.methods.at import CLASSIFICATION_LOSSES
 from mutualat.methods.attacks import training_attack
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.checks import check_temperature, check_trainable, check_weight
+from mutualat.methods.checks import check_loss, check_temperature, check_trainable, check_weight
 from mutualat.methods.peers import check_target_bn, check_warmup, scheduled_alpha
 
 if TYPE_CHECKING:
@@ -78,8 +77,7 @@ class MATParams:
     loss: str = "lc"
 
     def validate(self) -> None:
-        if self.loss not in CLASSIFICATION_LOSSES:
-            raise ConfigError(f"method.params.loss must be 'ce' or 'lc', got {self.loss!r}")
+        check_loss(self.loss)
         check_weight("method.params.alpha", self.alpha)
         check_temperature(self.temperature)
         check_warmup(self.alpha_warmup)
@@ -114,14 +112,15 @@ class MAT(Method):
             or (params.alpha > 0 and any(k != m for k in self.trainable))
         ]
         # The training attack maximizes the label loss, L_C as in the paper (docs/METHOD.md §6).
-        self.criterion = CLASSIFICATION_LOSSES[params.loss]
+        self.criterion = losses.CLASSIFICATION_LOSSES[params.loss]
         self.attack = training_attack(attack, loss=params.loss)
 
     def member_roles(self, num_models: int) -> list[str]:
         if num_models < 2:
             raise ConfigError(
                 f"method 'mat' trains a cohort of N >= 2 models (Eq. 5 divides by N - 1); "
-                f"the config lists {num_models}. Use method 'at' with loss 'lc' for one model."
+                f"the config lists {num_models}. Use method 'at' (with the same loss, 'lc' by "
+                "default) for one model."
             )
         return super().member_roles(num_models)
 
@@ -137,7 +136,7 @@ class MAT(Method):
         # also its soft label for the peers; every other member's soft label is computed
         # without gradient. A member nobody learns from (the only trainable one) needs none.
         # With alpha = 0 there is no distillation term and no target is computed, so the
-        # cohort trains exactly like N independent L_C-AT runs (no extra clean forwards
+        # cohort trains exactly like N independent AT runs on its loss (no extra clean forwards
         # moving batch-norm statistics).
         own: dict[int, torch.Tensor] = {}  # member -> logits its own loss is computed on
         for m in self.target_members:

@@ -64,9 +64,8 @@ from torch import nn
 from mutualat import losses
 from mutualat.errors import ConfigError
 from mutualat.attacks.threat import Threat
-from mutualat.methods.at import CLASSIFICATION_LOSSES
 from mutualat.methods.base import Method, StepResult, accuracy, register_method
-from mutualat.methods.checks import check_temperature, check_trainable, check_weight
+from mutualat.methods.checks import check_loss, check_temperature, check_trainable, check_weight
 from mutualat.methods.peers import check_target_bn, check_warmup, scheduled_alpha
 from mutualat.methods.multi import (
     check_msd_steps,
@@ -108,8 +107,7 @@ class MATMPParams:
     loss: str = "lc"
 
     def validate(self) -> None:
-        if self.loss not in CLASSIFICATION_LOSSES:
-            raise ConfigError(f"method.params.loss must be 'ce' or 'lc', got {self.loss!r}")
+        check_loss(self.loss)
         if self.generalist not in GENERALIST_STRATEGIES:
             raise ConfigError(
                 f"method.params.generalist must be one of {', '.join(GENERALIST_STRATEGIES)}, "
@@ -147,7 +145,7 @@ class MATMP(Method):
         )
         # Training attacks maximize the label loss, L_C by default (docs/METHOD.md §6);
         # attacks[m - 1] is type m's PGD.
-        self.criterion = CLASSIFICATION_LOSSES[params.loss]
+        self.criterion = losses.CLASSIFICATION_LOSSES[params.loss]
         self.attacks = threat_attacks(params.threats, params.loss, attack.bn_mode)
         self.msd = (msd_attack(params.threats, params.msd_steps, params.loss, attack.bn_mode)
                     if params.generalist == "msd" else None)

@@ -4,11 +4,11 @@ Each scenario is a list of :class:`RunConfig` to run in order (docs/METHOD.md §
 
 1. ``rob-rob-online``: h1 and h2 robust, trained together with Eq. 5 (the paper's default).
 2. ``rob-rob-offline``: stage 1 trains h1 alone with Eq. 1 (AT with L_C, method ``at``,
-   ``loss: lc``); stage 2 trains h2 with Eq. 5 against h1 loaded from stage 1's model file
+   ``loss: lc``, or the cross-entropy where the MAT base sets ``loss: ce``); stage 2 trains h2 with Eq. 5 against h1 loaded from stage 1's model file
    and frozen.
 3. ``nat-rob-online``: h1 natural (its ``x_adv`` replaced by ``x``), h2 robust, together.
-4. ``nat-rob-offline``: stage 1 trains h1 with L_C on clean images (method ``at``,
-   ``loss: lc``, ``attack.steps: 0``); stage 2 trains h2 against the frozen h1.
+4. ``nat-rob-offline``: stage 1 trains h1 with L_C (or the base's ``loss``) on clean images
+   (method ``at``, ``attack.steps: 0``); stage 2 trains h2 against the frozen h1.
 
 The two-stage scenarios need the path of stage 1's model file before stage 2 can be
 described: pass it as ``stage1_model_path`` (for a run folder written by the trainer it is
@@ -68,8 +68,9 @@ def scenario_configs(
             f"scenario {name!r} trains h1 first and then h2 against it: pass the path of "
             "stage 1's model file (stage1_model_path)"
         )
-    # Stage 1: Eq. 1 alone (rob) or L_C on clean images (nat: no training attack).
-    stage1 = _derive(base, [h1], MethodConfig("at", {"loss": "lc"}))
+    # Stage 1: Eq. 1 alone (rob) or L_C on clean images (nat: no training attack), on the
+    # label loss the MAT of stage 2 uses.
+    stage1 = _derive(base, [h1], MethodConfig("at", {"loss": mat_params.get("loss", "lc")}))
     if nat_h1:
         stage1.attack.steps = 0
     teacher = dataclasses.replace(h1, init=str(stage1_model_path), frozen=True)
