@@ -24,7 +24,7 @@ Decisions the paper leaves open (each a documented default):
 - ``loss`` (beyond the paper, default ``"lc"``): the label term, and the objective of the
   training attack. ``"ce"`` puts Madry's cross-entropy in L_C's place, the MAT of a
   comparison whose AT baseline trains on CE: it separates what the peers teach from what
-  L_C does (docs/RESULTS.md found L_C costing AT several points on Fashion-MNIST).
+  L_C does (on Fashion-MNIST, docs/RESULTS.md, AT on L_C fell below AT on CE).
 - The four knowledge-distillation scenarios of Sec. 3.2.5 are configurations of this one
   loss (see :mod:`mutualat.methods.scenarios`): ``natural`` lists members trained on clean
   images (their ``x_adv`` is replaced by ``x``), and a frozen member (``ModelConfig.frozen``,

@@ -31,13 +31,14 @@ Decisions the paper leaves open (each a documented, configurable default):
   generalist's clean prediction as an M-th teacher (``0 <= n <= M``, for which the factor
   1/M is exactly the mean over a specialist's peers, as 1/(N - 1) in Eq. 5).
 - Every training attack (specialists', generalist's per-type PGDs, MSD) maximizes L_C, the
-  training loss (docs/METHOD.md §6; ``loss: ce`` puts the cross-entropy in L_C's place
-  everywhere, beyond the paper, as for MAT); specialist m and the generalist's m-th attack are the
-  same PGD (``params.threats[m-1]``), run against different models.
-- MAX selects by the per-example L_C of the generalist's own forward on each x_adv_m (the
-  logits that are then trained on: no extra forward); ties go to the earlier threat. Each
-  type's adversarial batch is its own train-mode forward, so batch-norm normalizes each type
-  separately, as in AVG (not one mixed batch as Maini et al.'s AT-MAX code does).
+  training loss (docs/METHOD.md §6; beyond the paper, ``loss: ce`` puts the cross-entropy
+  in L_C's place everywhere, as for MAT); specialist m and the generalist's m-th attack are
+  the same PGD (``params.threats[m-1]``), run against different models.
+- MAX selects by the per-example label loss (L_C) of the generalist's own forward on each
+  x_adv_m (the logits that are then trained on: no extra forward); ties go to the earlier
+  threat. Each type's adversarial batch is its own train-mode forward, so batch-norm
+  normalizes each type separately, as in AVG (not one mixed batch as Maini et al.'s AT-MAX
+  code does).
 - MSD: ``msd_steps`` None = the largest PGD iteration count of the list (50 in the paper's
   setting); MSD starts at x (no random start), as Maini et al.'s.
 - Peer targets ``p_n(x)``: one clean forward per teaching member and step under ``no_grad``

@@ -4,8 +4,8 @@ Each scenario is a list of :class:`RunConfig` to run in order (docs/METHOD.md §
 
 1. ``rob-rob-online``: h1 and h2 robust, trained together with Eq. 5 (the paper's default).
 2. ``rob-rob-offline``: stage 1 trains h1 alone with Eq. 1 (AT with L_C, method ``at``,
-   ``loss: lc``, or the cross-entropy where the MAT base sets ``loss: ce``); stage 2 trains h2 with Eq. 5 against h1 loaded from stage 1's model file
-   and frozen.
+   ``loss: lc``, or the cross-entropy where the MAT base sets ``loss: ce``); stage 2 trains
+   h2 with Eq. 5 against h1 loaded from stage 1's model file and frozen.
 3. ``nat-rob-online``: h1 natural (its ``x_adv`` replaced by ``x``), h2 robust, together.
 4. ``nat-rob-offline``: stage 1 trains h1 with L_C (or the base's ``loss``) on clean images
    (method ``at``, ``attack.steps: 0``); stage 2 trains h2 against the frozen h1.
