@@ -486,6 +486,7 @@ def tiny_net(seed: int) -> nn.Module:
 CASES = {
     "mat": ([False, False], {"alpha": 0.6}),
     "mat3": ([False, True, False], {"natural": [0]}),
+    "mat-ce": ([False, False], {"alpha": 0.3, "loss": "ce"}),
     "trades": ([False], {}),
     "mart": ([False], {}),
     "ard": ([True, False], {}),

@@ -495,6 +495,7 @@ CASES = {
     "mat-mp-avg": ("mat-mp", [False] * 4, {"generalist": "avg"}),
     "mat-mp-max": ("mat-mp", [False] * 4, {"generalist": "max"}),
     "mat-mp-msd": ("mat-mp", [False, True, False, False], {"generalist": "msd"}),
+    "mat-mp-msd-ce": ("mat-mp", [False] * 4, {"generalist": "msd", "loss": "ce"}),
     "at-avg": ("at-avg", [False], {}),
     "at-max": ("at-max", [False], {"loss": "lc"}),
     "at-msd": ("at-msd", [False], {}),
