@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mutualat.cli import main
 from mutualat.compare import Study, load_plan, progress, report, runner, sections
@@ -526,6 +527,22 @@ def test_a_finished_task_run_again_gets_a_record_of_its_own(tmp_path):
     assert total["span_s"] == pytest.approx(resumed["ended"] - 1.0)
 
 
+def test_a_task_record_keeps_each_machine_it_ran_on(tmp_path):
+    """A task resumed on another machine adds that machine; resumed on the same one, nothing.
+    The machine comes from the task's own device, with the process's torch threads."""
+    from mutualat.compare.worker import machine
+
+    path = tmp_path / "train__at__lr0.1__seed0.record.json"
+    here = machine({"kind": "train", "spec": {"config": {"device": "cpu"}}})
+    assert here["device"] == "cpu" and here["threads"] == torch.get_num_threads() and here["cpu_count"]
+    assert machine({"kind": "eval", "spec": {"device": "no-such-device"}}) is None
+    elsewhere = {**here, "cpu": "Elsewhere 9000", "threads": 8}
+    for where in (here, here, elsewhere, here):
+        Record(path, where).close("interrupted")
+    record = json.loads(path.read_text())
+    assert record["invocations"] == 4 and record["machines"] == [here, elsewhere]
+
+
 def test_the_killed_study_reused_what_had_finished(finished_study):
     _, _, facts = finished_study
     for path, mtime in facts["finished_before"].items():
@@ -589,6 +606,10 @@ def test_every_committed_plan_loads_and_lists_its_first_tasks(path, tmp_path):
     """Each plan in configs/plans and configs/paper builds every run config, its methods and
     its suites; first come the grids of the variants that learn from no teacher."""
     plan = load_plan(path)
+    # A plan below the paper's scale names its full-scale twin (which load_plan loaded) and
+    # what it cut; the twins themselves (configs/paper, cifar10-resnet18) need none.
+    at_paper_scale = "resnet18" in plan.name or "wrn34" in plan.name
+    assert (plan.paper_scale is None) == at_paper_scale, plan.name
     ready, waiting = sections.tasks(Study(plan, tmp_path / "out"))
     assert len(ready) == sum(len(plan.settings(v)) for v in plan.variants if v not in plan.teachers)
     assert waiting and not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ from mutualat.compare.worker import run_train
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
+from mutualat.models import count_flops, load_model
 from mutualat.train.logger import read_metrics
 
 from test_compare import TINY_SET, TINY_SUITE, _compare, assert_edit_refused
@@ -55,11 +56,27 @@ suite: tiny-suite.yaml
 eval: {n: 24, batch_size: 24, checks: false, members: all, ensembles: [last]}
 tables:
   - {name: t2, title: "Table 2 (tiny)", suite: table-suite.yaml, variants: [at, mat], n: 16}
-transfer: {sources: [at], targets: [mat], n: 16, steps: 2, step_size: 0.05}
+transfer: {sources: [at, mat], targets: [mat], n: 16, steps: 2, step_size: 0.05}
 figures:
   scenarios: {rob-rob-online: mat, rob-rob-offline: mat-offline}
   scenarios_attack: pgd-5
   alpha: [mat]
+paper_scale:
+  plan: twin/plan.yaml
+  smaller:
+    - >-
+      tinycnn on 128 images for 2 epochs
+      instead of the paper's setting: seconds per run.
+"""
+
+#: The tiny plan's full-scale twin, in a folder beside the plan's (found from a folder above).
+TWIN = """name: tinytwin
+""" + TINY_SET + """variants:
+  at: {method.name: at, method.params.loss: lc}
+grid:
+  lr: [0.05]
+baseline: at
+suite: ../plan/tiny-suite.yaml
 """
 
 
@@ -68,6 +85,8 @@ def _write(folder: Path, text: str = PLAN) -> Path:
     (folder / "tiny-suite.yaml").write_text(TINY_SUITE)
     (folder / "table-suite.yaml").write_text(TABLE_SUITE)
     (folder / "plan.yaml").write_text(text)
+    (folder.parent / "twin").mkdir(exist_ok=True)
+    (folder.parent / "twin" / "plan.yaml").write_text(TWIN.replace("../plan/", f"../{folder.name}/"))
     return folder / "plan.yaml"
 
 
@@ -89,6 +108,12 @@ def _write(folder: Path, text: str = PLAN) -> Path:
     (("rob-rob-offline: mat-offline}", "rob-rob-offline: [mat-offline]}"), "names \\['mat-offline'\\]"),
     (("  alpha: [mat]", "  alpha: [at]"), "figures.alpha names at, whose grid does not sweep"),
     (("members: all", "members: first"), "figures.scenarios shows every member"),
+    (("plan: twin/plan.yaml", "plan: nowhere/plan.yaml"), "nowhere/plan.yaml is neither beside the plan"),
+    (("plan: twin/plan.yaml", "plan: /twin/plan.yaml"), "paper_scale.plan must be a relative path"),
+    (("plan: twin/plan.yaml", "plan: table-suite.yaml"), "table-suite.yaml does not load: .*unknown key"),
+    (("plan: twin/plan.yaml", "plan: plan.yaml"), "has a paper_scale of its own"),  # itself
+    (("  smaller:\n", "  smallr:\n"), "paper_scale: unknown key\\(s\\) smallr"),
+    (("seconds per run.\n", "seconds per run.\n    - 3\n"), "smaller must list what the plan makes smaller"),
 ])
 def test_a_bad_section_or_teacher_is_refused_at_load(tmp_path, capsys, edit, message):
     assert_edit_refused(_write, PLAN, edit, tmp_path, capsys, message)
@@ -168,15 +193,55 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
                                                out.glob("tables/t2/*/*/seed*/last/summary.json")])
     text = (out / "comparison.md").read_text()
     assert f"| mat h2 | {100 * row['mean_std']['clean'][0]:.2f} ± {100 * row['mean_std']['clean'][1]:.2f} |" in text
-    # The transfer matrix: sources at and the MAT members, targets the MAT members; the
-    # diagonal is white-box.
+    # The transfer matrix: sources at and the MAT members, targets the MAT members; where a
+    # member is its own source the entry is white-box, and the masking check compares the
+    # black-box entries of its column with it.
     transfer = extras["transfer"]
-    assert transfer["sources"] == ["at"] and transfer["targets"] == ["mat-h1", "mat-h2"]
+    assert transfer["sources"] == ["at", "mat-h1", "mat-h2"] and transfer["targets"] == ["mat-h1", "mat-h2"]
     files = sorted(out.glob("transfer/seed*/transfer.json"))
     assert len(files) == 2
-    per_seed = [json.loads(f.read_text())["accuracy"]["at"]["mat-h1"] for f in files]
+    matrices = [json.loads(f.read_text()) for f in files]
+    per_seed = [m["accuracy"]["at"]["mat-h1"] for m in matrices]
     assert transfer["accuracy"]["at"]["mat-h1"][0] == pytest.approx(np.mean(per_seed))
-    assert "Masking check: none: no source is also a target" in text  # at -> mat: no diagonal
+    for member in ("mat-h1", "mat-h2"):
+        white = [m["white_box"][member] for m in matrices]
+        assert white == [m["accuracy"][member][member] for m in matrices]
+        cell = f"{100 * np.mean(white):.2f} ± {100 * np.std(white, ddof=1):.2f} (white-box)"
+        assert cell in text
+    assert text.count("(white-box)") == 2  # the diagonal only: h1 -> h2 is black-box
+    warnings = sorted({w for m in matrices for w in m["warnings"]})
+    masked = [(s, t) for m in matrices for t in m["targets"] for s in m["sources"]
+              if s != t and m["accuracy"][s][t] < m["white_box"][t] - 0.01]
+    assert bool(warnings) == bool(masked)
+    verdict = "; ".join(warnings) if warnings else "no black-box attack beat the white-box one"
+    assert f"Masking check: {verdict}" in text
+    # The paper-scale twin and what the plan cut, as the plan states them.
+    assert ("### Smaller than the paper\n\nWhat the CPU budget cut from the paper's setting, and "
+            "why:\n\n- tinycnn on 128 images for 2 epochs instead of the paper's setting: seconds "
+            "per run.\n\n`twin/plan.yaml` is the same comparison at the paper's scale") in text
+    assert "Suite `tiny`:" not in text  # the tiny suite has no description to show
+    # What each variant trains, from its model files and metrics; the machines, from the
+    # tasks' records and the evaluations, not from the machine that renders.
+    models = data["models"]
+    at_file = study.run_dir("at", {"lr": 0.05}, 0) / "models" / "model.safetensors"
+    tiny = load_model(at_file)
+    assert models["at"]["members"] == [{"role": "model", "architecture": "tinycnn",
+                                        "parameters": sum(p.numel() for p in tiny.parameters()),
+                                        "flops": count_flops(tiny, (1, 28, 28))}]
+    assert [m["role"] for m in models["mat"]["members"]] == ["h1", "h2"]
+    assert [m["role"] for m in models["mat-offline"]["members"]] == ["h2"]  # the frozen h1 is not trained
+    rates = [e["img_per_s"] for s in plan.seeds for e in read_metrics(study.run_dir("at", {"lr": 0.05}, s))
+             if e["event"] == "epoch"]
+    assert models["at"]["img_per_s"] == pytest.approx(np.median(rates))
+    records = {p.name: json.loads(p.read_text()) for p in (out / "tasks").glob("*.record.json")}
+    assert models["at"]["cpu_s_per_run"] == pytest.approx(np.mean(
+        [records[f"train__at__lr0.05__seed{s}.record.json"]["cpu_s"] for s in plan.seeds]))
+    assert all(r["machines"][0]["threads"] == 1 for r in records.values())  # --jobs 2: one each
+    summary = read_summary(study.eval_dir("at", {"lr": 0.05}, 0, "last"))
+    assert data["machines"] == [{"cpu": summary["hardware"]["cpu"], "cpu_count": summary["hardware"]["cpu_count"]}]
+    assert data["threads"] == [1] and data["torch"] == [summary["versions"]["torch"]]
+    assert (f"Ran on: {summary['hardware']['cpu']} ({summary['hardware']['cpu_count']} cores), "
+            f"1 torch thread per task, torch {summary['versions']['torch']}.") in text
     # The offline scenario's student learned from the AT model of its own seed, frozen.
     for seed in plan.seeds:
         offline = study.run_dir("mat-offline", {"lr": 0.05}, seed)
@@ -214,6 +279,35 @@ def test_a_rerun_reuses_every_task_and_writes_the_same_section(paper_study, tmp_
     data = json.loads((out / "comparison.json").read_text())
     assert markdown(data, "figures/").split("\n", 1)[1] in first
     assert "![alpha](figures/tinypaper-alpha-mat.png)" in first
+
+
+def test_the_masking_verdict_follows_the_transfer_warnings(paper_study):
+    _, out, _ = paper_study
+    extras = json.loads((out / "comparison.json").read_text())["extras"]
+    warning = "mat-h1: the black-box attack transferred from at (50.0%) is stronger than the white-box"
+    extras["transfer"]["warnings"] = [warning]
+    assert f"Masking check: {warning}." in sections.markdown(extras, "tinypaper")
+    extras["transfer"]["sources"] = ["at"]  # no source is a target: nothing to compare with
+    assert "Masking check: none: no source is also a target" in "\n".join(
+        sections.markdown(extras, "tinypaper"))
+
+
+def test_the_report_names_every_machine_its_tasks_recorded(paper_study, tmp_path):
+    """A task resumed on another machine adds it to its record, and the report names both
+    (with each thread count), whatever machine renders the report."""
+    plan, out, _ = paper_study
+    moved = tmp_path / "study"
+    shutil.copytree(out, moved)
+    record = moved / "tasks" / "train__at__lr0.05__seed2.record.json"
+    data = json.loads(record.read_text())
+    data["machines"].append({"device": "cuda", "cpu": "Elsewhere 9000", "cpu_count": 64,
+                             "gpu": "Some GPU", "threads": 8})
+    record.write_text(json.dumps(data))
+    collected = report.collect(Study(load_plan(plan), moved))
+    assert {"cpu": "Elsewhere 9000", "cpu_count": 64, "gpu": "Some GPU"} in collected["machines"]
+    assert len(collected["machines"]) == 2 and collected["threads"] == [1, 8]
+    assert "Elsewhere 9000 (64 cores, Some GPU)" in markdown(collected)
+    assert "1/8 torch threads per task" in markdown(collected)
 
 
 def test_the_status_lists_nothing_left(paper_study):

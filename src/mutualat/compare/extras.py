@@ -22,6 +22,11 @@ on the same chosen models (:mod:`mutualat.compare.sections` runs and reports the
         rob-rob-offline: mat-offline
       scenarios_attack: r_worst   # which column of the main suite is "robust"
       alpha: [mat-alpha]          # validation score against method.params.alpha of the grid
+    paper_scale:                  # a plan smaller than the paper's: its full-scale twin
+      plan: configs/paper/cifar10-resnet18-paper.yaml  # relative to the plan's folder or
+                                  # a folder above it; must load as a plan
+      smaller:                    # what the budget cut, and why (one entry each)
+        - "cnn32 width 16 instead of ResNet-18: ..."
 
 A variant may also name a ``teacher`` (another variant that trains one model): its first
 model is then that variant's chosen model of the same seed (last epoch), loaded and frozen
@@ -59,6 +64,13 @@ class TransferSpec:
     n: int
     steps: int = 100
     step_size: float | None = None  # None: the attack's default for the threat
+
+
+@dataclass(frozen=True)
+class PaperScale:
+    plan: str  # as written in the plan: what the report names
+    path: Path  # where it was found
+    smaller: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,31 @@ def parse_figures(raw: Any, variants: dict[str, Any], attacks: list[str], checkp
                           f"({', '.join(attacks)}), got {attack!r}")
     alpha = _names(raw["alpha"], variants, f"{here}.alpha") if raw.get("alpha") else ()
     return FigureSpec(dict(scenarios), attack, alpha)
+
+
+def parse_paper_scale(raw: Any, plan_dir: Path, where: str) -> PaperScale | None:
+    """The ``paper_scale`` key: the twin plan's path, found beside the plan or in a folder
+    above it (``configs/paper/x.yaml`` from ``configs/plans/``: written as a reader of the
+    repository finds it), and the list of what this plan makes smaller and why."""
+    if raw is None:
+        return None
+    here = f"{where}: paper_scale"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{here} must be a mapping with plan and smaller, got {raw!r}")
+    check_keys(raw, {"plan", "smaller"}, here)
+    name, smaller = raw.get("plan"), raw.get("smaller")
+    if not isinstance(name, str) or not name.strip() or Path(name).is_absolute():
+        raise ConfigError(f"{here}.plan must be a relative path to the paper-scale plan, got {name!r}")
+    if (not isinstance(smaller, list) or not smaller
+            or not all(isinstance(s, str) and s.strip() for s in smaller)):
+        raise ConfigError(f"{here}.smaller must list what the plan makes smaller than the paper "
+                          f"and why (non-empty strings), got {smaller!r}")
+    folder = plan_dir.resolve()
+    found = next((d / name for d in (folder, *folder.parents) if (d / name).is_file()), None)
+    if found is None:
+        raise ConfigError(f"{here}.plan: {name} is neither beside the plan ({plan_dir}) nor "
+                          "in a folder above it")
+    return PaperScale(name, found, tuple(" ".join(s.split()) for s in smaller))
 
 
 def parse_teacher(overrides: dict[str, Any], variants: dict[str, Any], where: str) -> str | None:

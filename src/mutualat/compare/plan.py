@@ -22,7 +22,8 @@ A plan is a YAML file (examples in ``configs/plans/``)::
     eval: {n: 2000, batch_size: 500, seed: 0, members: all, ensembles: [last, best]}
 
 A variant may name a ``teacher`` (a variant training one model), and a plan may add
-``tables``, ``transfer`` and ``figures`` on the same chosen models: :mod:`mutualat.compare.extras`.
+``tables``, ``transfer`` and ``figures`` on the same chosen models, and a plan smaller than the
+paper's names its full-scale twin and what it cut (``paper_scale``): :mod:`mutualat.compare.extras`.
 
 Everything is checked when the plan is loaded, before any data is read or any run starts:
 unknown keys, variant names, every (variant, grid point, seed) config, the suite.
@@ -41,9 +42,9 @@ import yaml
 
 from mutualat.config import (RunConfig, config_from_data, load_config, read_yaml, set_value,
                              to_dict)
-from mutualat.compare.extras import (FigureSpec, TableSpec, TransferSpec, check_keys, check_teachers,
-                                     parse_figures, parse_select_on, parse_tables, parse_teacher,
-                                     parse_transfer)
+from mutualat.compare.extras import (FigureSpec, PaperScale, TableSpec, TransferSpec, check_keys,
+                                     check_teachers, parse_figures, parse_paper_scale,
+                                     parse_select_on, parse_tables, parse_teacher, parse_transfer)
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
@@ -56,7 +57,7 @@ CHECKPOINTS = ("last", "best")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _TOP_KEYS = {"name", "description", "base", "set", "variants", "grid", "grids", "seeds", "select",
              "checkpoints", "baseline", "control", "suite", "eval", "tables", "transfer",
-             "figures"}
+             "figures", "paper_scale"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Plan:
     tables: list[TableSpec] = field(default_factory=list)
     transfer: TransferSpec | None = None
     figures: FigureSpec = field(default_factory=FigureSpec)
+    paper_scale: PaperScale | None = None
 
     # --- the runs -----------------------------------------------------------------
 
@@ -154,6 +156,13 @@ def setting_label(setting: dict[str, Any]) -> str:
 
 def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Plan:
     """Read and check a plan file (see the module docstring)."""
+    plan = _read_plan(Path(path), environment)
+    if plan.paper_scale is not None:
+        _check_twin(plan, environment)
+    return plan
+
+
+def _read_plan(path: Path, environment: dict[str, Any] | None) -> Plan:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"plan file {path} does not exist")
@@ -239,9 +248,22 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
         tables=parse_tables(raw.get("tables"), variants, list(checkpoints), spec.n, path.parent, where),
         transfer=parse_transfer(raw.get("transfer"), variants, spec.n, where),
         figures=parse_figures(raw.get("figures"), variants, attacks, list(checkpoints), where),
+        paper_scale=parse_paper_scale(raw.get("paper_scale"), path.parent, where),
     )
     check_plan(plan)
     return plan
+
+
+def _check_twin(plan: Plan, environment: dict[str, Any] | None) -> None:
+    """The paper-scale twin loads as a plan of its own (so a report never points to one that
+    does not) and is itself at full scale."""
+    where = f"plan {plan.name}: paper_scale.plan {plan.paper_scale.plan}"
+    try:
+        twin = _read_plan(plan.paper_scale.path, environment)  # not its twin's: no cycle
+    except ConfigError as exc:
+        raise ConfigError(f"{where} does not load: {exc}") from None
+    if twin.paper_scale is not None:
+        raise ConfigError(f"{where} has a paper_scale of its own; it should be the full-scale plan")
 
 
 def check_plan(plan: Plan) -> None:

@@ -15,7 +15,10 @@ and the paired difference to the baseline with its 95% t interval
 also paired with the control, seed by seed (the same compute). The Markdown shows a column
 per attack for a one-threat suite, a column per threat type and R_avg for several. A table of
 robust overfitting follows: per variant, each seed's best and last validation robust
-accuracy and the fall between them (:func:`mutualat.compare.curves.overfitting`).
+accuracy and the fall between them (:func:`mutualat.compare.curves.overfitting`). Then what
+each variant trains and how fast (parameters, FLOPs, img/s, CPU per run), the runs, and the
+machines the tasks recorded running on; a plan with ``paper_scale`` also says what it cut
+from the paper's setting and names its full-scale twin.
 """
 
 from __future__ import annotations
@@ -26,14 +29,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mutualat.compare import sections
+from mutualat.compare import provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
-from mutualat.evaluation.records import hardware_info, versions
 from mutualat.report.documents import write_section
 from mutualat.train.checkpoint import atomic_write_bytes
 
@@ -75,7 +75,10 @@ def collect(study: Study) -> dict[str, Any]:
                  "select": plan.select, "checkpoints": plan.checkpoints, "baseline": plan.baseline,
                  "control": (vars(plan.control) if plan.control else None),
                  "suite": first["suite"], "eval": vars(plan.eval), "variants": plan.variants,
-                 "grids": plan.grids},
+                 "grids": plan.grids,
+                 "paper_scale": (None if plan.paper_scale is None else
+                                 {"plan": plan.paper_scale.plan,
+                                  "smaller": list(plan.paper_scale.smaller)})},
         "attacks": [a["id"] for a in first["suite"]["attacks"]],
         "test_images": first["n_examples"],
         "interval": INTERVAL,
@@ -88,7 +91,8 @@ def collect(study: Study) -> dict[str, Any]:
         "runs": _runs(study, selections),
         "overfitting": overfitting(study),
         "extras": sections.collect(study),
-        "hardware": hardware_info(torch.device("cpu")), "versions": versions(),
+        "models": provenance.model_costs(study, selections),
+        **provenance.machines(study),
     }
 
 
@@ -164,7 +168,7 @@ def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
         if not (study.finished(run) or study.diverged(run)):
             continue
-        record = records.get("__".join(["train", *run.relative_to(study.out / "runs").parts]), {})
+        record = records.get(provenance.train_slug(study, run), {})
         variant, label = run.parts[-3], run.parts[-2]
         chosen = selections.get(variant)
         out.append({"variant": variant, "setting": label, "run": run.name,
@@ -237,6 +241,9 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
                  "and every attack before it" if plan["suite"].get("per_attack") == "cumulative" else "")
               + f". Accuracy in %, mean ± sample std over seeds. Δ = paired difference to "
               f"`{plan['baseline']}` with its {data['interval']}; * = the interval excludes 0.", ""]
+    if plan["suite"].get("description"):
+        lines += [f"Suite `{plan['suite']['name']}`: {plan['suite']['description'].strip()}", ""]
+    lines += _paper_scale_lines(plan.get("paper_scale"))
     for checkpoint in plan["checkpoints"]:
         title = "last epoch" if checkpoint == "last" else "best epoch by validation robust accuracy"
         lines += [f"### Models of the {title}", ""]
@@ -274,6 +281,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     others = "".join(f" For {v}: {sel['criterion']}." for v, sel in data["selection"].items()
                      if sel["criterion"] != criterion)
     lines += ["", f"Score: {criterion}.{others}", ""]
+    lines += provenance.model_lines(data["models"])
     lines += ["### Runs", "", "| variant | setting | run | chosen | wall (min) | CPU (min) |",
               "|---|---|---|---|---|---|"]
     for run in data["runs"]:
@@ -282,10 +290,18 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
         chosen = "yes" if run["chosen"] else ("diverged" if run.get("diverged") else "")
         lines.append(f"| {run['variant']} | {run['setting']} | {run['run']} | {chosen} | {wall} | {cpu} |")
     total = sum(r["cpu_s"] or 0 for r in data["runs"])
-    hw = data["hardware"]
-    lines += ["", f"Training CPU time of these runs: {total / 3600:.1f} h. Hardware: {hw.get('cpu')} "
-              f"({hw.get('cpu_count')} cores), torch {data['versions']['torch']}.", ""]
+    lines += ["", f"Training CPU time of these runs: {total / 3600:.1f} h. Ran on: "
+              f"{provenance.machines_text(data)}.", ""]
     return "\n".join(lines)
+
+
+def _paper_scale_lines(scale: dict[str, Any] | None) -> list[str]:
+    if scale is None:
+        return []
+    return (["### Smaller than the paper", "",
+             "What the CPU budget cut from the paper's setting, and why:", ""]
+            + [f"- {item}" for item in scale["smaller"]]
+            + ["", f"`{scale['plan']}` is the same comparison at the paper's scale, for a GPU.", ""])
 
 
 def cost(study: Study) -> dict[str, Any]:
@@ -312,7 +328,6 @@ def document_section(study: Study, command: str) -> str:
     ``figures/<plan>-curves.png`` beside the document."""
     data = json.loads((study.out / "comparison.json").read_text())
     spent = cost(study)
-    hw = data["hardware"]
     hours = {k: spent[k]["cpu_s"] / 3600 for k in ("train", "eval")}
     span = f"; {spent['span_s'] / 3600:.1f} h from first start to last end" if spent["span_s"] else ""
     name = study.plan.name
@@ -323,8 +338,7 @@ def document_section(study: Study, command: str) -> str:
         f"Regenerate with `{command}` (its first argument is the plan; finished runs and "
         f"evaluations in the output folder are reused). Cost: {hours['train']:.1f} CPU-hours "
         f"of training in {spent['train']['tasks']} runs, {hours['eval']:.1f} CPU-hours of "
-        f"evaluation in {spent['eval']['tasks']} tasks{span}; {hw.get('cpu')}, "
-        f"{hw.get('cpu_count')} cores, one thread per task, torch {data['versions']['torch']}.",
+        f"evaluation in {spent['eval']['tasks']} tasks{span}; ran on {provenance.machines_text(data)}.",
         f"<!-- compare:{name}:end -->",
     ]
     return "\n".join(head)

@@ -35,6 +35,7 @@ from mutualat.data import load_dataset, subset
 from mutualat.device import resolve_device
 from mutualat.errors import DivergedError, MutualatError
 from mutualat.evaluation import evaluate, load_suite
+from mutualat.evaluation.records import hardware_info
 from mutualat.evaluation.transfer import default_attack, transfer_matrix, write_transfer
 from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta
@@ -178,6 +179,18 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def machine(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The machine a task runs on, as its record keeps it; None if its device cannot be
+    resolved here (the task then fails with the reason)."""
+    spec = task.get("spec", {})
+    name = ((spec.get("config") or {}) if task.get("kind") == "train" else spec).get("device", "auto")
+    try:
+        device = resolve_device(name)
+    except MutualatError:
+        return None
+    return {**hardware_info(device), "threads": torch.get_num_threads()}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()  # the trainer's and evaluator's messages reach the task's log file
@@ -190,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    record = Record(record_path(task_file))
+    record = Record(record_path(task_file), machine(task))
     status = "failed"
     try:
         {"train": run_train, "eval": run_eval, "transfer": run_transfer}[task["kind"]](task["spec"])
@@ -208,12 +221,14 @@ def main(argv: list[str] | None = None) -> int:
 
 class Record:
     """One invocation's wall and CPU seconds added to the task's record (several if it was
-    resumed), which also keeps when the task first started and last ended (Unix time). It is
-    written at the start and every :data:`HEARTBEAT_S` seconds with status ``running``, then
-    once more at the end with the invocation's status. A task that had finished and runs
-    again starts a new record, the finished ones kept in its list ``earlier``."""
+    resumed), which also keeps when the task first started and last ended (Unix time) and
+    ``machines``: each distinct machine an invocation ran on (its CPU, cores, GPU, torch
+    threads; the report states these, not the machine that renders it). It is written at the
+    start and every :data:`HEARTBEAT_S` seconds with status ``running``, then once more at
+    the end with the invocation's status. A task that had finished and runs again starts a
+    new record, the finished ones kept in its list ``earlier``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, machine: dict[str, Any] | None = None) -> None:
         self.path = path
         self.wall, self.cpu, now = time.perf_counter(), time.process_time(), time.time()
         self.base = {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0, "started": now}
@@ -230,6 +245,8 @@ class Record:
         elif isinstance(previous, dict):
             self.base.update(previous)
         self.base["invocations"] += 1
+        if machine is not None and machine not in self.base.get("machines", []):
+            self.base["machines"] = [*self.base.get("machines", []), machine]
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.write("running")
