@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mutualat.compare import Study, load_plan, report, sections
 from mutualat.compare.records import read_summary
@@ -71,10 +72,11 @@ paper_scale:
 
 #: The tiny plan's full-scale twin, in a folder beside the plan's (found from a folder above).
 TWIN = """name: tinytwin
-""" + TINY_SET + """variants:
+""" + TINY_SET.replace("optim.epochs: 2", "optim.epochs: 3") + """variants:
   at: {method.name: at, method.params.loss: lc}
 grid:
   lr: [0.05]
+seeds: [0, 10, 20]
 baseline: at
 suite: ../plan/tiny-suite.yaml
 """
@@ -82,7 +84,7 @@ suite: ../plan/tiny-suite.yaml
 
 def _write(folder: Path, text: str = PLAN) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny-suite.yaml").write_text(TINY_SUITE)
+    (folder / "tiny-suite.yaml").write_text(TINY_SUITE + "description: Two tiny attacks.\n")
     (folder / "table-suite.yaml").write_text(TABLE_SUITE)
     (folder / "plan.yaml").write_text(text)
     (folder.parent / "twin").mkdir(exist_ok=True)
@@ -109,7 +111,8 @@ def _write(folder: Path, text: str = PLAN) -> Path:
     (("  alpha: [mat]", "  alpha: [at]"), "figures.alpha names at, whose grid does not sweep"),
     (("members: all", "members: first"), "figures.scenarios shows every member"),
     (("plan: twin/plan.yaml", "plan: nowhere/plan.yaml"), "nowhere/plan.yaml is neither beside the plan"),
-    (("plan: twin/plan.yaml", "plan: /twin/plan.yaml"), "paper_scale.plan must be a relative path"),
+    (("plan: twin/plan.yaml", "plan: /twin/plan.yaml"), "paper_scale.plan must be a path down from"),
+    (("plan: twin/plan.yaml", "plan: ../twin/plan.yaml"), "no '..'"),
     (("plan: twin/plan.yaml", "plan: table-suite.yaml"), "table-suite.yaml does not load: .*unknown key"),
     (("plan: twin/plan.yaml", "plan: plan.yaml"), "has a paper_scale of its own"),  # itself
     (("  smaller:\n", "  smallr:\n"), "paper_scale: unknown key\\(s\\) smallr"),
@@ -215,11 +218,18 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     assert bool(warnings) == bool(masked)
     verdict = "; ".join(warnings) if warnings else "no black-box attack beat the white-box one"
     assert f"Masking check: {verdict}" in text
-    # The paper-scale twin and what the plan cut, as the plan states them.
-    assert ("### Smaller than the paper\n\nWhat the CPU budget cut from the paper's setting, and "
-            "why:\n\n- tinycnn on 128 images for 2 epochs instead of the paper's setting: seconds "
-            "per run.\n\n`twin/plan.yaml` is the same comparison at the paper's scale") in text
-    assert "Suite `tiny`:" not in text  # the tiny suite has no description to show
+    # The paper-scale twin and what the plan cut, as the plan states them, then both plans'
+    # settings side by side, read from the plans.
+    assert ("### Against the paper's setting\n\nThis comparison runs below the paper's scale. "
+            "`twin/plan.yaml` is its full-scale twin, a plan for a GPU. What differs, and why:\n\n"
+            "- tinycnn on 128 images for 2 epochs instead of the paper's setting: seconds per "
+            "run.\n\n| setting | this plan | paper-scale twin `twin/plan.yaml` |") in text
+    assert ("| epochs | 2, lr × 0.1 at 62.5, 75, 83.3 % of training | "
+            "3, lr × 0.1 at 62.5, 75, 83.3 % of training |") in text
+    assert "| seeds | 2 (0, 2) | 3 (0, 10, 20) |" in text
+    assert "| variants | at, mat, mat-offline | at |" in text
+    assert "| tables; transfer | t2 (16 images, tiny-table); 16 images, PGD-2 | none; none |" in text
+    assert "Suite `tiny`: Two tiny attacks." in text
     # What each variant trains, from its model files and metrics; the machines, from the
     # tasks' records and the evaluations, not from the machine that renders.
     models = data["models"]
@@ -230,6 +240,11 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
                                         "flops": count_flops(tiny, (1, 28, 28))}]
     assert [m["role"] for m in models["mat"]["members"]] == ["h1", "h2"]
     assert [m["role"] for m in models["mat-offline"]["members"]] == ["h2"]  # the frozen h1 is not trained
+    assert models["mat-offline"]["frozen"] == "at" and models["mat"]["frozen"] is None
+    flops = f"{models['at']['members'][0]['flops'] / 1e6:.1f}"
+    assert (f"| mat | 2 × tinycnn | {models['at']['members'][0]['parameters']:,} | {flops} | "
+            f"{models['mat']['img_per_s']:.0f} | {models['mat']['cpu_s_per_run'] / 60:.1f} |") in text
+    assert "| mat-offline | tinycnn (and the frozen at model) | " in text
     rates = [e["img_per_s"] for s in plan.seeds for e in read_metrics(study.run_dir("at", {"lr": 0.05}, s))
              if e["event"] == "epoch"]
     assert models["at"]["img_per_s"] == pytest.approx(np.median(rates))
@@ -238,8 +253,10 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
         [records[f"train__at__lr0.05__seed{s}.record.json"]["cpu_s"] for s in plan.seeds]))
     assert all(r["machines"][0]["threads"] == 1 for r in records.values())  # --jobs 2: one each
     summary = read_summary(study.eval_dir("at", {"lr": 0.05}, 0, "last"))
-    assert data["machines"] == [{"cpu": summary["hardware"]["cpu"], "cpu_count": summary["hardware"]["cpu_count"]}]
+    assert data["machines"] == [{"cpu": summary["hardware"]["cpu"],
+                                 "cpu_count": summary["hardware"]["cpu_count"], "gpus": []}]
     assert data["threads"] == [1] and data["torch"] == [summary["versions"]["torch"]]
+    assert data["training_machines_recorded"]
     assert (f"Ran on: {summary['hardware']['cpu']} ({summary['hardware']['cpu_count']} cores), "
             f"1 torch thread per task, torch {summary['versions']['torch']}.") in text
     # The offline scenario's student learned from the AT model of its own seed, frozen.
@@ -300,14 +317,24 @@ def test_the_report_names_every_machine_its_tasks_recorded(paper_study, tmp_path
     shutil.copytree(out, moved)
     record = moved / "tasks" / "train__at__lr0.05__seed2.record.json"
     data = json.loads(record.read_text())
-    data["machines"].append({"device": "cuda", "cpu": "Elsewhere 9000", "cpu_count": 64,
-                             "gpu": "Some GPU", "threads": 8})
+    elsewhere = {"device": "cuda", "cpu": "Elsewhere 9000", "cpu_count": 64, "gpu": "Some GPU",
+                 "threads": 8, "torch": "9.9"}
+    data["machines"] += [elsewhere, {**elsewhere, "device": "cpu", "gpu": None}]  # its CPU: one machine
     record.write_text(json.dumps(data))
     collected = report.collect(Study(load_plan(plan), moved))
-    assert {"cpu": "Elsewhere 9000", "cpu_count": 64, "gpu": "Some GPU"} in collected["machines"]
+    assert {"cpu": "Elsewhere 9000", "cpu_count": 64, "gpus": ["Some GPU"]} in collected["machines"]
     assert len(collected["machines"]) == 2 and collected["threads"] == [1, 8]
-    assert "Elsewhere 9000 (64 cores, Some GPU)" in markdown(collected)
-    assert "1/8 torch threads per task" in markdown(collected)
+    text = markdown(collected)
+    assert "Elsewhere 9000 (64 cores, Some GPU)" in text and "1/8 torch threads per task" in text
+    assert sorted(collected["torch"]) == sorted(["9.9", torch.__version__])
+    # Records from before machines were recorded: the evaluation files still name theirs, and
+    # the report says that the training's machine is not known.
+    for path in (moved / "tasks").glob("*.record.json"):
+        data = json.loads(path.read_text())
+        data.pop("machines", None)
+        path.write_text(json.dumps(data))
+    text = markdown(report.collect(Study(load_plan(plan), moved)))
+    assert "(as its evaluation files state; its training tasks' records name no machine)" in text
 
 
 def test_the_status_lists_nothing_left(paper_study):

@@ -23,8 +23,9 @@ on the same chosen models (:mod:`mutualat.compare.sections` runs and reports the
       scenarios_attack: r_worst   # which column of the main suite is "robust"
       alpha: [mat-alpha]          # validation score against method.params.alpha of the grid
     paper_scale:                  # a plan smaller than the paper's: its full-scale twin
-      plan: configs/paper/cifar10-resnet18-paper.yaml  # relative to the plan's folder or
-                                  # a folder above it; must load as a plan
+      plan: configs/paper/cifar10-resnet18-paper.yaml  # down from the plan's folder or a
+                                  # folder above it; must load as a plan, or this plan is
+                                  # refused too (--status included)
       smaller:                    # what the budget cut, and why (one entry each)
         - "cnn32 width 16 instead of ResNet-18: ..."
 
@@ -192,8 +193,10 @@ def parse_paper_scale(raw: Any, plan_dir: Path, where: str) -> PaperScale | None
         raise ConfigError(f"{here} must be a mapping with plan and smaller, got {raw!r}")
     check_keys(raw, {"plan", "smaller"}, here)
     name, smaller = raw.get("plan"), raw.get("smaller")
-    if not isinstance(name, str) or not name.strip() or Path(name).is_absolute():
-        raise ConfigError(f"{here}.plan must be a relative path to the paper-scale plan, got {name!r}")
+    if (not isinstance(name, str) or not name.strip() or Path(name).is_absolute()
+            or ".." in Path(name).parts):
+        raise ConfigError(f"{here}.plan must be a path down from the plan's folder or a folder "
+                          f"above it (no '..'; the report prints it as written), got {name!r}")
     if (not isinstance(smaller, list) or not smaller
             or not all(isinstance(s, str) and s.strip() for s in smaller)):
         raise ConfigError(f"{here}.smaller must list what the plan makes smaller than the paper "

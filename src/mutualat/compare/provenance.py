@@ -1,38 +1,53 @@
 """What a study's report states about how its numbers were made, beside the numbers: the
 machines its tasks ran on (from the tasks' records and the evaluation files, never from the
 machine that renders the report), and what each variant trains and how fast (parameters,
-forward FLOPs per image, training images per second, CPU time per run)."""
+forward FLOPs per image, training images per second, CPU time per run), and a plan's settings
+beside those of its paper-scale twin."""
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from mutualat.compare.plan import Plan
 from mutualat.compare.records import task_records
 from mutualat.compare.study import Study
+from mutualat.evaluation import load_suite
+from mutualat.methods import build_method
 from mutualat.models import count_flops, load_model, read_model_meta
 from mutualat.train.logger import read_metrics
+from mutualat.train.optim import lr_and_weight_decay
 
 
 def machines(study: Study) -> dict[str, Any]:
     """The machines that ran the study's tasks (its task records' ``machines``, the hardware
-    each evaluation and transfer file states) and the torch versions they used; the torch
-    threads per task where the records state them. Never the machine that renders."""
-    found, threads, torch_versions = [], set(), set()
+    each evaluation and transfer file states; one entry per CPU, with the GPUs its tasks
+    used) and the torch versions they used; the torch threads per task where the records
+    state them, and whether any training task's record names its machine (records written
+    before they did name none). Never the machine that renders."""
+    found: dict[tuple, dict[str, Any]] = {}  # (cpu, cores) -> the machine, its GPUs merged
+    threads, torch_versions, trained_recorded = set(), set(), False
 
     def add(hardware: dict[str, Any]) -> None:
-        entry = {k: hardware.get(k) for k in ("cpu", "cpu_count", "gpu") if hardware.get(k) is not None}
-        if entry and entry not in found:
-            found.append(entry)
+        if hardware.get("cpu") is None:
+            return
+        key = (hardware["cpu"], hardware.get("cpu_count"))
+        entry = found.setdefault(key, {"cpu": key[0], "cpu_count": key[1], "gpus": []})
+        if hardware.get("gpu") and hardware["gpu"] not in entry["gpus"]:
+            entry["gpus"].append(hardware["gpu"])  # a task on its CPU records none
 
-    for record in task_records(study.out).values():
+    for slug, record in task_records(study.out).items():
         for entry in (record, *record.get("earlier", [])):
             for machine in entry.get("machines", []):
                 add(machine)
+                trained_recorded |= slug.startswith("train__")
                 if isinstance(machine.get("threads"), int):
                     threads.add(machine["threads"])
+                if machine.get("torch"):
+                    torch_versions.add(machine["torch"])
     for path in sorted([*(study.out / "evals").glob("**/summary.json"),
                         *(study.out / "tables").glob("**/summary.json"),
                         *(study.out / "transfer").glob("*/transfer.json")]):
@@ -43,8 +58,9 @@ def machines(study: Study) -> dict[str, Any]:
         add(result.get("hardware", {}))
         if result.get("versions", {}).get("torch"):
             torch_versions.add(result["versions"]["torch"])
-    found.sort(key=lambda m: json.dumps(m, sort_keys=True))
-    return {"machines": found, "threads": sorted(threads), "torch": sorted(torch_versions)}
+    machines = sorted(found.values(), key=lambda m: json.dumps(m, sort_keys=True))
+    return {"machines": machines, "threads": sorted(threads), "torch": sorted(torch_versions),
+            "training_machines_recorded": trained_recorded}
 
 
 def model_costs(study: Study, selections: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +68,8 @@ def model_costs(study: Study, selections: dict[str, Any]) -> dict[str, Any]:
     forward FLOPs per image, counted on the seed-``grid_seed`` model file), how fast they
     trained (images per second of training steps, the median over every epoch of every
     seed's run: validation excluded, a cohort's step trains each member on each image) and
-    their CPU time per run (from the task records; None where a run has none)."""
+    their CPU time per run (from the task records; None unless every seed's run has one).
+    A variant with a teacher also names it: its frozen model runs in every step too."""
     plan, records = study.plan, task_records(study.out)
     out = {}
     for variant in plan.variants:
@@ -69,7 +86,8 @@ def model_costs(study: Study, selections: dict[str, Any]) -> dict[str, Any]:
         rates = [e["img_per_s"] for run in runs for e in read_metrics(run) if e.get("event") == "epoch"]
         cpu = [records[train_slug(study, run)]["cpu_s"] for run in runs
                if train_slug(study, run) in records]
-        out[variant] = {"members": members, "img_per_s": statistics.median(rates) if rates else None,
+        out[variant] = {"members": members, "frozen": plan.teachers.get(variant),
+                        "img_per_s": statistics.median(rates) if rates else None,
                         "cpu_s_per_run": statistics.mean(cpu) if len(cpu) == len(runs) else None}
     return out
 
@@ -91,34 +109,94 @@ def train_slug(study: Study, run: Path) -> str:
 def machines_text(data: dict[str, Any]) -> str:
     """``AMD EPYC (2 cores), 1 torch thread per task, torch 2.13.0+cpu``: the machines the
     study's tasks recorded (several joined by "; "), the thread counts where recorded."""
-    machines = "; ".join(f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores"
-                         + (f", {m['gpu']}" if m.get("gpu") else "") + ")"
+    machines = "; ".join(f"{m['cpu']} ({m['cpu_count']} cores"
+                         + "".join(f", {gpu}" for gpu in m["gpus"]) + ")"
                          for m in data["machines"]) or "machines not recorded"
     threads = data["threads"]
     per_task = (f", {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''} "
                 "per task" if threads else "")
     versions = f", torch {' and '.join(data['torch'])}" if data["torch"] else ""
-    return machines + per_task + versions
+    unrecorded = ("" if data["training_machines_recorded"] else
+                  " (as its evaluation files state; its training tasks' records name no machine)")
+    return machines + per_task + versions + unrecorded
 
 
 def model_lines(models: dict[str, Any]) -> list[str]:
     """What each variant trains and how fast: :func:`model_costs`."""
     lines = ["### Models and training speed", "",
              "Per variant, the trained members of its chosen runs: parameters and forward FLOPs "
-             "per image of each (multiply-adds × 2, convolutions and matmuls); training speed "
+             "per image of one member of each architecture (multiply-adds × 2, convolutions and "
+             "matmuls); training speed "
              "in images per second of training steps, the median over every epoch of every seed's run "
              "(validation excluded; a cohort's step trains each member on each image, and other "
-             "tasks may have shared the machine); CPU minutes per run, the mean over seeds.", "",
+             "tasks may have shared the machine, so it measures the load as well as the model); "
+             "CPU minutes per run, the mean over seeds.", "",
              "| variant | trained members | parameters (each) | MFLOPs / image (each) | "
              "training img/s | CPU (min) per run |", "|---|---|---|---|---|---|"]
     for variant, entry in models.items():
-        members = entry["members"]
-        shapes = sorted({m["architecture"] for m in members})
-        what = (f"{len(members)} × " if len(members) > 1 else "") + " + ".join(shapes)
-        each = members[:1] if len(shapes) == 1 else members  # identical members: one of them
-        params = " + ".join(f"{m['parameters']:,}" for m in each)
-        flops = " + ".join(f"{m['flops'] / 1e6:.1f}" for m in each)
+        kinds: dict[str, list[dict[str, Any]]] = {}  # architecture -> its members, in role order
+        for member in entry["members"]:
+            kinds.setdefault(member["architecture"], []).append(member)
+        what = " + ".join((f"{len(group)} × " if len(group) > 1 else "") + arch
+                          for arch, group in kinds.items())
+        if entry.get("frozen"):
+            what += f" (and the frozen {entry['frozen']} model)"
+        params = " + ".join(f"{group[0]['parameters']:,}" for group in kinds.values())
+        flops = " + ".join(f"{group[0]['flops'] / 1e6:.1f}" for group in kinds.values())
         rate = f"{entry['img_per_s']:.0f}" if entry["img_per_s"] is not None else "—"
         cpu = f"{entry['cpu_s_per_run'] / 60:.1f}" if entry["cpu_s_per_run"] is not None else "—"
         lines.append(f"| {variant} | {what} | {params} | {flops} | {rate} | {cpu} |")
+    return lines + [""]
+
+
+def plan_settings(plan: Plan) -> dict[str, str]:
+    """What a plan trains and measures, one line per setting, read from its baseline's run
+    config (the grid's first point, the first seed) and the plan itself: the rows of the
+    side-by-side table of a plan and its paper-scale twin (:func:`settings_lines`)."""
+    cfg = plan.config(plan.baseline, plan.settings(plan.baseline)[0], plan.grid_seed)
+    data, optim = cfg.data, cfg.optim
+    model = cfg.models[0]
+    _, weight_decay = lr_and_weight_decay(model)
+    threats = [t for t in build_method(copy.deepcopy(cfg)).threats() if t.steps > 0]
+    held_out = f"{data.val_fraction:.0%} of the training split held out"
+    return {
+        "data": data.name + (f" ({Path(data.path).name})" if data.path else ""),
+        "training images": f"{data.train_subset:,}" if data.train_subset else f"all but the {held_out}",
+        "augmentation": data.augment or "the dataset's default",
+        "model": _architecture({"name": model.name, **model.kwargs}),
+        "epochs": f"{optim.epochs}, lr × {optim.gamma:g} at "
+                  + ", ".join(f"{100 * m:.3g}" for m in optim.milestones) + " % of training",
+        "batch size; weight decay": f"{data.batch_size}; {weight_decay:g}",
+        "training attack": "; ".join(
+            f"{t.norm} ε {_fraction(t.eps)}, PGD-{t.steps}, step {_fraction(t.resolved_step_size())}"
+            for t in threats),
+        "variants": ", ".join(plan.variants),
+        "seeds": f"{len(plan.seeds)} ({', '.join(map(str, plan.seeds))})",
+        "selection": f"{f'{data.val_subset:,}' if data.val_subset else 'all'} validation images "
+                     f"({held_out}), PGD-{cfg.eval.pgd_steps}, the {plan.select} epoch's",
+        "test images; suite": f"{plan.eval.n:,}; {load_suite(plan.suite).name}",
+        "checkpoints evaluated": ", ".join(plan.checkpoints),
+        "cohort members evaluated alone": "h1 only" if plan.eval.members == "first" else "all",
+        "ensembles at": ", ".join(plan.eval.ensembles) or "none",
+        "control": (f"{plan.control.variant} ×{plan.control.members}" if plan.control else "none"),
+        "tables; transfer": "; ".join([
+            ", ".join(f"{t.name} ({t.n:,} images, {load_suite(t.suite).name})" for t in plan.tables)
+            or "none",
+            f"{plan.transfer.n:,} images, PGD-{plan.transfer.steps}" if plan.transfer else "none"]),
+    }
+
+
+def _fraction(value: float) -> str:
+    """8/255 for 0.0313725..., else the number: how the field writes l-inf radii and steps."""
+    scaled = value * 255
+    if 0 < value < 1 and abs(scaled - round(scaled)) < 1e-6:
+        return f"{round(scaled)}/255"
+    return f"{value:.4g}"
+
+
+def settings_lines(ours: dict[str, str], twin: dict[str, str], twin_path: str) -> list[str]:
+    """A plan's settings beside its paper-scale twin's (:func:`plan_settings` of each)."""
+    lines = [f"| setting | this plan | paper-scale twin `{twin_path}` |", "|---|---|---|"]
+    for key in ours:
+        lines.append(f"| {key} | {ours[key]} | {twin.get(key, '—')} |")
     return lines + [""]

@@ -31,6 +31,7 @@ from typing import Any
 
 from mutualat.compare import provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
+from mutualat.compare.plan import load_plan
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
@@ -78,7 +79,10 @@ def collect(study: Study) -> dict[str, Any]:
                  "grids": plan.grids,
                  "paper_scale": (None if plan.paper_scale is None else
                                  {"plan": plan.paper_scale.plan,
-                                  "smaller": list(plan.paper_scale.smaller)})},
+                                  "smaller": list(plan.paper_scale.smaller),
+                                  "settings": provenance.plan_settings(plan),
+                                  "twin": provenance.plan_settings(
+                                      load_plan(plan.paper_scale.path))})},
         "attacks": [a["id"] for a in first["suite"]["attacks"]],
         "test_images": first["n_examples"],
         "interval": INTERVAL,
@@ -296,12 +300,15 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
 
 
 def _paper_scale_lines(scale: dict[str, Any] | None) -> list[str]:
+    """What a plan below the paper's scale cut and why (the plan's words), then its settings
+    beside its full-scale twin's (read from both plans)."""
     if scale is None:
         return []
-    return (["### Smaller than the paper", "",
-             "What the CPU budget cut from the paper's setting, and why:", ""]
-            + [f"- {item}" for item in scale["smaller"]]
-            + ["", f"`{scale['plan']}` is the same comparison at the paper's scale, for a GPU.", ""])
+    return (["### Against the paper's setting", "",
+             f"This comparison runs below the paper's scale. `{scale['plan']}` is its full-scale "
+             "twin, a plan for a GPU. What differs, and why:", ""]
+            + [f"- {item}" for item in scale["smaller"]] + [""]
+            + provenance.settings_lines(scale["settings"], scale["twin"], scale["plan"]))
 
 
 def cost(study: Study) -> dict[str, Any]:

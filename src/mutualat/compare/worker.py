@@ -186,9 +186,9 @@ def machine(task: dict[str, Any]) -> dict[str, Any] | None:
     name = ((spec.get("config") or {}) if task.get("kind") == "train" else spec).get("device", "auto")
     try:
         device = resolve_device(name)
-    except MutualatError:
+        return {**hardware_info(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    except (MutualatError, RuntimeError):  # an unknown device; a GPU that cannot be queried
         return None
-    return {**hardware_info(device), "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> int:
