@@ -58,8 +58,8 @@ def machines(study: Study) -> dict[str, Any]:
         add(result.get("hardware", {}))
         if result.get("versions", {}).get("torch"):
             torch_versions.add(result["versions"]["torch"])
-    machines = sorted(found.values(), key=lambda m: json.dumps(m, sort_keys=True))
-    return {"machines": machines, "threads": sorted(threads), "torch": sorted(torch_versions),
+    listed = sorted(found.values(), key=lambda m: json.dumps(m, sort_keys=True))
+    return {"machines": listed, "threads": sorted(threads), "torch": sorted(torch_versions),
             "training_machines_recorded": trained_recorded}
 
 
@@ -109,16 +109,16 @@ def train_slug(study: Study, run: Path) -> str:
 def machines_text(data: dict[str, Any]) -> str:
     """``AMD EPYC (2 cores), 1 torch thread per task, torch 2.13.0+cpu``: the machines the
     study's tasks recorded (several joined by "; "), the thread counts where recorded."""
-    machines = "; ".join(f"{m['cpu']} ({m['cpu_count']} cores"
-                         + "".join(f", {gpu}" for gpu in m["gpus"]) + ")"
-                         for m in data["machines"]) or "machines not recorded"
+    listed = "; ".join(f"{m['cpu']} ({m['cpu_count']} cores"
+                       + "".join(f", {gpu}" for gpu in m["gpus"]) + ")"
+                       for m in data["machines"]) or "machines not recorded"
     threads = data["threads"]
     per_task = (f", {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''} "
                 "per task" if threads else "")
     versions = f", torch {' and '.join(data['torch'])}" if data["torch"] else ""
     unrecorded = ("" if data["training_machines_recorded"] else
                   " (as its evaluation files state; its training tasks' records name no machine)")
-    return machines + per_task + versions + unrecorded
+    return listed + per_task + versions + unrecorded
 
 
 def model_lines(models: dict[str, Any]) -> list[str]:
@@ -126,11 +126,10 @@ def model_lines(models: dict[str, Any]) -> list[str]:
     lines = ["### Models and training speed", "",
              "Per variant, the trained members of its chosen runs: parameters and forward FLOPs "
              "per image of one member of each architecture (multiply-adds × 2, convolutions and "
-             "matmuls); training speed "
-             "in images per second of training steps, the median over every epoch of every seed's run "
-             "(validation excluded; a cohort's step trains each member on each image, and other "
-             "tasks may have shared the machine, so it measures the load as well as the model); "
-             "CPU minutes per run, the mean over seeds.", "",
+             "matmuls); training speed in images per second of training steps, the median over "
+             "every epoch of every seed's run (validation excluded; a cohort's step trains each "
+             "member on each image, and other tasks may have shared the machine, so it measures "
+             "the load as well as the model); CPU minutes per run, the mean over seeds.", "",
              "| variant | trained members | parameters (each) | MFLOPs / image (each) | "
              "training img/s | CPU (min) per run |", "|---|---|---|---|---|---|"]
     for variant, entry in models.items():
