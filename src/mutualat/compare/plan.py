@@ -101,6 +101,7 @@ class Plan:
     transfer: TransferSpec | None = None
     figures: FigureSpec = field(default_factory=FigureSpec)
     paper_scale: PaperScale | None = None
+    twin: Plan | None = None  # the paper-scale plan paper_scale names, loaded and checked
 
     # --- the runs -----------------------------------------------------------------
 
@@ -158,12 +159,11 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
     """Read and check a plan file (see the module docstring)."""
     plan = _read_plan(Path(path), environment)
     if plan.paper_scale is not None:
-        _check_twin(plan, environment)
+        plan.twin = _load_twin(plan, environment)
     return plan
 
 
 def _read_plan(path: Path, environment: dict[str, Any] | None) -> Plan:
-    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"plan file {path} does not exist")
     try:
@@ -254,9 +254,9 @@ def _read_plan(path: Path, environment: dict[str, Any] | None) -> Plan:
     return plan
 
 
-def _check_twin(plan: Plan, environment: dict[str, Any] | None) -> None:
-    """The paper-scale twin loads as a plan of its own (so a report never points to one that
-    does not) and is itself at full scale."""
+def _load_twin(plan: Plan, environment: dict[str, Any] | None) -> Plan:
+    """The paper-scale twin, which must load as a plan of its own (so a report never points
+    to one that does not) and be itself at full scale."""
     where = f"plan {plan.name}: paper_scale.plan {plan.paper_scale.plan}"
     try:
         twin = _read_plan(plan.paper_scale.path, environment)  # not its twin's: no cycle
@@ -264,6 +264,7 @@ def _check_twin(plan: Plan, environment: dict[str, Any] | None) -> None:
         raise ConfigError(f"{where} does not load: {exc}") from None
     if twin.paper_scale is not None:
         raise ConfigError(f"{where} has a paper_scale of its own; it should be the full-scale plan")
+    return twin
 
 
 def check_plan(plan: Plan) -> None:

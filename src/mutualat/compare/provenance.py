@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from mutualat.compare.plan import Plan
-from mutualat.compare.records import task_records
 from mutualat.compare.study import Study
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
@@ -22,8 +21,8 @@ from mutualat.train.logger import read_metrics
 from mutualat.train.optim import lr_and_weight_decay
 
 
-def machines(study: Study) -> dict[str, Any]:
-    """The machines that ran the study's tasks (its task records' ``machines``, the hardware
+def machines(study: Study, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The machines that ran the study's tasks (its task ``records``' ``machines``, the hardware
     each evaluation and transfer file states; one entry per CPU, with the GPUs its tasks
     used) and the torch versions they used; the torch threads per task where the records
     state them, and whether any training task's record names its machine (records written
@@ -39,7 +38,7 @@ def machines(study: Study) -> dict[str, Any]:
         if hardware.get("gpu") and hardware["gpu"] not in entry["gpus"]:
             entry["gpus"].append(hardware["gpu"])  # a task on its CPU records none
 
-    for slug, record in task_records(study.out).items():
+    for slug, record in records.items():
         for entry in (record, *record.get("earlier", [])):
             for machine in entry.get("machines", []):
                 add(machine)
@@ -63,15 +62,15 @@ def machines(study: Study) -> dict[str, Any]:
             "training_machines_recorded": trained_recorded}
 
 
-def model_costs(study: Study, selections: dict[str, Any]) -> dict[str, Any]:
+def model_costs(study: Study, selections: dict[str, Any],
+                records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per variant, what its chosen runs train (each member's architecture, parameters and
     forward FLOPs per image, counted on the seed-``grid_seed`` model file), how fast they
     trained (images per second of training steps, the median over every epoch of every
     seed's run: validation excluded, a cohort's step trains each member on each image) and
     their CPU time per run (from the task records; None unless every seed's run has one).
     A variant with a teacher also names it: its frozen model runs in every step too."""
-    plan, records = study.plan, task_records(study.out)
-    out = {}
+    plan, out = study.plan, {}
     for variant in plan.variants:
         setting = selections[variant].chosen
         runs = [study.run_dir(variant, setting, s) for s in plan.seeds]

@@ -31,7 +31,6 @@ from typing import Any
 
 from mutualat.compare import provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
-from mutualat.compare.plan import load_plan
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
@@ -46,6 +45,7 @@ def collect(study: Study) -> dict[str, Any]:
     """Everything the report states, from the study's folder."""
     plan = study.plan
     selections = {v: study.selection(v) for v in plan.variants}
+    records = task_records(study.out)
     rows = []
     for variant in plan.variants:
         for checkpoint in plan.checkpoints:
@@ -81,8 +81,7 @@ def collect(study: Study) -> dict[str, Any]:
                                  {"plan": plan.paper_scale.plan,
                                   "smaller": list(plan.paper_scale.smaller),
                                   "settings": provenance.plan_settings(plan),
-                                  "twin": provenance.plan_settings(
-                                      load_plan(plan.paper_scale.path))})},
+                                  "twin": provenance.plan_settings(plan.twin)})},
         "attacks": [a["id"] for a in first["suite"]["attacks"]],
         "test_images": first["n_examples"],
         "interval": INTERVAL,
@@ -92,11 +91,11 @@ def collect(study: Study) -> dict[str, Any]:
                           "criterion": s.criterion, "at_edge": s.at_edge}
                       for v, s in selections.items()},
         "rows": rows,
-        "runs": _runs(study, selections),
+        "runs": _runs(study, selections, records),
         "overfitting": overfitting(study),
         "extras": sections.collect(study),
-        "models": provenance.model_costs(study, selections),
-        **provenance.machines(study),
+        "models": provenance.model_costs(study, selections, records),
+        **provenance.machines(study, records),
     }
 
 
@@ -164,11 +163,12 @@ def _row(name: str, variant: str, kind: str, checkpoint: str,
             "seeds": seeds, "mean_std": summary}
 
 
-def _runs(study: Study, selections: dict[str, Any]) -> list[dict[str, Any]]:
+def _runs(study: Study, selections: dict[str, Any],
+          records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every training run of the study with what it cost (wall and CPU seconds of the task
     processes that ran it, summed over invocations; None for a run this study reused from
     elsewhere without a record)."""
-    out, records = [], task_records(study.out)
+    out = []
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
         if not (study.finished(run) or study.diverged(run)):
             continue
