@@ -279,6 +279,19 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     assert extras["alpha"]["mat"]["scores"] == {
         "0.3": data["selection"]["mat"]["scores"]["lr0.05-alpha0.3"],
         "0.6": data["selection"]["mat"]["scores"]["lr0.05-alpha0.6"]}
+    # Beside the robust score, the validation clean accuracy of the same (last) epoch, mean
+    # over the members, and the chosen alpha marked in the section's table.
+    alpha = extras["alpha"]["mat"]
+    for a in ("0.3", "0.6"):
+        last = [r for r in read_metrics(study.run_dir("mat", {"lr": 0.05, "method.params.alpha": float(a)}, 0))
+                if r["event"] == "epoch"][-1]
+        assert alpha["clean"][a] == pytest.approx((last["val_clean/h1"] + last["val_clean/h2"]) / 2)
+    chosen = data["selection"]["mat"]["chosen"]["method.params.alpha"]
+    assert alpha["chosen"] == str(chosen) and alpha["attack"] == "PGD-2"
+    assert (f"| α | {'0.3 (chosen)' if chosen == 0.3 else '0.3'} | "
+            f"{'0.6 (chosen)' if chosen == 0.6 else '0.6'} |") in text
+    assert ("| validation clean | " + " | ".join(f"{100 * alpha['clean'][a]:.1f}" for a in ("0.3", "0.6"))
+            + " |") in text
     for figure in ("tinypaper-scenarios.png", "tinypaper-alpha-mat.png", "curves.png"):
         assert (out / figure).stat().st_size > 1000, figure
 
@@ -364,6 +377,12 @@ def test_select_on_scores_only_the_named_members(paper_study):
     last = [r for r in read_metrics(run) if r["event"] == "epoch"][-1]
     assert validation_score(run, "last", ["h2"]) == last["val_pgd/h2"]
     assert validation_score(run, "last") == pytest.approx((last["val_pgd/h1"] + last["val_pgd/h2"]) / 2)
+    # The clean accuracy at the epochs the robust criterion picks: for "best", each member's
+    # best robust epoch, not the best clean one.
+    epochs = [r for r in read_metrics(run) if r["event"] == "epoch"]
+    best = max(epochs, key=lambda r: r["val_pgd/h2"])
+    assert validation_score(run, "best", ["h2"], metric="clean") == best["val_clean/h2"]
+    assert validation_score(run, "last", ["h2"], metric="clean") == last["val_clean/h2"]
     with pytest.raises(ConfigError, match="select_on names 'robust'"):
         validation_score(run, "last", ["robust"])
 

@@ -26,7 +26,7 @@ from typing import Any
 from mutualat.compare.plan import setting_label
 from mutualat.compare.records import file_digest, read_summary
 from mutualat.compare.stats import mean_std, percent_mean_std
-from mutualat.compare.study import Study, Task
+from mutualat.compare.study import Study, Task, validation_score
 from mutualat.report import paper_plots
 
 TRANSFER = "transfer.json"
@@ -184,10 +184,15 @@ def collect(study: Study) -> dict[str, Any]:
         others = {k: v for k, v in sel.chosen.items() if k != "method.params.alpha"}
         curve = {label: setting for label, setting in sel.settings.items()
                  if all(setting.get(k) == v for k, v in others.items())}
+        kept = {label: s for label, s in curve.items() if sel.scores[label] != float("-inf")}
+        steps = plan.config(variant, sel.chosen, plan.grid_seed).eval.pgd_steps
         out["alpha"][variant] = {
-            "fixed": others, "criterion": sel.criterion,
-            "scores": {str(s["method.params.alpha"]): sel.scores[label] for label, s in curve.items()
-                       if sel.scores[label] != float("-inf")},
+            "fixed": others, "criterion": sel.criterion, "attack": f"PGD-{steps}",
+            "chosen": str(sel.chosen["method.params.alpha"]),
+            "scores": {str(s["method.params.alpha"]): sel.scores[label] for label, s in kept.items()},
+            "clean": {str(s["method.params.alpha"]): validation_score(
+                study.run_dir(variant, s, plan.grid_seed), plan.select,
+                plan.select_on.get(variant), metric="clean") for s in kept.values()},
             "diverged": [str(s["method.params.alpha"]) for label, s in curve.items()
                          if sel.scores[label] == float("-inf")]}
     return out
@@ -274,12 +279,20 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
         fixed = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in curve["fixed"].items())
         diverged = (f" Diverged (not plotted): α {', '.join(curve['diverged'])}."
                     if curve.get("diverged") else "")
+        alphas = sorted(curve["scores"], key=float)
         lines += [f"### Validation accuracy against α ({variant})", "",
-                  f"{curve['criterion']}: "
-                  + ", ".join(f"α {a}: {100 * v:.1f}" for a, v in curve["scores"].items()) + "."
+                  f"Robust: {curve['criterion']}; clean: the validation clean accuracy at the "
+                  "same epochs. The chosen α is marked."
                   + (f" The grid's other keys at its chosen point ({fixed}); with the learning "
                      "rate fixed, MAT's effective step, about (1 − α) × lr while the peers are "
                      "untrained, changes along the curve." if fixed else "") + diverged, "",
+                  "| α | " + " | ".join(f"{a}{' (chosen)' if a == curve['chosen'] else ''}"
+                                        for a in alphas) + " |",
+                  "|---|" + "---|" * len(alphas),
+                  f"| validation {curve['attack']} | "
+                  + " | ".join(f"{100 * curve['scores'][a]:.1f}" for a in alphas) + " |",
+                  "| validation clean | "
+                  + " | ".join(f"{100 * curve['clean'][a]:.1f}" for a in alphas) + " |", "",
                   f"![alpha]({figures}{name}-alpha-{variant}.png)", ""]
     return lines
 
@@ -299,5 +312,7 @@ def plot(data: dict[str, Any], out: Path, name: str) -> list[Path]:
             points, out / f"{name}-scenarios.png",
             robust_label=f"robust ({'R_worst' if attack == 'r_worst' else attack})"))
     for variant, curve in data["alpha"].items():
-        paths.append(paper_plots.plot_alpha_curve(curve["scores"], out / f"{name}-alpha-{variant}.png"))
+        paths.append(paper_plots.plot_alpha_curve(
+            curve["scores"], out / f"{name}-alpha-{variant}.png", clean=curve["clean"],
+            robust_label=f"validation {curve['attack']} (%)", chosen=curve["chosen"]))
     return paths

@@ -86,11 +86,13 @@ def _swept(settings) -> dict[str, list[Any]]:
     return keys
 
 
-def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None = None) -> float:
+def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None = None,
+                     metric: str = "pgd") -> float:
     """The run's validation robust accuracy: the mean over its trained members (or the roles
     ``select_on``) of the last epoch's (``"last"``) or of each member's best epoch's
-    (``"best"``) value. Only the per-epoch validation records are read: the test split never
-    enters a selection."""
+    (``"best"``) value. ``metric="clean"`` gives the validation clean accuracy at those same
+    epochs (the best epoch stays the robust one's). Only the per-epoch validation records
+    are read: the test split never enters a selection."""
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
     if not epochs:
         raise ConfigError(f"{run_dir} has no validation record (is data.val_fraction 0?)")
@@ -104,10 +106,10 @@ def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None 
             raise ConfigError(f"{run_dir}: select_on names {missing[0]!r}, not a trained member "
                               f"({', '.join(roles)})")
         roles = select_on
-    if criterion == "last":
-        values = [epochs[-1][f"val_pgd/{role}"] for role in roles]
-    else:
-        values = [max(r[f"val_pgd/{role}"] for r in epochs) for role in roles]
+    values = []
+    for role in roles:
+        epoch = epochs[-1] if criterion == "last" else max(epochs, key=lambda r: r[f"val_pgd/{role}"])
+        values.append(epoch[f"val_{metric}/{role}"])
     return sum(values) / len(values)
 
 

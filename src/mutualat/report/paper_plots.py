@@ -71,8 +71,13 @@ def plot_eps_sweep(sweep: Mapping[str, Mapping[str, object]], out: Path) -> Path
     return _save(fig, out)
 
 
-def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], out: Path) -> Path:
+def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], out: Path,
+                     clean: Mapping[str | float, float] | None = None,
+                     robust_label: str = "validation PGD accuracy (%)",
+                     chosen: str | float | None = None) -> Path:
     """``values[alpha]`` = validation PGD accuracy, or ``{role: accuracy}``: one line per role.
+    With ``clean`` (``clean[alpha]`` = validation clean accuracy) a second panel below shows
+    it on its own scale; ``chosen`` rings the chosen alpha's points.
 
     Alpha keys may be strings (as JSON keeps them); they are sorted as numbers.
     """
@@ -82,14 +87,32 @@ def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], 
         for role, acc in items:
             series.setdefault(str(role), []).append((float(alpha), float(acc)))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    if clean is None:
+        fig, ax = plt.subplots(figsize=(5.0, 3.6))
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(2, 1, figsize=(5.0, 5.4), sharex=True)
+        ax = axes[0]
     for role, points in series.items():
         points.sort()
         ax.plot([a for a, _ in points], [100 * v for _, v in points], marker="o", label=role)
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("validation PGD accuracy (%)")
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
+    ax.set_ylabel(robust_label)
+    if clean is not None:
+        points = sorted((float(a), float(v)) for a, v in clean.items())
+        axes[1].plot([a for a, _ in points], [100 * v for _, v in points], marker="o",
+                     color="tab:gray")
+        axes[1].set_ylabel("validation clean (%)")
+    if chosen is not None:
+        for panel, data in zip(axes, [values, clean]):
+            v = data.get(str(chosen), data.get(float(chosen))) if data is not None else None
+            if isinstance(v, (int, float)):
+                panel.plot([float(chosen)], [100 * v], marker="o", markersize=12,
+                           markerfacecolor="none", color="tab:red", linestyle="none",
+                           label="chosen" if panel is ax else None)
+    axes[-1].set_xlabel("alpha")
+    for panel in axes:
+        panel.grid(alpha=0.3)
+    if len(series) > 1 or chosen is not None:
         ax.legend(fontsize=8)
     return _save(fig, out)
 
