@@ -276,22 +276,25 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     at_row = next(r for r in data["rows"] if r["variant"] == "at")
     assert offline["h1 (frozen at)"]["clean"] == pytest.approx(at_row["mean_std"]["clean"])
     assert list(scenarios["rob-rob-online"]["models"]) == ["h1", "h2"]
-    assert extras["alpha"]["mat"]["scores"] == {
-        "0.3": data["selection"]["mat"]["scores"]["lr0.05-alpha0.3"],
-        "0.6": data["selection"]["mat"]["scores"]["lr0.05-alpha0.6"]}
-    # Beside the robust score, the validation clean accuracy of the same (last) epoch, mean
-    # over the members, and the chosen alpha marked in the section's table.
+    # Fig. 3: one curve per value of the grid's other keys (here lr 0.05), the selection's
+    # scores and beside them the validation clean accuracy of the same (last) epoch, mean
+    # over the members; the chosen point marked in the section's table.
     alpha = extras["alpha"]["mat"]
+    assert list(alpha["curves"]) == ["lr = 0.05"] and alpha["attack"] == "PGD-2"
+    curve = alpha["curves"]["lr = 0.05"]
+    assert curve["scores"] == {"0.3": data["selection"]["mat"]["scores"]["lr0.05-alpha0.3"],
+                               "0.6": data["selection"]["mat"]["scores"]["lr0.05-alpha0.6"]}
     for a in ("0.3", "0.6"):
         last = [r for r in read_metrics(study.run_dir("mat", {"lr": 0.05, "method.params.alpha": float(a)}, 0))
                 if r["event"] == "epoch"][-1]
-        assert alpha["clean"][a] == pytest.approx((last["val_clean/h1"] + last["val_clean/h2"]) / 2)
-    chosen = data["selection"]["mat"]["chosen"]["method.params.alpha"]
-    assert alpha["chosen"] == str(chosen) and alpha["attack"] == "PGD-2"
-    assert (f"| α | {'0.3 (chosen)' if chosen == 0.3 else '0.3'} | "
-            f"{'0.6 (chosen)' if chosen == 0.6 else '0.6'} |") in text
-    assert ("| validation clean | " + " | ".join(f"{100 * alpha['clean'][a]:.1f}" for a in ("0.3", "0.6"))
-            + " |") in text
+        assert curve["clean"][a] == pytest.approx((last["val_clean/h1"] + last["val_clean/h2"]) / 2)
+    chosen = str(data["selection"]["mat"]["chosen"]["method.params.alpha"])
+    assert alpha["chosen"] == {"alpha": chosen, "curve": "lr = 0.05"}
+    assert ("| validation PGD-2, lr = 0.05 | " + " | ".join(
+        f"{100 * curve['scores'][a]:.1f}" + (" (chosen)" if a == chosen else "") for a in ("0.3", "0.6"))
+        + " |") in text
+    assert ("| validation clean, lr = 0.05 | "
+            + " | ".join(f"{100 * curve['clean'][a]:.1f}" for a in ("0.3", "0.6")) + " |") in text
     for figure in ("tinypaper-scenarios.png", "tinypaper-alpha-mat.png", "curves.png"):
         assert (out / figure).stat().st_size > 1000, figure
 
@@ -320,6 +323,27 @@ def test_the_masking_verdict_follows_the_transfer_warnings(paper_study):
     extras["transfer"]["sources"] = ["at"]  # no source is a target: nothing to compare with
     assert "Masking check: none: no source is also a target" in "\n".join(
         sections.markdown(extras, "tinypaper"))
+
+
+def test_the_alpha_figure_draws_one_curve_per_learning_rate(paper_study, tmp_path):
+    """A grid over alpha and the learning rate gives one row pair and one line per rate; a
+    diverged point is named, not plotted, and the chosen one is marked on its own rate."""
+    plan_path, out, _ = paper_study
+    extras = sections.collect(Study(load_plan(plan_path), out))
+    alpha = extras["alpha"]["mat"]
+    low = alpha["curves"]["lr = 0.05"]
+    alpha["curves"]["lr = 0.1"] = {"fixed": {"lr": 0.1}, "scores": {"0.3": 0.5},
+                                   "clean": {"0.3": 0.75}, "diverged": ["0.6"]}
+    alpha["chosen"] = {"alpha": "0.3", "curve": "lr = 0.1"}
+    text = "\n".join(sections.markdown(extras, "tinypaper"))
+    assert "| | α 0.3 | α 0.6 |" in text
+    assert ("| validation PGD-2, lr = 0.05 | "
+            + " | ".join(f"{100 * low['scores'][a]:.1f}" for a in ("0.3", "0.6")) + " |") in text
+    assert "| validation PGD-2, lr = 0.1 | 50.0 (chosen) | diverged |" in text
+    assert "| validation clean, lr = 0.1 | 75.0 | diverged |" in text
+    paths = sections.plot(extras, tmp_path, "tinypaper")
+    assert tmp_path / "tinypaper-alpha-mat.png" in paths
+    assert (tmp_path / "tinypaper-alpha-mat.png").stat().st_size > 1000
 
 
 def test_the_report_names_every_machine_its_tasks_recorded(paper_study, tmp_path):

@@ -180,22 +180,32 @@ def collect(study: Study) -> dict[str, Any]:
             models = {**scenario_points(teacher, lambda _: f"h1 (frozen {teacher})"), **models}
         out["scenarios"][label] = {"variant": variant, "attack": attack, "models": models}
     for variant in plan.figures.alpha:
-        sel = chosen[variant]
-        others = {k: v for k, v in sel.chosen.items() if k != "method.params.alpha"}
-        curve = {label: setting for label, setting in sel.settings.items()
-                 if all(setting.get(k) == v for k, v in others.items())}
-        kept = {label: s for label, s in curve.items() if sel.scores[label] != float("-inf")}
-        steps = plan.config(variant, sel.chosen, plan.grid_seed).eval.pgd_steps
-        out["alpha"][variant] = {
-            "fixed": others, "criterion": sel.criterion, "attack": f"PGD-{steps}",
-            "chosen": str(sel.chosen["method.params.alpha"]),
-            "scores": {str(s["method.params.alpha"]): sel.scores[label] for label, s in kept.items()},
-            "clean": {str(s["method.params.alpha"]): validation_score(
-                study.run_dir(variant, s, plan.grid_seed), plan.select,
-                plan.select_on.get(variant), metric="clean") for s in kept.values()},
-            "diverged": [str(s["method.params.alpha"]) for label, s in curve.items()
-                         if sel.scores[label] == float("-inf")]}
+        out["alpha"][variant] = _alpha_curves(study, chosen[variant])
     return out
+
+
+def _alpha_curves(study: Study, sel) -> dict[str, Any]:
+    """Fig. 3's points: one curve against alpha per value of the grid's other keys (say each
+    learning rate), the validation score the selection used and the clean accuracy of the
+    same epochs, seed by the grid's seed; the chosen point is named."""
+    plan, key = study.plan, "method.params.alpha"
+    curves: dict[str, dict[str, Any]] = {}
+    for label, setting in sel.settings.items():
+        fixed = {k: v for k, v in setting.items() if k != key}
+        name = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in fixed.items())
+        curve = curves.setdefault(name, {"fixed": fixed, "scores": {}, "clean": {}, "diverged": []})
+        alpha = str(setting[key])
+        if sel.scores[label] == float("-inf"):
+            curve["diverged"].append(alpha)
+            continue
+        curve["scores"][alpha] = sel.scores[label]
+        curve["clean"][alpha] = validation_score(study.run_dir(sel.variant, setting, plan.grid_seed),
+                                                 plan.select, plan.select_on.get(sel.variant),
+                                                 metric="clean")
+    steps = plan.config(sel.variant, sel.chosen, plan.grid_seed).eval.pgd_steps
+    chosen = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in sel.chosen.items() if k != key)
+    return {"criterion": sel.criterion, "attack": f"PGD-{steps}",
+            "chosen": {"alpha": str(sel.chosen[key]), "curve": chosen}, "curves": curves}
 
 
 def _collect_transfer(study: Study, chosen) -> dict[str, Any]:
@@ -275,26 +285,33 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
                 lines.append(f"| {label} | {point['variant']} | {model} | {percent_mean_std(acc['clean'])} | "
                              f"{percent_mean_std(acc['robust'])} |")
         lines += ["", f"![scenarios]({figures}{name}-scenarios.png)", ""]
-    for variant, curve in data["alpha"].items():
-        fixed = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in curve["fixed"].items())
-        diverged = (f" Diverged (not plotted): α {', '.join(curve['diverged'])}."
-                    if curve.get("diverged") else "")
-        alphas = sorted(curve["scores"], key=float)
-        lines += [f"### Validation accuracy against α ({variant})", "",
-                  f"Robust: {curve['criterion']}; clean: the validation clean accuracy at the "
-                  "same epochs. The chosen α is marked."
-                  + (f" The grid's other keys at its chosen point ({fixed}); with the learning "
-                     "rate fixed, MAT's effective step, about (1 − α) × lr while the peers are "
-                     "untrained, changes along the curve." if fixed else "") + diverged, "",
-                  "| α | " + " | ".join(f"{a}{' (chosen)' if a == curve['chosen'] else ''}"
-                                        for a in alphas) + " |",
-                  "|---|" + "---|" * len(alphas),
-                  f"| validation {curve['attack']} | "
-                  + " | ".join(f"{100 * curve['scores'][a]:.1f}" for a in alphas) + " |",
-                  "| validation clean | "
-                  + " | ".join(f"{100 * curve['clean'][a]:.1f}" for a in alphas) + " |", "",
-                  f"![alpha]({figures}{name}-alpha-{variant}.png)", ""]
+    for variant, alpha in data["alpha"].items():
+        lines += _alpha_markdown(variant, alpha) + [f"![alpha]({figures}{name}-alpha-{variant}.png)", ""]
     return lines
+
+
+def _alpha_markdown(variant: str, alpha: dict[str, Any]) -> list[str]:
+    curves = alpha["curves"]
+    alphas = sorted({a for c in curves.values() for a in (*c["scores"], *c["diverged"])}, key=float)
+    several = len(curves) > 1 or any(curves)  # a curve named by other keys (say lr = 0.2)
+    lines = [f"### Validation accuracy against α ({variant})", "",
+             f"Robust: {alpha['criterion']}; clean: the validation clean accuracy at the same "
+             "epochs. (chosen) marks the grid point the selection picked."
+             + (" With the learning rate fixed along a curve, MAT's effective step, about "
+                "(1 − α) × lr while the peers are untrained, changes along it." if several else ""),
+             "", "| | " + " | ".join(f"α {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
+    for name, curve in curves.items():
+        for metric, label in (("scores", f"validation {alpha['attack']}"), ("clean", "validation clean")):
+            cells = []
+            for a in alphas:
+                if a in curve["diverged"]:
+                    cells.append("diverged")
+                    continue
+                picked = a == alpha["chosen"]["alpha"] and name == alpha["chosen"]["curve"]
+                cells.append(f"{100 * curve[metric][a]:.1f}" + (" (chosen)" if picked and metric == "scores" else "")
+                             if a in curve[metric] else "—")
+            lines.append(f"| {label}{f', {name}' if name else ''} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def figure_names(data: dict[str, Any]) -> list[str]:
@@ -311,8 +328,15 @@ def plot(data: dict[str, Any], out: Path, name: str) -> list[Path]:
         paths.append(paper_plots.plot_kd_scenarios(
             points, out / f"{name}-scenarios.png",
             robust_label=f"robust ({'R_worst' if attack == 'r_worst' else attack})"))
-    for variant, curve in data["alpha"].items():
+    for variant, alpha in data["alpha"].items():
+        robust: dict[str, dict[str, float]] = {}
+        clean: dict[str, dict[str, float]] = {}
+        for label, curve in alpha["curves"].items():
+            for a, v in curve["scores"].items():
+                robust.setdefault(a, {})[label or "mean over members"] = v
+                clean.setdefault(a, {})[label or "mean over members"] = curve["clean"][a]
         paths.append(paper_plots.plot_alpha_curve(
-            curve["scores"], out / f"{name}-alpha-{variant}.png", clean=curve["clean"],
-            robust_label=f"validation {curve['attack']} (%)", chosen=curve["chosen"]))
+            robust, out / f"{name}-alpha-{variant}.png", clean=clean,
+            robust_label=f"validation {alpha['attack']} (%)",
+            chosen=(alpha["chosen"]["alpha"], alpha["chosen"]["curve"] or "mean over members")))
     return paths

@@ -71,49 +71,51 @@ def plot_eps_sweep(sweep: Mapping[str, Mapping[str, object]], out: Path) -> Path
     return _save(fig, out)
 
 
+def _alpha_series(values: Mapping[str | float, float | Mapping[str, float]],
+                  default: str) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for alpha, v in values.items():
+        items = v.items() if isinstance(v, Mapping) else [(default, v)]
+        for role, acc in items:
+            series.setdefault(str(role), []).append((float(alpha), float(acc)))
+    return {role: sorted(points) for role, points in series.items()}
+
+
 def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], out: Path,
-                     clean: Mapping[str | float, float] | None = None,
+                     clean: Mapping[str | float, float | Mapping[str, float]] | None = None,
                      robust_label: str = "validation PGD accuracy (%)",
-                     chosen: str | float | None = None) -> Path:
-    """``values[alpha]`` = validation PGD accuracy, or ``{role: accuracy}``: one line per role.
-    With ``clean`` (``clean[alpha]`` = validation clean accuracy) a second panel below shows
-    it on its own scale; ``chosen`` rings the chosen alpha's points.
+                     chosen: tuple[str | float, str] | str | float | None = None) -> Path:
+    """``values[alpha]`` = validation PGD accuracy, or ``{line: accuracy}``: one line per key
+    (a member, or a learning rate). With ``clean``, of the same shape, a second panel below
+    shows the validation clean accuracy on its own scale. ``chosen`` (an alpha, or an
+    ``(alpha, line)`` pair) rings the chosen point in both panels.
 
     Alpha keys may be strings (as JSON keeps them); they are sorted as numbers.
     """
-    series: dict[str, list[tuple[float, float]]] = {}
-    for alpha, v in values.items():
-        items = v.items() if isinstance(v, Mapping) else [("val PGD", v)]
-        for role, acc in items:
-            series.setdefault(str(role), []).append((float(alpha), float(acc)))
-    plt = _pyplot()
-    if clean is None:
-        fig, ax = plt.subplots(figsize=(5.0, 3.6))
-        axes = [ax]
-    else:
-        fig, axes = plt.subplots(2, 1, figsize=(5.0, 5.4), sharex=True)
-        ax = axes[0]
-    for role, points in series.items():
-        points.sort()
-        ax.plot([a for a, _ in points], [100 * v for _, v in points], marker="o", label=role)
-    ax.set_ylabel(robust_label)
+    default = "val PGD"
+    panels = [_alpha_series(values, default)]
     if clean is not None:
-        points = sorted((float(a), float(v)) for a, v in clean.items())
-        axes[1].plot([a for a, _ in points], [100 * v for _, v in points], marker="o",
-                     color="tab:gray")
-        axes[1].set_ylabel("validation clean (%)")
-    if chosen is not None:
-        for panel, data in zip(axes, [values, clean]):
-            v = data.get(str(chosen), data.get(float(chosen))) if data is not None else None
-            if isinstance(v, (int, float)):
-                panel.plot([float(chosen)], [100 * v], marker="o", markersize=12,
-                           markerfacecolor="none", color="tab:red", linestyle="none",
-                           label="chosen" if panel is ax else None)
+        panels.append(_alpha_series(clean, default))
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(5.0, 3.6 if clean is None else 5.4),
+                             sharex=True, squeeze=False)
+    axes = [row[0] for row in axes]
+    pick = chosen if isinstance(chosen, tuple) or chosen is None else (chosen, default)
+    for i, (ax, series) in enumerate(zip(axes, panels)):
+        for n, (line, points) in enumerate(series.items()):
+            ax.plot([a for a, _ in points], [100 * v for _, v in points], marker="o",
+                    label=line, color=f"C{n}")
+            if pick is not None and str(pick[1]) == line:
+                hit = [v for a, v in points if a == float(pick[0])]
+                if hit:
+                    ax.plot([float(pick[0])], [100 * hit[0]], marker="o", markersize=12,
+                            markerfacecolor="none", color="tab:red", linestyle="none",
+                            label="chosen" if i == 0 else None)
+        ax.set_ylabel(robust_label if i == 0 else "validation clean (%)")
+        ax.grid(alpha=0.3)
     axes[-1].set_xlabel("alpha")
-    for panel in axes:
-        panel.grid(alpha=0.3)
-    if len(series) > 1 or chosen is not None:
-        ax.legend(fontsize=8)
+    if len(panels[0]) > 1 or pick is not None:
+        axes[0].legend(fontsize=8)
     return _save(fig, out)
 
 
