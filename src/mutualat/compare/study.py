@@ -106,11 +106,9 @@ def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None 
             raise ConfigError(f"{run_dir}: select_on names {missing[0]!r}, not a trained member "
                               f"({', '.join(roles)})")
         roles = select_on
-    values = []
-    for role in roles:
-        epoch = epochs[-1] if criterion == "last" else max(epochs, key=lambda r: r[f"val_pgd/{role}"])
-        values.append(epoch[f"val_{metric}/{role}"])
-    return sum(values) / len(values)
+    picked = [(role, epochs[-1] if criterion == "last" else max(epochs, key=lambda r: r[f"val_pgd/{role}"]))
+              for role in roles]
+    return sum(epoch[f"val_{metric}/{role}"] for role, epoch in picked) / len(picked)
 
 
 class Study:
