@@ -17,12 +17,13 @@ import torch
 from mutualat.compare import Study, load_plan, report, sections
 from mutualat.compare.records import read_summary
 from mutualat.compare.report import markdown
-from mutualat.compare.study import validation_score
+from mutualat.compare.study import Selection, validation_score
 from mutualat.compare.worker import run_train
 from mutualat.config import load_config
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.models import count_flops, load_model
+from mutualat.report import paper_plots
 from mutualat.train.logger import read_metrics
 
 from test_compare import TINY_SET, TINY_SUITE, _compare, assert_edit_refused
@@ -325,25 +326,54 @@ def test_the_masking_verdict_follows_the_transfer_warnings(paper_study):
         sections.markdown(extras, "tinypaper"))
 
 
-def test_the_alpha_figure_draws_one_curve_per_learning_rate(paper_study, tmp_path):
-    """A grid over alpha and the learning rate gives one row pair and one line per rate; a
-    diverged point is named, not plotted, and the chosen one is marked on its own rate."""
+def test_the_alpha_figure_draws_one_curve_per_learning_rate(paper_study, tmp_path, monkeypatch):
+    """A grid over alpha and the learning rate: one curve per rate (robust and clean rows, a
+    line each in both panels), a diverged point named and left as a gap, and the chosen one
+    marked on its own rate only."""
     plan_path, out, _ = paper_study
-    extras = sections.collect(Study(load_plan(plan_path), out))
-    alpha = extras["alpha"]["mat"]
-    low = alpha["curves"]["lr = 0.05"]
-    alpha["curves"]["lr = 0.1"] = {"fixed": {"lr": 0.1}, "scores": {"0.3": 0.5},
-                                   "clean": {"0.3": 0.75}, "diverged": ["0.6"]}
-    alpha["chosen"] = {"alpha": "0.3", "curve": "lr = 0.1"}
-    text = "\n".join(sections.markdown(extras, "tinypaper"))
+    study = Study(load_plan(plan_path), out)
+    settings = {f"lr{lr}-alpha{a}": {"lr": lr, "method.params.alpha": a}
+                for lr in (0.05, 0.1) for a in (0.3, 0.6)}
+    scores = {"lr0.05-alpha0.3": 0.40, "lr0.05-alpha0.6": 0.45,
+              "lr0.1-alpha0.3": float("-inf"), "lr0.1-alpha0.6": 0.50}
+    sel = Selection("mat", settings["lr0.1-alpha0.6"], scores, "the criterion", settings)
+    clean = {}  # run folder -> the clean accuracy its (patched) validation record gives
+
+    def fake_clean(run_dir, criterion, select_on=None, metric="pgd"):
+        assert metric == "clean" and criterion == study.plan.select
+        return clean.setdefault(run_dir, 0.6 + 0.01 * len(clean))
+
+    monkeypatch.setattr(sections, "validation_score", fake_clean)
+    alpha = sections._alpha_curves(study, sel)
+    assert list(alpha["curves"]) == ["lr = 0.05", "lr = 0.1"]
+    assert alpha["curves"]["lr = 0.05"]["scores"] == {"0.3": 0.40, "0.6": 0.45}
+    assert alpha["curves"]["lr = 0.1"]["scores"] == {"0.6": 0.50}
+    assert alpha["curves"]["lr = 0.1"]["diverged"] == ["0.3"]
+    assert alpha["curves"]["lr = 0.1"]["clean"] == {
+        "0.6": clean[study.run_dir("mat", settings["lr0.1-alpha0.6"], study.plan.grid_seed)]}
+    assert alpha["chosen"] == {"alpha": "0.6", "curve": "lr = 0.1"}
+    text = "\n".join(sections._alpha_markdown("mat", alpha))
     assert "| | α 0.3 | α 0.6 |" in text
-    assert ("| validation PGD-2, lr = 0.05 | "
-            + " | ".join(f"{100 * low['scores'][a]:.1f}" for a in ("0.3", "0.6")) + " |") in text
-    assert "| validation PGD-2, lr = 0.1 | 50.0 (chosen) | diverged |" in text
-    assert "| validation clean, lr = 0.1 | 75.0 | diverged |" in text
-    paths = sections.plot(extras, tmp_path, "tinypaper")
-    assert tmp_path / "tinypaper-alpha-mat.png" in paths
-    assert (tmp_path / "tinypaper-alpha-mat.png").stat().st_size > 1000
+    assert "| validation PGD-2, lr = 0.05 | 40.0 | 45.0 |" in text
+    assert "| validation PGD-2, lr = 0.1 | diverged | 50.0 (chosen) |" in text
+    assert "| validation clean, lr = 0.1 | diverged | " in text
+    # The PNG: two panels (robust, clean) with a line per rate, the chosen point ringed, the
+    # diverged point a gap marked with an x.
+    figures = []
+    monkeypatch.setattr(paper_plots, "_save", lambda fig, path: figures.append(fig) or path)
+    sections.plot({"scenarios": {}, "alpha": {"mat": alpha}}, tmp_path, "tiny")
+    (fig,) = figures
+    robust, clean_axis = fig.axes
+    assert robust.get_ylabel() == "validation PGD-2 (%)" and clean_axis.get_ylabel() == "validation clean (%)"
+    labels = [line.get_label() for line in robust.get_lines()]
+    assert {"lr = 0.05", "lr = 0.1", "chosen", "diverged"} <= set(labels)
+    ring = next(line for line in robust.get_lines() if line.get_label() == "chosen")
+    assert list(ring.get_xdata()) == [0.6] and list(ring.get_ydata()) == [50.0]
+    gap = next(line for line in robust.get_lines() if line.get_label() == "diverged")
+    assert list(gap.get_xdata()) == [0.3]
+    rate = next(line for line in robust.get_lines() if line.get_label() == "lr = 0.1")
+    assert np.isnan(rate.get_ydata()[0]) and rate.get_ydata()[1] == 50.0
+    assert {line.get_label() for line in clean_axis.get_lines()} >= {"lr = 0.05", "lr = 0.1"}
 
 
 def test_the_report_names_every_machine_its_tasks_recorded(paper_study, tmp_path):
@@ -407,6 +437,10 @@ def test_select_on_scores_only_the_named_members(paper_study):
     best = max(epochs, key=lambda r: r["val_pgd/h2"])
     assert validation_score(run, "best", ["h2"], metric="clean") == best["val_clean/h2"]
     assert validation_score(run, "last", ["h2"], metric="clean") == last["val_clean/h2"]
+    both = [max(epochs, key=lambda r: r[f"val_pgd/{role}"])[f"val_clean/{role}"] for role in ("h1", "h2")]
+    assert validation_score(run, "best", metric="clean") == pytest.approx(sum(both) / 2)
+    with pytest.raises(ConfigError, match="metric must be pgd or clean"):
+        validation_score(run, "last", metric="val")
     with pytest.raises(ConfigError, match="select_on names 'robust'"):
         validation_score(run, "last", ["robust"])
 

@@ -293,12 +293,11 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
 def _alpha_markdown(variant: str, alpha: dict[str, Any]) -> list[str]:
     curves = alpha["curves"]
     alphas = sorted({a for c in curves.values() for a in (*c["scores"], *c["diverged"])}, key=float)
-    several = len(curves) > 1 or any(curves)  # a curve named by other keys (say lr = 0.2)
     lines = [f"### Validation accuracy against α ({variant})", "",
              f"Robust: {alpha['criterion']}; clean: the validation clean accuracy at the same "
-             "epochs. (chosen) marks the grid point the selection picked."
-             + (" With the learning rate fixed along a curve, MAT's effective step, about "
-                "(1 − α) × lr while the peers are untrained, changes along it." if several else ""),
+             "epochs. (chosen) marks the grid point the selection picked. The learning rate is "
+             "fixed along a curve, so MAT's effective step, about (1 − α) × lr while the peers "
+             "are untrained, changes along it.",
              "", "| | " + " | ".join(f"α {a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
     for name, curve in curves.items():
         for metric, label in (("scores", f"validation {alpha['attack']}"), ("clean", "validation clean")):
@@ -332,11 +331,14 @@ def plot(data: dict[str, Any], out: Path, name: str) -> list[Path]:
         robust: dict[str, dict[str, float]] = {}
         clean: dict[str, dict[str, float]] = {}
         for label, curve in alpha["curves"].items():
+            line = label or "validation score"
             for a, v in curve["scores"].items():
-                robust.setdefault(a, {})[label or "mean over members"] = v
-                clean.setdefault(a, {})[label or "mean over members"] = curve["clean"][a]
+                robust.setdefault(a, {})[line] = v
+                clean.setdefault(a, {})[line] = curve["clean"][a]
+            for a in curve["diverged"]:  # a gap in the line, marked with an x
+                robust.setdefault(a, {})[line] = clean.setdefault(a, {})[line] = float("nan")
         paths.append(paper_plots.plot_alpha_curve(
             robust, out / f"{name}-alpha-{variant}.png", clean=clean,
             robust_label=f"validation {alpha['attack']} (%)",
-            chosen=(alpha["chosen"]["alpha"], alpha["chosen"]["curve"] or "mean over members")))
+            chosen=(alpha["chosen"]["alpha"], alpha["chosen"]["curve"] or "validation score")))
     return paths

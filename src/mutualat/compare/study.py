@@ -80,19 +80,19 @@ def _swept(settings) -> dict[str, list[Any]]:
     keys: dict[str, list[Any]] = {}
     for setting in settings:
         for key, value in setting.items():
-            keys.setdefault(key, [])
-            if value not in keys[key] and isinstance(value, (int, float)):
+            if value not in keys.setdefault(key, []) and isinstance(value, (int, float)):
                 keys[key].append(value)
     return keys
 
 
 def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None = None,
                      metric: str = "pgd") -> float:
-    """The run's validation robust accuracy: the mean over its trained members (or the roles
-    ``select_on``) of the last epoch's (``"last"``) or of each member's best epoch's
-    (``"best"``) value. ``metric="clean"`` gives the validation clean accuracy at those same
-    epochs (the best epoch stays the robust one's). Only the per-epoch validation records
-    are read: the test split never enters a selection."""
+    """The run's validation accuracy, robust (``metric="pgd"``) or clean: the mean over its
+    trained members (or the roles ``select_on``) at the last epoch (``"last"``) or at each
+    member's best robust epoch (``"best"``). Only the per-epoch validation records are read:
+    the test split never enters a selection."""
+    if metric not in ("pgd", "clean"):
+        raise ConfigError(f"validation_score: metric must be pgd or clean, got {metric!r}")
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
     if not epochs:
         raise ConfigError(f"{run_dir} has no validation record (is data.val_fraction 0?)")
@@ -106,9 +106,9 @@ def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None 
             raise ConfigError(f"{run_dir}: select_on names {missing[0]!r}, not a trained member "
                               f"({', '.join(roles)})")
         roles = select_on
-    picked = [(role, epochs[-1] if criterion == "last" else max(epochs, key=lambda r: r[f"val_pgd/{role}"]))
-              for role in roles]
-    return sum(epoch[f"val_{metric}/{role}"] for role, epoch in picked) / len(picked)
+    at = {role: epochs[-1] if criterion == "last" else max(epochs, key=lambda r: r[f"val_pgd/{role}"])
+          for role in roles}
+    return sum(at[role][f"val_{metric}/{role}"] for role in roles) / len(roles)
 
 
 class Study:

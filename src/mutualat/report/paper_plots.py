@@ -11,6 +11,7 @@ Inputs are accuracies as fractions in [0,1]; the axes show percent. Training cur
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -86,9 +87,10 @@ def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], 
                      robust_label: str = "validation PGD accuracy (%)",
                      chosen: tuple[str | float, str] | str | float | None = None) -> Path:
     """``values[alpha]`` = validation PGD accuracy, or ``{line: accuracy}``: one line per key
-    (a member, or a learning rate). With ``clean``, of the same shape, a second panel below
-    shows the validation clean accuracy on its own scale. ``chosen`` (an alpha, or an
-    ``(alpha, line)`` pair) rings the chosen point in both panels.
+    (a member, or a learning rate); a NaN (a diverged run) leaves a gap, marked with an x at
+    the panel's foot. With ``clean``, of the same shape, a second panel below shows the
+    validation clean accuracy on its own scale. ``chosen`` (an alpha, or an ``(alpha, line)``
+    pair) rings the chosen point in both panels.
 
     Alpha keys may be strings (as JSON keeps them); they are sorted as numbers.
     """
@@ -109,8 +111,15 @@ def plot_alpha_curve(values: Mapping[str | float, float | Mapping[str, float]], 
                 hit = [v for a, v in points if a == float(pick[0])]
                 if hit:
                     ax.plot([float(pick[0])], [100 * hit[0]], marker="o", markersize=12,
-                            markerfacecolor="none", color="tab:red", linestyle="none",
+                            markerfacecolor="none", color="black", linestyle="none",
                             label="chosen" if i == 0 else None)
+        foot, named = ax.get_ylim()[0], i > 0
+        for n, (line, points) in enumerate(series.items()):
+            gaps = [a for a, v in points if math.isnan(v)]
+            if gaps:
+                ax.plot(gaps, [foot] * len(gaps), marker="x", linestyle="none", color=f"C{n}",
+                        label=None if named else "diverged")
+                named = True
         ax.set_ylabel(robust_label if i == 0 else "validation clean (%)")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("alpha")
