@@ -94,9 +94,12 @@ def _worker(rank: int, port: int, runs: list[tuple[str, list[str]]]) -> None:
                       LOCAL_RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    from mutualat.train.processes import release_groups
+
     for out, overrides in runs:
         train(overrides, Path(out))
     dist.destroy_process_group()
+    release_groups()
 
 
 def train_distributed(runs: dict[str, Path]) -> None:

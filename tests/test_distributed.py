@@ -33,6 +33,7 @@ from mutualat.errors import TrainingError
 from mutualat.train import Trainer
 from mutualat.train.checkpoint import load_checkpoint
 from mutualat.train.precision import cpu_bf16
+from mutualat.train.processes import release_groups
 
 from conftest import tiny_overrides
 
@@ -86,6 +87,7 @@ def _fit_worker(rank: int, port: int, runs: list[tuple[str, list[str]]]) -> None
     for out, overrides in runs:
         Trainer(load_config(None, overrides), out).fit()
     dist.destroy_process_group()
+    release_groups()
 
 
 def _hang_worker(rank: int, port: int, out: str, report: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -253,6 +254,16 @@ def _teardown() -> None:
     if not _failed and dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+        release_groups()
+
+
+def release_groups() -> None:
+    """Free the process-group objects while the interpreter is whole: one still referenced
+    (here, or from a reference cycle) is otherwise freed during interpreter shutdown, when
+    its backend's worker threads can no longer take the GIL, and the process aborts (SIGABRT)
+    after a run that finished. Call after ``dist.destroy_process_group()``."""
+    _groups.clear()
+    gc.collect()
 
 
 def _attempt(fn: Callable[[], Any]) -> tuple[str, Any]:
