@@ -189,11 +189,15 @@ def _alpha_curves(study: Study, sel) -> dict[str, Any]:
     learning rate), the validation score the selection used and the clean accuracy of the
     same epochs, seed by the grid's seed; the chosen point is named."""
     plan, key = study.plan, "method.params.alpha"
+
+    def curve_name(setting: dict[str, Any]) -> str:  # the other keys: "lr = 0.2"
+        return ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in setting.items() if k != key)
+
     curves: dict[str, dict[str, Any]] = {}
     for label, setting in sel.settings.items():
         fixed = {k: v for k, v in setting.items() if k != key}
-        name = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in fixed.items())
-        curve = curves.setdefault(name, {"fixed": fixed, "scores": {}, "clean": {}, "diverged": []})
+        curve = curves.setdefault(curve_name(setting),
+                                  {"fixed": fixed, "scores": {}, "clean": {}, "diverged": []})
         alpha = str(setting[key])
         if sel.scores[label] == float("-inf"):
             curve["diverged"].append(alpha)
@@ -203,9 +207,9 @@ def _alpha_curves(study: Study, sel) -> dict[str, Any]:
                                                  plan.select, plan.select_on.get(sel.variant),
                                                  metric="clean")
     steps = plan.config(sel.variant, sel.chosen, plan.grid_seed).eval.pgd_steps
-    chosen = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in sel.chosen.items() if k != key)
     return {"criterion": sel.criterion, "attack": f"PGD-{steps}",
-            "chosen": {"alpha": str(sel.chosen[key]), "curve": chosen}, "curves": curves}
+            "chosen": {"alpha": str(sel.chosen[key]), "curve": curve_name(sel.chosen)},
+            "curves": curves}
 
 
 def _collect_transfer(study: Study, chosen) -> dict[str, Any]:
