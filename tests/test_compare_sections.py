@@ -43,6 +43,8 @@ PLAN = """\
 name: tinypaper
 description: The paper's other tables on a tiny plan.
 """ + TINY_SET + """\
+  amp: "off"
+  channels_last: "on"
 variants:
   at: {method.name: at, method.params.loss: lc}
   mat: {method.name: mat, models: [tinycnn, tinycnn]}
@@ -228,6 +230,9 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     assert ("| epochs | 2, lr × 0.1 at 62.5, 75, 83.3 % of training | "
             "3, lr × 0.1 at 62.5, 75, 83.3 % of training |") in text
     assert "| seeds | 2 (0, 2) | 3 (0, 10, 20) |" in text
+    assert ("| training arithmetic | fp32, channels_last; evaluation in fp32 | bf16 autocast and "
+            "channels_last on CUDA, on a CPU whichever a timed trial finds faster; evaluation in "
+            "fp32 |") in text
     assert "| variants | at, mat, mat-offline | at |" in text
     assert "| tables; transfer | t2 (16 images, tiny-table); 16 images, PGD-2 | none; none |" in text
     assert "Suite `tiny`: Two tiny attacks." in text

@@ -165,6 +165,7 @@ def plan_settings(plan: Plan) -> dict[str, str]:
         "epochs": f"{optim.epochs}, lr × {optim.gamma:g} at "
                   + ", ".join(f"{100 * m:.3g}" for m in optim.milestones) + " % of training",
         "batch size; weight decay": f"{data.batch_size}; {weight_decay:g}",
+        "training arithmetic": _arithmetic(cfg.amp, cfg.channels_last),
         "training attack": "; ".join(
             f"{t.norm} ε {_fraction(t.eps)}, PGD-{t.steps}, step {_fraction(t.resolved_step_size())}"
             for t in threats),
@@ -182,6 +183,21 @@ def plan_settings(plan: Plan) -> dict[str, str]:
             or "none",
             f"{plan.transfer.n:,} images, PGD-{plan.transfer.steps}" if plan.transfer else "none"]),
     }
+
+
+#: What ``amp`` and ``channels_last`` make a training step compute (mutualat.train.precision).
+_AMP = {"off": "fp32", "bf16": "bf16 autocast", "auto": "bf16 autocast on CUDA (on a CPU, by a trial)"}
+_LAYOUT = {"off": "contiguous", "on": "channels_last",
+           "auto": "channels_last on CUDA (on a CPU, by a trial)"}
+
+
+def _arithmetic(amp: str, channels_last: str) -> str:
+    """``bf16 autocast, channels_last; evaluation in fp32``: how a run's training step
+    computes, as its config pins it or leaves it to the timed trial on a CPU."""
+    if amp == channels_last == "auto":
+        return ("bf16 autocast and channels_last on CUDA, on a CPU whichever a timed trial finds "
+                "faster; evaluation in fp32")
+    return f"{_AMP[amp]}, {_LAYOUT[channels_last]}; evaluation in fp32"
 
 
 def _fraction(value: float) -> str:
