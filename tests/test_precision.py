@@ -144,8 +144,16 @@ def test_bf16_is_not_tried_on_a_processor_without_bf16_instructions(monkeypatch)
     assert "bf16 not tried" in choice.record()["precision_note"]
     fixed = choose_precision("auto", "off", cpu, lambda c: (lambda: None))
     assert fixed.chosen == Precision(False, False) and fixed.how == "no bf16 instructions"
-    # Forced bf16 is still bf16, and an unknown processor still tries it.
-    assert choose_precision("bf16", "off", cpu, lambda c: (lambda: None)).chosen == Precision(True, False)
+    # Forced bf16 is still bf16, with a warning that it is emulated here; an unknown
+    # processor still tries it.
+    with pytest.warns(UserWarning, match="emulates bf16 there, several times slower"):
+        forced = choose_precision("bf16", "off", cpu, lambda c: (lambda: None))
+    assert forced.chosen == Precision(True, False) and forced.how == "config"
+    assert "(amp) on a processor with none of avx512_bf16, amx_bf16" in forced.record()["precision_note"]
+    with pytest.warns(UserWarning, match=r"\(its checkpoint\).*emulates bf16"):
+        resumed = choose_precision("off", "off", cpu, lambda c: (lambda: None),
+                                   saved={"amp": True, "channels_last": False})
+    assert resumed.how == "checkpoint" and resumed.chosen == Precision(True, False)
     monkeypatch.setattr(precision, "cpu_bf16", lambda: None)
     monkeypatch.setattr(precision, "time_step", lambda step, c: 1.0)
     assert len(choose_precision("auto", "auto", cpu, lambda c: (lambda: None)).seconds) == 4

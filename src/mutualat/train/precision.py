@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
@@ -78,7 +79,7 @@ class PrecisionChoice:
     chosen: Precision
     how: str  # "config", "device rule", "trial", "checkpoint", "no bf16 instructions"
     seconds: dict[str, float] = field(default_factory=dict)  # label -> median s per step
-    note: str = ""  # why a candidate was not tried
+    note: str = ""  # why a candidate was not tried, or why the forced one is slow here
 
     def record(self) -> dict:
         """What the run's log says about it."""
@@ -138,10 +139,11 @@ def choose_precision(amp: str, channels_last: str, device: torch.device,
     would make the same config compute differently from one run to the next.
     """
     if saved is not None:
-        return PrecisionChoice(Precision(**saved), "checkpoint")
+        return PrecisionChoice(Precision(**saved), "checkpoint",
+                               note=_emulated(Precision(**saved), device, "its checkpoint"))
     options = candidates(amp, channels_last)
     if len(options) == 1:
-        return PrecisionChoice(options[0], "config")
+        return PrecisionChoice(options[0], "config", note=_emulated(options[0], device, "amp"))
     if device.type != "cpu" or deterministic:
         return PrecisionChoice(device_rule(amp, channels_last, device), "device rule")
     note = ""
@@ -152,6 +154,17 @@ def choose_precision(amp: str, channels_last: str, device: torch.device,
             return PrecisionChoice(options[0], "no bf16 instructions", note=note)
     seconds = trial({c: make_step(c) for c in options}, device)
     return PrecisionChoice(pick(seconds), "trial", {c.label: s for c, s in seconds.items()}, note)
+
+
+def _emulated(chosen: Precision, device: torch.device, why: str) -> str:
+    """A warning, also returned for the run's log, where a forced bf16 (by the config's
+    ``amp`` or by the checkpoint a run resumes) meets a CPU without bf16 instructions."""
+    if not (chosen.amp and device.type == "cpu" and cpu_bf16() is False):
+        return ""
+    note = (f"bf16 autocast ({why}) on a processor with none of {', '.join(BF16_FLAGS)}: "
+            "PyTorch emulates bf16 there, several times slower than fp32 (docs/PERFORMANCE.md)")
+    warnings.warn(note, stacklevel=3)
+    return note
 
 
 def pick(seconds: dict[Precision, float]) -> Precision:
