@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mutualat.compare import Study, load_plan, report, sections
+from mutualat.compare import Study, load_plan, provenance, report, sections
 from mutualat.compare.records import read_summary
 from mutualat.compare.report import markdown
 from mutualat.compare.study import Selection, validation_score
@@ -230,9 +230,9 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     assert ("| epochs | 2, lr × 0.1 at 62.5, 75, 83.3 % of training | "
             "3, lr × 0.1 at 62.5, 75, 83.3 % of training |") in text
     assert "| seeds | 2 (0, 2) | 3 (0, 10, 20) |" in text
-    assert ("| training arithmetic | fp32, channels_last; evaluation in fp32 | bf16 autocast and "
-            "channels_last on CUDA, on a CPU whichever a timed trial finds faster; evaluation in "
-            "fp32 |") in text
+    assert ("| training arithmetic | fp32, channels_last; evaluation in fp32 | on CUDA bf16 "
+            "autocast, channels_last, on a CPU fp32, contiguous (no trial); evaluation in fp32 |"
+            ) in text  # the twin leaves both to the device; its runs are deterministic
     assert "| variants | at, mat, mat-offline | at |" in text
     assert "| tables; transfer | t2 (16 images, tiny-table); 16 images, PGD-2 | none; none |" in text
     assert "Suite `tiny`: Two tiny attacks." in text
@@ -562,3 +562,18 @@ def test_a_new_student_run_replaces_a_stale_teacher_record(paper_study, tmp_path
     run_train(task.spec)
     assert (run / "results.json").is_file()
     assert json.loads(record.read_text())["sha256"] == task.spec["teacher"]["sha256"]
+
+
+@pytest.mark.parametrize("amp, layout, deterministic, text", [
+    ("bf16", "on", False, "bf16 autocast, channels_last; evaluation in fp32"),
+    ("off", "off", True, "fp32, contiguous; evaluation in fp32"),
+    ("bf16", "auto", False, "on CUDA bf16 autocast, channels_last, on a CPU bf16 autocast, the "
+                            "layout by a timed trial; evaluation in fp32"),
+    ("auto", "auto", False, "on CUDA bf16 autocast, channels_last, on a CPU the precision and "
+                            "layout by a timed trial (bf16 only where the processor has bf16 "
+                            "instructions); evaluation in fp32"),
+])
+def test_the_training_arithmetic_row_says_what_a_step_computes(amp, layout, deterministic, text):
+    # Pinned, both are what every run computes; "auto" is CUDA's rule or the CPU's trial,
+    # which a deterministic run skips (mutualat.train.precision.choose_precision).
+    assert provenance._arithmetic(amp, layout, deterministic) == text

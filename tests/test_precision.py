@@ -154,6 +154,13 @@ def test_bf16_is_not_tried_on_a_processor_without_bf16_instructions(monkeypatch)
         resumed = choose_precision("off", "off", cpu, lambda c: (lambda: None),
                                    saved={"amp": True, "channels_last": False})
     assert resumed.how == "checkpoint" and resumed.chosen == Precision(True, False)
+    # bf16 forced with the layout left to the trial or to the device rule warns too.
+    monkeypatch.setattr(precision, "time_step", lambda step, c: 1.0)
+    for deterministic in (False, True):
+        with pytest.warns(UserWarning, match=r"\(amp\).*emulates bf16"):
+            layout = choose_precision("bf16", "auto", cpu, lambda c: (lambda: None),
+                                      deterministic=deterministic)
+        assert layout.chosen.amp and layout.how == ("device rule" if deterministic else "trial")
     monkeypatch.setattr(precision, "cpu_bf16", lambda: None)
     monkeypatch.setattr(precision, "time_step", lambda step, c: 1.0)
     assert len(choose_precision("auto", "auto", cpu, lambda c: (lambda: None)).seconds) == 4

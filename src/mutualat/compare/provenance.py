@@ -165,7 +165,7 @@ def plan_settings(plan: Plan) -> dict[str, str]:
         "epochs": f"{optim.epochs}, lr × {optim.gamma:g} at "
                   + ", ".join(f"{100 * m:.3g}" for m in optim.milestones) + " % of training",
         "batch size; weight decay": f"{data.batch_size}; {weight_decay:g}",
-        "training arithmetic": _arithmetic(cfg.amp, cfg.channels_last),
+        "training arithmetic": _arithmetic(cfg.amp, cfg.channels_last, cfg.deterministic),
         "training attack": "; ".join(
             f"{t.norm} ε {_fraction(t.eps)}, PGD-{t.steps}, step {_fraction(t.resolved_step_size())}"
             for t in threats),
@@ -185,19 +185,31 @@ def plan_settings(plan: Plan) -> dict[str, str]:
     }
 
 
-#: What ``amp`` and ``channels_last`` make a training step compute (mutualat.train.precision).
-_AMP = {"off": "fp32", "bf16": "bf16 autocast", "auto": "bf16 autocast on CUDA (on a CPU, by a trial)"}
-_LAYOUT = {"off": "contiguous", "on": "channels_last",
-           "auto": "channels_last on CUDA (on a CPU, by a trial)"}
+#: What a pinned ``amp`` and ``channels_last`` make a training step compute
+#: (mutualat.train.precision); "auto" is decided per device.
+_AMP = {"off": "fp32", "bf16": "bf16 autocast"}
+_LAYOUT = {"off": "contiguous", "on": "channels_last"}
 
 
-def _arithmetic(amp: str, channels_last: str) -> str:
+def _arithmetic(amp: str, channels_last: str, deterministic: bool) -> str:
     """``bf16 autocast, channels_last; evaluation in fp32``: how a run's training step
-    computes, as its config pins it or leaves it to the timed trial on a CPU."""
-    if amp == channels_last == "auto":
-        return ("bf16 autocast and channels_last on CUDA, on a CPU whichever a timed trial finds "
-                "faster; evaluation in fp32")
-    return f"{_AMP[amp]}, {_LAYOUT[channels_last]}; evaluation in fp32"
+    computes, as its config pins it, or per device where it says "auto" (CUDA: bf16 and
+    channels_last; a CPU: a timed trial, which a deterministic run skips for fp32 and the
+    contiguous layout)."""
+    if "auto" not in (amp, channels_last):
+        return f"{_AMP[amp]}, {_LAYOUT[channels_last]}; evaluation in fp32"
+    cuda = f"{_AMP.get(amp, 'bf16 autocast')}, {_LAYOUT.get(channels_last, 'channels_last')}"
+    if deterministic:
+        cpu = f"{_AMP.get(amp, 'fp32')}, {_LAYOUT.get(channels_last, 'contiguous')} (no trial)"
+    else:
+        pinned = [_AMP[amp]] if amp != "auto" else []
+        pinned += [_LAYOUT[channels_last]] if channels_last != "auto" else []
+        left = [name for name, value in (("precision", amp), ("layout", channels_last))
+                if value == "auto"]
+        cpu = ", ".join(pinned + [f"the {' and '.join(left)} by a timed trial"])
+        if amp == "auto":
+            cpu += " (bf16 only where the processor has bf16 instructions)"
+    return f"on CUDA {cuda}, on a CPU {cpu}; evaluation in fp32"
 
 
 def _fraction(value: float) -> str:

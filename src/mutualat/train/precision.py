@@ -138,12 +138,18 @@ def choose_precision(amp: str, channels_last: str, device: torch.device,
     ``deterministic`` runs never trial: a choice that depends on how busy the machine is
     would make the same config compute differently from one run to the next.
     """
+    choice = _choose(amp, channels_last, device, make_step, saved, deterministic)
+    slow = _emulated(choice.chosen, device, "its checkpoint" if saved is not None else "amp")
+    choice.note = "; ".join(note for note in (choice.note, slow) if note)
+    return choice
+
+
+def _choose(amp, channels_last, device, make_step, saved, deterministic) -> PrecisionChoice:
     if saved is not None:
-        return PrecisionChoice(Precision(**saved), "checkpoint",
-                               note=_emulated(Precision(**saved), device, "its checkpoint"))
+        return PrecisionChoice(Precision(**saved), "checkpoint")
     options = candidates(amp, channels_last)
     if len(options) == 1:
-        return PrecisionChoice(options[0], "config", note=_emulated(options[0], device, "amp"))
+        return PrecisionChoice(options[0], "config")
     if device.type != "cpu" or deterministic:
         return PrecisionChoice(device_rule(amp, channels_last, device), "device rule")
     note = ""
@@ -157,13 +163,14 @@ def choose_precision(amp: str, channels_last: str, device: torch.device,
 
 
 def _emulated(chosen: Precision, device: torch.device, why: str) -> str:
-    """A warning, also returned for the run's log, where a forced bf16 (by the config's
-    ``amp`` or by the checkpoint a run resumes) meets a CPU without bf16 instructions."""
+    """A warning, also returned for the run's log, where bf16 meets a CPU without bf16
+    instructions: only a forced one can (the config's ``amp``, whatever decides the layout,
+    or the checkpoint a run resumes), since "auto" leaves bf16 out on such a CPU."""
     if not (chosen.amp and device.type == "cpu" and cpu_bf16() is False):
         return ""
     note = (f"bf16 autocast ({why}) on a processor with none of {', '.join(BF16_FLAGS)}: "
             "PyTorch emulates bf16 there, several times slower than fp32 (docs/PERFORMANCE.md)")
-    warnings.warn(note, stacklevel=3)
+    warnings.warn(note, stacklevel=4)
     return note
 
 
