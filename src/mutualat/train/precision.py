@@ -144,7 +144,10 @@ def choose_precision(amp: str, channels_last: str, device: torch.device,
     return choice
 
 
-def _choose(amp, channels_last, device, make_step, saved, deterministic) -> PrecisionChoice:
+def _choose(amp: str, channels_last: str, device: torch.device,
+            make_step: Callable[[Precision], Callable[[], None]], saved: dict | None,
+            deterministic: bool) -> PrecisionChoice:
+    """:func:`choose_precision` before the emulation warning."""
     if saved is not None:
         return PrecisionChoice(Precision(**saved), "checkpoint")
     options = candidates(amp, channels_last)
