@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mutualat.compare.plan import Plan
 from mutualat.compare.study import Study
 from mutualat.evaluation import load_suite
@@ -19,6 +21,7 @@ from mutualat.methods import build_method
 from mutualat.models import count_flops, load_model, read_model_meta
 from mutualat.train.logger import read_metrics
 from mutualat.train.optim import lr_and_weight_decay
+from mutualat.train.precision import Precision, candidates, device_rule
 
 
 def machines(study: Study, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -185,31 +188,31 @@ def plan_settings(plan: Plan) -> dict[str, str]:
     }
 
 
-#: What a pinned ``amp`` and ``channels_last`` make a training step compute
-#: (mutualat.train.precision); "auto" is decided per device.
-_AMP = {"off": "fp32", "bf16": "bf16 autocast"}
-_LAYOUT = {"off": "contiguous", "on": "channels_last"}
-
-
 def _arithmetic(amp: str, channels_last: str, deterministic: bool) -> str:
     """``bf16 autocast, channels_last; evaluation in fp32``: how a run's training step
-    computes, as its config pins it, or per device where it says "auto" (CUDA: bf16 and
-    channels_last; a CPU: a timed trial, which a deterministic run skips for fp32 and the
-    contiguous layout)."""
-    if "auto" not in (amp, channels_last):
-        return f"{_AMP[amp]}, {_LAYOUT[channels_last]}; evaluation in fp32"
-    cuda = f"{_AMP.get(amp, 'bf16 autocast')}, {_LAYOUT.get(channels_last, 'channels_last')}"
+    computes, as its config pins it, or where it says "auto" by the trainer's own rules
+    (:func:`mutualat.train.precision.device_rule` on CUDA and for a deterministic run on a
+    CPU, else the CPU's timed trial)."""
+    options = candidates(amp, channels_last)
+    if len(options) == 1:
+        return f"{_words(options[0])}; evaluation in fp32"
+    cuda = _words(device_rule(amp, channels_last, torch.device("cuda")))
     if deterministic:
-        cpu = f"{_AMP.get(amp, 'fp32')}, {_LAYOUT.get(channels_last, 'contiguous')} (no trial)"
+        cpu = f"{_words(device_rule(amp, channels_last, torch.device('cpu')))} (no trial)"
     else:
-        pinned = [_AMP[amp]] if amp != "auto" else []
-        pinned += [_LAYOUT[channels_last]] if channels_last != "auto" else []
+        pinned = _words(options[0]).split(", ")  # the words of the parts the config pins
+        pinned = [word for word, value in zip(pinned, (amp, channels_last)) if value != "auto"]
         left = [name for name, value in (("precision", amp), ("layout", channels_last))
                 if value == "auto"]
         cpu = ", ".join(pinned + [f"the {' and '.join(left)} by a timed trial"])
         if amp == "auto":
             cpu += " (bf16 only where the processor has bf16 instructions)"
     return f"on CUDA {cuda}, on a CPU {cpu}; evaluation in fp32"
+
+
+def _words(precision: Precision) -> str:
+    return (f"{'bf16 autocast' if precision.amp else 'fp32'}, "
+            f"{'channels_last' if precision.channels_last else 'contiguous'}")
 
 
 def _fraction(value: float) -> str:
