@@ -3,6 +3,7 @@ of robust accuracy against torchattacks on a quickly trained Fashion-MNIST model
 
 from __future__ import annotations
 
+import copy
 import gzip
 import time
 from pathlib import Path
@@ -300,3 +301,59 @@ def test_robust_accuracy_matches_torchattacks(trained, name):
     assert ours <= theirs + 0.01
     if exact:
         assert abs(ours - theirs) <= 0.01
+
+
+def test_cw_compaction_carries_adam_on_as_if_the_dropped_rows_were_never_there():
+    """cw._compact: Adam on the kept rows after compaction follows exactly the trajectory those
+    rows follow in the full batch (Adam is element-wise and the objective a sum over rows)."""
+    from mutualat.attacks.cw import _compact
+
+    torch.manual_seed(0)
+    target = torch.randn(6, 3)
+    kept = torch.tensor([True, False, True, True, False, True])
+
+    def run(w, optimizer, steps):
+        for _ in range(steps):
+            w.grad = torch.autograd.grad(((w - target[rows]) ** 3).abs().sum(), w)[0]
+            optimizer.step()
+        return w
+
+    rows = torch.arange(6)
+    full = torch.zeros(6, 3, requires_grad=True)
+    full_opt = torch.optim.Adam([full], lr=0.1)
+    run(full, full_opt, 7)
+    split = full.detach().clone().requires_grad_(True)
+    split_opt = torch.optim.Adam([split], lr=0.1)
+    split_opt.load_state_dict(copy.deepcopy(full_opt.state_dict()))  # load shares tensors
+    run(full, full_opt, 5)
+    small, small_opt = _compact(split, split_opt, kept)
+    rows = rows[kept]
+    run(small, small_opt, 5)
+    torch.testing.assert_close(small.detach(), full.detach()[kept], rtol=0, atol=0)
+
+
+def test_cw_stop_at_eps_judges_as_the_full_search_and_attacks_fewer_rows(trained):
+    """Without the abort test every example's search is independent of the others, so stopping
+    an example once it is broken within eps cannot change any judged outcome: the same
+    examples are broken, and the model sees fewer rows."""
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    seen = {"rows": 0}
+    hook = model.register_forward_pre_hook(lambda m, args: seen.__setitem__(
+        "rows", seen["rows"] + args[0].shape[0]))
+    try:
+        outcome, rows = {}, {}
+        for stop in (False, True):
+            seen["rows"] = 0
+            attack = create_attack("cw", eps=1.0, steps=40, lr=0.05, binary_search_steps=4,
+                                   abort_early=False, stop_at_eps=stop)
+            x_adv = attack(model, x, y)
+            rows[stop] = seen["rows"]
+            assert ((x_adv - x).flatten(1).norm(dim=1) <= 1.0 + 1e-4).all()
+            with torch.no_grad():
+                outcome[stop] = model(x_adv).argmax(1) == y
+    finally:
+        hook.remove()
+    assert 0 < (~outcome[False]).sum() < len(y)  # the test sees both outcomes
+    assert torch.equal(outcome[True], outcome[False])
+    assert rows[True] < 0.8 * rows[False], rows

@@ -32,8 +32,22 @@ def _from_tanh_space(w: torch.Tensor) -> torch.Tensor:
     return ((torch.tanh(w) / _BOX_SHRINK + 1) / 2).clamp(0.0, 1.0)
 
 
+def _compact(w: torch.Tensor, optimizer: torch.optim.Adam, kept: torch.Tensor):
+    """A smaller batch of variables, the rows where ``kept`` is True, with an Adam that carries
+    their moments and step count on, as though the dropped rows had never been there."""
+    state = optimizer.state[w]
+    smaller = w.detach()[kept].clone().requires_grad_(True)
+    resumed = torch.optim.Adam([smaller], lr=optimizer.param_groups[0]["lr"])
+    resumed.state[smaller] = {
+        key: (value[kept].clone() if key in ("exp_avg", "exp_avg_sq") else value.clone())
+        for key, value in state.items()
+    }
+    return smaller, resumed
+
+
 @ATTACKS.register("cw", family="gradient", examples=(
     Example(dict(eps=0.5, steps=5, binary_search_steps=2)),
+    Example(dict(eps=0.5, steps=5, binary_search_steps=2, stop_at_eps=True), name="stop-at-eps"),
 ))
 class CarliniWagnerL2(Attack):
     """C&W-l2 with per-example binary search over ``c``; the result is judged at ``eps``.
@@ -47,11 +61,18 @@ class CarliniWagnerL2(Attack):
         binary_search_steps: number of values of ``c`` tried per example (default 9).
         abort_early: stop a search step when the objective has not decreased by 0.01 % over
             a tenth of the steps (as the original code does; one host sync per check).
+        stop_at_eps: stop searching for an example once a misclassified point within ``eps``
+            is found (default False). Its judged outcome is final then; the rest of the search
+            would only shrink a norm the judgement ignores. The examples still searched are
+            compacted into a smaller batch at each abort check and before each value of ``c``,
+            so an evaluation at ``eps`` costs what its unbroken examples cost. The abort test
+            then reads the objective of the examples still searched.
         bn_mode: "eval" (default) or "train".
 
-    Returned per example: the misclassified point of smallest l2 norm found, projected onto
-    the eps-ball if it lies outside (unchanged if inside); if no misclassified point was
-    found, the last iterate projected onto the ball.
+    Returned per example: the misclassified point of smallest l2 norm found (with
+    ``stop_at_eps``, the first one found within ``eps``), projected onto the eps-ball if it
+    lies outside (unchanged if inside); if no misclassified point was found, the last iterate
+    projected onto the ball.
     Shapes: ``x`` (B, C, H, W) in [0,1], ``y`` (B,) -> (B, C, H, W).
     """
 
@@ -67,6 +88,7 @@ class CarliniWagnerL2(Attack):
         kappa: float = 0.0,
         binary_search_steps: int = 9,
         abort_early: bool = True,
+        stop_at_eps: bool = False,
         bn_mode: str = "eval",
     ) -> None:
         super().__init__(bn_mode)
@@ -82,6 +104,7 @@ class CarliniWagnerL2(Attack):
         self.kappa = float(kappa)
         self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
         self.abort_early = bool(abort_early)
+        self.stop_at_eps = bool(stop_at_eps)
 
     @torch.enable_grad()  # the attack differentiates even when called under no_grad
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -95,38 +118,54 @@ class CarliniWagnerL2(Attack):
         w_clean = _to_tanh_space(x)
         warned = False
         for _ in range(self.binary_search_steps):
-            w = w_clean.clone().requires_grad_(True)
+            # rows: the examples this value of c searches (all of them unless stop_at_eps).
+            rows = self._searched(torch.arange(batch, device=x.device), best_l2)
+            if rows.numel() == 0:
+                break
+            w = w_clean[rows].clone().requires_grad_(True)
             optimizer = torch.optim.Adam([w], lr=self.lr)
             success = torch.zeros(batch, dtype=torch.bool, device=x.device)
             prev = float("inf")
             for step in range(self.steps):
+                x_rows, y_rows = x[rows], y[rows]
                 x_adv = _from_tanh_space(w)
                 logits = model(x_adv)
-                l2_sq = (x_adv - x).flatten(1).pow(2).sum(dim=1)
+                l2_sq = (x_adv - x_rows).flatten(1).pow(2).sum(dim=1)
                 # cw_margin is max_other - true; C&W's f is its negation, floored at -kappa.
-                f = (-cw_margin(logits, y, reduction="none")).clamp_min(-self.kappa)
-                cost = (l2_sq + c * f).sum()
+                f = (-cw_margin(logits, y_rows, reduction="none")).clamp_min(-self.kappa)
+                cost_each = l2_sq + c[rows] * f
                 if not warned:
                     # Judged on the classifier term alone: the distance term always has a gradient.
                     (grad_f,) = torch.autograd.grad(f.sum(), w, retain_graph=True)
                     warn_if_zero_gradient(grad_f, "cw")
                     warned = True
-                (grad,) = torch.autograd.grad(cost, w)
+                (grad,) = torch.autograd.grad(cost_each.sum(), w)
                 with torch.no_grad():
-                    adv_now = (logits.argmax(dim=1) != y) & (f <= -self.kappa)
+                    adv_now = (logits.argmax(dim=1) != y_rows) & (f <= -self.kappa)
                     l2 = l2_sq.detach().sqrt()
-                    improved = adv_now & (l2 < best_l2)
-                    best_l2 = torch.where(improved, l2, best_l2)
-                    best_adv = torch.where(improved.reshape(-1, 1, 1, 1), x_adv.detach(), best_adv)
-                    success |= adv_now
+                    improved = adv_now & (l2 < best_l2[rows])
+                    best_l2[rows] = torch.where(improved, l2, best_l2[rows])
+                    best_adv[rows] = torch.where(
+                        improved.reshape(-1, 1, 1, 1), x_adv.detach(), best_adv[rows])
+                    success[rows] |= adv_now
                 w.grad = grad
                 optimizer.step()
                 if self.abort_early and step % max(self.steps // 10, 1) == 0:
-                    now = float(cost.detach())
+                    now = float(cost_each.detach().sum())
                     if now > prev * 0.9999:
                         break
                     prev = now
-            last = _from_tanh_space(w.detach())
+                if self.stop_at_eps and step % max(self.steps // 10, 1) == 0:
+                    keep = self._searched(rows, best_l2)
+                    if keep.numel() < rows.numel():
+                        last[rows] = _from_tanh_space(w.detach())
+                        if keep.numel() == 0:
+                            break
+                        kept = torch.isin(rows, keep)
+                        w, optimizer = _compact(w, optimizer, kept)
+                        prev = float(cost_each.detach()[kept].sum())
+                        rows = keep
+            last[rows] = _from_tanh_space(w.detach())
             # Binary search on c: smaller after a success, larger (x10 until bounded) otherwise.
             upper = torch.where(success, torch.minimum(upper, c), upper)
             lower = torch.where(success, lower, torch.maximum(lower, c))
@@ -134,6 +173,13 @@ class CarliniWagnerL2(Attack):
                 upper < _C_UNSET, (lower + upper) / 2, torch.where(success, c, c * 10)
             )
         return self._judge(x, best_adv, best_l2, last)
+
+    def _searched(self, rows: torch.Tensor, best_l2: torch.Tensor) -> torch.Tensor:
+        """The rows still to search: all of them, or with stop_at_eps those not yet broken
+        within eps."""
+        if not self.stop_at_eps:
+            return rows
+        return rows[~(best_l2[rows] <= self.eps)]
 
     def _judge(self, x, best_adv, best_l2, last) -> torch.Tensor:
         found = torch.isfinite(best_l2).reshape(-1, 1, 1, 1)
