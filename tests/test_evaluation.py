@@ -587,3 +587,28 @@ def test_autoattack_suite_runs_when_installed(tiny_runs, tmp_path):
                        tmp_path / "aa", batch_size=16, device="cpu", checks=False, progress=False)
     m = summary["models"]["at"]
     assert 0 <= m["r_worst"] <= m["clean"]
+
+
+class _AlwaysClassZero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 10)
+        logits[:, 0] = 1.0
+        return logits + 0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+def test_masking_checks_sample_every_class_of_a_class_ordered_set():
+    """An image folder is read in class order: the checks' examples are a class-balanced
+    sample of it, not its first n (which would all be class 0 here); "first" keeps the old
+    choice, and anything else is refused by name."""
+    labels = torch.arange(10).repeat_interleave(40)  # 400 examples, sorted by class
+    images = torch.rand(400, 3, 8, 8)
+    model = {"m": _AlwaysClassZero()}
+    balanced = masking.run_checks(model, images, labels, None, None, 50, torch.device("cpu"),
+                                  masking.CheckConfig(n=40))
+    first = masking.run_checks(model, images, labels, None, None, 50, torch.device("cpu"),
+                               masking.CheckConfig(n=40, sample="first"))
+    assert balanced["models"]["m"]["clean"] == pytest.approx(0.1)  # 4 of each class
+    assert first["models"]["m"]["clean"] == 1.0  # the 40 of class 0
+    with pytest.raises(ConfigError, match="sample"):
+        masking.run_checks(model, images, labels, None, None, 50, torch.device("cpu"),
+                           masking.CheckConfig(n=50, sample="last"))

@@ -12,7 +12,10 @@ From the suite's own results (:func:`suite_warnings`, free):
 - a single-step attack (FGSM) beats an iterative one (PGD, MIM, APGD) of the same threat;
 - random noise (Gaussian, salt & pepper) is as strong as PGD of the same threat.
 
-Measured on a small subset (:func:`run_checks`, when enabled), each attack standalone:
+Measured on a small subset (:func:`run_checks`, when enabled), each attack standalone: by
+default a class-balanced sample of ``n`` examples of the evaluation set (seed 0), since an
+evaluation set read from an image folder is ordered by class and its first ``n`` would be
+one or two classes only:
 
 - FGSM (one l2 step for an l2-only suite) against PGD-20 with a random start;
 - uniform random points of the ball (``noise_draws`` of them) against that PGD;
@@ -33,7 +36,8 @@ import torch
 from torch import nn
 
 from mutualat.attacks import attack_mode, create_attack, make_threat
-from mutualat.data import to_unit
+from mutualat.data import balanced_indices, to_unit
+from mutualat.errors import ConfigError
 from mutualat.evaluation.worst_case import BROKEN, ROBUST
 
 SINGLE_STEP = ("fgsm",)
@@ -43,7 +47,10 @@ NOISE = ("gaussian_noise", "salt_and_pepper")
 
 @dataclass
 class CheckConfig:
-    n: int = 256  # examples the measured checks run on (the first n of the evaluation set)
+    n: int = 256  # examples the measured checks run on
+    # which n: "balanced" (a seeded class-balanced sample of the evaluation set) or "first"
+    # (its first n, as before 2026-12-01: on a class-ordered set, its first classes only)
+    sample: str = "balanced"
     pgd_steps: int = 20  # the iterative reference attack: PGD-20, random start
     noise_draws: int = 10  # uniform random points of the ball per example
     large_eps: float = 0.5  # l-inf radius at which any model must be broken
@@ -218,18 +225,23 @@ def run_checks(
     config: CheckConfig | None = None,
     transfer_models: Sequence[str] | None = None,
 ) -> dict:
-    """Measure the checks on the first ``config.n`` examples; returns
+    """Measure the checks on ``config.n`` examples (``config.sample`` says which); returns
     ``{"config", "threat", "n", "models": {name: {measurement: accuracy}}, "transfer",
     "warnings": [...]}``.
 
-    ``images`` are float in [0,1] or uint8; ``norm``/``eps`` the threat the comparisons use
+    ``images`` are float in [0,1] or uint8, ``labels`` a tensor; ``norm``/``eps`` the threat the comparisons use
     (``None``: only the large-eps and output checks run). ``transfer_models`` (default: all)
     take part in the black-box check; the caller seeds torch for repeatability.
     """
     cfg = config or CheckConfig()
-    x = images[: cfg.n]
-    x = to_unit(x.to(device))
-    y = labels[: cfg.n].to(device)
+    if cfg.sample == "balanced":
+        index = torch.from_numpy(balanced_indices(labels.cpu().numpy(), cfg.n, seed=0))
+    elif cfg.sample == "first":
+        index = torch.arange(min(cfg.n, len(labels)))
+    else:
+        raise ConfigError(f"checks' sample must be 'balanced' or 'first', got {cfg.sample!r}")
+    x = to_unit(images[index.to(images.device)].to(device))
+    y = labels[index.to(labels.device)].to(device)
     warnings: list[str] = []
     measured: dict[str, dict[str, float]] = {}
 
