@@ -229,8 +229,8 @@ def run_checks(
     ``{"config", "threat", "n", "models": {name: {measurement: accuracy}}, "transfer",
     "warnings": [...]}``.
 
-    ``images`` are float in [0,1] or uint8, ``labels`` a tensor; ``norm``/``eps`` the threat the comparisons use
-    (``None``: only the large-eps and output checks run). ``transfer_models`` (default: all)
+    ``images`` are float in [0,1] or uint8, ``labels`` a tensor; ``norm``/``eps`` the threat
+    the comparisons use (``None``: only the large-eps and output checks run). ``transfer_models`` (default: all)
     take part in the black-box check; the caller seeds torch for repeatability.
     """
     cfg = config or CheckConfig()
