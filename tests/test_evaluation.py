@@ -596,6 +596,7 @@ class _AlwaysClassZero(nn.Module):
         return logits + 0 * x.flatten(1).sum(dim=1, keepdim=True)
 
 
+@pytest.mark.filterwarnings("ignore:pgd. the input gradient is exactly zero")  # a constant model
 def test_masking_checks_sample_every_class_of_a_class_ordered_set():
     """An image folder is read in class order: the checks' examples are a class-balanced
     sample of it, not its first n (which would all be class 0 here); "first" keeps the old
