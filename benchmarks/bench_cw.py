@@ -7,10 +7,9 @@
 within eps is found, and compacts the batch to the examples still searched; the default
 (``False``) searches every example to the end for its smallest norm, which an accuracy at eps
 ignores. Printed: the time of each (this thread's CPU time unless --clock wall, a warm-up
-then interleaved repeats), their ratio,
-robust accuracy at eps of each and on how many examples the two outcomes differ (the abort
-test reads the objective of the examples still searched, so the outcomes may differ where it
-stops a step at another iteration). The model is a mutualat model file (``--model``, e.g. a
+then interleaved repeats), their ratio, robust accuracy at eps of each and on how many
+examples the two outcomes differ (the abort test reads the objective of the examples still
+searched, so the outcomes may differ where it stops a step at another iteration). The model is a mutualat model file (``--model``, e.g. a
 robust one from a study; a robust model is the case that matters: most of its examples are
 never broken and are searched to the end either way), or else bench_pgd's CNN trained for one
 epoch, non-robust, on which stopping saves the most. The first ``--n`` Fashion-MNIST test
