@@ -37,9 +37,12 @@ def _compact(w: torch.Tensor, optimizer: torch.optim.Adam, kept: torch.Tensor):
     their moments and step count on, as though the dropped rows had never been there."""
     state = optimizer.state[w]
     smaller = w.detach()[kept].clone().requires_grad_(True)
-    resumed = torch.optim.Adam([smaller], lr=optimizer.param_groups[0]["lr"])
+    settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    resumed = torch.optim.Adam([smaller], **settings)
+    # Per-element state (the moments, and amsgrad's maximum) has w's shape and is sliced;
+    # the rest (the step count) is shared by every row.
     resumed.state[smaller] = {
-        key: (value[kept].clone() if key in ("exp_avg", "exp_avg_sq") else value.clone())
+        key: (value[kept].clone() if value.shape == w.shape else value.clone())
         for key, value in state.items()
     }
     return smaller, resumed
@@ -66,7 +69,8 @@ class CarliniWagnerL2(Attack):
             would only shrink a norm the judgement ignores. The examples still searched are
             compacted into a smaller batch at each abort check and before each value of ``c``,
             so an evaluation at ``eps`` costs what its unbroken examples cost. The abort test
-            then reads the objective of the examples still searched.
+            then reads the objective of the examples still searched. Needs ``bn_mode``
+            "eval" (in train mode batch-norm would mix the rows of the shrinking batch).
         bn_mode: "eval" (default) or "train".
 
     Returned per example: the misclassified point of smallest l2 norm found (with
@@ -105,6 +109,11 @@ class CarliniWagnerL2(Attack):
         self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
         self.abort_early = bool(abort_early)
         self.stop_at_eps = bool(stop_at_eps)
+        if self.stop_at_eps and bn_mode == "train":
+            raise ConfigError(
+                "cw: stop_at_eps needs bn_mode 'eval': it shrinks the batch as examples break, "
+                "and in train mode batch-norm statistics, so every example's logits, would "
+                "depend on which others are still searched")
 
     @torch.enable_grad()  # the attack differentiates even when called under no_grad
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
