@@ -135,14 +135,14 @@ class CarliniWagnerL2(Attack):
             optimizer = torch.optim.Adam([w], lr=self.lr)
             success = torch.zeros(batch, dtype=torch.bool, device=x.device)
             prev = float("inf")
+            x_rows, y_rows, c_rows = x[rows], y[rows], c[rows]  # gathered again on compaction
             for step in range(self.steps):
-                x_rows, y_rows = x[rows], y[rows]
                 x_adv = _from_tanh_space(w)
                 logits = model(x_adv)
                 l2_sq = (x_adv - x_rows).flatten(1).pow(2).sum(dim=1)
                 # cw_margin is max_other - true; C&W's f is its negation, floored at -kappa.
                 f = (-cw_margin(logits, y_rows, reduction="none")).clamp_min(-self.kappa)
-                cost_each = l2_sq + c[rows] * f
+                cost_each = l2_sq + c_rows * f
                 if not warned:
                     # Judged on the classifier term alone: the distance term always has a gradient.
                     (grad_f,) = torch.autograd.grad(f.sum(), w, retain_graph=True)
@@ -174,6 +174,7 @@ class CarliniWagnerL2(Attack):
                         w, optimizer = _compact(w, optimizer, kept)
                         prev = float(cost_each.detach()[kept].sum())
                         rows = keep
+                        x_rows, y_rows, c_rows = x[rows], y[rows], c[rows]
             last[rows] = _from_tanh_space(w.detach())
             # Binary search on c: smaller after a success, larger (x10 until bounded) otherwise.
             upper = torch.where(success, torch.minimum(upper, c), upper)
