@@ -23,6 +23,19 @@ def run_seconds(run_dir: Path) -> float:
     return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
 
 
+def machines_text(machines: Sequence[dict]) -> str:
+    """The machines and torch versions the records name, e.g. "AMD EPYC (2 cores); torch
+    2.13.0+cpu", several joined with "and"; a record without a CPU (a run logged before runs
+    recorded their machine) is said as such. Never the machine that renders the document."""
+    named = list(dict.fromkeys(
+        f"{m['cpu']} ({m['cpu_count']} cores)" + (f" with {m['gpu']}" if m.get("gpu") else "")
+        for m in machines if m.get("cpu")))
+    if any(not m.get("cpu") for m in machines) or not machines:
+        named.append("a machine the records do not name")
+    torch_versions = sorted({m["torch"] for m in machines if m.get("torch")})
+    return " and ".join(named) + (f"; torch {', '.join(torch_versions)}" if torch_versions else "")
+
+
 def with_alpha(method: str, alpha: float) -> str:
     """A run variant's name for a method at one alpha: ("mat-mp-max", 0.6) -> "mat-mp-max-alpha0.6"."""
     return f"{method}-alpha{alpha:g}"

@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from common import command_line, mean_std_percent, run_seconds, split_alpha, with_alpha
+from common import command_line, machines_text, mean_std_percent, run_seconds, split_alpha, with_alpha
 from mutualat.config import load_config
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
 from mutualat.evaluation import evaluate, load_suite
-from mutualat.evaluation.records import hardware_info
 from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta
 from mutualat.report.documents import write_section
+from mutualat.train.logger import run_machines
 
 REPO = Path(__file__).resolve().parents[1]
 # Table 5's rows in the paper's order (each AT baseline above its MAT counterpart).
@@ -142,7 +142,10 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
             "r_avg": m["r_avg"], "r_worst": m["r_worst"], "n": summary["n_examples"],
             "train_seconds": run_seconds(run), "eval_seconds": sum(attack_seconds.values()),
             "attack_seconds": attack_seconds, "pgd_alone": pgd_alone,
-            "warnings": summary["warnings"]}
+            "warnings": summary["warnings"],
+            # Where it trained and was evaluated, as recorded then ([] / {}: not recorded).
+            "machines": (run_machines(run) or [{}])
+            + [{**summary.get("hardware", {}), "torch": summary.get("versions", {}).get("torch")}]}
 
 
 def suite_mismatch(cfg, suite) -> list[str]:
@@ -243,7 +246,6 @@ def main() -> None:
     work = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
     n_eval = results[0]["n"] if results else 0
 
-    cpu = hardware_info(torch.device("cpu"))["cpu"]
     command = command_line("scripts/results_mp.py", parser, args, always=("data_dir", "seeds"))
     body = "\n".join([
         MARKER_BEGIN,
@@ -251,7 +253,7 @@ def main() -> None:
         "",
         f"Regenerate with `{command}` (its runs and evaluations took "
         f"{work / 60:.0f} min in all, {args.jobs} jobs x {args.threads} thread at once on "
-        f"{cpu}; torch {torch.__version__}).",
+        f"{machines_text([m for r in results for m in r['machines']])}).",
         "",
         f"Setup: `configs/cpu/fmnist-mp-*.yaml` with `{args.arch}` models on "
         f"{cfg.data.name}: threats {threats_text(cfg)} (l1 step: per "

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
-from common import command_line, mean_std_percent, run_seconds, split_alpha, with_alpha
+from common import command_line, machines_text, mean_std_percent, run_seconds, split_alpha, with_alpha
 from mutualat.config import load_config
 from mutualat.console import setup_logging
-from mutualat.evaluation.records import hardware_info
 from mutualat.experiments import run_or_reuse
 from mutualat.report.documents import write_section
+from mutualat.train.logger import run_machines
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER_BEGIN = "<!-- results-single:begin -->"
@@ -56,14 +55,15 @@ def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, int, dict, float]:
+def train_one(variant: str, seed: int, args: argparse.Namespace) -> tuple[str, int, dict, float, list]:
     setup_logging()  # a spawned worker: its runs' messages reach the script's output too
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "cpu" / f"fmnist-{split_alpha(variant)[0]}.yaml",
                       overrides(variant, seed, args))
     run = Path(args.out) / f"{variant}-seed{seed}"
     results = run_or_reuse(cfg, run)
-    return variant, seed, results, run_seconds(run)  # training and its final test
+    # Training and its final test: how long, and on which machines (as the run recorded them).
+    return variant, seed, results, run_seconds(run), run_machines(run)
 
 
 def table(results: dict[tuple[str, int], dict]) -> str:
@@ -107,15 +107,16 @@ def main() -> None:
     jobs = [(m, s) for m in order for s in args.seeds]
     results: dict[tuple[str, int], dict] = {}
     seconds: dict[tuple[str, int], float] = {}
+    machines: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(train_one, m, s, args) for m, s in jobs]
         for future in futures:
-            method, seed, res, took = future.result()
+            method, seed, res, took, ran_on = future.result()
+            machines += ran_on or [{}]  # [] when a run predates the record
             results[(method, seed)], seconds[(method, seed)] = res, took
             print(f"done {method} seed {seed} in {took / 60:.1f} min", flush=True)
     work = sum(seconds.values())
 
-    cpu = hardware_info(torch.device("cpu"))["cpu"]
     command = command_line("scripts/results_single.py", parser, args, always=("data_dir", "seeds"))
     body = "\n".join([
         MARKER_BEGIN,
@@ -123,7 +124,7 @@ def main() -> None:
         "",
         f"Regenerate with `{command}` (the {len(seconds)} runs took "
         f"{work / 60:.0f} min in all, {args.jobs} at a time with {args.threads} thread each, "
-        f"on {cpu} ({platform.machine()}); torch {torch.__version__}).",
+        f"on {machines_text(machines)}).",
         "",
         f"Setup: `configs/cpu/fmnist-*.yaml` with `{args.arch}` models, l-inf eps = 0.1, PGD-10 "
         f"training attack (step 0.025), {args.train_subset:,} training images (drawn from the "

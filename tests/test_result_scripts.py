@@ -7,7 +7,10 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from mutualat.config import load_config
+from mutualat.device import hardware_info
 
 from conftest import REPO, script_module
 
@@ -94,3 +97,18 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reusing the finished run") == 4
     assert doc.read_text() == text
+
+    # The machine it names is the one the runs recorded, not the one that renders: a run whose
+    # record says it trained elsewhere is named so.
+    here = hardware_info(torch.device("cpu"))
+    assert f"on {here['cpu']} ({here['cpu_count']} cores); torch {torch.__version__})" in text
+    log = tmp_path / "runs" / "at-avg-seed1" / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for r in records:
+        if r["event"] == "machine":
+            r.update(cpu="Elsewhere CPU", cpu_count=64)
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (f"on {here['cpu']} ({here['cpu_count']} cores) and Elsewhere CPU (64 cores); "
+            f"torch {torch.__version__})") in doc.read_text()

@@ -16,9 +16,11 @@ import torch
 
 import mutualat
 from mutualat.config import dump_config, load_config
+from mutualat.device import hardware_info
 from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.train import Trainer
 from mutualat.train.checkpoint import load_checkpoint
+from mutualat.train.logger import run_machines
 
 from conftest import Stopped, tiny_overrides, train_first_epoch_only
 
@@ -69,6 +71,18 @@ def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path):
     # The log has each epoch once, as the uninterrupted run's does.
     events = [json.loads(l)["event"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert events.count("epoch") == 2 and events.count("start") == 1
+    # Each stretch of the run recorded where it computed, which the reports read back: here
+    # twice the same machine, so one; a stretch moved to another machine names it too.
+    assert events.count("machine") == 2
+    here = hardware_info(torch.device("cpu"))
+    [machine] = run_machines(out)
+    assert (machine["cpu"], machine["cpu_count"], machine["threads"], machine["torch"]) == (
+        here["cpu"], here["cpu_count"], torch.get_num_threads(), torch.__version__)
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    resumed = max(i for i, r in enumerate(records) if r["event"] == "machine")
+    records[resumed]["cpu"] = "Other CPU"  # as if the resume had run elsewhere
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [m["cpu"] for m in run_machines(out)] == [here["cpu"], "Other CPU"]
 
 
 def test_resume_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):

@@ -1,6 +1,11 @@
-"""Pick the compute device: the config names one, or the best available is chosen."""
+"""Pick the compute device (the config names one, or the best available is chosen) and describe
+the machine it is on (:func:`hardware_info`, for the records of runs and evaluations)."""
 
 from __future__ import annotations
+
+import os
+import platform
+from typing import Any
 
 import torch
 
@@ -23,3 +28,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
     return device
+
+
+def hardware_info(device: torch.device) -> dict[str, Any]:
+    """The machine computing on ``device``: its CPU's model name and logical cores, the
+    platform, and for CUDA the GPU's name and the CUDA version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(),
+                            "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info

@@ -35,7 +35,7 @@ from mutualat.data import load_dataset, subset
 from mutualat.device import resolve_device
 from mutualat.errors import DivergedError, MutualatError
 from mutualat.evaluation import evaluate, load_suite
-from mutualat.evaluation.records import hardware_info
+from mutualat.device import hardware_info
 from mutualat.evaluation.transfer import default_attack, transfer_matrix, write_transfer
 from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta

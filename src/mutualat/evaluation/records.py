@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import io
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -60,24 +59,6 @@ def fingerprint_data(images: torch.Tensor, labels: torch.Tensor) -> str:
         digest.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def hardware_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(),
-                            "platform": platform.platform()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def versions() -> dict[str, str]:

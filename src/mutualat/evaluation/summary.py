@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from mutualat.evaluation.checks import suite_warnings
-from mutualat.evaluation.records import FORMAT_VERSION, hardware_info, utc_now, versions
+from mutualat.device import hardware_info
+from mutualat.evaluation.records import FORMAT_VERSION, utc_now, versions
 from mutualat.evaluation.suite import Suite
 from mutualat.evaluation.worst_case import BROKEN, accuracy_report
 from mutualat.report.tables import markdown_table

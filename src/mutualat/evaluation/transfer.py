@@ -29,7 +29,8 @@ from mutualat.errors import ConfigError
 from mutualat.evaluation.attack_loop import as_tensors, batch_seed, correct_on, to_float01
 from mutualat.evaluation.checks import transfer_vs_whitebox
 from mutualat.evaluation.layout import check_choice, laid_out
-from mutualat.evaluation.records import fingerprint_model, hardware_info, utc_now, versions
+from mutualat.device import hardware_info
+from mutualat.evaluation.records import fingerprint_model, utc_now, versions
 from mutualat.report.paper_tables import transfer_table
 from mutualat.train.checkpoint import atomic_write_bytes
 from mutualat.train.precision import ieee_fp32

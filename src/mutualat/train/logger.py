@@ -114,11 +114,14 @@ class MetricsLog:
                 if record.get("global_step", 0) <= global_step]
         self.path.write_text("".join(k + "\n" for k in kept))
 
-    def write(self, event: str, global_step: int, **values: Any) -> None:
+    def write(self, event: str, global_step: int, sinks: bool = True, **values: Any) -> None:
+        """Append a record; ``sinks=False`` keeps it out of TensorBoard and W&B (a record of
+        the setting, not a curve)."""
         record = {"event": event, "global_step": global_step, **values}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, default=float) + "\n")
-        self.sinks.log(event, global_step, values)
+        if sinks:
+            self.sinks.log(event, global_step, values)
 
     def close(self) -> None:
         self.sinks.close()
@@ -177,10 +180,22 @@ def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return records
 
 
+def run_machines(run_dir: Path) -> list[dict[str, Any]]:
+    """The machines a training run computed on, from its log's ``machine`` records (one per
+    start or resume of the run; a machine once, in the order first seen, keyed by its CPU,
+    cores, GPU and threads); [] for a run logged before they were recorded."""
+    found: dict[tuple, dict[str, Any]] = {}
+    for record in read_metrics(run_dir):
+        if record.get("event") == "machine":
+            key = tuple(record.get(k) for k in ("cpu", "cpu_count", "gpu", "threads"))
+            found.setdefault(key, {k: v for k, v in record.items() if k not in ("event", "global_step")})
+    return list(found.values())
+
+
 class NullLog:
     """The metrics log of the processes other than rank 0: they write nothing."""
 
-    def write(self, event: str, global_step: int, **values: Any) -> None:
+    def write(self, event: str, global_step: int, sinks: bool = True, **values: Any) -> None:
         pass
 
     def truncate_after(self, global_step: int) -> None:
