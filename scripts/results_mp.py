@@ -143,9 +143,8 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
             "train_seconds": run_seconds(run), "eval_seconds": sum(attack_seconds.values()),
             "attack_seconds": attack_seconds, "pgd_alone": pgd_alone,
             "warnings": summary["warnings"],
-            # Where it trained and was evaluated, as recorded then ([] / {}: not recorded).
-            "machines": (run_machines(run) or [{}])
-            + [{**summary.get("hardware", {}), "torch": summary.get("versions", {}).get("torch")}]}
+            # Where it trained and where its attacks ran, as recorded then ({}: not recorded).
+            "machines": (run_machines(run) or [{}]) + summary["computed_on"]}
 
 
 def suite_mismatch(cfg, suite) -> list[str]:

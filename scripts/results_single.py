@@ -112,7 +112,7 @@ def main() -> None:
         futures = [pool.submit(train_one, m, s, args) for m, s in jobs]
         for future in futures:
             method, seed, res, took, ran_on = future.result()
-            machines += ran_on or [{}]  # [] when a run predates the record
+            machines += ran_on or [{}]  # {}: a run without a record of its machine
             results[(method, seed)], seconds[(method, seed)] = res, took
             print(f"done {method} seed {seed} in {took / 60:.1f} min", flush=True)
     work = sum(seconds.values())

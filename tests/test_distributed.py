@@ -32,6 +32,7 @@ from mutualat.config import dump_config, load_config
 from mutualat.errors import TrainingError
 from mutualat.train import Trainer
 from mutualat.train.checkpoint import load_checkpoint
+from mutualat.train.logger import run_machines
 from mutualat.train.precision import cpu_bf16
 from mutualat.train.processes import release_groups
 
@@ -187,6 +188,12 @@ def test_cohort_parallel_mat_equals_the_single_process_run(runs):
             assert results["models"][role][key] == pytest.approx(expected["models"][role][key], abs=0.02)
     events = [r["event"] for r in _records(runs / "cohort-2")]
     assert events.count("start") == 1 and events.count("epoch") == 1 and events.count("test") == 1
+    # Rank 0 writes the log, and its machine record names every process's machine.
+    [machine] = [r for r in _records(runs / "cohort-2") if r["event"] == "machine"]
+    assert machine["processes"] == 2 and len(machine["ranks"]) == 2
+    assert all(rank["threads"] >= 1 and rank["cpu"] for rank in machine["ranks"])
+    assert run_machines(runs / "cohort-2") == [
+        {k: v for k, v in machine["ranks"][0].items() if k not in ("event", "global_step")}]
 
 
 def test_cohort_parallel_mat_mp_equals_the_single_process_run(runs):

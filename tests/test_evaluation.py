@@ -33,6 +33,7 @@ from mutualat.evaluation import (
     suite_from_dict,
     worst_case,
 )
+from mutualat.evaluation import attack_loop
 from mutualat.evaluation import checks as masking
 from mutualat.evaluation.suite import known_attacks
 
@@ -331,6 +332,9 @@ def test_interrupted_evaluation_resumes_to_the_same_summary(tmp_path, monkeypatc
     assert (done / "a.npz").is_file() and not (done / "b.npz").exists()
     assert not (tmp_path / "resumed" / "summary.json").exists()
 
+    # Resumed on another machine: the summary names both machines that computed attacks.
+    here = attack_loop.machine_record(torch.device("cpu"))
+    monkeypatch.setattr(attack_loop, "machine_record", lambda device: {**here, "cpu": "Second CPU"})
     monkeypatch.setattr(MarkedAttack, "perturb", original)
     MarkedAttack.calls.clear()
     resumed = run_marked(tmp_path, "resumed")
@@ -338,9 +342,13 @@ def test_interrupted_evaluation_resumes_to_the_same_summary(tmp_path, monkeypatc
     assert [c for c in MarkedAttack.calls if c[0] == 0] == [(0, 18)]
     assert _numbers(resumed) == _numbers(reference)
     assert resumed["models"]["m1"]["r_worst"] == pytest.approx(11 / 20)
+    assert [m["cpu"] for m in resumed["computed_on"]] == [here["cpu"], "Second CPU"]
+    # Reused whole elsewhere, it still names the machines that computed it, not the reader.
+    monkeypatch.setattr(attack_loop, "machine_record", lambda device: {**here, "cpu": "Third CPU"})
     MarkedAttack.calls.clear()
     again = run_marked(tmp_path, "resumed")
     assert MarkedAttack.calls == [] and _numbers(again) == _numbers(reference)
+    assert again["computed_on"] == resumed["computed_on"]
 
 
 class CoinAttack(MarkedAttack):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from mutualat.config import dump_config, load_config
 from mutualat.errors import DataError, TrainingError
 from mutualat.train import Trainer, checkpoint
 from mutualat.train.checkpoint import load_checkpoint
-from mutualat.train.logger import MetricsLog, read_metrics
+from mutualat.train.logger import MetricsLog, read_metrics, run_machines
 
 from conftest import tiny_overrides, train_first_epoch_only
 
@@ -255,6 +256,25 @@ def test_a_torn_last_metrics_line_is_skipped_and_a_corrupt_one_named(full_run, t
     log.write_text("".join(lines[:2]) + '{"event": "st\n' + "".join(lines[2:]))
     with pytest.raises(DataError, match="line 3, is not a JSON record"):
         MetricsLog(run, tensorboard=False).truncate_after(10**9)
+
+
+def test_a_resume_that_died_before_its_first_checkpoint_is_not_named_among_the_machines(tmp_path):
+    """Two resumes from the checkpoint at step 4: the first, on another machine, died before
+    writing a checkpoint, so its work is lost; the second truncates the log to step 4. Only
+    the machines whose work the run keeps are named."""
+    log = tmp_path / "metrics.jsonl"
+    first = {"event": "machine", "global_step": 0, "cpu": "A", "cpu_count": 2, "threads": 1, "torch": "t"}
+    records = [first, {"event": "step", "global_step": 4, "loss": 1.0},
+               {**first, "global_step": 4, "cpu": "Lost"}, {"event": "step", "global_step": 5, "loss": 0.9}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [m["cpu"] for m in run_machines(tmp_path)] == ["A", "Lost"]
+    MetricsLog(tmp_path, tensorboard=False).truncate_after(4)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == records[:2]
+    assert run_machines(tmp_path) == [{k: v for k, v in first.items() if k not in ("event", "global_step")}]
+    # A run logged before machines were recorded: what its start record kept.
+    log.write_text(json.dumps({"event": "start", "global_step": 0, "config": {}, "device": "cpu",
+                               "torch": "2.0", "host": "h"}) + "\n")
+    assert run_machines(tmp_path) == [{"device": "cpu", "torch": "2.0", "host": "h"}]
 
 
 @pytest.mark.parametrize("resume", [False, True])

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from mutualat.config import load_config
@@ -17,6 +18,7 @@ from conftest import REPO, script_module
 # The scripts' own helpers (scripts/common.py).
 _scripts = script_module("common")
 command_line, mean_std_percent = _scripts.command_line, _scripts.mean_std_percent
+machines_text = _scripts.machines_text
 
 TINY_SUITE = """\
 name: tiny-mp
@@ -45,6 +47,16 @@ def test_command_line_names_exactly_what_differs_from_the_defaults():
                               "--set", "a=1", "--set", "b=x y", "--write", "/tmp/x.md"])
     assert command_line("s.py", parser, args, always=("seeds",)) == (
         ".venv/bin/python s.py --data-dir ../d --seeds 0 1 2 --checks --set a=1 --set 'b=x y'")
+
+
+def test_machines_are_named_from_the_records_once_each_and_unrecorded_ones_said_so():
+    a = {"cpu": "B CPU", "cpu_count": 2, "torch": "2.13"}
+    gpu = {"cpu": "A CPU", "cpu_count": 16, "gpu": "NVIDIA H200", "torch": "2.13"}
+    assert machines_text([a, dict(a), gpu]) == ("A CPU (16 cores) with NVIDIA H200 and B CPU "
+                                                "(2 cores); torch 2.13")
+    assert machines_text([a, {"torch": "2.12"}]) == (
+        "B CPU (2 cores) and a machine the records do not name; torch 2.12, 2.13")
+    assert machines_text([]) == "a machine the records do not name"
 
 
 def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path):
@@ -98,8 +110,9 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     assert second.stdout.count("reusing the finished run") == 4
     assert doc.read_text() == text
 
-    # The machine it names is the one the runs recorded, not the one that renders: a run whose
-    # record says it trained elsewhere is named so.
+    # The machines it names are those the runs and evaluations recorded, not the one that
+    # renders: a run whose record says it trained elsewhere, and an evaluation whose attacks
+    # say they ran on a third machine under another torch, are named so.
     here = hardware_info(torch.device("cpu"))
     assert f"on {here['cpu']} ({here['cpu_count']} cores); torch {torch.__version__})" in text
     log = tmp_path / "runs" / "at-avg-seed1" / "metrics.jsonl"
@@ -108,7 +121,15 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
         if r["event"] == "machine":
             r.update(cpu="Elsewhere CPU", cpu_count=64)
     log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for path in (tmp_path / "runs" / "mat-mp-avg-alpha0.5-seed0").glob("eval-*/*/attacks/*.npz"):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays["machine"] = json.dumps({**json.loads(str(arrays["machine"])), "cpu": "Third CPU",
+                                        "cpu_count": 8, "torch": "9.9"})
+        np.savez(path, **arrays)
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert (f"on {here['cpu']} ({here['cpu_count']} cores) and Elsewhere CPU (64 cores); "
-            f"torch {torch.__version__})") in doc.read_text()
+    named = sorted([f"{here['cpu']} ({here['cpu_count']} cores)", "Elsewhere CPU (64 cores)",
+                    "Third CPU (8 cores)"])
+    torches = ", ".join(sorted([torch.__version__, "9.9"]))
+    assert f"on {' and '.join(named)}; torch {torches})" in doc.read_text()

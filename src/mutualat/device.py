@@ -31,8 +31,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def hardware_info(device: torch.device) -> dict[str, Any]:
-    """The machine computing on ``device``: its CPU's model name and logical cores, the
-    platform, and for CUDA the GPU's name and the CUDA version."""
+    """The machine computing on ``device``: its CPU's model name and the logical cores this
+    process may use, the platform, and for CUDA the GPU's name and the CUDA version."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -42,9 +42,17 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    info: dict[str, Any] = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(),
+    # The logical CPUs this process may use (a container's or taskset's share), not the host's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info: dict[str, Any] = {"device": str(device), "cpu": cpu, "cpu_count": cores,
                             "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def machine_record(device: torch.device) -> dict[str, Any]:
+    """Where a computation ran, for its record: :func:`hardware_info` with the torch threads
+    and torch version in use."""
+    return {**hardware_info(device), "threads": torch.get_num_threads(), "torch": torch.__version__}

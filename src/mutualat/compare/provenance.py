@@ -57,9 +57,14 @@ def machines(study: Study, records: dict[str, dict[str, Any]]) -> dict[str, Any]
             result = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        add(result.get("hardware", {}))
-        if result.get("versions", {}).get("torch"):
-            torch_versions.add(result["versions"]["torch"])
+        # The machines that computed its attacks; a file written before they were recorded,
+        # or a transfer matrix, names the one that wrote it.
+        computed = [m for m in result.get("computed_on") or [] if m.get("cpu")]
+        for machine in computed or [result.get("hardware", {})]:
+            add(machine)
+        found_torch = {m["torch"] for m in computed if m.get("torch")}
+        torch_versions |= found_torch or ({result["versions"]["torch"]}
+                                          if result.get("versions", {}).get("torch") else set())
     listed = sorted(found.values(), key=lambda m: json.dumps(m, sort_keys=True))
     return {"machines": listed, "threads": sorted(threads), "torch": sorted(torch_versions),
             "training_machines_recorded": trained_recorded}

@@ -32,10 +32,9 @@ from mutualat.compare.records import EVALUATED, file_digest, teacher_record
 from mutualat.config import config_from_data
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
-from mutualat.device import resolve_device
+from mutualat.device import machine_record, resolve_device
 from mutualat.errors import DivergedError, MutualatError
 from mutualat.evaluation import evaluate, load_suite
-from mutualat.device import hardware_info
 from mutualat.evaluation.transfer import default_attack, transfer_matrix, write_transfer
 from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta
@@ -186,7 +185,7 @@ def machine(task: dict[str, Any]) -> dict[str, Any] | None:
     name = ((spec.get("config") or {}) if task.get("kind") == "train" else spec).get("device", "auto")
     try:
         device = resolve_device(name)
-        return {**hardware_info(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+        return machine_record(device)
     except (MutualatError, RuntimeError):  # an unknown device; a GPU that cannot be queried
         return None
 

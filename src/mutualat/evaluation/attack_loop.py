@@ -10,6 +10,7 @@ column. :mod:`mutualat.evaluation.transfer` shares the input helpers.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import zlib
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from mutualat.attacks import attack_mode, make_threat
 from mutualat.data import to_unit
+from mutualat.device import machine_record
 from mutualat.evaluation.records import EvaluationError, write_npz
 from mutualat.evaluation.suite import Suite, Threat
 from mutualat.evaluation.worst_case import BROKEN, NOT_ATTACKED, ROBUST, candidates
@@ -161,6 +163,12 @@ def _layout_in(f: Any) -> str | None:
     return str(f["layout"]) if "layout" in f.files else None
 
 
+def _machine_in(f: Any) -> dict[str, Any] | None:
+    """The machine an attack's file records (:func:`mutualat.device.machine_record`); None
+    before machines were recorded."""
+    return json.loads(str(f["machine"])) if "machine" in f.files else None
+
+
 def _layout_field(layout: str | None) -> dict[str, str]:
     return {"layout": layout} if layout else {}
 
@@ -178,8 +186,8 @@ def model_outcomes(
     progress: bool,
     layout: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
-    """Clean flags, the outcome matrix and per-attack run facts of one model (resuming).
-    ``layout`` (:mod:`.layout`'s name of the memory layout the model runs in) is recorded
+    """Clean flags, the outcome matrix and per-attack run facts (seconds, points outside the
+    threat, examples attacked, layout, machine) of one model (resuming). ``layout`` (:mod:`.layout`'s name of the memory layout the model runs in) is recorded
     with each attack it runs; an attack recorded before layouts were is None."""
     mdir = out / name
     clean_file = mdir / "clean.npz"
@@ -200,7 +208,7 @@ def model_outcomes(
                 outcome[:, j] = f["outcome"]
                 facts[spec.id] = {"seconds": float(f["seconds"]), "invalid": int(f["invalid"]),
                                   "attacked": int(f["attacked"]),
-                                  "layout": _layout_in(f)}
+                                  "layout": _layout_in(f), "machine": _machine_in(f)}
             continue
         if suite.per_attack == "cumulative":
             todo = candidates(clean, outcome[:, :j], threats[:j], spec.threat)
@@ -216,10 +224,11 @@ def model_outcomes(
         )
         seconds = time.perf_counter() - tick
         outcome[:, j] = col
+        machine = machine_record(device)  # the one that finished it, if it was resumed
         facts[spec.id] = {"seconds": seconds, "invalid": invalid, "attacked": int(todo.sum()),
-                          "layout": ran_in}
+                          "layout": ran_in, "machine": machine}
         write_npz(path, outcome=col, seconds=seconds, invalid=invalid, attacked=int(todo.sum()),
-                  **_layout_field(ran_in))
+                  machine=json.dumps(machine), **_layout_field(ran_in))
         partial.unlink(missing_ok=True)
         same = [k for k in range(j + 1) if threats[k] == spec.threat]
         acc = float((clean & (outcome[:, same] == ROBUST).all(axis=1)).mean())

@@ -40,7 +40,10 @@ def build_summary(
          "per_attack": "cumulative" | "standalone",
          "suite": {name, description, per_attack, threats: {t: {norm, eps}}, attacks: [...]},
          "data": {dataset, split, n, subset_seed, ...} (what the caller passed),
-         "versions": {mutualat, torch, numpy, python}, "hardware": {device, cpu, gpu?, ...},
+         "versions": {mutualat, torch, numpy, python}, "hardware": {device, cpu, gpu?, ...}
+         (both of the process that wrote this summary, which may have reused every attack),
+         "computed_on": [{device, cpu, cpu_count, gpu?, threads, torch, ...}, ...] (each
+         machine that computed an attack, once; {} for attacks recorded before machines were),
          "models": {name: {"info": {...model file metadata...},
                            "clean", "r_avg", "r_worst", "threats": {t: acc},
                            "attacks": {id: {name, threat, restarts, params, eps, accuracy,
@@ -57,8 +60,12 @@ def build_summary(
     effective_eps = {s.id: _json_number(getattr(suite.build(s), "eps", None)) for s in specs}
     models: dict[str, Any] = {}
     warnings: list[str] = []
+    computed_on: list[dict[str, Any]] = []
     n = 0
     for name, (clean, outcome, facts) in results.items():
+        for fact in facts.values():
+            if (fact.get("machine") or {}) not in computed_on:
+                computed_on.append(fact.get("machine") or {})
         n = len(clean)
         report = accuracy_report(clean, outcome, ids, threats, suite.per_attack)
         attacks = {}
@@ -101,6 +108,7 @@ def build_summary(
         "data": dict(data_info or {}),
         "versions": versions(),
         "hardware": hardware_info(device),
+        "computed_on": computed_on,
         "models": models,
         "checks": dict(checks) if checks else None,
         "precision": "bf16 autocast" if amp == "bf16" else "fp32",

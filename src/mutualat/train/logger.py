@@ -107,14 +107,18 @@ class MetricsLog:
 
     def truncate_after(self, global_step: int) -> None:
         """On resume, drop records written after the checkpoint the run continues from (and a
-        last line torn by a kill)."""
+        last line torn by a kill), and the machine of an earlier resume from that same
+        checkpoint, whose work was lost with it (the stretch that wrote the checkpoint began
+        before it)."""
         if not self.path.exists():
             return
         kept = [line for line, record in _read_lines(self.path)
-                if record.get("global_step", 0) <= global_step]
+                if record.get("global_step", 0) <= global_step
+                and not (record.get("event") == "machine" and record.get("global_step") == global_step
+                         and global_step > 0)]
         self.path.write_text("".join(k + "\n" for k in kept))
 
-    def write(self, event: str, global_step: int, sinks: bool = True, **values: Any) -> None:
+    def write(self, event: str, global_step: int, *, sinks: bool = True, **values: Any) -> None:
         """Append a record; ``sinks=False`` keeps it out of TensorBoard and W&B (a record of
         the setting, not a curve)."""
         record = {"event": event, "global_step": global_step, **values}
@@ -180,22 +184,33 @@ def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return records
 
 
+MACHINE_KEY = ("cpu", "cpu_count", "gpu", "threads", "torch")  # what tells two machines apart
+
+
 def run_machines(run_dir: Path) -> list[dict[str, Any]]:
     """The machines a training run computed on, from its log's ``machine`` records (one per
-    start or resume of the run; a machine once, in the order first seen, keyed by its CPU,
-    cores, GPU and threads); [] for a run logged before they were recorded."""
+    start or resume of the run, naming every process of a distributed one): each once, in the
+    order first seen, told apart by :data:`MACHINE_KEY`. A run logged before machines were
+    recorded gives what its ``start`` record kept (device, torch, host; no CPU); [] for a run
+    without either."""
+    records = read_metrics(run_dir)
     found: dict[tuple, dict[str, Any]] = {}
-    for record in read_metrics(run_dir):
+    for record in records:
         if record.get("event") == "machine":
-            key = tuple(record.get(k) for k in ("cpu", "cpu_count", "gpu", "threads"))
-            found.setdefault(key, {k: v for k, v in record.items() if k not in ("event", "global_step")})
+            for machine in record.get("ranks") or [record]:
+                entry = {k: v for k, v in machine.items()
+                         if k not in ("event", "global_step", "ranks", "processes")}
+                found.setdefault(tuple(entry.get(k) for k in MACHINE_KEY), entry)
+    if not found:
+        return [{k: r[k] for k in ("device", "torch", "host") if k in r}
+                for r in records if r.get("event") == "start"][:1]
     return list(found.values())
 
 
 class NullLog:
     """The metrics log of the processes other than rank 0: they write nothing."""
 
-    def write(self, event: str, global_step: int, sinks: bool = True, **values: Any) -> None:
+    def write(self, event: str, global_step: int, *, sinks: bool = True, **values: Any) -> None:
         pass
 
     def truncate_after(self, global_step: int) -> None:

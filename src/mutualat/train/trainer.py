@@ -30,7 +30,7 @@ import torch
 from mutualat.attacks.threat import check_within_inputs
 from mutualat.config import RunConfig, to_dict
 from mutualat.data import DeviceLoader, load_dataset, subset, train_val_split
-from mutualat.device import hardware_info, resolve_device
+from mutualat.device import machine_record, resolve_device
 from mutualat.errors import ConfigError, DivergedError
 from mutualat.methods import build_method, resolve_method_params
 from mutualat.models import save_model
@@ -137,11 +137,12 @@ class Trainer:
             self._restore(state)
         speed = apply_speed_options(self.cfg, self.method, [m.model for m in self.cohort], self.device)
         self.log.write("speed", self.global_step, **speed, **self.precision.record())
-        # Where this stretch of the run computes (a resumed run may have moved): read back by
-        # :func:`mutualat.train.logger.run_machines` for the reports, never the reader's machine.
-        self.log.write("machine", self.global_step, sinks=False, **hardware_info(self.device),
-                       threads=torch.get_num_threads(), torch=torch.__version__,
-                       host=platform.node())
+        # Where this stretch of the run computes (a resumed run may have moved), every process
+        # of it: read back by :func:`mutualat.train.logger.run_machines` for the reports.
+        ranks = procs.all_gather({**machine_record(self.device), "host": platform.node()},
+                                 "gathering each process's machine record")
+        self.log.write("machine", self.global_step, sinks=False, **ranks[0], processes=len(ranks),
+                       **({"ranks": ranks} if len(ranks) > 1 else {}))
 
     def _build_data(self) -> None:
         d, seed = self.cfg.data, self.cfg.seed
