@@ -30,6 +30,9 @@ from test_compare import TINY_SET, TINY_SUITE, _compare, assert_edit_refused
 
 TABLE_SUITE = """\
 name: tiny-table
+description: >-
+  FGSM at l-inf 0.1 and a 2-step
+  l2 PGD.
 per_attack: standalone
 threats:
   linf: {eps: 0.1}
@@ -199,6 +202,8 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
                                                out.glob("tables/t2/*/*/seed*/last/summary.json")])
     text = (out / "comparison.md").read_text()
     assert f"| mat h2 | {100 * row['mean_std']['clean'][0]:.2f} ± {100 * row['mean_std']['clean'][1]:.2f} |" in text
+    # Which attacks the table ran, in the words of the suite it ran (e.g. which C&W).
+    assert "Suite `tiny-table` (FGSM at l-inf 0.1 and a 2-step l2 PGD) on 16 test images, " in text
     # The transfer matrix: sources at and the MAT members, targets the MAT members; where a
     # member is its own source the entry is white-box, and the masking check compares the
     # black-box entries of its column with it.
@@ -407,6 +412,14 @@ def test_the_report_names_every_machine_its_tasks_recorded(paper_study, tmp_path
         path.write_text(json.dumps(data))
     text = markdown(report.collect(Study(load_plan(plan), moved)))
     assert "(as its evaluation files state; its training tasks' records name no machine)" in text
+    # An evaluation names the machines that computed its attacks (a summary rewritten
+    # elsewhere keeps them), not the one that wrote the summary last.
+    path = next((moved / "evals").glob("**/summary.json"))
+    summary = json.loads(path.read_text())
+    summary["computed_on"] = [{**summary["computed_on"][0], "cpu": "Evaluator 7", "torch": "8.8"}]
+    path.write_text(json.dumps(summary))
+    collected = report.collect(Study(load_plan(plan), moved))
+    assert "Evaluator 7" in [m["cpu"] for m in collected["machines"]] and "8.8" in collected["torch"]
 
 
 def test_the_status_lists_nothing_left(paper_study):

@@ -161,6 +161,7 @@ def collect(study: Study) -> dict[str, Any]:
                              "mean_std": {c: mean_std([values[s][c] for s in plan.seeds]) for c in columns}})
         out["tables"].append({"name": table.name, "title": table.title, "checkpoint": table.checkpoint,
                               "suite": suite["name"], "per_attack": suite.get("per_attack"),
+                              "suite_description": " ".join((suite.get("description") or "").split()),
                               "n": first["n_examples"], "columns": columns, "rows": rows})
     if plan.transfer is not None:
         out["transfer"] = _collect_transfer(study, chosen)
@@ -236,7 +237,9 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
         columns = table["columns"]
         header = ["model", *("R_worst" if c == "r_worst" else c for c in columns)]
         lines += [f"### {table['title']}", "",
-                  f"Suite `{table['suite']}` on {table['n']} test images, "
+                  f"Suite `{table['suite']}`"
+                  + (f" ({table['suite_description'].rstrip('.')})" if table.get("suite_description") else "")
+                  + f" on {table['n']} test images, "
                   f"{'last-epoch' if table['checkpoint'] == 'last' else 'best-by-validation'} models "
                   f"of each variant's chosen setting; "
                   + ("each attack's column is the accuracy against it alone, "
