@@ -20,8 +20,9 @@ evaluations are ordinary evaluator folders under ``--out`` (default STUDY/apgd-t
 resumable and reused on a rerun.
 
 docs/RESULTS.md quotes this table for the Fashion-MNIST comparison
-(configs/plans/fmnist-smallcnn.yaml), whose suite comparison-fmnist-cpu runs 3 targets to
-stay within the CPU budget.
+(configs/plans/fmnist-smallcnn.yaml) and the CIFAR-10 one (configs/plans/cifar10-cnn32.yaml),
+whose suites (comparison-fmnist-cpu, comparison-cifar10-cpu) run 3 targets to stay within
+the CPU budget.
 """
 
 from __future__ import annotations

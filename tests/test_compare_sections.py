@@ -30,7 +30,7 @@ from test_compare import TINY_SET, TINY_SUITE, _compare, assert_edit_refused
 
 TABLE_SUITE = """\
 name: tiny-table
-description: >-
+description: |
   FGSM at l-inf 0.1 and a 2-step
   l2 PGD.
 per_attack: standalone
@@ -203,7 +203,7 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
     text = (out / "comparison.md").read_text()
     assert f"| mat h2 | {100 * row['mean_std']['clean'][0]:.2f} ± {100 * row['mean_std']['clean'][1]:.2f} |" in text
     # Which attacks the table ran, in the words of the suite it ran (e.g. which C&W).
-    assert "Suite `tiny-table` (FGSM at l-inf 0.1 and a 2-step l2 PGD) on 16 test images, " in text
+    assert "Suite `tiny-table`: FGSM at l-inf 0.1 and a 2-step l2 PGD. On 16 test images, " in text
     # The transfer matrix: sources at and the MAT members, targets the MAT members; where a
     # member is its own source the entry is white-box, and the masking check compares the
     # black-box entries of its column with it.
@@ -323,6 +323,17 @@ def test_a_rerun_reuses_every_task_and_writes_the_same_section(paper_study, tmp_
     data = json.loads((out / "comparison.json").read_text())
     assert markdown(data, "figures/").split("\n", 1)[1] in first
     assert "![alpha](figures/tinypaper-alpha-mat.png)" in first
+
+
+@pytest.mark.parametrize("description", [None, "", "   "])
+def test_a_table_whose_suite_has_no_description_names_the_suite_alone(description):
+    table = {"name": "t", "title": "T", "checkpoint": "last", "suite": "s", "per_attack": "standalone",
+             "n": 8, "columns": ["clean", "r_worst"],
+             "rows": [{"row": "at", "mean_std": {"clean": (0.5, 0.0), "r_worst": (0.25, 0.0)}}]}
+    if description is not None:
+        table["suite_description"] = " ".join(description.split())
+    lines = sections.markdown({"tables": [table], "transfer": None, "scenarios": {}, "alpha": {}}, "p")
+    assert any(line.startswith("Suite `s` on 8 test images, last-epoch models") for line in lines)
 
 
 def test_the_masking_verdict_follows_the_transfer_warnings(paper_study):

@@ -237,9 +237,11 @@ def markdown(data: dict[str, Any], name: str, figures: str = "") -> list[str]:
         columns = table["columns"]
         header = ["model", *("R_worst" if c == "r_worst" else c for c in columns)]
         lines += [f"### {table['title']}", "",
+                  # What the suite runs (e.g. which C&W), in its description as the evaluations
+                  # recorded it: prose, outside an evaluation's identity.
                   f"Suite `{table['suite']}`"
-                  + (f" ({table['suite_description'].rstrip('.')})" if table.get("suite_description") else "")
-                  + f" on {table['n']} test images, "
+                  + (f": {table['suite_description'].rstrip('.')}. On" if table.get("suite_description") else " on")
+                  + f" {table['n']} test images, "
                   f"{'last-epoch' if table['checkpoint'] == 'last' else 'best-by-validation'} models "
                   f"of each variant's chosen setting; "
                   + ("each attack's column is the accuracy against it alone, "
