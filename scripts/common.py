@@ -25,8 +25,9 @@ def run_seconds(run_dir: Path) -> float:
 
 def machines_text(machines: Sequence[dict]) -> str:
     """The machines and torch versions the records name, e.g. "AMD EPYC (2 cores); torch
-    2.13.0+cpu", several sorted and joined with "and"; a record without a CPU (a run logged before runs
-    recorded their machine) is said as such. Never the machine that renders the document."""
+    2.13.0+cpu", several sorted and joined with "and"; a record without a CPU (a run logged
+    before runs recorded their machine) is said as such. Never the machine that renders the
+    document."""
     named = sorted({f"{m['cpu']} ({m['cpu_count']} cores)" + (f" with {m['gpu']}" if m.get("gpu") else "")
                     for m in machines if m.get("cpu")})
     if any(not m.get("cpu") for m in machines) or not machines:

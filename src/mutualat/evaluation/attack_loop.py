@@ -187,8 +187,10 @@ def model_outcomes(
     layout: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
     """Clean flags, the outcome matrix and per-attack run facts (seconds, points outside the
-    threat, examples attacked, layout, machine) of one model (resuming). ``layout`` (:mod:`.layout`'s name of the memory layout the model runs in) is recorded
-    with each attack it runs; an attack recorded before layouts were is None."""
+    threat, examples attacked, layout, machine) of one model (resuming). ``layout``
+    (:mod:`.layout`'s name of the memory layout the model runs in) is recorded with each
+    attack it runs, as is the machine that ran it; an attack recorded before either was has
+    None for it."""
     mdir = out / name
     clean_file = mdir / "clean.npz"
     if clean_file.is_file():
