@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+from mutualat.report import documents
+
 
 def run_seconds(run_dir: Path) -> float:
     """A finished run's duration, read from its folder (so also for a reused run): from the
@@ -24,16 +26,12 @@ def run_seconds(run_dir: Path) -> float:
 
 
 def machines_text(machines: Sequence[dict]) -> str:
-    """The machines and torch versions the records name, e.g. "AMD EPYC (2 cores); torch
-    2.13.0+cpu", several sorted and joined with "and"; a record without a CPU (a run logged
-    before runs recorded their machine) is said as such. Never the machine that renders the
-    document."""
-    named = sorted({f"{m['cpu']} ({m['cpu_count']} cores)" + (f" with {m['gpu']}" if m.get("gpu") else "")
-                    for m in machines if m.get("cpu")})
-    if any(not m.get("cpu") for m in machines) or not machines:
-        named.append("a machine the records do not name")
-    torch_versions = sorted({m["torch"] for m in machines if m.get("torch")})
-    return " and ".join(named) + (f"; torch {', '.join(torch_versions)}" if torch_versions else "")
+    """The machines and torch versions that runs' and evaluations' records name, in the words
+    of ``mutualat compare``'s report (:func:`mutualat.report.documents.machines_text`): "AMD
+    EPYC (2 cores), 1 torch thread per job, torch 2.13.0+cpu"; a record without a CPU (a run
+    logged before runs recorded their machine) is said as such. Never the machine that
+    renders the document."""
+    return documents.machines_text(documents.gather_machines(machines), per="job")
 
 
 def with_alpha(method: str, alpha: float) -> str:

@@ -251,7 +251,7 @@ def main() -> None:
         "## Multiple perturbations (l∞, l2, l1), CPU scale: Fashion-MNIST",
         "",
         f"Regenerate with `{command}` (its runs and evaluations took "
-        f"{work / 60:.0f} min in all, {args.jobs} jobs x {args.threads} thread at once on "
+        f"{work / 60:.0f} min in all, {args.jobs} jobs at once, on "
         f"{machines_text([m for r in results for m in r['machines']])}).",
         "",
         f"Setup: `configs/cpu/fmnist-mp-*.yaml` with `{args.arch}` models on "

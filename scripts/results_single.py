@@ -123,8 +123,7 @@ def main() -> None:
         "## Single perturbation (l-inf), CPU scale: Fashion-MNIST",
         "",
         f"Regenerate with `{command}` (the {len(seconds)} runs took "
-        f"{work / 60:.0f} min in all, {args.jobs} at a time with {args.threads} thread each, "
-        f"on {machines_text(machines)}).",
+        f"{work / 60:.0f} min in all, {args.jobs} at a time, on {machines_text(machines)}).",
         "",
         f"Setup: `configs/cpu/fmnist-*.yaml` with `{args.arch}` models, l-inf eps = 0.1, PGD-10 "
         f"training attack (step 0.025), {args.train_subset:,} training images (drawn from the "

@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import torch
 
+from mutualat.compare import provenance
 from mutualat.config import load_config
 from mutualat.device import hardware_info
+from mutualat.report import documents
 
 from conftest import REPO, script_module
 
@@ -50,13 +52,20 @@ def test_command_line_names_exactly_what_differs_from_the_defaults():
 
 
 def test_machines_are_named_from_the_records_once_each_and_unrecorded_ones_said_so():
-    a = {"cpu": "B CPU", "cpu_count": 2, "torch": "2.13"}
-    gpu = {"cpu": "A CPU", "cpu_count": 16, "gpu": "NVIDIA H200", "torch": "2.13"}
-    assert machines_text([a, dict(a), gpu]) == ("A CPU (16 cores) with NVIDIA H200 and B CPU "
-                                                "(2 cores); torch 2.13")
-    assert machines_text([a, {"torch": "2.12"}]) == (
-        "B CPU (2 cores) and a machine the records do not name; torch 2.12, 2.13")
-    assert machines_text([]) == "a machine the records do not name"
+    """The result scripts state their machines in the words of ``mutualat compare``'s report."""
+    a = {"cpu": "B CPU", "cpu_count": 2, "threads": 1, "torch": "2.13"}
+    gpu = {"cpu": "A CPU", "cpu_count": 16, "gpu": "NVIDIA H200", "threads": 4, "torch": "2.13"}
+    on_its_cpu = {**gpu, "gpu": None}  # a task on the GPU machine's CPU: the same machine
+    assert machines_text([a, dict(a), gpu, on_its_cpu]) == (
+        "A CPU (16 cores, NVIDIA H200); B CPU (2 cores), 1/4 torch threads per job, torch 2.13")
+    assert machines_text([{"torch": "2.12"}, a]) == (
+        "B CPU (2 cores); a machine its records do not name, 1 torch thread per job, "
+        "torch 2.12 and 2.13")
+    assert machines_text([]) == "machines not recorded"
+    # The report of a study says the same of the same records.
+    gathered = documents.gather_machines([a, gpu, on_its_cpu])
+    assert provenance.machines_text({**gathered, "training_machines_recorded": True}) == (
+        "A CPU (16 cores, NVIDIA H200); B CPU (2 cores), 1/4 torch threads per task, torch 2.13")
 
 
 def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path):
@@ -114,7 +123,8 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     # renders: a run whose record says it trained elsewhere, and an evaluation whose attacks
     # say they ran on a third machine under another torch, are named so.
     here = hardware_info(torch.device("cpu"))
-    assert f"on {here['cpu']} ({here['cpu_count']} cores); torch {torch.__version__})" in text
+    assert (f"on {here['cpu']} ({here['cpu_count']} cores), 1 torch thread per job, "
+            f"torch {torch.__version__})") in text
     log = tmp_path / "runs" / "at-avg-seed1" / "metrics.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines()]
     for r in records:
@@ -131,5 +141,5 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     assert third.returncode == 0, third.stderr[-3000:]
     named = sorted([f"{here['cpu']} ({here['cpu_count']} cores)", "Elsewhere CPU (64 cores)",
                     "Third CPU (8 cores)"])
-    torches = ", ".join(sorted([torch.__version__, "9.9"]))
-    assert f"on {' and '.join(named)}; torch {torches})" in doc.read_text()
+    torches = " and ".join(sorted([torch.__version__, "9.9"]))
+    assert f"on {'; '.join(named)}, 1 torch thread per job, torch {torches})" in doc.read_text()

@@ -19,37 +19,23 @@ from mutualat.compare.study import Study
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
 from mutualat.models import count_flops, load_model, read_model_meta
+from mutualat.report import documents
 from mutualat.train.logger import read_metrics
 from mutualat.train.optim import lr_and_weight_decay
 from mutualat.train.precision import Precision, candidates, device_rule
 
 
 def machines(study: Study, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The machines that ran the study's tasks (its task ``records``' ``machines``, the hardware
-    each evaluation and transfer file states; one entry per CPU, with the GPUs its tasks
-    used) and the torch versions they used; the torch threads per task where the records
-    state them, and whether any training task's record names its machine (records written
-    before they did name none). Never the machine that renders."""
-    found: dict[tuple, dict[str, Any]] = {}  # (cpu, cores) -> the machine, its GPUs merged
-    threads, torch_versions, trained_recorded = set(), set(), False
-
-    def add(hardware: dict[str, Any]) -> None:
-        if hardware.get("cpu") is None:
-            return
-        key = (hardware["cpu"], hardware.get("cpu_count"))
-        entry = found.setdefault(key, {"cpu": key[0], "cpu_count": key[1], "gpus": []})
-        if hardware.get("gpu") and hardware["gpu"] not in entry["gpus"]:
-            entry["gpus"].append(hardware["gpu"])  # a task on its CPU records none
-
+    """The machines that ran the study's tasks, gathered by
+    :func:`mutualat.report.documents.gather_machines` from its task ``records``' ``machines``
+    and the machines each evaluation and transfer file states; and whether any training
+    task's record names its machine (records written before they did name none). Never the
+    machine that renders."""
+    named, trained_recorded = [], False
     for slug, record in records.items():
         for entry in (record, *record.get("earlier", [])):
-            for machine in entry.get("machines", []):
-                add(machine)
-                trained_recorded |= slug.startswith("train__")
-                if isinstance(machine.get("threads"), int):
-                    threads.add(machine["threads"])
-                if machine.get("torch"):
-                    torch_versions.add(machine["torch"])
+            named += entry.get("machines", [])
+            trained_recorded |= slug.startswith("train__") and bool(entry.get("machines"))
     for path in sorted([*(study.out / "evals").glob("**/summary.json"),
                         *(study.out / "tables").glob("**/summary.json"),
                         *(study.out / "transfer").glob("*/transfer.json")]):
@@ -60,14 +46,9 @@ def machines(study: Study, records: dict[str, dict[str, Any]]) -> dict[str, Any]
         # The machines that computed its attacks; a file written before they were recorded,
         # or a transfer matrix, names the one that wrote it.
         computed = [m for m in result.get("computed_on") or [] if m.get("cpu")]
-        for machine in computed or [result.get("hardware", {})]:
-            add(machine)
-        found_torch = {m["torch"] for m in computed if m.get("torch")}
-        torch_versions |= found_torch or ({result["versions"]["torch"]}
-                                          if result.get("versions", {}).get("torch") else set())
-    listed = sorted(found.values(), key=lambda m: json.dumps(m, sort_keys=True))
-    return {"machines": listed, "threads": sorted(threads), "torch": sorted(torch_versions),
-            "training_machines_recorded": trained_recorded}
+        named += computed or [{**result.get("hardware", {}),
+                               "torch": result.get("versions", {}).get("torch")}]
+    return {**documents.gather_machines(named), "training_machines_recorded": trained_recorded}
 
 
 def model_costs(study: Study, selections: dict[str, Any],
@@ -114,18 +95,12 @@ def train_slug(study: Study, run: Path) -> str:
 
 
 def machines_text(data: dict[str, Any]) -> str:
-    """``AMD EPYC (2 cores), 1 torch thread per task, torch 2.13.0+cpu``: the machines the
-    study's tasks recorded (several joined by "; "), the thread counts where recorded."""
-    listed = "; ".join(f"{m['cpu']} ({m['cpu_count']} cores"
-                       + "".join(f", {gpu}" for gpu in m["gpus"]) + ")"
-                       for m in data["machines"]) or "machines not recorded"
-    threads = data["threads"]
-    per_task = (f", {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''} "
-                "per task" if threads else "")
-    versions = f", torch {' and '.join(data['torch'])}" if data["torch"] else ""
+    """``AMD EPYC (2 cores), 1 torch thread per task, torch 2.13.0+cpu``
+    (:func:`mutualat.report.documents.machines_text`), and whether the training's machines
+    are known only from the evaluation files."""
     unrecorded = ("" if data["training_machines_recorded"] else
                   " (as its evaluation files state; its training tasks' records name no machine)")
-    return listed + per_task + versions + unrecorded
+    return documents.machines_text(data) + unrecorded
 
 
 def model_lines(models: dict[str, Any]) -> list[str]:

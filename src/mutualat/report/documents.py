@@ -3,7 +3,9 @@ command that wrote it, quoted for a reader to rerun.
 
 ``mutualat compare --write DOC`` and the results scripts (scripts/results_*.py) keep their
 tables in docs/RESULTS.md this way: each owns the text between its two markers, and the
-rest of the document, written by hand, is never touched.
+rest of the document, written by hand, is never touched. Both say where their numbers were
+computed in the same words (:func:`gather_machines`, :func:`machines_text`), from the
+records the runs and evaluations wrote, never from the machine that renders the document.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 
 def shell_command(argv: Sequence[str]) -> str:
@@ -45,3 +47,50 @@ def write_section(path: Path, begin: str, end: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + body + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The machines that ``records`` name (:func:`mutualat.device.machine_record`'s, as runs and
+    evaluations wrote them): one entry per CPU model and core count, with the GPUs used on it
+    merged in (a task on that machine's CPU records none); the torch threads and versions the
+    records state; and how many records name no machine (written before records did). Sorted,
+    so the same records in any order gather the same way."""
+    found: dict[tuple, dict[str, Any]] = {}  # (cpu, cores) -> the machine, its GPUs merged
+    threads: set[int] = set()
+    versions: set[str] = set()
+    unnamed = 0
+    for record in records:
+        if isinstance(record.get("threads"), int):
+            threads.add(record["threads"])
+        if record.get("torch"):
+            versions.add(record["torch"])
+        if not record.get("cpu"):
+            unnamed += 1
+            continue
+        key = (record["cpu"], record.get("cpu_count"))
+        entry = found.setdefault(key, {"cpu": key[0], "cpu_count": key[1], "gpus": []})
+        if record.get("gpu") and record["gpu"] not in entry["gpus"]:
+            entry["gpus"].append(record["gpu"])
+    for entry in found.values():
+        entry["gpus"].sort()
+    return {"machines": sorted(found.values(), key=lambda m: (m["cpu"], m["cpu_count"] or 0)),
+            "threads": sorted(threads), "torch": sorted(versions), "unnamed": unnamed}
+
+
+def machines_text(gathered: dict[str, Any], per: str = "task") -> str:
+    """What :func:`gather_machines` found, as a document says it: ``AMD EPYC (2 cores), 1 torch
+    thread per task, torch 2.13.0+cpu``; several machines joined by "; " (a GPU inside the
+    parentheses), the thread counts where recorded (``per``: what one count belongs to), and a
+    machine no record names said as such."""
+    listed = [f"{m['cpu']} ({m['cpu_count']} cores" + "".join(f", {gpu}" for gpu in m["gpus"]) + ")"
+              for m in gathered["machines"]]
+    if gathered["unnamed"]:
+        listed.append("a machine its records do not name")
+    text = "; ".join(listed) or "machines not recorded"
+    threads = gathered["threads"]
+    if threads:
+        text += (f", {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''} "
+                 f"per {per}")
+    if gathered["torch"]:
+        text += f", torch {' and '.join(gathered['torch'])}"
+    return text
