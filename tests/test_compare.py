@@ -502,6 +502,47 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
         assert progress.family(key) == expected
 
 
+def test_tasks_start_seed_by_seed_then_phase_then_longest_first():
+    """Of the tasks that can start, an earlier seed or phase goes first whatever its length;
+    within one, the longest by the median of finished tasks of its family (less what a
+    resumed one has spent), one with nothing like it finished before any estimated one, and
+    ties in the plan's order; so the last to start on K cores is a short one."""
+    def task(key: str, priority: tuple[int, int]) -> Task:
+        return Task(key, "eval", {}, priority)
+
+    ready = [task("table/t2/at/seed10", (1, 4)), task("table/t2/trades/seed10", (1, 4)),
+             task("table/t2/mat/seed10", (1, 4)), task("table/t2/mart/seed10", (1, 4)),
+             task("table/t3/at/seed10", (1, 4)), task("eval/at/seed10", (1, 3)),
+             task("table/t2/ard/seed10", (1, 4)), task("table/t2/act/seed0", (0, 4))]
+    records = {"table__t2__at__seed0": {"status": "done", "cpu_s": 100.0},
+               "table__t2__trades__seed0": {"status": "done", "cpu_s": 100.0},
+               "table__t2__mat__seed0": {"status": "done", "cpu_s": 300.0},
+               "table__t2__mart__seed0": {"status": "done", "cpu_s": 500.0},
+               "table__t2__mart__seed10": {"status": "interrupted", "cpu_s": 450.0},  # 50 left
+               "table__t2__ard__seed0": {"status": "done", "cpu_s": 200.0},
+               "table__t2__ard__seed5": {"status": "done", "cpu_s": 9000.0},  # undone now:
+               "table__t2__act__seed0": {"status": "done", "cpu_s": 1.0},     # not counted
+               "eval__at__seed0": {"status": "done", "cpu_s": 1.0}}
+    ordered = progress.longest_first(ready, ["table/t2/ard/seed5"], records)
+    assert [t.key for t in ordered] == [
+        "table/t2/act/seed0", "eval/at/seed10", "table/t3/at/seed10", "table/t2/mat/seed10",
+        "table/t2/ard/seed10", "table/t2/at/seed10", "table/t2/trades/seed10",
+        "table/t2/mart/seed10"]
+    # A teacher's training counts with that of the longest student waiting on it, of its seed.
+    ready = [Task("train/mat/lr0.1/seed10", "train", {}, (1, 1)),
+             Task("train/at/lr0.1/seed10", "train", {}, (1, 1)),
+             Task("train/nat/lr0.05/seed10", "train", {}, (1, 1))]
+    records = {f"train__{variant}__lr0.1__seed0": {"status": "done", "cpu_s": cpu}
+               for variant, cpu in (("mat", 500.0), ("at", 240.0), ("ard", 300.0),
+                                    ("offline", 200.0), ("nat", 100.0), ("nat-student", 100.0))}
+    waiting = ["train/ard/lr0.01/seed10", "train/offline/lr0.1/seed10",
+               "train/nat-student/lr0.1/seed10", "train/ard/lr0.01/seed20"]
+    teachers = {"ard": "at", "offline": "at", "nat-student": "nat"}
+    ordered = progress.longest_first(ready, waiting, records, teachers)
+    assert [t.key for t in ordered] == ["train/at/lr0.1/seed10", "train/mat/lr0.1/seed10",
+                                        "train/nat/lr0.05/seed10"]  # 240 + 300 > 500 > 100 + 100
+
+
 def test_a_finished_task_run_again_gets_a_record_of_its_own(tmp_path):
     """Its result moved away, a finished task runs again: its record is this run's, the
     finished one kept under "earlier", and the study's cost counts both."""

@@ -17,7 +17,7 @@ import statistics
 
 from mutualat.compare import sections
 from mutualat.compare.records import task_records
-from mutualat.compare.study import UNCHOSEN, Study
+from mutualat.compare.study import UNCHOSEN, Study, Task
 
 #: Record statuses of a task that continues where it stopped: its CPU time counts as done.
 _RESUMES = ("interrupted", "running", "failed")
@@ -33,21 +33,18 @@ def family(key: str) -> str:
 
 
 def status_lines(study: Study) -> list[str]:
-    """The lines ``--status`` prints: one per task that can start, one per family of tasks
-    still waiting on others, then the totals."""
+    """The lines ``--status`` prints: one per task that can start (in the order ``mutualat
+    compare`` would start them), one per family of tasks still waiting on others, then the
+    totals."""
     records = task_records(study.out)  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
-    undone = _undone(records, [t.key for t in ready] + waiting)
-    done: dict[str, list[float]] = {}  # family -> CPU seconds of its finished tasks
-    for slug, record in records.items():
-        if record.get("status") == "done" and slug not in undone:
-            done.setdefault(_family_of(slug), []).append(record["cpu_s"])
+    ready = longest_first(ready, waiting, records, study.plan.teachers)  # as they would start
+    done = finished_costs(records, [t.key for t in ready] + waiting)
     lines = []
     width = max((len(t.key) for t in ready), default=0)
     ready_total, ready_unknown = 0.0, 0
     for task in ready:
-        record = records.get(task.slug, {})
-        spent = record.get("cpu_s", 0.0) if record.get("status") in _RESUMES else 0.0
+        spent = _spent(records, task)
         like = done.get(family(task.key), [])
         if like:
             left = max(statistics.median(like) - spent, 0.0)
@@ -86,6 +83,53 @@ def status_lines(study: Study) -> list[str]:
             last += f" ({unknown} of them not estimated)" if unknown else ""
     lines.append(last)
     return lines
+
+
+def finished_costs(records: dict[str, dict], unfinished: list[str]) -> dict[str, list[float]]:
+    """By :func:`family`, the CPU seconds of the finished tasks in ``records``, leaving out
+    those of the ``unfinished`` task keys (a task run again after its setting changed)."""
+    undone = _undone(records, unfinished)
+    done: dict[str, list[float]] = {}
+    for slug, record in records.items():
+        if record.get("status") == "done" and slug not in undone:
+            done.setdefault(_family_of(slug), []).append(record["cpu_s"])
+    return done
+
+
+def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict],
+                  teachers: dict[str, str] | None = None) -> list[Task]:
+    """``ready`` in the order to start them: by priority (:attr:`Task.priority`: seed by seed,
+    then phase), and within a priority the longest first, as :func:`status_lines` estimates
+    them (a task with nothing like it finished counts as the longest: it may be, and its
+    cost then informs the estimates of its kind at later seeds). A teacher's training counts
+    with its longest student's (``teachers``: student variant -> teacher variant, the plan's),
+    which can start only after it. On K cores the last task to start is then a short one,
+    rather than an hour of one core's work while the others idle; ties keep the plan's
+    order."""
+    done = finished_costs(records, [t.key for t in ready] + waiting)
+    students: dict[str, list[str]] = {}  # a teacher's training key -> its students' (waiting)
+    for key in waiting:
+        parts = key.split("/")
+        if parts[0] == "train" and parts[1] in (teachers or {}):
+            students.setdefault((teachers[parts[1]], parts[-1]), []).append(key)
+
+    def median(key: str) -> float:
+        like = done.get(family(key))
+        return statistics.median(like) if like else float("inf")
+
+    def left(task: Task) -> float:
+        own = max(median(task.key) - _spent(records, task), 0.0)
+        parts = task.key.split("/")
+        waits = students.get((parts[1], parts[-1]), []) if parts[0] == "train" else []
+        return own + max((median(k) for k in waits), default=0.0)
+
+    return sorted(ready, key=lambda t: (t.priority, -left(t)))
+
+
+def _spent(records: dict[str, dict], task: Task) -> float:
+    """The CPU seconds a task that resumes has already spent (0 for one not started)."""
+    record = records.get(task.slug, {})
+    return record.get("cpu_s", 0.0) if record.get("status") in _RESUMES else 0.0
 
 
 def _undone(records: dict[str, dict], keys: list[str]) -> set[str]:

@@ -13,7 +13,10 @@ on Linux (the parent-death signal).
 
 After every finished task the study is read again from its folder (:meth:`Study.tasks`),
 so a variant's seed runs start as soon as its grid has finished and its evaluations as soon
-as a run has. A task that fails is reported and not retried in the
+as a run has. Of the tasks that can start, those of the earliest seed and phase go first and
+among them the longest, by the CPU time of finished tasks of their kind
+(:func:`mutualat.compare.progress.longest_first`), so a study does not end on one long task
+with the other cores idle. A task that fails is reported and not retried in the
 same invocation; the others go on. Interrupted (Ctrl-C, a kill), the same command continues:
 finished runs and evaluations are reused, interrupted ones resumed.
 """
@@ -32,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mutualat.compare import sections
+from mutualat.compare import progress, sections
 from mutualat.compare.plan import Plan
+from mutualat.compare.records import task_records
 from mutualat.compare.report import write_report
 from mutualat.compare.study import Study, Task
 from mutualat.compare.worker import die_with_parent, forked_main
@@ -129,7 +133,8 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
     launcher = _Launcher(fork, threads)
     try:
         while True:
-            ready, _ = sections.tasks(study)
+            ready, waiting = sections.tasks(study)
+            ready = progress.longest_first(ready, waiting, task_records(out), plan.teachers)
             ready = [t for t in ready if t.key not in running and t.key not in failed]
             while ready and len(running) < jobs:
                 task = ready.pop(0)
