@@ -62,6 +62,12 @@ def test_machines_are_named_from_the_records_once_each_and_unrecorded_ones_said_
         "B CPU (2 cores); a machine its records do not name, 1 torch thread per job, "
         "torch 2.12 and 2.13")
     assert machines_text([]) == "machines not recorded"
+    # The same CPU model with another share of cores is another machine, fewer cores first;
+    # the GPUs used on one machine are named once each, in order.
+    wide, h100 = {**a, "cpu_count": 16}, {**gpu, "gpu": "NVIDIA H100"}
+    assert machines_text([wide, h100, gpu, a, gpu]) == (
+        "A CPU (16 cores, NVIDIA H100, NVIDIA H200); B CPU (2 cores); B CPU (16 cores), "
+        "1/4 torch threads per job, torch 2.13")
     # The report of a study says the same of the same records.
     gathered = documents.gather_machines([a, gpu, on_its_cpu])
     assert provenance.machines_text({**gathered, "training_machines_recorded": True}) == (

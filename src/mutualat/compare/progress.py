@@ -107,7 +107,7 @@ def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict
     rather than an hour of one core's work while the others idle; ties keep the plan's
     order."""
     done = finished_costs(records, [t.key for t in ready] + waiting)
-    students: dict[str, list[str]] = {}  # a teacher's training key -> its students' (waiting)
+    students: dict[tuple[str, str], list[str]] = {}  # (teacher, "seed<S>") -> students' keys
     for key in waiting:
         parts = key.split("/")
         if parts[0] == "train" and parts[1] in (teachers or {}):

@@ -73,7 +73,11 @@ def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
             entry["gpus"].append(record["gpu"])
     for entry in found.values():
         entry["gpus"].sort()
-    return {"machines": sorted(found.values(), key=lambda m: (m["cpu"], m["cpu_count"] or 0)),
+    def order(machine: dict[str, Any]) -> tuple:  # by name, then fewest cores first
+        cores = machine["cpu_count"]
+        return (str(machine["cpu"]), cores if isinstance(cores, int) else -1, str(cores))
+
+    return {"machines": sorted(found.values(), key=order),
             "threads": sorted(threads), "torch": sorted(versions), "unnamed": unnamed}
 
 
