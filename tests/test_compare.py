@@ -502,6 +502,30 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
         assert progress.family(key) == expected
 
 
+def test_runs_of_a_grid_point_the_plan_dropped_are_listed_as_such(finished_study, tmp_path):
+    """A grid narrowed after its runs finished (the protocol forbids nothing of the kind, a
+    reading must explain it): the dropped point's run stays in the folder and in the cost,
+    and the runs table says the plan no longer asks for it."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    chosen = Study(load_plan(plan), out).selection("at")
+    narrowed = _write_plan(tmp_path / "narrowed", TINY_PLAN.replace(
+        "seeds: [0, 2]", f"grids:\n  at: {{lr: [{chosen.chosen['lr']}]}}\nseeds: [0, 2]"))
+    study = Study(load_plan(narrowed), out)
+    assert sections.tasks(study) == ([], [])  # nothing to run again
+    data = report.collect(study)
+    dropped = [r for r in data["runs"] if not r["in_plan"]]
+    assert [(r["variant"], r["run"]) for r in dropped] == [("at", "seed0")]
+    assert dropped[0]["setting"] != chosen.label and not dropped[0]["chosen"]
+    text = markdown(json.loads(json.dumps(data)))
+    assert f"| at | {dropped[0]['setting']} | seed0 | not in the plan's grid | " in text
+    assert sum("not in the plan's grid" in line for line in text.splitlines()) == 1
+    assert ("1 run of grid points or variants the plan no longer has (an earlier grid) stays in "
+            "the study's folder, listed and counted here, never chosen. Training CPU time") in text
+    assert "no longer has" not in markdown(json.loads((finished / "comparison.json").read_text()))
+
+
 def test_tasks_start_seed_by_seed_then_phase_then_longest_first():
     """Of the tasks that can start, an earlier seed or phase goes first whatever its length;
     within one, the longest by the median of finished tasks of its family (less what a

@@ -31,6 +31,7 @@ from typing import Any
 
 from mutualat.compare import provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
+from mutualat.compare.plan import setting_label
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
@@ -167,8 +168,10 @@ def _runs(study: Study, selections: dict[str, Any],
           records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every training run of the study with what it cost (wall and CPU seconds of the task
     processes that ran it, summed over invocations; None for a run this study reused from
-    elsewhere without a record)."""
-    out = []
+    elsewhere without a record), and whether the plan still asks for it: a run of a grid
+    point or variant the plan has since dropped stays in the folder, and in its cost."""
+    plan, out = study.plan, []
+    grids = {v: {setting_label(s) for s in plan.settings(v)} for v in plan.variants}
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
         if not (study.finished(run) or study.diverged(run)):
             continue
@@ -177,6 +180,7 @@ def _runs(study: Study, selections: dict[str, Any],
         chosen = selections.get(variant)
         out.append({"variant": variant, "setting": label, "run": run.name,
                     "chosen": bool(chosen and chosen.label == label),
+                    "in_plan": label in grids.get(variant, ()),
                     "diverged": study.diverged(run),
                     "wall_s": record.get("wall_s"), "cpu_s": record.get("cpu_s")})
     return out
@@ -291,10 +295,16 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     for run in data["runs"]:
         wall = f"{run['wall_s'] / 60:.1f}" if run["wall_s"] is not None else "—"
         cpu = f"{run['cpu_s'] / 60:.1f}" if run["cpu_s"] is not None else "—"
-        chosen = "yes" if run["chosen"] else ("diverged" if run.get("diverged") else "")
+        chosen = "; ".join(note for note, flag in (
+            ("yes", run["chosen"]), ("diverged", run.get("diverged")),
+            ("not in the plan's grid", not run.get("in_plan", True))) if flag)
         lines.append(f"| {run['variant']} | {run['setting']} | {run['run']} | {chosen} | {wall} | {cpu} |")
     total = sum(r["cpu_s"] or 0 for r in data["runs"])
-    lines += ["", f"Training CPU time of these runs: {total / 3600:.1f} h. Ran on: "
+    dropped = sum(not r.get("in_plan", True) for r in data["runs"])
+    lines += ["", (f"{dropped} run{'s' if dropped != 1 else ''} of grid points or variants the "
+                   f"plan no longer has (an earlier grid) {'stay' if dropped != 1 else 'stays'} in "
+                   "the study's folder, listed and counted here, never chosen. " if dropped else "")
+              + f"Training CPU time of these runs: {total / 3600:.1f} h. Ran on: "
               f"{provenance.machines_text(data)}.", ""]
     return "\n".join(lines)
 
