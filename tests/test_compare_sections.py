@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.container import BarContainer
 import torch
 
 from mutualat.compare import Study, load_plan, provenance, report, sections
@@ -395,6 +396,30 @@ def test_the_alpha_figure_draws_one_curve_per_learning_rate(paper_study, tmp_pat
     rate = next(line for line in robust.get_lines() if line.get_label() == "lr = 0.1")
     assert np.isnan(rate.get_ydata()[0]) and rate.get_ydata()[1] == 50.0
     assert {line.get_label() for line in clean_axis.get_lines()} >= {"lr = 0.05", "lr = 0.1"}
+
+
+def test_the_scenarios_figure_shows_each_models_mean_and_spread(paper_study, tmp_path, monkeypatch):
+    """Fig. 2: a clean and a robust bar per scenario model, at the mean over seeds, with an
+    error bar of one std over seeds, as the section's table gives them."""
+    _, out, _ = paper_study
+    data = json.loads((out / "comparison.json").read_text())["extras"]
+    figures = []
+    monkeypatch.setattr(paper_plots, "_save", lambda fig, path: figures.append(fig) or path)
+    sections.plot({"scenarios": data["scenarios"], "alpha": {}}, tmp_path, "tiny")
+    (fig,) = figures
+    (ax,) = fig.axes
+    assert ax.get_ylabel() == "test accuracy (%), mean ± std over seeds"
+    models = [(label, model, acc) for label, p in data["scenarios"].items()
+              for model, acc in sorted(p["models"].items())]
+    clean_bars, robust_bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for bars, kind in ((clean_bars, "clean"), (robust_bars, "robust")):
+        assert [b.get_height() for b in bars.patches] == pytest.approx(
+            [100 * acc[kind][0] for _, _, acc in models])
+        _, _, (vertical,) = bars.errorbar.lines  # the data line, the caps, the bars' segments
+        assert [top - bottom for (_, bottom), (_, top) in vertical.get_segments()] == pytest.approx(
+            [2 * 100 * acc[kind][1] for _, _, acc in models])
+    assert any(acc["robust"][1] > 0 for _, _, acc in models)  # two seeds: a spread to draw
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{label}\n{model}" for label, model, _ in models]
 
 
 def test_the_report_names_every_machine_its_tasks_recorded(paper_study, tmp_path):

@@ -332,10 +332,12 @@ def plot(data: dict[str, Any], out: Path, name: str) -> list[Path]:
     if data["scenarios"]:
         points = {label: {model: (acc["clean"][0], acc["robust"][0]) for model, acc in p["models"].items()}
                   for label, p in data["scenarios"].items()}
+        spread = {label: {model: (acc["clean"][1], acc["robust"][1]) for model, acc in p["models"].items()}
+                  for label, p in data["scenarios"].items()}
         attack = next(iter(data["scenarios"].values()))["attack"]
         paths.append(paper_plots.plot_kd_scenarios(
             points, out / f"{name}-scenarios.png",
-            robust_label=f"robust ({'R_worst' if attack == 'r_worst' else attack})"))
+            robust_label=f"robust ({'R_worst' if attack == 'r_worst' else attack})", spread=spread))
     for variant, alpha in data["alpha"].items():
         robust: dict[str, dict[str, float]] = {}
         clean: dict[str, dict[str, float]] = {}
