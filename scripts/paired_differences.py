@@ -2,6 +2,7 @@
 
     python scripts/paired_differences.py STUDY --against ROW [--checkpoints last best]
                                          [--columns r_worst clean pgd-100 ...] [--json]
+                                         [--table NAME]
 
 STUDY is a `mutualat compare` output folder (or its comparison.json). A comparison reports
 every row against the plan's baseline and each cohort's ensemble against the control; a
@@ -14,6 +15,11 @@ the report uses (mutualat.compare.stats), from the per-seed numbers the report w
 nothing is evaluated again. Columns: clean, r_worst, r_avg, an attack of the suite (its
 cumulative accuracy, as in the report's table), or a threat type of a suite with several
 (linf, l2, l1: per example the worst case over that type's attacks).
+
+With ``--table NAME`` the rows are those of one of the plan's tables instead (the paper's
+Table 2 or 3: "mat-a0.6 h1" against "at-lc", say), at the table's checkpoint, and the columns
+its own: clean, each of its attacks (accuracy against it alone where the table's suite is
+standalone) and r_worst.
 
 docs/RESULTS.md quotes it for the Fashion-MNIST comparison, against AT (CE).
 """
@@ -46,6 +52,24 @@ def load(study: Path) -> dict[str, Any]:
         raise PairingError(f"{path} is not valid JSON ({error})") from None
 
 
+def table_rows(comparison: dict[str, Any], name: str) -> dict[str, Any]:
+    """The plan's table ``name`` in the shape of the main table's rows (each seed's numbers
+    under ``attacks``, clean and r_worst beside them), for :func:`pairings`."""
+    tables = (comparison.get("extras") or {}).get("tables") or []
+    table = next((t for t in tables if t["name"] == name), None)
+    if table is None:
+        raise PairingError(f"no table named {name!r}; the comparison's tables are: "
+                           f"{', '.join(t['name'] for t in tables) or 'none'}")
+    attacks = [c for c in table["columns"] if c not in SUMMARY_COLUMNS]
+    rows = [{"row": row["row"], "checkpoint": table["checkpoint"],
+             "seeds": {seed: {**{c: numbers[c] for c in SUMMARY_COLUMNS if c in numbers},
+                              "attacks": {a: numbers[a] for a in attacks if a in numbers}}
+                       for seed, numbers in row["seeds"].items()}}
+            for row in table["rows"]]
+    return {"rows": rows, "attacks": attacks,
+            "summary_columns": [c for c in SUMMARY_COLUMNS if c in table["columns"]]}
+
+
 def value(seed_record: dict[str, Any], column: str) -> float | None:
     if column in SUMMARY_COLUMNS:
         return seed_record.get(column)
@@ -57,7 +81,8 @@ def known_columns(comparison: dict[str, Any]) -> list[str]:
     attacks = [a["id"] if isinstance(a, dict) else a for a in comparison.get("attacks", [])]
     threats = sorted({t for row in comparison.get("rows", []) for record in row["seeds"].values()
                       for t in record.get("threats", {})})
-    return [*SUMMARY_COLUMNS, *attacks, *(t for t in threats if t not in attacks)]
+    summary = comparison.get("summary_columns", SUMMARY_COLUMNS)
+    return [*summary, *attacks, *(t for t in threats if t not in attacks)]
 
 
 def pairings(comparison: dict[str, Any], against: str, checkpoints: list[str],
@@ -129,12 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", type=Path,
                         help="a `mutualat compare` output folder, or its comparison.json")
     parser.add_argument("--against", required=True, help="the row to pair with, as the report names it")
-    parser.add_argument("--checkpoints", nargs="+", default=["last", "best"], choices=["last", "best"])
+    parser.add_argument("--checkpoints", nargs="+", choices=["last", "best"],
+                        help="default: last and best; with --table, the table's checkpoint")
     parser.add_argument("--columns", nargs="+", default=["clean", "r_worst"])
+    parser.add_argument("--table", help="pair the rows of this table of the plan (table2, ...)")
     parser.add_argument("--json", action="store_true", help="print the pairings as JSON")
     args = parser.parse_args(argv)
     try:
-        entries = pairings(load(args.study), args.against, args.checkpoints, args.columns)
+        comparison = load(args.study)
+        if args.table is not None:
+            comparison = table_rows(comparison, args.table)
+        checkpoints = args.checkpoints or sorted({r["checkpoint"] for r in comparison["rows"]}
+                                                 if args.table is not None else ["last", "best"])
+        entries = pairings(comparison, args.against, checkpoints, args.columns)
     except PairingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -770,7 +770,29 @@ def test_paired_differences_by_hand_and_their_errors(tmp_path, capsys):
     assert entry["r_worst"]["excludes_zero"] and entry["pgd"]["mean"] == pytest.approx(0.03)
     assert pairs.main([str(study), "--against", "at", "--columns", "r_worst"]) == 0
     assert f"| mat (member h1) | last | 3 | +3.00 [{100 * (0.03 - half):+.2f}, " in capsys.readouterr().out
-    for argv, message in (([str(study), "--against", "trades"], "no row named 'trades'; the rows are: at, mat"),
+    # A table of the plan: its rows, at its checkpoint, its columns.
+    table = {"name": "table3", "checkpoint": "last", "columns": ["clean", "pgd-20", "pgd-1000", "r_worst"],
+             "rows": [{"row": row, "seeds": {str(s): {"clean": 0.8, "pgd-20": v + 0.01,
+                                                      "pgd-1000": v, "r_worst": v}
+                                             for s, v in zip((0, 10), values)}}
+                      for row, values in (("at-lc", (0.50, 0.60)), ("mat h1", (0.53, 0.61)))]}
+    (study / "comparison.json").write_text(json.dumps({"rows": rows, "attacks": ["pgd"],
+                                                       "extras": {"tables": [table]}}))
+    assert pairs.main([str(study), "--table", "table3", "--against", "at-lc", "--columns",
+                       "pgd-1000", "clean", "--json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert (entry["row"], entry["checkpoint"], entry["seeds"]) == ("mat h1", "last", [0, 10])
+    assert entry["pgd-1000"]["differences"] == pytest.approx([0.03, 0.01])
+    half = 12.706 * 0.01  # differences 0.03, 0.01: sd 0.0141, standard error 0.01, t(1) = 12.706
+    assert (entry["pgd-1000"]["low"], entry["pgd-1000"]["high"]) == pytest.approx((0.02 - half, 0.02 + half))
+    assert entry["clean"]["mean"] == 0.0
+    for argv, message in (([str(study), "--table", "table2", "--against", "at-lc"],
+                           "no table named 'table2'; the comparison's tables are: table3"),
+                          ([str(study), "--table", "table3", "--against", "at-lc", "--columns", "r_avg"],
+                           "unknown column 'r_avg'; choose from clean, r_worst, pgd-20, pgd-1000"),
+                          ([str(study), "--table", "table3", "--against", "at"],
+                           "no row named 'at'; the rows are: at-lc, mat h1"),
+                          ([str(study), "--against", "trades"], "no row named 'trades'; the rows are: at, mat"),
                           ([str(study), "--against", "at", "--columns", "fgsm"], "unknown column 'fgsm'"),
                           ([str(study), "--against", "at", "--checkpoints", "best"], "was not evaluated"),
                           ([str(tmp_path), "--against", "at"], "holds no comparison.json")):
