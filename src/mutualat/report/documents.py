@@ -73,6 +73,7 @@ def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
             entry["gpus"].append(record["gpu"])
     for entry in found.values():
         entry["gpus"].sort()
+
     def order(machine: dict[str, Any]) -> tuple:  # by name, then fewest cores first
         cores = machine["cpu_count"]
         return (str(machine["cpu"]), cores if isinstance(cores, int) else -1, str(cores))
