@@ -604,6 +604,41 @@ class _AlwaysClassZero(nn.Module):
         return logits + 0 * x.flatten(1).sum(dim=1, keepdim=True)
 
 
+class _FaultyInLastBatch(nn.Module):
+    """Logits of a linear map, except on the examples whose first pixel is marked: 0.5 marks
+    a randomized output, 1.0 a constant one (an exactly zero input gradient)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x.flatten(1))
+        mark = x[:, 0, 0, 0].unsqueeze(1)
+        noisy = logits + torch.randn_like(logits) * (mark == 0.5)
+        return torch.where(mark == 1.0, torch.ones_like(logits), noisy)
+
+
+@pytest.mark.filterwarnings("ignore:pgd. the input gradient is exactly zero")
+def test_output_checks_look_at_every_example_not_only_the_first_batch():
+    """A randomized output or a zero gradient in the last batch of the check sample is still
+    reported, with the count over the whole sample."""
+    torch.manual_seed(0)
+    images = torch.rand(40, 3, 8, 8) * 0.4  # no pixel reaches a mark by chance
+    labels = torch.arange(10).repeat(4)
+    images[32:35, 0, 0, 0] = 0.5  # randomized
+    images[35:40, 0, 0, 0] = 1.0  # constant
+    result = masking.run_checks({"m": _FaultyInLastBatch()}, images, labels, None, None, 10,
+                                torch.device("cpu"), masking.CheckConfig(n=40, sample="first"))
+    warnings = " ".join(result["warnings"])
+    assert "m: two forward passes on the same images differ" in warnings
+    assert "m: 5 of 40 inputs have an exactly zero gradient" in warnings
+    assert "probabilities" not in warnings
+    clean = masking.run_checks({"m": _FaultyInLastBatch()}, images[:30], labels[:30], None, None,
+                               10, torch.device("cpu"), masking.CheckConfig(n=30, sample="first"))
+    assert not any("differ" in w or "zero gradient" in w for w in clean["warnings"])
+
+
 @pytest.mark.filterwarnings("ignore:pgd. the input gradient is exactly zero")  # a constant model
 def test_masking_checks_sample_every_class_of_a_class_ordered_set():
     """An image folder is read in class order: the checks' examples are a class-balanced

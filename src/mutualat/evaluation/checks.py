@@ -193,21 +193,32 @@ def _noise_attack(norm: str, eps: float, draws: int) -> AttackFn:
     return attack
 
 
-def _output_checks(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+def _output_checks(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int) -> list[str]:
+    """What makes loss-based attacks unreliable on the model's outputs, over every example of
+    the check sample, ``batch_size`` at a time: a randomized forward pass, probabilities
+    instead of logits, inputs whose loss gradient is exactly zero."""
+    if len(y) == 0:
+        return []
+    randomized, probabilities, zero = False, True, 0  # any batch; every batch; a count
+    for xb, yb in _batches(x, y, batch_size):
+        with torch.no_grad(), attack_mode(model, "eval"):
+            a, b = model(xb), model(xb)
+        randomized |= bool((a - b).abs().max() > 1e-4 * max(1.0, float(a.abs().max())))
+        probabilities &= bool(a.min() >= 0 and a.max() <= 1 and torch.allclose(
+            a.sum(dim=1), torch.ones_like(a[:, 0]), atol=1e-4))
+        with attack_mode(model, "eval"):
+            xg = xb.detach().clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(xg), yb, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xg)
+        zero += int((grad.flatten(1).abs().sum(dim=1) == 0).sum())
     out = []
-    with torch.no_grad(), attack_mode(model, "eval"):
-        a, b = model(x), model(x)
-    if (a - b).abs().max() > 1e-4 * max(1.0, float(a.abs().max())):
+    if randomized:
         out.append(f"{name}: two forward passes on the same images differ; a randomized model "
                    "needs expectation over transformation (EOT) attacks")
-    if a.min() >= 0 and a.max() <= 1 and torch.allclose(a.sum(dim=1), torch.ones_like(a[:, 0]), atol=1e-4):
+    if probabilities:
         out.append(f"{name}: the outputs look like probabilities, not logits; loss-based "
                    "attacks on a softmax output see vanishing gradients")
-    with attack_mode(model, "eval"):
-        xg = x.detach().clone().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, xg)
-    zero = int((grad.flatten(1).abs().sum(dim=1) == 0).sum())
     if zero:
         out.append(f"{name}: {zero} of {len(y)} inputs have an exactly zero gradient; gradient "
                    "attacks cannot move them")
@@ -260,7 +271,7 @@ def run_checks(
 
     for name, model in models.items():
         m: dict[str, float] = {"clean": _accuracy(model, x, y, None, batch_size)}
-        warnings += _output_checks(name, model, x[:batch_size], y[:batch_size])
+        warnings += _output_checks(name, model, x, y, batch_size)
         if iterative is not None:
             m["pgd"] = _accuracy(model, x, y, iterative, batch_size)
             if noise is not None:
