@@ -502,10 +502,10 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
         assert progress.family(key) == expected
 
 
-def test_runs_of_a_grid_point_the_plan_dropped_are_listed_as_such(finished_study, tmp_path):
-    """A grid narrowed after its runs finished (the protocol forbids nothing of the kind, a
-    reading must explain it): the dropped point's run stays in the folder and in the cost,
-    and the runs table says the plan no longer asks for it."""
+def test_runs_the_plan_no_longer_asks_for_are_listed_as_such(finished_study, tmp_path):
+    """A grid narrowed, or a seed dropped, after the runs finished (a reading must explain
+    it): the dropped runs stay in the folder and in the cost, and the runs table says the
+    plan no longer asks for them, never that they are chosen."""
     plan, finished, _ = finished_study
     out = tmp_path / "out"
     shutil.copytree(finished, out)
@@ -519,11 +519,21 @@ def test_runs_of_a_grid_point_the_plan_dropped_are_listed_as_such(finished_study
     assert [(r["variant"], r["run"]) for r in dropped] == [("at", "seed0")]
     assert dropped[0]["setting"] != chosen.label and not dropped[0]["chosen"]
     text = markdown(json.loads(json.dumps(data)))
-    assert f"| at | {dropped[0]['setting']} | seed0 | not in the plan's grid | " in text
-    assert sum("not in the plan's grid" in line for line in text.splitlines()) == 1
-    assert ("1 run of grid points or variants the plan no longer has (an earlier grid) stays in "
-            "the study's folder, listed and counted here, never chosen. Training CPU time") in text
-    assert "no longer has" not in markdown(json.loads((finished / "comparison.json").read_text()))
+    assert f"| at | {dropped[0]['setting']} | seed0 | not in the plan | " in text
+    assert sum("not in the plan" in line for line in text.splitlines()) == 1
+    assert ("1 run the plan no longer asks for (a grid point, seed, variant or control member it "
+            "has dropped) stays in the study's folder, listed and counted here, never chosen. "
+            "Training CPU time") in text
+    assert "no longer asks" not in markdown(json.loads((finished / "comparison.json").read_text()))
+    # One seed fewer: every run of seed 2 (the control's extra members too) is not the plan's.
+    one_seed = _write_plan(tmp_path / "one-seed", TINY_PLAN.replace("seeds: [0, 2]", "seeds: [0]"))
+    data = report.collect(Study(load_plan(one_seed), out))
+    dropped = {(r["variant"], r["run"]) for r in data["runs"] if not r["in_plan"]}
+    assert dropped == {(r["variant"], r["run"]) for r in data["runs"] if r["run"].startswith("seed2")}
+    assert ("at", "seed2") in dropped and ("mat", "seed2") in dropped
+    assert any(run.startswith("seed2-init") for _, run in dropped)
+    assert not any(r["chosen"] for r in data["runs"] if not r["in_plan"])
+    assert any(r["chosen"] and r["run"].startswith("seed0-init") for r in data["runs"])
 
 
 def test_tasks_start_seed_by_seed_then_phase_then_longest_first():

@@ -31,7 +31,6 @@ from typing import Any
 
 from mutualat.compare import provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
-from mutualat.compare.plan import setting_label
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
@@ -168,10 +167,11 @@ def _runs(study: Study, selections: dict[str, Any],
           records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every training run of the study with what it cost (wall and CPU seconds of the task
     processes that ran it, summed over invocations; None for a run this study reused from
-    elsewhere without a record), and whether the plan still asks for it: a run of a grid
-    point or variant the plan has since dropped stays in the folder, and in its cost."""
-    plan, out = study.plan, []
-    grids = {v: {setting_label(s) for s in plan.settings(v)} for v in plan.variants}
+    elsewhere without a record), and whether the plan still asks for it (a run of a grid
+    point, seed, variant or control member the plan has since dropped stays in the folder,
+    and in its cost)."""
+    out = []
+    wanted = _planned_runs(study, selections)
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
         if not (study.finished(run) or study.diverged(run)):
             continue
@@ -179,11 +179,26 @@ def _runs(study: Study, selections: dict[str, Any],
         variant, label = run.parts[-3], run.parts[-2]
         chosen = selections.get(variant)
         out.append({"variant": variant, "setting": label, "run": run.name,
-                    "chosen": bool(chosen and chosen.label == label),
-                    "in_plan": label in grids.get(variant, ()),
+                    "chosen": bool(chosen and chosen.label == label and run in wanted),
+                    "in_plan": run in wanted,
                     "diverged": study.diverged(run),
                     "wall_s": record.get("wall_s"), "cpu_s": record.get("cpu_s")})
     return out
+
+
+def _planned_runs(study: Study, selections: dict[str, Any]) -> set[Path]:
+    """The run folders the plan asks for now: every grid point at the grid's seed, the chosen
+    point at every seed, and the control's extra members."""
+    plan = study.plan
+    wanted = {study.run_dir(v, s, plan.grid_seed) for v in plan.variants for s in plan.settings(v)}
+    for variant, selection in selections.items():
+        if selection is not None:
+            wanted |= {study.run_dir(variant, selection.chosen, seed) for seed in plan.seeds}
+    control = selections.get(plan.control.variant) if plan.control is not None else None
+    if control is not None:
+        wanted |= {study.run_dir(plan.control.variant, control.chosen, seed, init)
+                   for seed in plan.seeds for init in study.control_inits(seed)}
+    return wanted
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,13 +312,14 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
         cpu = f"{run['cpu_s'] / 60:.1f}" if run["cpu_s"] is not None else "—"
         chosen = "; ".join(note for note, flag in (
             ("yes", run["chosen"]), ("diverged", run.get("diverged")),
-            ("not in the plan's grid", not run.get("in_plan", True))) if flag)
+            ("not in the plan", not run.get("in_plan", True))) if flag)
         lines.append(f"| {run['variant']} | {run['setting']} | {run['run']} | {chosen} | {wall} | {cpu} |")
     total = sum(r["cpu_s"] or 0 for r in data["runs"])
     dropped = sum(not r.get("in_plan", True) for r in data["runs"])
-    lines += ["", (f"{dropped} run{'s' if dropped != 1 else ''} of grid points or variants the "
-                   f"plan no longer has (an earlier grid) {'stay' if dropped != 1 else 'stays'} in "
-                   "the study's folder, listed and counted here, never chosen. " if dropped else "")
+    lines += ["", (f"{dropped} run{'s' if dropped != 1 else ''} the plan no longer asks for (a "
+                   "grid point, seed, variant or control member it has dropped) "
+                   f"{'stay' if dropped != 1 else 'stays'} in the study's folder, listed and "
+                   "counted here, never chosen. " if dropped else "")
               + f"Training CPU time of these runs: {total / 3600:.1f} h. Ran on: "
               f"{provenance.machines_text(data)}.", ""]
     return "\n".join(lines)
