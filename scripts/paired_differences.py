@@ -135,9 +135,10 @@ def cell(d: dict[str, Any] | None) -> str:
     return text + (" *" if d["excludes_zero"] else "")
 
 
-def markdown(entries: list[dict[str, Any]], columns: list[str]) -> str:
+def markdown(entries: list[dict[str, Any]], columns: list[str], table: str | None = None) -> str:
     against = entries[0]["against"]
-    lines = [(f"Paired differences to `{against}` (points; mean over seeds, two-sided 95% "
+    where = f" in {table}" if table is not None else ""
+    lines = [(f"Paired differences to `{against}`{where} (points; mean over seeds, two-sided 95% "
               "Student-t interval; * = the interval excludes 0):"), "",
              "| model | checkpoint | seeds | " + " | ".join(f"Δ {c}" for c in columns) + " |",
              "|---|---|---|" + "---|" * len(columns)]
@@ -166,11 +167,16 @@ def main(argv: list[str] | None = None) -> int:
             comparison = table_rows(comparison, args.table)
         checkpoints = args.checkpoints or sorted({r["checkpoint"] for r in comparison["rows"]}
                                                  if args.table is not None else ["last", "best"])
+        if args.table is not None:
+            evaluated = sorted({r["checkpoint"] for r in comparison["rows"]})
+            if not set(checkpoints) & set(evaluated):
+                raise PairingError(f"{args.table} evaluates the {', '.join(evaluated)} "
+                                   "checkpoint only")
         entries = pairings(comparison, args.against, checkpoints, args.columns)
     except PairingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(entries, indent=2) if args.json else markdown(entries, args.columns))
+    print(json.dumps(entries, indent=2) if args.json else markdown(entries, args.columns, args.table))
     return 0
 
 

@@ -796,12 +796,16 @@ def test_paired_differences_by_hand_and_their_errors(tmp_path, capsys):
     half = 12.706 * 0.01  # differences 0.03, 0.01: sd 0.0141, standard error 0.01, t(1) = 12.706
     assert (entry["pgd-1000"]["low"], entry["pgd-1000"]["high"]) == pytest.approx((0.02 - half, 0.02 + half))
     assert entry["clean"]["mean"] == 0.0
+    assert pairs.main([str(study), "--table", "table3", "--against", "at-lc"]) == 0
+    assert capsys.readouterr().out.startswith("Paired differences to `at-lc` in table3 (points;")
     for argv, message in (([str(study), "--table", "table2", "--against", "at-lc"],
                            "no table named 'table2'; the comparison's tables are: table3"),
                           ([str(study), "--table", "table3", "--against", "at-lc", "--columns", "r_avg"],
                            "unknown column 'r_avg'; choose from clean, r_worst, pgd-20, pgd-1000"),
                           ([str(study), "--table", "table3", "--against", "at"],
                            "no row named 'at'; the rows are: at-lc, mat h1"),
+                          ([str(study), "--table", "table3", "--against", "at-lc", "--checkpoints", "best"],
+                           "table3 evaluates the last checkpoint only"),
                           ([str(study), "--against", "trades"], "no row named 'trades'; the rows are: at, mat"),
                           ([str(study), "--against", "at", "--columns", "fgsm"], "unknown column 'fgsm'"),
                           ([str(study), "--against", "at", "--checkpoints", "best"], "was not evaluated"),
