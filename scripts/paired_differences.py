@@ -165,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         comparison = load(args.study)
         if args.table is not None:
             comparison = table_rows(comparison, args.table)
-        checkpoints = args.checkpoints or sorted({r["checkpoint"] for r in comparison["rows"]}
-                                                 if args.table is not None else ["last", "best"])
+        checkpoints = args.checkpoints or ["last", "best"]
         if args.table is not None:
-            evaluated = sorted({r["checkpoint"] for r in comparison["rows"]})
+            evaluated = sorted({r["checkpoint"] for r in comparison["rows"]})  # the table's one
+            checkpoints = args.checkpoints or evaluated
             if not set(checkpoints) & set(evaluated):
                 raise PairingError(f"{args.table} evaluates the {', '.join(evaluated)} "
                                    "checkpoint only")

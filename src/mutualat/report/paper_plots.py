@@ -134,23 +134,16 @@ def plot_kd_scenarios(points: Mapping[str, Mapping[str, tuple[float, float]]], o
     """``points[scenario][role] = (clean, robust)``: grouped bars, clean and robust per model;
     ``spread`` (the same keys: the std over seeds of each) draws error bars of ± one std."""
     plt = _pyplot()
-    labels, clean, robust, clean_err, robust_err = [], [], [], [], []
-    for scenario, roles in points.items():
-        for role, (c, r) in sorted(roles.items()):
-            labels.append(f"{scenario}\n{role}")
-            clean.append(100 * c)
-            robust.append(100 * r)
-            c_std, r_std = spread[scenario][role] if spread is not None else (0.0, 0.0)
-            clean_err.append(100 * c_std)
-            robust_err.append(100 * r_std)
+    keys = [(scenario, role) for scenario, roles in points.items() for role in sorted(roles)]
+    labels = [f"{scenario}\n{role}" for scenario, role in keys]
     xs = range(len(labels))
     width = 0.38
-    errors = spread is not None
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) + 1), 3.8))
-    ax.bar([x - width / 2 for x in xs], clean, width, label="clean",
-           yerr=clean_err if errors else None, capsize=3 if errors else 0)
-    ax.bar([x + width / 2 for x in xs], robust, width, label=robust_label,
-           yerr=robust_err if errors else None, capsize=3 if errors else 0)
+    for i, (offset, label) in enumerate(((-width / 2, "clean"), (width / 2, robust_label))):
+        heights = [100 * points[s][r][i] for s, r in keys]
+        errors = [100 * spread[s][r][i] for s, r in keys] if spread is not None else None
+        ax.bar([x + offset for x in xs], heights, width, label=label, yerr=errors,
+               capsize=3 if spread is not None else 0)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("test accuracy (%)" + (", mean ± std over seeds" if spread is not None else ""))
