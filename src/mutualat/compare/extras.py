@@ -35,6 +35,10 @@ model is then that variant's chosen model of the same seed (last epoch), loaded 
 roles whose validation score selects its grid point (default: every trained member), for a
 cohort with a natural member (ACT's ``natural``, MAT's ``natural: [0]``) whose robust
 accuracy should not pull the choice.
+
+``within_one_se: {lr: lowest}`` declares the one-standard-error rule for every variant's
+choice (:mod:`mutualat.compare.selection`): among the grid points within one standard error
+of the best validation score, the lowest learning rate.
 """
 
 from __future__ import annotations
@@ -234,3 +238,26 @@ def check_teachers(teachers: dict[str, str], where: str) -> None:
         if teacher in teachers:
             raise ConfigError(f"{where}: variant {variant}'s teacher {teacher!r} has a teacher "
                               "itself; a teacher must be trained on its own")
+
+
+def parse_within_one_se(raw: Any, grids: dict[str, dict[str, list[Any]]], where: str) -> dict[str, str]:
+    """The plan's ``within_one_se`` mapping (swept key -> lowest | highest; the one-standard-
+    error rule of :mod:`mutualat.compare.selection`): each key must be swept by some grid."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: within_one_se maps a grid key to lowest or highest, "
+                          f"e.g. {{lr: lowest}}, got {raw!r}")
+    swept = {key for grid in grids.values() for key, values in grid.items() if len(values) > 1}
+    for key, preference in raw.items():
+        if preference not in ("lowest", "highest"):
+            raise ConfigError(f"{where}: within_one_se.{key} must be lowest or highest, "
+                              f"got {preference!r}")
+        if key not in swept:
+            raise ConfigError(f"{where}: within_one_se names {key!r}, which no grid sweeps "
+                              f"({', '.join(sorted(swept)) or 'no grid has two values'})")
+        values = [v for grid in grids.values() for v in grid.get(key, [])]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{where}: within_one_se names {key!r}, whose grid values are "
+                              f"not all numbers ({values!r})")
+    return dict(raw)

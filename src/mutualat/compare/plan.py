@@ -15,6 +15,7 @@ A plan is a YAML file (examples in ``configs/plans/``)::
     seeds: [0, 10, 20]                    # the grid is trained with the first seed;
                                           # cohort member k starts from seed + k
     select: last                          # the validation number that picks: last | best
+    within_one_se: {lr: lowest}           # optional: the one-standard-error rule
     checkpoints: [last, best]             # which models are evaluated and reported
     baseline: at-lc                       # paired differences are taken against it
     control: {variant: at-lc, members: 2} # compute-matched ensemble of independent runs
@@ -44,7 +45,8 @@ from mutualat.config import (RunConfig, config_from_data, load_config, read_yaml
                              to_dict)
 from mutualat.compare.extras import (FigureSpec, PaperScale, TableSpec, TransferSpec, check_keys,
                                      check_teachers, parse_figures, parse_paper_scale,
-                                     parse_select_on, parse_tables, parse_teacher, parse_transfer)
+                                     parse_select_on, parse_tables, parse_teacher, parse_transfer,
+                                     parse_within_one_se)
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
@@ -57,7 +59,7 @@ CHECKPOINTS = ("last", "best")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _TOP_KEYS = {"name", "description", "base", "set", "variants", "grid", "grids", "seeds", "select",
              "checkpoints", "baseline", "control", "suite", "eval", "tables", "transfer",
-             "figures", "paper_scale"}
+             "figures", "paper_scale", "within_one_se"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Plan:
     baseline: str
     suite: str
     select: str = "last"
+    within_one_se: dict[str, str] = field(default_factory=dict)  # grid key -> lowest | highest
     checkpoints: list[str] = field(default_factory=lambda: list(CHECKPOINTS))
     control: Control | None = None
     eval: EvalSpec = field(default_factory=EvalSpec)
@@ -242,6 +245,7 @@ def _read_plan(path: Path, environment: dict[str, Any] | None) -> Plan:
     plan = Plan(
         name=str(raw.get("name") or path.stem), base=base, variants=variants, grids=grids,
         seeds=list(seeds), baseline=baseline, suite=suite, select=select,
+        within_one_se=parse_within_one_se(raw.get("within_one_se"), grids, where),
         checkpoints=list(checkpoints), control=control, eval=spec,
         common=_mapping(raw.get("set"), f"{where}: set"), description=str(raw.get("description") or ""),
         environment=dict(environment or {}), teachers=teachers, select_on=select_on,

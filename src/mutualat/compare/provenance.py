@@ -155,7 +155,9 @@ def plan_settings(plan: Plan) -> dict[str, str]:
         "variants": ", ".join(plan.variants),
         "seeds": f"{len(plan.seeds)} ({', '.join(map(str, plan.seeds))})",
         "selection": f"{f'{data.val_subset:,}' if data.val_subset else 'all'} validation images "
-                     f"({held_out}), PGD-{cfg.eval.pgd_steps}, the {plan.select} epoch's",
+                     f"({held_out}), PGD-{cfg.eval.pgd_steps}, the {plan.select} epoch's"
+                     + "".join(f"; within one standard error of the best, the {v} {k}"
+                               for k, v in plan.within_one_se.items()),
         "test images; suite": f"{plan.eval.n:,}; {load_suite(plan.suite).name}",
         "checkpoints evaluated": ", ".join(plan.checkpoints),
         "cohort members evaluated alone": "h1 only" if plan.eval.members == "first" else "all",

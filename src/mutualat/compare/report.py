@@ -88,7 +88,7 @@ def collect(study: Study) -> dict[str, Any]:
         "selection": {v: {"chosen": s.chosen, "label": s.label,
                           "scores": {k: (None if v == float("-inf") else v)  # None: diverged
                                      for k, v in s.scores.items()},
-                          "criterion": s.criterion, "at_edge": s.at_edge}
+                          "criterion": s.criterion, "at_edge": s.at_edge, "note": s.note}
                       for v, s in selections.items()},
         "rows": rows,
         "runs": _runs(study, selections, records),
@@ -297,8 +297,8 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     for variant, sel in data["selection"].items():
         scores = ", ".join(f"{label}: {'diverged' if v is None else f'{100 * v:.1f}'}"
                            for label, v in sel["scores"].items())
-        edge = " (at the edge of the grid)" if sel["at_edge"] else ""
-        lines.append(f"| {variant} | {scores} | {sel['label']}{edge} |")
+        notes = [n for n in ("at the edge of the grid" if sel["at_edge"] else "", sel.get("note")) if n]
+        lines.append(f"| {variant} | {scores} | {sel['label']}{''.join(f' ({n})' for n in notes)} |")
     criteria = [sel["criterion"] for sel in data["selection"].values()]
     criterion = max(criteria, key=criteria.count)  # the most common (first on ties); others follow
     others = "".join(f" For {v}: {sel['criterion']}." for v, sel in data["selection"].items()

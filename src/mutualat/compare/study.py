@@ -26,16 +26,17 @@ an old choice's numbers under a new one. (Folders of the layout before 2026-11-3
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mutualat.compare.plan import Plan, setting_label
 from mutualat.compare.records import (EVALUATED, evaluation_differences, file_digest,
                                       suite_record, teacher_record)
+from mutualat.compare.selection import (Selection, best_index, choose, validation_images,
+                                        validation_score)
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
-from mutualat.train.logger import read_metrics
 from mutualat.train.run_dir import config_difference, run_inits
 
 DIVERGED = "diverged.json"  # written by the worker in a run folder whose loss became NaN
@@ -53,62 +54,6 @@ class Task:
     @property
     def slug(self) -> str:
         return self.key.replace("/", "__")
-
-
-@dataclass
-class Selection:
-    """The grid point chosen for one variant, and every grid point's validation score."""
-
-    variant: str
-    chosen: dict[str, Any]
-    scores: dict[str, float]  # setting label -> score
-    criterion: str
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> setting
-
-    @property
-    def label(self) -> str:
-        return setting_label(self.chosen)
-
-    @property
-    def at_edge(self) -> bool:
-        """Whether the chosen value of some swept key is the smallest or largest tried."""
-        return any(len(values) > 1 and self.chosen[key] in (min(values), max(values))
-                   for key, values in _swept(self.settings.values()).items())
-
-
-def _swept(settings) -> dict[str, list[Any]]:
-    keys: dict[str, list[Any]] = {}
-    for setting in settings:
-        for key, value in setting.items():
-            if value not in keys.setdefault(key, []) and isinstance(value, (int, float)):
-                keys[key].append(value)
-    return keys
-
-
-def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None = None,
-                     metric: str = "pgd") -> float:
-    """The run's validation accuracy, robust (``metric="pgd"``) or clean: the mean over its
-    trained members (or the roles ``select_on``) at the last epoch (``"last"``) or at each
-    member's best robust epoch (``"best"``). Only the per-epoch validation records are read:
-    the test split never enters a selection."""
-    if metric not in ("pgd", "clean"):
-        raise ConfigError(f"validation_score: metric must be pgd or clean, got {metric!r}")
-    epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
-    if not epochs:
-        raise ConfigError(f"{run_dir} has no validation record (is data.val_fraction 0?)")
-    roles = sorted({k.split("/", 1)[1] for r in epochs for k in r
-                    if k.startswith("val_pgd/") and k.count("/") == 1})
-    if not roles:
-        raise ConfigError(f"{run_dir} has no validation PGD accuracy")
-    if select_on is not None:
-        missing = [r for r in select_on if r not in roles]
-        if missing:
-            raise ConfigError(f"{run_dir}: select_on names {missing[0]!r}, not a trained member "
-                              f"({', '.join(roles)})")
-        roles = select_on
-    at = {role: epochs[-1] if criterion == "last" else max(epochs, key=lambda r: r[f"val_pgd/{role}"])
-          for role in roles}
-    return sum(at[role][f"val_{metric}/{role}"] for role in roles) / len(roles)
 
 
 class Study:
@@ -236,15 +181,24 @@ class Study:
         if all(v == float("-inf") for v in scores.values()):
             raise ConfigError(f"every grid point of {variant} diverged ({', '.join(map(str, dirs))}); "
                               "give it smaller learning rates")
-        # The highest score; ties go to the earlier grid point (grid order is the plan's).
-        best = max(range(len(settings)), key=lambda i: (scores[setting_label(settings[i])], -i))
+        # The highest score, or the plan's one-standard-error rule on the best run's images.
+        labels = [setting_label(s) for s in settings]
+        best = best_index([scores[k] for k in labels])
+        rule = self.plan.within_one_se
+        chosen, se = choose(settings, [scores[k] for k in labels], rule,
+                            validation_images(dirs[best]) if rule else None)
         roles = self.plan.select_on.get(variant)
         criterion = (f"validation PGD-{self.plan.config(variant, settings[0], seed).eval.pgd_steps} "
                      f"accuracy ({'last epoch' if self.plan.select == 'last' else 'best epoch'}, "
                      f"mean over {'the trained members' if roles is None else ', '.join(roles)}), "
                      f"seed {self.plan.grid_seed}")
-        return Selection(variant, settings[best], scores, criterion,
-                         {setting_label(s): s for s in settings})
+        if se is not None:
+            criterion += ("; chosen by the one-standard-error rule: among the grid points within "
+                          "one binomial standard error of the best score, the "
+                          + ", then the ".join(f"{v} {k}" for k, v in rule.items()))
+        return Selection(variant, settings[chosen], scores, criterion,
+                         {k: s for k, s in zip(labels, settings)},
+                         best=labels[best] if chosen != best else None, se=se)
 
     def control_inits(self, seed: int) -> list[int]:
         """Initialization seeds of a control's extra members at ``seed``: as a cohort's."""

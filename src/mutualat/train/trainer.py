@@ -265,6 +265,7 @@ class Trainer:
             attacks = self.method.validation_attacks(cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
             x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
             accuracies = self._evaluate(x, y, attacks, f"validation {self.epoch}")
+            record["n_val"] = len(y)  # what a selection's standard error is taken on
             for role in self._trained_roles():
                 acc = accuracies[role]
                 # val_pgd is the per-example worst case over the method's threat types (one
