@@ -171,7 +171,7 @@ def _runs(study: Study, selections: dict[str, Any],
     point, seed, variant or control member the plan has since dropped stays in the folder,
     and in its cost)."""
     out = []
-    wanted = _planned_runs(study, selections)
+    wanted = study.planned_runs(selections)
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
         if not (study.finished(run) or study.diverged(run)):
             continue
@@ -184,21 +184,6 @@ def _runs(study: Study, selections: dict[str, Any],
                     "diverged": study.diverged(run),
                     "wall_s": record.get("wall_s"), "cpu_s": record.get("cpu_s")})
     return out
-
-
-def _planned_runs(study: Study, selections: dict[str, Any]) -> set[Path]:
-    """The run folders the plan asks for now: every grid point at the grid's seed, the chosen
-    point at every seed, and the control's extra members."""
-    plan = study.plan
-    wanted = {study.run_dir(v, s, plan.grid_seed) for v in plan.variants for s in plan.settings(v)}
-    for variant, selection in selections.items():
-        if selection is not None:
-            wanted |= {study.run_dir(variant, selection.chosen, seed) for seed in plan.seeds}
-    control = selections.get(plan.control.variant) if plan.control is not None else None
-    if control is not None:
-        wanted |= {study.run_dir(plan.control.variant, control.chosen, seed, init)
-                   for seed in plan.seeds for init in study.control_inits(seed)}
-    return wanted
 
 
 # --------------------------------------------------------------------------------------------

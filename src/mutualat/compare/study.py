@@ -200,6 +200,21 @@ class Study:
                          {k: s for k, s in zip(labels, settings)},
                          best=labels[best] if chosen != best else None, se=se)
 
+    def planned_runs(self, selections: dict[str, Selection | None]) -> set[Path]:
+        """The run folders the plan asks for now: every grid point at the grid's seed, the
+        chosen point at every seed, and the control's extra members (a run of a grid point,
+        seed or control member the plan has since dropped is not among them)."""
+        plan = self.plan
+        wanted = {self.run_dir(v, s, plan.grid_seed) for v in plan.variants for s in plan.settings(v)}
+        for variant, selection in selections.items():
+            if selection is not None:
+                wanted |= {self.run_dir(variant, selection.chosen, seed) for seed in plan.seeds}
+        control = selections.get(plan.control.variant) if plan.control is not None else None
+        if control is not None:
+            wanted |= {self.run_dir(plan.control.variant, control.chosen, seed, init)
+                       for seed in plan.seeds for init in self.control_inits(seed)}
+        return wanted
+
     def control_inits(self, seed: int) -> list[int]:
         """Initialization seeds of a control's extra members at ``seed``: as a cohort's."""
         assert self.plan.control is not None
