@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from types import ModuleType
@@ -104,3 +105,16 @@ def train_first_epoch_only(cfg, out: Path) -> None:
     finally:
         Trainer._end_of_epoch = original
 
+
+def set_last_validation_score(run_dir: Path, score: float, drop_n_val: bool = False) -> None:
+    """Overwrite the last epoch's validation PGD accuracy of every member of ``run_dir`` (a
+    made-up grid result on top of a real run); ``drop_n_val``: as a run trained before
+    ``n_val`` was kept."""
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    for key in [k for k in epochs[-1] if k.startswith("val_pgd/") and k.count("/") == 1]:
+        epochs[-1][key] = score
+    for r in epochs if drop_n_val else []:
+        r.pop("n_val")
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))

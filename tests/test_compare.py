@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mutualat.cli import main
-from mutualat.compare import Study, load_plan, progress, report, runner, sections
+from mutualat.compare import Study, load_plan, progress, provenance, report, runner, sections
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.study import Task
@@ -27,7 +27,7 @@ from mutualat.config import to_dict
 from mutualat.compare.worker import Record, run_train
 from mutualat.errors import ConfigError
 
-from conftest import script_module
+from conftest import script_module, set_last_validation_score
 
 TINY_SUITE = """\
 name: tiny
@@ -534,6 +534,37 @@ def test_runs_the_plan_no_longer_asks_for_are_listed_as_such(finished_study, tmp
     assert any(run.startswith("seed2-init") for _, run in dropped)
     assert not any(r["chosen"] for r in data["runs"] if not r["in_plan"])
     assert any(r["chosen"] and r["run"].startswith("seed0-init") for r in data["runs"])
+
+
+def test_the_report_says_how_the_one_se_rule_chose(finished_study, tmp_path):
+    """The finished tiny study under the same plan with the rule declared, its grid's chosen
+    points leading by far (made-up last scores): the choices stand, and the hyperparameter
+    table and the settings say the rule made them and with what standard error."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = Study(load_plan(plan), out)
+    choices = {v: before.selection(v).label for v in before.plan.variants}
+    for variant in choices:
+        for run in (out / "runs" / variant).glob("*/seed0"):
+            set_last_validation_score(run, 0.75 if run.parent.name == choices[variant] else 0.25)
+    ruled = _write_plan(tmp_path / "ruled", TINY_PLAN.replace(
+        "seeds: [0, 2]", "within_one_se: {lr: lowest}\nseeds: [0, 2]"))
+    study = Study(load_plan(ruled), out)
+    assert {v: study.selection(v).label for v in choices} == choices
+    assert sections.tasks(study) == ([], [])  # nothing to run again
+    text = markdown(json.loads(json.dumps(report.collect(study))))
+    se = 100 * (0.75 * 0.25 / 64) ** 0.5  # the tiny plan's 64 validation images: 5.4 points
+    for variant, label in choices.items():  # a grid of two rates: either is at its edge
+        rows = [line for line in text.splitlines() if line.startswith(f"| {variant} | ")
+                and "one-SE rule" in line]
+        assert len(rows) == 1 and rows[0].endswith(
+            f"| {label} (at the edge of the grid; one-SE rule, SE {se:.1f} points: "
+            "the highest score) |"), rows
+    assert ("; chosen by the one-standard-error rule: among the grid points within one binomial "
+            "standard error of the best score, the lowest lr.") in text
+    settings = provenance.plan_settings(study.plan)["selection"]
+    assert settings.endswith("; within one standard error of the best, the lowest lr"), settings
 
 
 def test_tasks_start_seed_by_seed_then_phase_then_longest_first():

@@ -282,8 +282,9 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     for variant, sel in data["selection"].items():
         scores = ", ".join(f"{label}: {'diverged' if v is None else f'{100 * v:.1f}'}"
                            for label, v in sel["scores"].items())
-        notes = [n for n in ("at the edge of the grid" if sel["at_edge"] else "", sel.get("note")) if n]
-        lines.append(f"| {variant} | {scores} | {sel['label']}{''.join(f' ({n})' for n in notes)} |")
+        notes = "; ".join(n for n in ("at the edge of the grid" if sel["at_edge"] else "",
+                                      sel.get("note")) if n)
+        lines.append(f"| {variant} | {scores} | {sel['label']}{f' ({notes})' if notes else ''} |")
     criteria = [sel["criterion"] for sel in data["selection"].values()]
     criterion = max(criteria, key=criteria.count)  # the most common (first on ties); others follow
     others = "".join(f" For {v}: {sel['criterion']}." for v, sel in data["selection"].items()

@@ -15,10 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mutualat.compare.plan import setting_label
-from mutualat.config import load_config
 from mutualat.errors import ConfigError
 from mutualat.train.logger import read_metrics
 
@@ -49,7 +48,7 @@ class Selection:
         """What the one-SE rule did, for the report ("" without the rule)."""
         if self.se is None:
             return ""
-        rule = f"one-SE rule, SE {100 * self.se:.1f} points"
+        rule = f"one-SE rule, SE {100 * self.se:.1f} points"  # the best point's
         return f"{rule}: the highest score" if self.best is None else f"{rule}; highest: {self.best}"
 
 
@@ -89,18 +88,15 @@ def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None 
 
 
 def validation_images(run_dir: Path) -> int:
-    """How many validation images scored the run: the epoch records' ``n_val`` (runs since
-    2026-12-02), else the run config's ``data.val_subset`` (the cap, which the held-out
-    split of every packaged plan exceeds)."""
+    """How many validation images scored the run: its epoch records' ``n_val``. A run trained
+    before 2026-12-02 did not record it, and its config's cap (``data.val_subset``) is not the
+    count where the held-out split is smaller: such a grid cannot take the rule."""
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
-    if epochs and "n_val" in epochs[-1]:
-        return int(epochs[-1]["n_val"])
-    cap = load_config(run_dir / "config.yaml").data.val_subset
-    if not cap:
-        raise ConfigError(f"{run_dir}: the one-standard-error rule needs the number of "
-                          "validation images, which this run neither recorded nor capped "
-                          "(data.val_subset); rerun it with this version")
-    return int(cap)
+    if not epochs or "n_val" not in epochs[-1]:
+        raise ConfigError(f"{run_dir} recorded no n_val (it was trained before 2026-12-02), so "
+                          "the one-standard-error rule cannot count its validation images: "
+                          "train its grid again, or drop within_one_se from the plan")
+    return int(epochs[-1]["n_val"])
 
 
 def best_index(scores: list[float]) -> int:
@@ -109,20 +105,22 @@ def best_index(scores: list[float]) -> int:
 
 
 def choose(settings: list[dict[str, Any]], scores: list[float], rule: dict[str, str],
-           n_images: int | None = None) -> tuple[int, float | None]:
+           n_images: Callable[[int], int] | None = None) -> tuple[int, float | None]:
     """(chosen index, the standard error used or None). Without a rule the highest score
-    wins (:func:`best_index`). With one, every point within one
-    binomial standard error sqrt(p (1 - p) / n) of the best score p is a candidate, and the
-    rule's keys order the candidates (the first key first; a key this grid does not sweep is
-    passed over); a diverged point (-inf) never is a candidate."""
+    wins (:func:`best_index`). With one, every point within one binomial standard error
+    sqrt(p (1 - p) / n) of the best score p, on the ``n_images(best index)`` validation images
+    that scored it, is a candidate, and the rule's keys order the candidates (the first key
+    first; a key this grid does not sweep is passed over, and with none left the rule does
+    not apply); a diverged point (-inf) never is a candidate."""
     best = best_index(scores)
-    rule = {k: v for k, v in rule.items() if all(k in s for s in settings)}
-    if not rule or len(settings) == 1:
+    rule = {k: v for k, v in rule.items()
+            if all(k in s for s in settings) and len({s[k] for s in settings}) > 1}
+    if not rule:
         return best, None
-    if not n_images:
+    if n_images is None:
         raise ConfigError("the one-standard-error rule needs the number of validation images")
     p = scores[best]
-    se = math.sqrt(max(p * (1.0 - p), 0.0) / n_images)
+    se = math.sqrt(max(p * (1.0 - p), 0.0) / n_images(best))
     candidates = [i for i in range(len(settings)) if scores[i] >= p - se - 1e-12]
 
     def order(i: int) -> tuple:

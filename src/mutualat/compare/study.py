@@ -183,10 +183,10 @@ class Study:
                               "give it smaller learning rates")
         # The highest score, or the plan's one-standard-error rule on the best run's images.
         labels = [setting_label(s) for s in settings]
-        best = best_index([scores[k] for k in labels])
         rule = self.plan.within_one_se
         chosen, se = choose(settings, [scores[k] for k in labels], rule,
-                            validation_images(dirs[best]) if rule else None)
+                            lambda i: validation_images(dirs[i]))
+        best = best_index([scores[k] for k in labels])
         roles = self.plan.select_on.get(variant)
         criterion = (f"validation PGD-{self.plan.config(variant, settings[0], seed).eval.pgd_steps} "
                      f"accuracy ({'last epoch' if self.plan.select == 'last' else 'best epoch'}, "
