@@ -18,7 +18,7 @@ import torch
 from mutualat.compare import Study, load_plan, provenance, report, sections
 from mutualat.compare.records import read_summary
 from mutualat.compare.report import markdown
-from mutualat.compare.study import Selection, validation_score
+from mutualat.compare.selection import Selection, validation_score
 from mutualat.compare.worker import run_train
 from mutualat.config import load_config
 from mutualat.errors import ConfigError

@@ -13,7 +13,8 @@ folder layout.
 
 from mutualat.compare.plan import Plan, load_plan, setting_label
 from mutualat.compare.runner import StudyError, run_study
-from mutualat.compare.study import Selection, Study, validation_score
+from mutualat.compare.selection import Selection, validation_score
+from mutualat.compare.study import Study
 
 __all__ = ["Plan", "Selection", "Study", "StudyError", "load_plan", "run_study", "setting_label",
            "validation_score"]

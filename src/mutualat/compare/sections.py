@@ -25,8 +25,9 @@ from typing import Any
 
 from mutualat.compare.plan import setting_label
 from mutualat.compare.records import file_digest, read_summary
+from mutualat.compare.selection import validation_score
 from mutualat.compare.stats import mean_std, percent_mean_std
-from mutualat.compare.study import Study, Task, validation_score
+from mutualat.compare.study import Study, Task
 from mutualat.report import paper_plots
 
 TRANSFER = "transfer.json"
