@@ -24,8 +24,8 @@ def test_the_plain_maximum_and_the_one_se_rule_on_hand_made_scores():
     # fmnist-smallcnn-paper's MART grid at seed 0: 0.2 beat 0.1 by 0.6 points on 500 images
     scores = [0.500, 0.540, 0.546]
     se = math.sqrt(0.546 * 0.454 / 500)  # 2.23 points
-    assert choose(LRS, scores, {}) == (2, None)
-    assert choose(LRS, scores, {"lr": "lowest"}, lambda i: 500) == (1, pytest.approx(se))
+    assert choose(LRS, scores, {}) == (2, 2, None)
+    assert choose(LRS, scores, {"lr": "lowest"}, lambda i: 500) == (1, 2, pytest.approx(se))
     assert choose(LRS, scores, {"lr": "highest"}, lambda i: 500)[0] == 2
     # just outside one standard error is not a candidate, just inside is
     assert choose(LRS, [0.546 - se - 1e-4, 0.546 - se + 1e-4, 0.546], {"lr": "lowest"},
@@ -41,9 +41,9 @@ def test_the_plain_maximum_and_the_one_se_rule_on_hand_made_scores():
     assert choose(grid, [0.52, 0.53, 0.54], {"lr": "lowest"}, lambda i: 500)[0] == 1
     # a key the variant's grid does not sweep (absent, or one value) is passed over: the
     # plain maximum, without asking how many images there were
-    assert choose([{"alpha": 0.3}, {"alpha": 0.6}], [0.50, 0.51], {"lr": "lowest"}) == (1, None)
+    assert choose([{"alpha": 0.3}, {"alpha": 0.6}], [0.50, 0.51], {"lr": "lowest"}) == (1, 1, None)
     one_rate = [{"lr": 0.1, "alpha": 0.3}, {"lr": 0.1, "alpha": 0.6}]
-    assert choose(one_rate, [0.50, 0.51], {"lr": "lowest"}) == (1, None)
+    assert choose(one_rate, [0.50, 0.51], {"lr": "lowest"}) == (1, 1, None)
     with pytest.raises(ConfigError, match="number of validation images"):
         choose(LRS, scores, {"lr": "lowest"})
 
@@ -56,6 +56,12 @@ def test_the_report_note_says_what_the_rule_did():
     kept = Selection("mart", {"lr": 0.2}, scores, "c", settings, se=0.0223)
     assert kept.note == "one-SE rule, SE 2.2 points: the highest score"
     assert Selection("mart", {"lr": 0.2}, scores, "c", settings).note == ""
+    # the grid's edge is judged at the highest-scoring point: the rule may choose the lowest
+    # rate by design, and that alone does not ask for a wider grid
+    three = {**settings, "lr0.05": {"lr": 0.05}}
+    assert not Selection("at", {"lr": 0.05}, scores, "c", three, best="lr0.1", se=0.02).at_edge
+    assert Selection("at", {"lr": 0.05}, scores, "c", three).at_edge
+    assert Selection("at", {"lr": 0.1}, scores, "c", three, best="lr0.2", se=0.02).at_edge
 
 
 @pytest.mark.parametrize("rule, message", [

@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from mutualat.compare.plan import setting_label
 from mutualat.errors import ConfigError
 from mutualat.train.logger import read_metrics
+
 
 @dataclass
 class Selection:
@@ -39,8 +40,11 @@ class Selection:
 
     @property
     def at_edge(self) -> bool:
-        """Whether the chosen value of some swept key is the smallest or largest tried."""
-        return any(len(values) > 1 and self.chosen[key] in (min(values), max(values))
+        """Whether the highest-scoring point's value of some swept key is the smallest or
+        largest tried: the grid may then not bracket the best setting. The highest-scoring
+        point, not the chosen one: the one-SE rule may choose the grid's lowest rate by design."""
+        top = self.settings.get(self.best, self.chosen) if self.best else self.chosen
+        return any(len(values) > 1 and top[key] in (min(values), max(values))
                    for key, values in _swept(self.settings.values()).items())
 
     @property
@@ -52,13 +56,18 @@ class Selection:
         return f"{rule}: the highest score" if self.best is None else f"{rule}; highest: {self.best}"
 
 
-def _swept(settings) -> dict[str, list[Any]]:
+def _swept(settings: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
     keys: dict[str, list[Any]] = {}
     for setting in settings:
         for key, value in setting.items():
             if value not in keys.setdefault(key, []) and isinstance(value, (int, float)):
                 keys[key].append(value)
     return keys
+
+
+def _epochs(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's per-epoch records (validation accuracies, ``n_val``), in order."""
+    return [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
 
 
 def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None = None,
@@ -69,7 +78,7 @@ def validation_score(run_dir: Path, criterion: str, select_on: list[str] | None 
     the test split never enters a selection."""
     if metric not in ("pgd", "clean"):
         raise ConfigError(f"validation_score: metric must be pgd or clean, got {metric!r}")
-    epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
+    epochs = _epochs(run_dir)
     if not epochs:
         raise ConfigError(f"{run_dir} has no validation record (is data.val_fraction 0?)")
     roles = sorted({k.split("/", 1)[1] for r in epochs for k in r
@@ -91,7 +100,7 @@ def validation_images(run_dir: Path) -> int:
     """How many validation images scored the run: its epoch records' ``n_val``. A run trained
     before 2026-12-02 did not record it, and its config's cap (``data.val_subset``) is not the
     count where the held-out split is smaller: such a grid cannot take the rule."""
-    epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
+    epochs = _epochs(run_dir)
     if not epochs or "n_val" not in epochs[-1]:
         raise ConfigError(f"{run_dir} recorded no n_val (it was trained before 2026-12-02), so "
                           "the one-standard-error rule cannot count its validation images: "
@@ -99,24 +108,20 @@ def validation_images(run_dir: Path) -> int:
     return int(epochs[-1]["n_val"])
 
 
-def best_index(scores: list[float]) -> int:
-    """The highest score's index; ties go to the earlier grid point (the plan's order)."""
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
-
-
 def choose(settings: list[dict[str, Any]], scores: list[float], rule: dict[str, str],
-           n_images: Callable[[int], int] | None = None) -> tuple[int, float | None]:
-    """(chosen index, the standard error used or None). Without a rule the highest score
+           n_images: Callable[[int], int] | None = None) -> tuple[int, int, float | None]:
+    """(chosen index, highest-scoring index, the standard error used or None). Without a
+    rule the highest score
     wins (:func:`best_index`). With one, every point within one binomial standard error
     sqrt(p (1 - p) / n) of the best score p, on the ``n_images(best index)`` validation images
     that scored it, is a candidate, and the rule's keys order the candidates (the first key
     first; a key this grid does not sweep is passed over, and with none left the rule does
     not apply); a diverged point (-inf) never is a candidate."""
-    best = best_index(scores)
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     rule = {k: v for k, v in rule.items()
             if all(k in s for s in settings) and len({s[k] for s in settings}) > 1}
     if not rule:
-        return best, None
+        return best, best, None
     if n_images is None:
         raise ConfigError("the one-standard-error rule needs the number of validation images")
     p = scores[best]
@@ -127,4 +132,4 @@ def choose(settings: list[dict[str, Any]], scores: list[float], rule: dict[str, 
         keys = tuple(settings[i][k] if rule[k] == "lowest" else -settings[i][k] for k in rule)
         return (*keys, -scores[i], i)
 
-    return min(candidates, key=order), se
+    return min(candidates, key=order), best, se

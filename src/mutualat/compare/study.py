@@ -33,8 +33,7 @@ from typing import Any
 from mutualat.compare.plan import Plan, setting_label
 from mutualat.compare.records import (EVALUATED, evaluation_differences, file_digest,
                                       suite_record, teacher_record)
-from mutualat.compare.selection import (Selection, best_index, choose, validation_images,
-                                        validation_score)
+from mutualat.compare.selection import Selection, choose, validation_images, validation_score
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
 from mutualat.train.run_dir import config_difference, run_inits
@@ -184,9 +183,8 @@ class Study:
         # The highest score, or the plan's one-standard-error rule on the best run's images.
         labels = [setting_label(s) for s in settings]
         rule = self.plan.within_one_se
-        chosen, se = choose(settings, [scores[k] for k in labels], rule,
-                            lambda i: validation_images(dirs[i]))
-        best = best_index([scores[k] for k in labels])
+        chosen, best, se = choose(settings, [scores[k] for k in labels], rule,
+                                  lambda i: validation_images(dirs[i]))
         roles = self.plan.select_on.get(variant)
         criterion = (f"validation PGD-{self.plan.config(variant, settings[0], seed).eval.pgd_steps} "
                      f"accuracy ({'last epoch' if self.plan.select == 'last' else 'best epoch'}, "
