@@ -451,7 +451,8 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
     """An evaluation and a run undone in a copy of the finished study, with made-up records:
     --status gives each the median CPU time of the finished tasks of its family (kind and
     variant), less what an interrupted one already spent; the tasks waiting on them get the
-    same median per family, whatever grid point they will be of; then the totals."""
+    same median per family, whatever grid point they will be of; each variant's grid choice
+    or progress; then the totals."""
     plan, finished, _ = finished_study
     out = tmp_path / "out"
     shutil.copytree(finished, out)
@@ -488,8 +489,12 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
               if p.name.removesuffix(".record.json") not in undone | set(made_up)
               and p.name != "eval__mat__seed9.record.json"]
     finished_cpu = 600 + 3000 + 700 + 1200 + 60 * len(others)
-    assert lines[4] == f"finished {len(others) + 4} tasks, {finished_cpu / 3600:.1f} CPU-h"
-    assert lines[5] == ("2 ready, 3 waiting on them; the ready ones: about 27 CPU-min; the waiting "
+    # Each variant's grid: at's choice with its validation score, mat's runs so far.
+    at_score = 100 * chosen["at"]["scores"][chosen["at"]["label"]]
+    assert lines[4].split() == f"grid at chose {chosen['at']['label']} (validation {at_score:.1f} %)".split()
+    assert lines[5].split() == "grid mat 1 of 2 grid runs finished".split()
+    assert lines[6] == f"finished {len(others) + 4} tasks, {finished_cpu / 3600:.1f} CPU-h"
+    assert lines[7] == ("2 ready, 3 waiting on them; the ready ones: about 27 CPU-min; the waiting "
                         "ones: about 20 CPU-min (2 of them not estimated)")
     # Nothing like them finished: not estimated, rather than "about 0".
     for path in tasks.glob("*.record.json"):

@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
     compare.add_argument("--status", action="store_true",
                          help="say what is finished and what it cost, what can start now "
-                              "(with an estimate of its CPU time) and what waits, then exit")
+                              "(with an estimate of its CPU time), what waits and what each "
+                              "grid chose, then exit")
     compare.add_argument("--write", type=Path, metavar="DOC",
                          help="also write the report as a section of this Markdown document "
                               "(between its markers; the curves go to figures/ beside it)")

@@ -1,5 +1,6 @@
 """Where a study stands (``mutualat compare PLAN --out DIR --status``): what is finished and
-what it cost, what can start now, and about how much CPU time that will take.
+what it cost, what can start now, about how much CPU time that will take, and what each
+variant's grid has chosen on the validation split.
 
 The estimate for a task that can start is the median CPU time of the finished tasks of its
 **family**: the same kind of the same variant, any seed or grid point (see :func:`family`).
@@ -34,8 +35,8 @@ def family(key: str) -> str:
 
 def status_lines(study: Study) -> list[str]:
     """The lines ``--status`` prints: one per task that can start (in the order ``mutualat
-    compare`` would start them), one per family of tasks still waiting on others, then the
-    totals."""
+    compare`` would start them), one per family of tasks still waiting on others, one per
+    variant's grid (:func:`grid_lines`), then the totals."""
     records = task_records(study.out)  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
     ready = longest_first(ready, waiting, records, study.plan.teachers)  # as they would start
@@ -71,6 +72,7 @@ def status_lines(study: Study) -> list[str]:
             waiting_unknown += count
             note = "no finished task like them to go by"
         lines.append(f"waiting  {f'{count} × {fam}':<{width}}  {note}")
+    lines += grid_lines(study)
     finished = [cpu for cpus in done.values() for cpu in cpus]
     lines.append(f"finished {len(finished)} tasks, {_amount(sum(finished))}")
     last = f"{len(ready)} ready, {len(waiting)} waiting on them"
@@ -82,6 +84,26 @@ def status_lines(study: Study) -> list[str]:
             last += f"; the {name} ones: about {_amount(total)}"
             last += f" ({unknown} of them not estimated)" if unknown else ""
     lines.append(last)
+    return lines
+
+
+def grid_lines(study: Study) -> list[str]:
+    """Per variant, the grid point its validation scores chose (with the score, and what the
+    one-SE rule did where the plan declares it), or how many of its grid runs have finished:
+    what a multi-day study's author checks before its other seeds start."""
+    plan = study.plan
+    width = max(len(v) for v in plan.variants)
+    lines = []
+    for variant in plan.variants:
+        chosen = study.selection(variant)
+        if chosen is not None:
+            note = f"; {chosen.note}" if chosen.note else ""
+            lines.append(f"grid     {variant:<{width}}  chose {chosen.label} (validation "
+                         f"{100 * chosen.scores[chosen.label]:.1f} %{note})")
+            continue
+        runs = [study.run_dir(variant, s, plan.grid_seed) for s in plan.settings(variant)]
+        ended = sum(study.finished(run) or study.diverged(run) for run in runs)
+        lines.append(f"grid     {variant:<{width}}  {ended} of {len(runs)} grid runs finished")
     return lines
 
 
