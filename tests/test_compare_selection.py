@@ -5,6 +5,7 @@ standard error of the best score, on the number of validation images the runs re
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from mutualat.compare.worker import run_train
 from mutualat.data import load_dataset, train_val_split
 from mutualat.errors import ConfigError
 
-from conftest import set_last_validation_score
+from conftest import script_module, set_last_validation_score
 from test_compare import TINY_PLAN, _write_plan, assert_edit_refused
 
 LRS = [{"lr": 0.05}, {"lr": 0.1}, {"lr": 0.2}]
@@ -74,24 +75,33 @@ def test_a_bad_rule_is_refused_before_anything_runs(tmp_path, capsys, rule, mess
                         tmp_path, capsys, message)
 
 
-def test_a_plan_with_the_rule_chooses_on_its_runs_validation_images(tmp_path):
-    """The tiny plan's AT grid trained for real, with a held-out split of 50 images under a
-    cap of 64, its last scores then set by hand: 0.50 against 0.55 is within one standard
-    error of 50 images (7.0 points), so the rule takes the lower rate where the plain maximum
-    does not; 0.47 is outside it."""
-    text = (TINY_PLAN.replace("  mat: {method.name: mat, models: [tinycnn, tinycnn], "
-                              "method.params.alpha_warmup: 0.5}\n", "")
-            .replace("control: {variant: at, members: 2}\n", "")
-            .replace("optim.epochs: 2", "optim.epochs: 1")
-            .replace("  data.val_subset: 64\n", "  data.val_subset: 64\n  data.val_fraction: 0.005\n"))
-    plain = load_plan(_write_plan(tmp_path / "plain", text))
-    ruled = load_plan(_write_plan(tmp_path / "ruled", text.replace(
-        "seeds: [0, 2]", "within_one_se: {lr: lowest}\nseeds: [0, 2]")))
-    assert ruled.within_one_se == {"lr": "lowest"} and plain.within_one_se == {}
-    study = Study(plain, tmp_path / "out")
+#: The tiny plan's AT alone, one epoch, with a held-out split of 50 images under a cap of 64.
+AT_GRID = (TINY_PLAN.replace("  mat: {method.name: mat, models: [tinycnn, tinycnn], "
+                             "method.params.alpha_warmup: 0.5}\n", "")
+           .replace("control: {variant: at, members: 2}\n", "")
+           .replace("optim.epochs: 2", "optim.epochs: 1")
+           .replace("  data.val_subset: 64\n", "  data.val_subset: 64\n  data.val_fraction: 0.005\n"))
+
+
+def _trained_grid(tmp_path: Path, text: str = AT_GRID) -> tuple[Path, Study]:
+    """The plan ``text`` written under tmp_path/plain and its seed-0 grid trained for real."""
+    path = _write_plan(tmp_path / "plain", text)
+    study = Study(load_plan(path), tmp_path / "out")
     for task in study.tasks()[0]:
         if task.priority == (0, 0):
             run_train(task.spec)
+    return path, study
+
+
+def test_a_plan_with_the_rule_chooses_on_its_runs_validation_images(tmp_path):
+    """The AT grid trained for real, its last scores then set by hand: 0.50 against 0.55 is
+    within one standard error of 50 images (7.0 points), so the rule takes the lower rate
+    where the plain maximum does not; 0.47 is outside it."""
+    _, study = _trained_grid(tmp_path)
+    plain = study.plan
+    ruled = load_plan(_write_plan(tmp_path / "ruled", AT_GRID.replace(
+        "seeds: [0, 2]", "within_one_se: {lr: lowest}\nseeds: [0, 2]")))
+    assert ruled.within_one_se == {"lr": "lowest"} and plain.within_one_se == {}
     low, high = (study.run_dir("at", {"lr": lr}, 0) for lr in (0.02, 0.05))
     held_out = len(train_val_split(load_dataset("fashion-mnist-embedded").train, 0.005, seed=0)[1].labels)
     assert held_out == 50 and validation_images(low) == validation_images(high) == 50
@@ -112,3 +122,24 @@ def test_a_plan_with_the_rule_chooses_on_its_runs_validation_images(tmp_path):
     with pytest.raises(ConfigError, match="recorded no n_val"):
         Study(ruled, tmp_path / "out").selection("at")
     assert study.selection("at").chosen == {"lr": 0.05}
+
+
+def test_the_script_shows_what_the_rule_would_have_chosen(tmp_path, capsys):
+    """scripts/one_se_choices.py on a study that took the highest score: the rule's choice
+    beside it, from validation scores only; a run without n_val needs --n-val."""
+    path, study = _trained_grid(tmp_path)
+    low, high = (study.run_dir("at", {"lr": lr}, 0) for lr in (0.02, 0.05))
+    set_last_validation_score(low, 0.50)
+    set_last_validation_score(high, 0.55)
+    script = script_module("one_se_choices")
+    row = "| at | lr0.05 (55.0) | lr0.02 (50.0) (moved) | 7.0 |"
+    assert script.main([str(path), "--out", str(study.out)]) == 0
+    printed = capsys.readouterr().out
+    assert row in printed and "moves 1 of the 1 choices it applies to" in printed
+    set_last_validation_score(high, 0.55, drop_n_val=True)
+    assert script.main([str(path), "--out", str(study.out)]) == 2
+    assert "recorded no n_val" in capsys.readouterr().err
+    assert script.main([str(path), "--out", str(study.out), "--n-val", "50"]) == 0
+    assert row in capsys.readouterr().out
+    assert script.main([str(path), "--out", str(study.out), "--prefer", "lr=low"]) == 2
+    assert "--prefer takes KEY=lowest or KEY=highest" in capsys.readouterr().err
