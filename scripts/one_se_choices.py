@@ -3,16 +3,16 @@
     python scripts/one_se_choices.py PLAN --out STUDY [--prefer lr=lowest] [--n-val N]
 
 PLAN and STUDY are a `mutualat compare` plan and its output folder. For every variant whose
-grid has finished, this prints the point the study chose, the point the rule (docs/METHOD.md
-§7, mutualat.compare.selection) picks from the same validation scores, and the standard
-error it used: a plan's choices seen under the rule without training anything again, the
+grid has finished, this prints the highest-scoring point (what a plan without the rule
+chooses), the point the rule (docs/METHOD.md §7, mutualat.compare.selection) picks from the
+same validation scores, and the standard error it used, whatever the plan itself declares: a plan's choices seen under the rule without training anything again, the
 way a reading weighs what the rule would cost before a plan declares it. Only validation
 scores are read, never a test number.
 
 The standard error is taken on the number of validation images the best run recorded
-(``n_val`` in its epoch records). Runs trained before 2026-12-02 recorded none; ``--n-val N``
-gives the count for those, which the caller must know (the plan's ``data.val_subset`` where
-the held-out split is larger than it, as in every packaged plan).
+(``n_val`` in its epoch records). Runs trained before 2026-12-02 recorded none, so every
+study of that time needs ``--n-val N``: the count, which the caller must know (the plan's
+``data.val_subset`` where the held-out split is larger than it, as in every packaged plan).
 
 docs/RESULTS.md quotes it for fmnist-smallcnn-paper (``--n-val 500``).
 """
@@ -20,33 +20,40 @@ docs/RESULTS.md quotes it for fmnist-smallcnn-paper (``--n-val 500``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from mutualat.compare import Study, load_plan
+from mutualat.compare import Plan, Study, load_plan
+from mutualat.compare.extras import parse_within_one_se
 from mutualat.compare.selection import choose, validation_images
 from mutualat.errors import ConfigError, MutualatError
 
 
-def parse_prefer(values: list[str]) -> dict[str, str]:
-    """``["lr=lowest"]`` -> ``{"lr": "lowest"}``."""
+def parse_prefer(values: list[str], plan: Plan) -> dict[str, str]:
+    """``["lr=lowest"]`` -> ``{"lr": "lowest"}``, checked as a plan's ``within_one_se`` is
+    (a key some grid sweeps, lowest or highest)."""
     rule = {}
     for value in values:
         key, _, preference = value.partition("=")
         if preference not in ("lowest", "highest") or not key:
             raise ConfigError(f"--prefer takes KEY=lowest or KEY=highest, got {value!r}")
         rule[key] = preference
-    return rule
+    return parse_within_one_se(rule, plan.grids, "--prefer")
 
 
 def choices(study: Study, rule: dict[str, str], n_val: int | None) -> list[dict]:
-    """Per variant: the study's choice, the rule's, their validation scores and the standard
-    error (None where the grid has not finished or the rule does not apply to it)."""
+    """Per variant: the highest-scoring point, the rule's, their validation scores and the
+    standard error (None where the rule does not apply); or why there is no choice yet."""
     plan, rows = study.plan, []
     for variant in plan.variants:
-        selection = study.selection(variant)
+        try:
+            selection = study.selection(variant)
+        except ConfigError as error:  # every grid point diverged: that variant's row says so
+            rows.append({"variant": variant, "chosen": None, "why": str(error)})
+            continue
         if selection is None:
-            rows.append({"variant": variant, "chosen": None})
+            rows.append({"variant": variant, "chosen": None, "why": "its grid has not finished"})
             continue
         labels = list(selection.settings)
         settings = [selection.settings[k] for k in labels]
@@ -70,15 +77,16 @@ def choices(study: Study, rule: dict[str, str], n_val: int | None) -> list[dict]
 
 
 def markdown(rows: list[dict], rule: dict[str, str]) -> str:
+    """The rows of :func:`choices` as a table, and how many choices the rule moves."""
     prefer = ", then ".join(f"the {v} {k}" for k, v in rule.items())
     lines = [f"Within one standard error of the best validation score, {prefer}:", "",
-             "| variant | chosen (validation %) | one-SE rule (validation %) | SE (points) |",
+             "| variant | highest (validation %) | one-SE rule (validation %) | SE (points) |",
              "|---|---|---|---|"]
     for row in rows:
         if row["chosen"] is None:
-            lines.append(f"| {row['variant']} | its grid has not finished | | |")
+            lines.append(f"| {row['variant']} | {row['why']} | | |")
             continue
-        moved = " (moved)" if row["rule"] != row["chosen"] else ""
+        moved = " (moved)" if row["rule"] != row["chosen"] else ""  # chosen: the highest
         se = "—" if row["se"] is None else f"{100 * row['se']:.1f}"
         lines.append(f"| {row['variant']} | {row['chosen']} ({100 * row['chosen_score']:.1f}) | "
                      f"{row['rule']} ({100 * row['rule_score']:.1f}){moved} | {se} |")
@@ -102,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.out} is not a study folder")
         if args.n_val is not None and args.n_val < 1:
             raise ConfigError(f"--n-val must be at least 1, got {args.n_val}")
-        rule = parse_prefer(args.prefer)
-        rows = choices(Study(load_plan(args.plan), args.out), rule, args.n_val)
+        plan = load_plan(args.plan)
+        rule = parse_prefer(args.prefer, plan)
+        # the plain maximum, whatever the plan declares: the rule is this script's to apply
+        rows = choices(Study(dataclasses.replace(plan, within_one_se={}), args.out), rule,
+                       args.n_val)
     except MutualatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

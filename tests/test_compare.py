@@ -492,7 +492,7 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
     # Each variant's grid: at's choice with its validation score, mat's runs so far.
     at_score = 100 * chosen["at"]["scores"][chosen["at"]["label"]]
     assert lines[4].split() == f"grid at chose {chosen['at']['label']} (validation {at_score:.1f} %)".split()
-    assert lines[5].split() == "grid mat 1 of 2 grid runs finished".split()
+    assert lines[5].split() == "grid mat 1 of 2 grid runs ended".split()
     assert lines[6] == f"finished {len(others) + 4} tasks, {finished_cpu / 3600:.1f} CPU-h"
     assert lines[7] == ("2 ready, 3 waiting on them; the ready ones: about 27 CPU-min; the waiting "
                         "ones: about 20 CPU-min (2 of them not estimated)")

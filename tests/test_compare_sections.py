@@ -15,7 +15,7 @@ import pytest
 from matplotlib.container import BarContainer
 import torch
 
-from mutualat.compare import Study, load_plan, provenance, report, sections
+from mutualat.compare import Study, load_plan, progress, provenance, report, sections
 from mutualat.compare.records import read_summary
 from mutualat.compare.report import markdown
 from mutualat.compare.selection import Selection, validation_score
@@ -463,6 +463,29 @@ def test_the_status_lists_nothing_left(paper_study):
     status = subprocess.run([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out), "--status"],
                             capture_output=True, text=True)
     assert status.returncode == 0 and "0 ready, 0 waiting" in status.stdout
+    chosen = Study(load_plan(plan), out).selection("mat")
+    score = 100 * chosen.scores[chosen.label]
+    assert f"grid     mat          chose {chosen.label} (validation {score:.1f} %)\n" in status.stdout
+
+
+def test_the_status_says_where_each_grid_stands(paper_study, tmp_path):
+    """A copy of the finished study with its grids undone by hand: a grid with a run still to
+    end and a diverged one, and a student whose teacher's grid has not chosen yet."""
+    plan_path, finished, _ = paper_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    plan = load_plan(plan_path)
+    study = Study(plan, out)
+    diverged, unfinished = (study.run_dir("mat", s, 0) for s in plan.settings("mat"))
+    (diverged / "results.json").unlink()
+    (diverged / "diverged.json").write_text("{}")
+    (unfinished / "results.json").unlink()
+    (study.run_dir("at", {"lr": 0.05}, 0) / "results.json").unlink()
+    lines = [line for line in progress.status_lines(study) if line.startswith("grid")]
+    assert [line.split(None, 2)[1:] for line in lines] == [
+        ["at", "0 of 1 grid runs ended"],
+        ["mat", "1 of 2 grid runs ended (1 diverged)"],
+        ["mat-offline", "waits on at's grid (its teacher)"]]
 
 
 def test_an_evaluation_of_another_suite_or_subset_is_never_reused(paper_study, tmp_path):

@@ -143,3 +143,21 @@ def test_the_script_shows_what_the_rule_would_have_chosen(tmp_path, capsys):
     assert row in capsys.readouterr().out
     assert script.main([str(path), "--out", str(study.out), "--prefer", "lr=low"]) == 2
     assert "--prefer takes KEY=lowest or KEY=highest" in capsys.readouterr().err
+    assert script.main([str(path), "--out", str(study.out), "--prefer", "lrr=lowest"]) == 2
+    assert "--prefer: within_one_se names 'lrr', which no grid sweeps" in capsys.readouterr().err
+    # a plan that declares the rule: the script still sets the highest score beside it
+    ruled = _write_plan(tmp_path / "ruled", AT_GRID.replace(
+        "seeds: [0, 2]", "within_one_se: {lr: lowest}\nseeds: [0, 2]"))
+    assert script.main([str(ruled), "--out", str(study.out), "--n-val", "50"]) == 0
+    assert row in capsys.readouterr().out
+    # a grid not yet finished, and one whose every point diverged: their rows say so
+    (low / "results.json").unlink()
+    assert script.main([str(path), "--out", str(study.out), "--n-val", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "| at | its grid has not finished | | |" in printed
+    assert "moves 0 of the 0 choices it applies to" in printed
+    for run in (low, high):
+        (run / "diverged.json").write_text("{}")
+        (run / "results.json").unlink(missing_ok=True)
+    assert script.main([str(path), "--out", str(study.out)]) == 0
+    assert "| at | every grid point of at diverged" in capsys.readouterr().out

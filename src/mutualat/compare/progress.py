@@ -89,8 +89,9 @@ def status_lines(study: Study) -> list[str]:
 
 def grid_lines(study: Study) -> list[str]:
     """Per variant, the grid point its validation scores chose (with the score, and what the
-    one-SE rule did where the plan declares it), or how many of its grid runs have finished:
-    what a multi-day study's author checks before its other seeds start."""
+    one-SE rule did where the plan declares it), or how many of its grid runs have ended
+    (diverged ones among them), or the teacher whose choice its grid waits on: what a
+    multi-day study's author checks before its other seeds start."""
     plan = study.plan
     width = max(len(v) for v in plan.variants)
     lines = []
@@ -101,9 +102,15 @@ def grid_lines(study: Study) -> list[str]:
             lines.append(f"grid     {variant:<{width}}  chose {chosen.label} (validation "
                          f"{100 * chosen.scores[chosen.label]:.1f} %{note})")
             continue
+        teacher = plan.teachers.get(variant)
+        if teacher is not None and study.selection(teacher) is None:
+            lines.append(f"grid     {variant:<{width}}  waits on {teacher}'s grid (its teacher)")
+            continue
         runs = [study.run_dir(variant, s, plan.grid_seed) for s in plan.settings(variant)]
-        ended = sum(study.finished(run) or study.diverged(run) for run in runs)
-        lines.append(f"grid     {variant:<{width}}  {ended} of {len(runs)} grid runs finished")
+        diverged = sum(study.diverged(run) for run in runs)
+        ended = sum(study.finished(run) for run in runs) + diverged
+        lines.append(f"grid     {variant:<{width}}  {ended} of {len(runs)} grid runs ended"
+                     + (f" ({diverged} diverged)" if diverged else ""))
     return lines
 
 
