@@ -12,6 +12,9 @@ import pytest
 
 from mutualat.compare import Study, load_plan
 from mutualat.compare.curves import epoch_curves
+from mutualat.compare.per_type import first_attack_lines
+from mutualat.compare.report import markdown
+from mutualat.compare.stats import percent_mean_std
 from mutualat.train.logger import read_metrics
 
 from test_compare import TINY_SET, _compare, assert_edit_refused
@@ -106,6 +109,31 @@ def test_the_report_has_a_column_per_threat_type_and_r_avg(mp_study):
             "| Δ R_worst |") in text
     assert "| model | Δ clean vs control | Δ R_avg vs control | Δ R_worst vs control |" in text
     assert "| mat-mp (member generalist) | " in text.split("vs control")[-1]  # paired with the control
+    # One attack per type in the tiny suite: nothing to set beside a type's column.
+    assert "first attack alone" not in text
+
+
+def test_each_types_first_attack_is_set_beside_the_type(mp_study):
+    """The tiny study's JSON with a second l2 attack in its suite (and its made-up accuracy
+    in every row): the table sets l2's first attack alone beside the type, and leaves out
+    l-inf, which has one attack."""
+    _, out = mp_study
+    data = json.loads((out / "comparison.json").read_text())
+    suite = data["plan"]["suite"]
+    assert [a["threat"] for a in suite["attacks"]] == ["linf", "l2"]
+    suite["attacks"].append({"id": "ddn", "name": "ddn", "threat": "l2"})
+    for row in data["rows"]:
+        row["mean_std"]["ddn"] = [0.1, 0.0]
+    lines = first_attack_lines(data, "last")
+    pgd = suite["attacks"][1]["id"]
+    assert lines[2] == f"| model | l2: {pgd} alone | l2: all 2 attacks |"
+    rows = {line.split(" | ")[0][2:]: line for line in lines[4:-1]}
+    assert set(rows) == {r["row"] for r in data["rows"]}
+    for row in data["rows"]:
+        ms = row["mean_std"]
+        assert rows[row["row"]] == (f"| {row['row']} | {percent_mean_std(ms[pgd])} | "
+                                    f"{percent_mean_std(ms['threat:l2'])} |")
+    assert "| model | l2: " in markdown(data)  # and in the report made from the JSON
 
 
 def test_the_curves_follow_the_generalist(mp_study):
