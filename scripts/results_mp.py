@@ -32,7 +32,7 @@ from common import command_line, machines_text, mean_std_percent, run_seconds, s
 from mutualat.config import load_config
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
-from mutualat.evaluation import evaluate, load_suite
+from mutualat.evaluation import evaluate, load_suite, pgd_alone_columns
 from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta
 from mutualat.report.documents import write_section
@@ -128,15 +128,10 @@ def train_and_eval(variant: str, seed: int, args: argparse.Namespace) -> dict:
     # Both read from what the run and the evaluation recorded, so a reused run reports its
     # whole cost: the run folder's start and end, and each attack's saved seconds.
     attack_seconds = {k: a["seconds"] for k, a in m["attacks"].items()}
-    # Each type's PGD alone, to set beside the whole suite's per-type accuracy. A
-    # "standalone" suite records every attack on its own; a "cumulative" one only a type's
-    # first attack, so there it holds where that first attack is PGD (as in the packaged suites).
-    standalone = summary["per_attack"] == "standalone"
-    first: dict[str, dict] = {}
-    for a in m["attacks"].values():
-        if a["name"] == "pgd" or not standalone:
-            first.setdefault(a["threat"], a)
-    pgd_alone = {t: a["accuracy"] for t, a in first.items() if a["name"] == "pgd"}
+    # Each type's PGD alone, to set beside the whole suite's per-type accuracy.
+    columns = pgd_alone_columns(((k, a["name"], a["threat"]) for k, a in m["attacks"].items()),
+                                summary["per_attack"])
+    pgd_alone = {t: m["attacks"][k]["accuracy"] for t, k in columns.items()}
     return {"variant": variant, "method": method, "seed": seed,
             "clean": m["clean"], "threats": m["threats"],
             "r_avg": m["r_avg"], "r_worst": m["r_worst"], "n": summary["n_examples"],

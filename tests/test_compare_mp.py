@@ -109,30 +109,32 @@ def test_the_report_has_a_column_per_threat_type_and_r_avg(mp_study):
             "| Δ R_worst |") in text
     assert "| model | Δ clean vs control | Δ R_avg vs control | Δ R_worst vs control |" in text
     assert "| mat-mp (member generalist) | " in text.split("vs control")[-1]  # paired with the control
-    # One attack per type in the tiny suite: nothing to set beside a type's column.
-    assert "first attack alone" not in text
+    # One attack per type in the tiny suite (and l-inf's is FGSM): no PGD-alone table.
+    assert "its PGD alone" not in text
 
 
-def test_each_types_first_attack_is_set_beside_the_type(mp_study):
-    """The tiny study's JSON with a second l2 attack in its suite (and its made-up accuracy
-    in every row): the table sets l2's first attack alone beside the type, and leaves out
-    l-inf, which has one attack."""
+def test_each_types_pgd_alone_is_set_beside_the_type(mp_study):
+    """The tiny study's JSON with a second l2 attack in its suite and a best-epoch copy of
+    every row: the last epoch's table sets l2's PGD alone beside the type and their per-seed
+    difference, and leaves out l-inf, whose first attack is FGSM."""
     _, out = mp_study
     data = json.loads((out / "comparison.json").read_text())
     suite = data["plan"]["suite"]
-    assert [a["threat"] for a in suite["attacks"]] == ["linf", "l2"]
+    assert [(a["name"], a["threat"]) for a in suite["attacks"]] == [("fgsm", "linf"), ("pgd", "l2")]
     suite["attacks"].append({"id": "ddn", "name": "ddn", "threat": "l2"})
-    for row in data["rows"]:
-        row["mean_std"]["ddn"] = [0.1, 0.0]
+    last = [r for r in data["rows"] if r["checkpoint"] == "last"]
+    data["rows"] += [{**r, "row": r["row"] + " (best copy)", "checkpoint": "best"} for r in last]
     lines = first_attack_lines(data, "last")
     pgd = suite["attacks"][1]["id"]
-    assert lines[2] == f"| model | l2: {pgd} alone | l2: all 2 attacks |"
+    assert lines[2] == f"| model | l2: {pgd} alone | l2: all 2 attacks | l2: missed |"
     rows = {line.split(" | ")[0][2:]: line for line in lines[4:-1]}
-    assert set(rows) == {r["row"] for r in data["rows"]}
-    for row in data["rows"]:
-        ms = row["mean_std"]
-        assert rows[row["row"]] == (f"| {row['row']} | {percent_mean_std(ms[pgd])} | "
-                                    f"{percent_mean_std(ms['threat:l2'])} |")
+    assert set(rows) == {r["row"] for r in last}  # the best-epoch copies are not this table's
+    for row in last:
+        missed = [s["attacks"][pgd] - s["threats"]["l2"] for s in row["seeds"].values()]
+        assert rows[row["row"]] == (
+            f"| {row['row']} | {percent_mean_std(row['mean_std'][pgd])} | "
+            f"{percent_mean_std(row['mean_std']['threat:l2'])} | "
+            f"{100 * statistics.mean(missed):.2f} ± {100 * statistics.stdev(missed):.2f} |")
     assert "| model | l2: " in markdown(data)  # and in the report made from the JSON
 
 

@@ -27,9 +27,12 @@ from mutualat.evaluation import (
     EvaluationError,
     accuracy_report,
     candidates,
+    cumulative_accuracy,
     evaluate,
     load_suite,
     packaged_suites,
+    pgd_alone_columns,
+    standalone_accuracy,
     suite_from_dict,
     worst_case,
 )
@@ -656,3 +659,20 @@ def test_masking_checks_sample_every_class_of_a_class_ordered_set():
     with pytest.raises(ConfigError, match="sample"):
         masking.run_checks(model, images, labels, None, None, 50, torch.device("cpu"),
                            masking.CheckConfig(n=50, sample="last"))
+
+
+def test_a_types_pgd_alone_column_in_either_mode():
+    """Interleaved threat types, hand-made outcomes: a cumulative suite's first column of a
+    type equals that attack alone (a later one counts the attacks before it), so a type's PGD
+    alone is its first attack there if that is a PGD; a standalone suite has every attack
+    alone, and its first PGD is taken."""
+    threats = ["linf", "l2", "linf", "l2"]
+    clean = np.array([True, True, True, True, False])
+    robust = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]], bool)
+    cumulative, alone = cumulative_accuracy(clean, robust, threats), standalone_accuracy(clean, robust)
+    assert cumulative[:2] == alone[:2] == [0.6, 0.6]  # each type's first column: that attack alone
+    assert cumulative[2:] == [0.4, 0.2] and alone[2:] == [0.6, 0.4]  # later ones: not alone
+    attacks = [("fgsm", "fgsm", "linf"), ("pgd-l2", "pgd", "l2"), ("pgd-linf", "pgd", "linf"),
+               ("ddn", "ddn", "l2")]
+    assert pgd_alone_columns(attacks, "cumulative") == {"l2": "pgd-l2"}  # l-inf begins with FGSM
+    assert pgd_alone_columns(attacks, "standalone") == {"linf": "pgd-linf", "l2": "pgd-l2"}

@@ -14,7 +14,7 @@ and the paired difference to the baseline with its 95% t interval
 (:mod:`mutualat.compare.stats`). Each cohort's ensemble, or its ``select_on`` members, is
 also paired with the control, seed by seed (the same compute). The Markdown shows a column
 per attack for a one-threat suite, a column per threat type and R_avg for several, then each
-type's first attack alone beside the type (:mod:`mutualat.compare.per_type`). A table of
+type's PGD alone beside the type (:mod:`mutualat.compare.per_type`). A table of
 robust overfitting follows: per variant, each seed's best and last validation robust
 accuracy and the fall between them (:func:`mutualat.compare.curves.overfitting`). Then what
 each variant trains and how fast (parameters, FLOPs, img/s, CPU per run), the runs, and the

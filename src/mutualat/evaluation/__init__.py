@@ -36,6 +36,7 @@ from mutualat.evaluation.worst_case import (
     candidates,
     cumulative_accuracy,
     per_threat,
+    pgd_alone_columns,
     standalone_accuracy,
     worst_case,
 )
@@ -45,7 +46,7 @@ __all__ = [
     "AttackSpec", "BROKEN", "CheckConfig", "ENSEMBLE", "Ensemble", "EvaluationError",
     "NOT_ATTACKED", "ROBUST", "Strength", "Suite", "Threat", "accuracy_report", "build_summary", "candidates",
     "cumulative_accuracy", "default_attack", "eps_sweep", "evaluate", "fingerprint_model", "load_suite",
-    "packaged_suites", "parse_eps", "per_threat", "run_attack", "run_checks", "standalone_accuracy",
+    "packaged_suites", "parse_eps", "per_threat", "pgd_alone_columns", "run_attack", "run_checks", "standalone_accuracy",
     "suite_from_dict", "suite_warnings", "summary_table", "sweep_table", "transfer_matrix", "worst_case",
     "write_transfer",
 ]

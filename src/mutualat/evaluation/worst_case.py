@@ -22,7 +22,7 @@ counts as robust, which is exact: an example is skipped only once it is known to
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -83,6 +83,19 @@ def cumulative_accuracy(clean: np.ndarray, robust: np.ndarray, threats: Sequence
         alive[t] = alive.get(t, clean) & robust[:, j]
         result.append(_mean(alive[t]))
     return result
+
+
+def pgd_alone_columns(attacks: Iterable[tuple[str, str, str]], per_attack: str) -> dict[str, str]:
+    """Per threat type, the id of the attack column that is that type's PGD alone, from the
+    suite's ``(id, attack name, threat)`` in suite order: in a ``standalone`` suite the type's
+    first PGD; in a ``cumulative`` one the type's first attack where it is a PGD (its column
+    starts from every clean-correct example; a later column also counts the attacks before
+    it). A type without such a column is left out."""
+    first: dict[str, tuple[str, str]] = {}
+    for attack_id, name, threat in attacks:
+        if name == "pgd" or per_attack != "standalone":
+            first.setdefault(threat, (attack_id, name))
+    return {threat: attack_id for threat, (attack_id, name) in first.items() if name == "pgd"}
 
 
 def standalone_accuracy(clean: np.ndarray, robust: np.ndarray) -> list[float]:
