@@ -12,7 +12,7 @@ import pytest
 
 from mutualat.compare import Study, load_plan
 from mutualat.compare.curves import epoch_curves
-from mutualat.compare.per_type import first_attack_lines
+from mutualat.compare.per_type import pgd_alone_lines
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import percent_mean_std
 from mutualat.train.logger import read_metrics
@@ -124,7 +124,7 @@ def test_each_types_pgd_alone_is_set_beside_the_type(mp_study):
     suite["attacks"].append({"id": "ddn", "name": "ddn", "threat": "l2"})
     last = [r for r in data["rows"] if r["checkpoint"] == "last"]
     data["rows"] += [{**r, "row": r["row"] + " (best copy)", "checkpoint": "best"} for r in last]
-    lines = first_attack_lines(data, "last")
+    lines = pgd_alone_lines(data, "last")
     pgd = suite["attacks"][1]["id"]
     assert lines[2] == f"| model | l2: {pgd} alone | l2: all 2 attacks | l2: missed |"
     rows = {line.split(" | ")[0][2:]: line for line in lines[4:-1]}

@@ -16,7 +16,7 @@ from mutualat.compare.stats import mean_std, percent_mean_std
 from mutualat.evaluation import pgd_alone_columns
 
 
-def first_attack_lines(data: dict[str, Any], checkpoint: str) -> list[str]:
+def pgd_alone_lines(data: dict[str, Any], checkpoint: str) -> list[str]:
     """The table for the rows of ``checkpoint`` of a report's JSON
     (:func:`mutualat.compare.report.collect`): per threat type with a PGD-alone column and
     more than one attack, that column, the type's, and their per-seed difference (mean ± std

@@ -32,7 +32,7 @@ from typing import Any
 
 from mutualat.compare import provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
-from mutualat.compare.per_type import first_attack_lines
+from mutualat.compare.per_type import pgd_alone_lines
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
@@ -277,7 +277,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
                 lines.append(f"| {row['row']} | " + " | ".join(
                     _diff(row["paired_control"][m], False) for m in paired) + " |")
             lines.append("")
-        lines += first_attack_lines(data, checkpoint)
+        lines += pgd_alone_lines(data, checkpoint)
     lines += _overfitting_lines(data["overfitting"])
     lines += sections.markdown(data["extras"], plan["name"], figures)
     lines += ["### Hyperparameters chosen on the validation split", ""]
