@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mutualat.compare import load_plan
+from mutualat.compare.provenance import plan_settings
 from mutualat.train.optim import lr_and_weight_decay
 
 from test_compare import TINY_PLAN, _write_plan
@@ -35,9 +36,17 @@ def test_a_variant_sets_one_members_weight_decay_and_the_grid_sets_every_members
     only_lr = load_plan(_write_plan(tmp_path / "lr", TINY_PLAN.replace(
         "  mat: {method.name: mat,",
         "  mat-wd: {method.name: mat, models: [tinycnn, {name: tinycnn, weight_decay: 0.002}]}\n"
+        "  ard: {method.name: ard, models: [{name: tinycnn, weight_decay: 0.003}, tinycnn],\n"
+        "        teacher: at}\n"
         "  mat: {method.name: mat,")))
     assert [s for s in only_lr.settings("mat-wd")] == [{"lr": 0.02}, {"lr": 0.05}]
     assert _members(only_lr, "mat-wd", {"lr": 0.05}) == [(0.05, default_wd), (0.05, 0.002)]
+    # the settings table names the member whose decay is not the baseline's, never a frozen
+    # teacher (it takes no step); a variant whose grid searches the decay shows it in the
+    # hyperparameter table instead
+    row = "batch size; weight decay"
+    assert plan_settings(only_lr)[row] == f"32; {default_wd:g} (mat-wd's h2: 0.002)"
+    assert plan_settings(plan)[row] == f"32; {default_wd:g}"
 
 
 def test_the_committed_ard_wd_variant_is_ard_with_the_official_decay_for_its_step():
@@ -51,4 +60,6 @@ def test_the_committed_ard_wd_variant_is_ard_with_the_official_decay_for_its_ste
         assert lr_and_weight_decay(ard.models[1]) == (setting["lr"], 5e-4)
         assert lr_and_weight_decay(ard_wd.models[1]) == (setting["lr"], pytest.approx(10 * 2e-4))
         assert ard_wd.models[0].init == ard.models[0].init  # the same AT teacher
+    # the section's settings table says so
+    assert plan_settings(plan)["batch size; weight decay"] == "128; 0.0005 (ard-wd's student: 0.002)"
     assert {"lr": 0.1 / 10} in plan.settings("ard-wd")  # the official rate's counterpart

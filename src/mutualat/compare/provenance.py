@@ -147,7 +147,8 @@ def plan_settings(plan: Plan) -> dict[str, str]:
         "model": _architecture({"name": model.name, **model.kwargs}),
         "epochs": f"{optim.epochs}, lr × {optim.gamma:g} at "
                   + ", ".join(f"{100 * m:.3g}" for m in optim.milestones) + " % of training",
-        "batch size; weight decay": f"{data.batch_size}; {weight_decay:g}",
+        "batch size; weight decay": f"{data.batch_size}; {weight_decay:g}"
+                                    + _other_weight_decays(plan, weight_decay),
         "training arithmetic": _arithmetic(cfg.amp, cfg.channels_last, cfg.deterministic),
         "training attack": "; ".join(
             f"{t.norm} ε {_fraction(t.eps)}, PGD-{t.steps}, step {_fraction(t.resolved_step_size())}"
@@ -168,6 +169,23 @@ def plan_settings(plan: Plan) -> dict[str, str]:
             or "none",
             f"{plan.transfer.n:,} images, PGD-{plan.transfer.steps}" if plan.transfer else "none"]),
     }
+
+
+def _other_weight_decays(plan: Plan, weight_decay: float) -> str:
+    """`` (ard-wd's student: 0.002)``: the trained members whose weight decay is not the
+    baseline's, as a variant sets it; a variant whose grid searches the weight decay shows it
+    in the hyperparameter table instead, and a frozen member (a teacher) takes no step."""
+    others = []
+    for variant in plan.variants:
+        if "weight_decay" in plan.grids[variant]:
+            continue
+        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+        roles = build_method(copy.deepcopy(cfg)).member_roles(len(cfg.models))
+        for role, model in zip(roles, cfg.models):
+            decay = lr_and_weight_decay(model)[1]
+            if not model.frozen and decay != weight_decay:
+                others.append(f"{variant}'s {role}: {decay:g}")
+    return f" ({'; '.join(others)})" if others else ""
 
 
 def _arithmetic(amp: str, channels_last: str, deterministic: bool) -> str:
