@@ -16,6 +16,7 @@ from matplotlib.container import BarContainer
 import torch
 
 from mutualat.compare import Study, load_plan, progress, provenance, report, sections
+from mutualat.compare.plan import setting_label
 from mutualat.compare.records import read_summary
 from mutualat.compare.report import markdown
 from mutualat.compare.selection import Selection, validation_score
@@ -27,6 +28,7 @@ from mutualat.models import count_flops, load_model
 from mutualat.report import paper_plots
 from mutualat.train.logger import read_metrics
 
+from conftest import set_last_validation_score
 from test_compare import TINY_SET, TINY_SUITE, _compare, assert_edit_refused
 
 TABLE_SUITE = """\
@@ -463,29 +465,44 @@ def test_the_status_lists_nothing_left(paper_study):
     status = subprocess.run([sys.executable, "-m", "mutualat", "compare", str(plan), "--out", str(out), "--status"],
                             capture_output=True, text=True)
     assert status.returncode == 0 and "0 ready, 0 waiting" in status.stdout
-    chosen = Study(load_plan(plan), out).selection("mat")
-    score = 100 * chosen.scores[chosen.label]
-    assert f"grid     mat          chose {chosen.label} (validation {score:.1f} %)\n" in status.stdout
+    study = Study(load_plan(plan), out)
+    # at's grid has one point; mat's best is one of its grid's two alphas, so at its edge
+    at, mat = study.selection("at"), study.selection("mat")
+    assert not at.at_edge and mat.at_edge
+    score = 100 * at.scores[at.label]
+    assert f"grid     at           chose {at.label} (validation {score:.1f} %)\n" in status.stdout
+    score = 100 * mat.scores[mat.label]
+    assert (f"grid     mat          chose {mat.label} (validation {score:.1f} %; at the edge of "
+            "the grid)\n") in status.stdout
 
 
 def test_the_status_says_where_each_grid_stands(paper_study, tmp_path):
     """A copy of the finished study with its grids undone by hand: a grid with a run still to
-    end and a diverged one, and a student whose teacher's grid has not chosen yet."""
+    end and a diverged one, a grid with a run still to end and one that ended (its score
+    shown), and a student whose teacher's grid has not chosen yet."""
     plan_path, finished, _ = paper_study
     out = tmp_path / "out"
     shutil.copytree(finished, out)
     plan = load_plan(plan_path)
     study = Study(plan, out)
     diverged, unfinished = (study.run_dir("mat", s, 0) for s in plan.settings("mat"))
+    results = (diverged / "results.json").read_text()
     (diverged / "results.json").unlink()
     (diverged / "diverged.json").write_text("{}")
     (unfinished / "results.json").unlink()
     (study.run_dir("at", {"lr": 0.05}, 0) / "results.json").unlink()
     lines = [line for line in progress.status_lines(study) if line.startswith("grid")]
+    label = setting_label(plan.settings("mat")[0])
     assert [line.split(None, 2)[1:] for line in lines] == [
         ["at", "0 of 1 grid runs ended"],
-        ["mat", "1 of 2 grid runs ended (1 diverged)"],
+        ["mat", f"1 of 2 grid runs ended: {label} diverged"],
         ["mat-offline", "waits on at's grid (its teacher)"]]
+    # had the first mat run ended well: its score so far, while the other runs on
+    (diverged / "diverged.json").unlink()
+    (diverged / "results.json").write_text(results)
+    set_last_validation_score(diverged, 0.437)
+    line = [line for line in progress.status_lines(study) if line.startswith("grid     mat ")][0]
+    assert line.split(None, 2)[2] == f"1 of 2 grid runs ended: {label} 43.7 %"
 
 
 def test_an_evaluation_of_another_suite_or_subset_is_never_reused(paper_study, tmp_path):

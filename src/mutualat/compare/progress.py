@@ -17,7 +17,9 @@ from __future__ import annotations
 import statistics
 
 from mutualat.compare import sections
+from mutualat.compare.plan import setting_label
 from mutualat.compare.records import task_records
+from mutualat.compare.selection import validation_score
 from mutualat.compare.study import UNCHOSEN, Study, Task
 
 #: Record statuses of a task that continues where it stopped: its CPU time counts as done.
@@ -88,29 +90,36 @@ def status_lines(study: Study) -> list[str]:
 
 
 def grid_lines(study: Study) -> list[str]:
-    """Per variant, the grid point its validation scores chose (with the score, and what the
-    one-SE rule did where the plan declares it), or how many of its grid runs have ended
-    (diverged ones among them), or the teacher whose choice its grid waits on: what a
-    multi-day study's author checks before its other seeds start."""
+    """Per variant, the grid point its validation scores chose (with the score, what the
+    one-SE rule did where the plan declares it, and whether the best score is at the edge of
+    the grid), or how many of its grid runs have ended and each one's score so far (or
+    "diverged"), or the teacher whose choice its grid waits on: what a multi-day study's
+    author checks before its other seeds start, and the time to widen a grid."""
     plan = study.plan
     width = max(len(v) for v in plan.variants)
     lines = []
     for variant in plan.variants:
         chosen = study.selection(variant)
         if chosen is not None:
-            note = f"; {chosen.note}" if chosen.note else ""
+            notes = [chosen.note] + (["at the edge of the grid"] if chosen.at_edge else [])
             lines.append(f"grid     {variant:<{width}}  chose {chosen.label} (validation "
-                         f"{100 * chosen.scores[chosen.label]:.1f} %{note})")
+                         f"{100 * chosen.scores[chosen.label]:.1f} %"
+                         + "".join(f"; {n}" for n in notes if n) + ")")
             continue
         teacher = plan.teachers.get(variant)
         if teacher is not None and study.selection(teacher) is None:
             lines.append(f"grid     {variant:<{width}}  waits on {teacher}'s grid (its teacher)")
             continue
-        runs = [study.run_dir(variant, s, plan.grid_seed) for s in plan.settings(variant)]
-        diverged = sum(study.diverged(run) for run in runs)
-        ended = sum(study.finished(run) for run in runs) + diverged
-        lines.append(f"grid     {variant:<{width}}  {ended} of {len(runs)} grid runs ended"
-                     + (f" ({diverged} diverged)" if diverged else ""))
+        ended = []
+        for setting in plan.settings(variant):
+            run = study.run_dir(variant, setting, plan.grid_seed)
+            if study.diverged(run):
+                ended.append(f"{setting_label(setting)} diverged")
+            elif study.finished(run):
+                score = validation_score(run, plan.select, plan.select_on.get(variant))
+                ended.append(f"{setting_label(setting)} {100 * score:.1f} %")
+        lines.append(f"grid     {variant:<{width}}  {len(ended)} of {len(plan.settings(variant))} "
+                     "grid runs ended" + (f": {', '.join(ended)}" if ended else ""))
     return lines
 
 
