@@ -492,10 +492,11 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
     # Each variant's grid: at's choice with its validation score, mat's runs so far.
     at_score = 100 * chosen["at"]["scores"][chosen["at"]["label"]]
     # (a two-point grid's best is at its edge: the grid does not bracket it)
-    assert lines[4].split() == (f"grid at chose {chosen['at']['label']} (validation {at_score:.1f} %; "
-                                "at the edge of the grid)").split()
+    assert lines[4].split() == (f"grid at chose {chosen['at']['label']} (validation "
+                                f"{at_score:.1f} %; at the edge of the grid)").split()
     mat_score = 100 * chosen["mat"]["scores"]["lr0.05"]  # the run that ended; lr0.02 is cut short
-    assert lines[5].split() == f"grid mat 1 of 2 grid runs ended: lr0.05 {mat_score:.1f} %".split()
+    assert lines[5].split() == (f"grid mat 1 of 2 grid runs ended (validation: lr0.05 "
+                                f"{mat_score:.1f} %)").split()
     assert lines[6] == f"finished {len(others) + 4} tasks, {finished_cpu / 3600:.1f} CPU-h"
     assert lines[7] == ("2 ready, 3 waiting on them; the ready ones: about 27 CPU-min; the waiting "
                         "ones: about 20 CPU-min (2 of them not estimated)")

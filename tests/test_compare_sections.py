@@ -28,7 +28,6 @@ from mutualat.models import count_flops, load_model
 from mutualat.report import paper_plots
 from mutualat.train.logger import read_metrics
 
-from conftest import set_last_validation_score
 from test_compare import TINY_SET, TINY_SUITE, _compare, assert_edit_refused
 
 TABLE_SUITE = """\
@@ -478,8 +477,8 @@ def test_the_status_lists_nothing_left(paper_study):
 
 def test_the_status_says_where_each_grid_stands(paper_study, tmp_path):
     """A copy of the finished study with its grids undone by hand: a grid with a run still to
-    end and a diverged one, a grid with a run still to end and one that ended (its score
-    shown), and a student whose teacher's grid has not chosen yet."""
+    end and a diverged one, then one that ended (its score shown, or that it has none), and a
+    student whose teacher's grid has not chosen yet."""
     plan_path, finished, _ = paper_study
     out = tmp_path / "out"
     shutil.copytree(finished, out)
@@ -495,14 +494,26 @@ def test_the_status_says_where_each_grid_stands(paper_study, tmp_path):
     label = setting_label(plan.settings("mat")[0])
     assert [line.split(None, 2)[1:] for line in lines] == [
         ["at", "0 of 1 grid runs ended"],
-        ["mat", f"1 of 2 grid runs ended: {label} diverged"],
+        ["mat", f"1 of 2 grid runs ended (validation: {label} diverged)"],
         ["mat-offline", "waits on at's grid (its teacher)"]]
-    # had the first mat run ended well: its score so far, while the other runs on
+
+    def mat_line() -> str:
+        line = [line for line in progress.status_lines(study) if line.startswith("grid     mat ")]
+        return line[0].split(None, 2)[2]
+
+    # had the first mat run ended well: its score, the mean of its members' last validation
+    # PGD accuracies (the plan's select: last), while the other runs on
     (diverged / "diverged.json").unlink()
     (diverged / "results.json").write_text(results)
-    set_last_validation_score(diverged, 0.437)
-    line = [line for line in progress.status_lines(study) if line.startswith("grid     mat ")][0]
-    assert line.split(None, 2)[2] == f"1 of 2 grid runs ended: {label} 43.7 %"
+    metrics = diverged / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    last = [r for r in records if r["event"] == "epoch"][-1]
+    last["val_pgd/h1"], last["val_pgd/h2"] = 0.40, 0.47
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert mat_line() == f"1 of 2 grid runs ended (validation: {label} 43.5 %)"
+    # a run that validated nothing (no epoch records) does not stop --status
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records if r["event"] != "epoch"))
+    assert mat_line() == f"1 of 2 grid runs ended (validation: {label} no validation score)"
 
 
 def test_an_evaluation_of_another_suite_or_subset_is_never_reused(paper_study, tmp_path):

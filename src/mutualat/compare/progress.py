@@ -19,8 +19,9 @@ import statistics
 from mutualat.compare import sections
 from mutualat.compare.plan import setting_label
 from mutualat.compare.records import task_records
-from mutualat.compare.selection import validation_score
+from mutualat.compare.selection import choice_notes, validation_score
 from mutualat.compare.study import UNCHOSEN, Study, Task
+from mutualat.errors import ConfigError
 
 #: Record statuses of a task that continues where it stopped: its CPU time counts as done.
 _RESUMES = ("interrupted", "running", "failed")
@@ -90,37 +91,46 @@ def status_lines(study: Study) -> list[str]:
 
 
 def grid_lines(study: Study) -> list[str]:
-    """Per variant, the grid point its validation scores chose (with the score, what the
-    one-SE rule did where the plan declares it, and whether the best score is at the edge of
-    the grid), or how many of its grid runs have ended and each one's score so far (or
-    "diverged"), or the teacher whose choice its grid waits on: what a multi-day study's
-    author checks before its other seeds start, and the time to widen a grid."""
+    """Per variant, the grid point its validation scores chose (with the score and the
+    report's notes: "at the edge of the grid", what the one-SE rule did), or how many of its
+    grid runs have ended with each one's validation score (or "diverged"), or the teacher whose
+    choice its grid waits on: what a multi-day study's author checks before its other seeds
+    start, in time to widen a grid that does not bracket its best."""
     plan = study.plan
     width = max(len(v) for v in plan.variants)
     lines = []
     for variant in plan.variants:
         chosen = study.selection(variant)
         if chosen is not None:
-            notes = [chosen.note] + (["at the edge of the grid"] if chosen.at_edge else [])
+            notes = "".join(f"; {n}" for n in [choice_notes(chosen.at_edge, chosen.note)] if n)
             lines.append(f"grid     {variant:<{width}}  chose {chosen.label} (validation "
-                         f"{100 * chosen.scores[chosen.label]:.1f} %"
-                         + "".join(f"; {n}" for n in notes if n) + ")")
+                         f"{100 * chosen.scores[chosen.label]:.1f} %{notes})")
             continue
         teacher = plan.teachers.get(variant)
         if teacher is not None and study.selection(teacher) is None:
             lines.append(f"grid     {variant:<{width}}  waits on {teacher}'s grid (its teacher)")
             continue
-        ended = []
-        for setting in plan.settings(variant):
-            run = study.run_dir(variant, setting, plan.grid_seed)
-            if study.diverged(run):
-                ended.append(f"{setting_label(setting)} diverged")
-            elif study.finished(run):
-                score = validation_score(run, plan.select, plan.select_on.get(variant))
-                ended.append(f"{setting_label(setting)} {100 * score:.1f} %")
+        ended = [_ended(study, variant, setting) for setting in plan.settings(variant)]
+        ended = [text for text in ended if text]
         lines.append(f"grid     {variant:<{width}}  {len(ended)} of {len(plan.settings(variant))} "
-                     "grid runs ended" + (f": {', '.join(ended)}" if ended else ""))
+                     "grid runs ended" + (f" (validation: {', '.join(ended)})" if ended else ""))
     return lines
+
+
+def _ended(study: Study, variant: str, setting: dict) -> str:
+    """A grid run that has ended, as ``--status`` lists it ("lr0.05 52.0 %", "lr0.4 diverged",
+    "lr0.1 no validation score" for a run that validated nothing); "" for one still to end."""
+    run = study.run_dir(variant, setting, study.plan.grid_seed)
+    label = setting_label(setting)
+    if study.diverged(run):
+        return f"{label} diverged"
+    if not study.finished(run):
+        return ""
+    try:
+        score = validation_score(run, study.plan.select, study.plan.select_on.get(variant))
+    except ConfigError:
+        return f"{label} no validation score"
+    return f"{label} {100 * score:.1f} %"
 
 
 def finished_costs(records: dict[str, dict], unfinished: list[str]) -> dict[str, list[float]]:

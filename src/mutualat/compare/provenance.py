@@ -132,12 +132,12 @@ def model_lines(models: dict[str, Any]) -> list[str]:
 
 def plan_settings(plan: Plan) -> dict[str, str]:
     """What a plan trains and measures, one line per setting, read from its baseline's run
-    config (the grid's first point, the first seed) and the plan itself: the rows of the
-    side-by-side table of a plan and its paper-scale twin (:func:`settings_lines`)."""
+    config (the grid's first point, the first seed) and the plan itself (the weight decay: of
+    every variant, :func:`_weight_decays`): the rows of the side-by-side table of a plan and
+    its paper-scale twin (:func:`settings_lines`)."""
     cfg = plan.config(plan.baseline, plan.settings(plan.baseline)[0], plan.grid_seed)
     data, optim = cfg.data, cfg.optim
     model = cfg.models[0]
-    _, weight_decay = lr_and_weight_decay(model)
     threats = [t for t in build_method(copy.deepcopy(cfg)).threats() if t.steps > 0]
     held_out = f"{data.val_fraction:.0%} of the training split held out"
     return {
@@ -147,8 +147,7 @@ def plan_settings(plan: Plan) -> dict[str, str]:
         "model": _architecture({"name": model.name, **model.kwargs}),
         "epochs": f"{optim.epochs}, lr × {optim.gamma:g} at "
                   + ", ".join(f"{100 * m:.3g}" for m in optim.milestones) + " % of training",
-        "batch size; weight decay": f"{data.batch_size}; {weight_decay:g}"
-                                    + _other_weight_decays(plan, weight_decay),
+        "batch size; weight decay": f"{data.batch_size}; {_weight_decays(plan)}",
         "training arithmetic": _arithmetic(cfg.amp, cfg.channels_last, cfg.deterministic),
         "training attack": "; ".join(
             f"{t.norm} ε {_fraction(t.eps)}, PGD-{t.steps}, step {_fraction(t.resolved_step_size())}"
@@ -171,21 +170,36 @@ def plan_settings(plan: Plan) -> dict[str, str]:
     }
 
 
-def _other_weight_decays(plan: Plan, weight_decay: float) -> str:
-    """`` (ard-wd's student: 0.002)``: the trained members whose weight decay is not the
-    baseline's, as a variant sets it; a variant whose grid searches the weight decay shows it
-    in the hyperparameter table instead, and a frozen member (a teacher) takes no step."""
+def _weight_decays(plan: Plan) -> str:
+    """``0.0005 (ard-wd's student: 0.002)``: the baseline's weight decay, then the trained
+    members whose decay a variant sets apart from it. A variant whose grid searches a decay
+    (``weight_decay``, ``models.N.weight_decay``, ...) shows it in the hyperparameter table
+    instead; a frozen member (a teacher) takes no step."""
+    decays = {variant: _trained_decays(plan, variant) for variant in plan.variants}
+    baseline = decays[plan.baseline]
+    if baseline is None:
+        return "searched (the hyperparameter table)"
+    weight_decay = next(iter(baseline.values()))
     others = []
-    for variant in plan.variants:
-        if "weight_decay" in plan.grids[variant]:
-            continue
-        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+    for variant, by_role in decays.items():
+        apart: dict[float, list[str]] = {}
+        for role, decay in (by_role or {}).items():
+            if decay != weight_decay:
+                apart.setdefault(decay, []).append(role)
+        others += [f"{variant}'s {', '.join(roles)}: {decay:g}" for decay, roles in apart.items()]
+    return f"{weight_decay:g}" + (f" ({'; '.join(others)})" if others else "")
+
+
+def _trained_decays(plan: Plan, variant: str) -> dict[str, float] | None:
+    """The weight decay of each trained member of ``variant``, by role; None where its grid
+    searches one (the decays differ between grid points)."""
+    seen = []
+    for setting in plan.settings(variant):
+        cfg = plan.config(variant, setting, plan.grid_seed)
         roles = build_method(copy.deepcopy(cfg)).member_roles(len(cfg.models))
-        for role, model in zip(roles, cfg.models):
-            decay = lr_and_weight_decay(model)[1]
-            if not model.frozen and decay != weight_decay:
-                others.append(f"{variant}'s {role}: {decay:g}")
-    return f" ({'; '.join(others)})" if others else ""
+        seen.append({role: lr_and_weight_decay(model)[1]
+                     for role, model in zip(roles, cfg.models) if not model.frozen})
+    return seen[0] if all(decays == seen[0] for decays in seen) else None
 
 
 def _arithmetic(amp: str, channels_last: str, deterministic: bool) -> str:

@@ -34,6 +34,7 @@ from mutualat.compare import provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
 from mutualat.compare.per_type import pgd_alone_lines
 from mutualat.compare.records import read_summary, task_records
+from mutualat.compare.selection import choice_notes
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
 from mutualat.report.documents import write_section
@@ -285,8 +286,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     for variant, sel in data["selection"].items():
         scores = ", ".join(f"{label}: {'diverged' if v is None else f'{100 * v:.1f}'}"
                            for label, v in sel["scores"].items())
-        notes = "; ".join(n for n in ("at the edge of the grid" if sel["at_edge"] else "",
-                                      sel.get("note")) if n)
+        notes = choice_notes(sel["at_edge"], sel.get("note"))
         lines.append(f"| {variant} | {scores} | {sel['label']}{f' ({notes})' if notes else ''} |")
     criteria = [sel["criterion"] for sel in data["selection"].values()]
     criterion = max(criteria, key=criteria.count)  # the most common (first on ties); others follow

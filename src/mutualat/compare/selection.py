@@ -56,11 +56,19 @@ class Selection:
         return f"{rule}: the highest score" if self.best is None else f"{rule}; highest: {self.best}"
 
 
+def choice_notes(at_edge: bool, note: str | None) -> str:
+    """What the report and ``--status`` say beside a grid's choice: "at the edge of the grid"
+    (:attr:`Selection.at_edge`), then what the one-SE rule did (:attr:`Selection.note`)."""
+    return "; ".join(n for n in ("at the edge of the grid" if at_edge else "", note) if n)
+
+
 def _swept(settings: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Per grid key, its distinct numeric values (a switch, true / false, has no edge)."""
     keys: dict[str, list[Any]] = {}
     for setting in settings:
         for key, value in setting.items():
-            if value not in keys.setdefault(key, []) and isinstance(value, (int, float)):
+            if (value not in keys.setdefault(key, []) and isinstance(value, (int, float))
+                    and not isinstance(value, bool)):
                 keys[key].append(value)
     return keys
 
