@@ -102,7 +102,8 @@ def grid_lines(study: Study) -> list[str]:
     for variant in plan.variants:
         chosen = study.selection(variant)
         if chosen is not None:
-            notes = "".join(f"; {n}" for n in [choice_notes(chosen.at_edge, chosen.note)] if n)
+            notes = choice_notes(chosen.at_edge, chosen.note)
+            notes = f"; {notes}" if notes else ""
             lines.append(f"grid     {variant:<{width}}  chose {chosen.label} (validation "
                          f"{100 * chosen.scores[chosen.label]:.1f} %{notes})")
             continue
