@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine (see README.md):
-#   make demo   create .venv if missing, install, train AT vs MAT on the embedded data on CPU
+#   make demo   create .venv if missing, install, train AT vs MAT on the embedded data
+#               (on a GPU if there is one, else the CPU)
 #   make test   create .venv if missing, install, run the tests
 # TORCH_SPEC pins the CPU build that lies on this project's machines; on a GPU machine use
 # e.g. `make TORCH_SPEC=torch test` inside a venv that already has the CUDA build you want.
