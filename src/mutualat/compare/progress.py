@@ -19,7 +19,7 @@ import statistics
 from mutualat.compare import sections
 from mutualat.compare.plan import setting_label
 from mutualat.compare.records import task_records
-from mutualat.compare.selection import choice_notes, validation_score
+from mutualat.compare.selection import choice_notes
 from mutualat.compare.study import UNCHOSEN, Study, Task
 from mutualat.errors import ConfigError
 
@@ -122,16 +122,14 @@ def _ended(study: Study, variant: str, setting: dict) -> str:
     """A grid run that has ended, as ``--status`` lists it ("lr0.05 52.0 %", "lr0.4 diverged",
     "lr0.1 no validation score" for a run that validated nothing); "" for one still to end."""
     run = study.run_dir(variant, setting, study.plan.grid_seed)
-    label = setting_label(setting)
-    if study.diverged(run):
-        return f"{label} diverged"
-    if not study.finished(run):
+    if not (study.finished(run) or study.diverged(run)):
         return ""
+    label = setting_label(setting)
     try:
-        score = validation_score(run, study.plan.select, study.plan.select_on.get(variant))
+        score = study.grid_score(variant, run)
     except ConfigError:
         return f"{label} no validation score"
-    return f"{label} {100 * score:.1f} %"
+    return f"{label} {'diverged' if score == float('-inf') else f'{100 * score:.1f} %'}"
 
 
 def finished_costs(records: dict[str, dict], unfinished: list[str]) -> dict[str, list[float]]:

@@ -172,11 +172,7 @@ class Study:
         teacher = variant in self.plan.teachers
         if None in configs or not all(self.settled(d, c, teacher) for c, d in zip(configs, dirs)):
             return None
-        # A diverged grid point scores -inf (the report says "diverged"): never chosen.
-        scores = {setting_label(s): (float("-inf") if self.diverged(d) else
-                                     validation_score(d, self.plan.select,
-                                                      self.plan.select_on.get(variant)))
-                  for s, d in zip(settings, dirs)}
+        scores = {setting_label(s): self.grid_score(variant, d) for s, d in zip(settings, dirs)}
         if all(v == float("-inf") for v in scores.values()):
             raise ConfigError(f"every grid point of {variant} diverged ({', '.join(map(str, dirs))}); "
                               "give it smaller learning rates")
@@ -197,6 +193,13 @@ class Study:
         return Selection(variant, settings[chosen], scores, criterion,
                          {k: s for k, s in zip(labels, settings)},
                          best=labels[best] if chosen != best else None, se=se)
+
+    def grid_score(self, variant: str, run_dir: Path) -> float:
+        """An ended grid run's validation score as the plan selects on it; -inf for one that
+        diverged (the report says "diverged"), which is never chosen."""
+        if self.diverged(run_dir):
+            return float("-inf")
+        return validation_score(run_dir, self.plan.select, self.plan.select_on.get(variant))
 
     def planned_runs(self, selections: dict[str, Selection | None]) -> set[Path]:
         """The run folders the plan asks for now: every grid point at the grid's seed, the
