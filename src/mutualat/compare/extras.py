@@ -261,3 +261,28 @@ def parse_within_one_se(raw: Any, grids: dict[str, dict[str, list[Any]]], where:
             raise ConfigError(f"{where}: within_one_se names {key!r}, whose grid values are "
                               f"not all numbers ({values!r})")
     return dict(raw)
+
+
+def parse_extend_grid(raw: Any, grids: dict[str, dict[str, list[Any]]], where: str) -> dict[str, int]:
+    """The plan's ``extend_grid`` mapping (swept key -> how many values a grid may gain; see
+    :func:`mutualat.compare.selection.extension`): each key must be swept by some grid, on
+    positive numbers, as a geometric grid continues only there."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: extend_grid maps a grid key to how many values its grid may "
+                          f"gain beyond the plan's, e.g. {{lr: 2}}, got {raw!r}")
+    swept = {key for grid in grids.values() for key, values in grid.items() if len(values) > 1}
+    for key, limit in raw.items():
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ConfigError(f"{where}: extend_grid.{key} must be an integer >= 1 (how many "
+                              f"values its grid may gain), got {limit!r}")
+        if key not in swept:
+            raise ConfigError(f"{where}: extend_grid names {key!r}, which no grid sweeps "
+                              f"({', '.join(sorted(swept)) or 'no grid has two values'})")
+        values = [v for grid in grids.values() for v in grid.get(key, [])]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            raise ConfigError(f"{where}: extend_grid names {key!r}, whose grid values are not all "
+                              f"positive numbers ({values!r}): a grid extends by the ratio of "
+                              "its two outer values")
+    return dict(raw)

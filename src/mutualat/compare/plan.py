@@ -16,6 +16,8 @@ A plan is a YAML file (examples in ``configs/plans/``)::
                                           # cohort member k starts from seed + k
     select: last                          # the validation number that picks: last | best
     within_one_se: {lr: lowest}           # optional: the one-standard-error rule
+    extend_grid: {lr: 2}                  # optional: while a grid's best is at its edge,
+                                          # add the next value beyond it (at most 2)
     checkpoints: [last, best]             # which models are evaluated and reported
     baseline: at-lc                       # paired differences are taken against it
     control: {variant: at-lc, members: 2} # compute-matched ensemble of independent runs
@@ -45,8 +47,8 @@ from mutualat.config import (RunConfig, config_from_data, load_config, read_yaml
                              to_dict)
 from mutualat.compare.extras import (FigureSpec, PaperScale, TableSpec, TransferSpec, check_keys,
                                      check_teachers, parse_figures, parse_paper_scale,
-                                     parse_select_on, parse_tables, parse_teacher, parse_transfer,
-                                     parse_within_one_se)
+                                     parse_extend_grid, parse_select_on, parse_tables, parse_teacher,
+                                     parse_transfer, parse_within_one_se)
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
@@ -59,7 +61,7 @@ CHECKPOINTS = ("last", "best")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _TOP_KEYS = {"name", "description", "base", "set", "variants", "grid", "grids", "seeds", "select",
              "checkpoints", "baseline", "control", "suite", "eval", "tables", "transfer",
-             "figures", "paper_scale", "within_one_se"}
+             "figures", "paper_scale", "within_one_se", "extend_grid"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Plan:
     suite: str
     select: str = "last"
     within_one_se: dict[str, str] = field(default_factory=dict)  # grid key -> lowest | highest
+    extend_grid: dict[str, int] = field(default_factory=dict)  # grid key -> values it may gain
     checkpoints: list[str] = field(default_factory=lambda: list(CHECKPOINTS))
     control: Control | None = None
     eval: EvalSpec = field(default_factory=EvalSpec)
@@ -109,10 +112,9 @@ class Plan:
     # --- the runs -----------------------------------------------------------------
 
     def settings(self, variant: str) -> list[dict[str, Any]]:
-        """Every grid point of ``variant``, in the grid's order."""
-        grid = self.grids[variant]
-        keys = list(grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+        """Every grid point the plan names for ``variant``, in the grid's order (a study may
+        add more: :meth:`mutualat.compare.study.Study.settings`)."""
+        return grid_points(self.grids[variant])
 
     def config(self, variant: str, setting: dict[str, Any], seed: int,
                init_seed: int | None = None, teacher_file: str | None = None) -> RunConfig:
@@ -147,6 +149,12 @@ class Plan:
     @property
     def grid_seed(self) -> int:
         return self.seeds[0]
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every point of a product grid ({key: values}), the first key varying slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def setting_label(setting: dict[str, Any]) -> str:
@@ -246,6 +254,7 @@ def _read_plan(path: Path, environment: dict[str, Any] | None) -> Plan:
         name=str(raw.get("name") or path.stem), base=base, variants=variants, grids=grids,
         seeds=list(seeds), baseline=baseline, suite=suite, select=select,
         within_one_se=parse_within_one_se(raw.get("within_one_se"), grids, where),
+        extend_grid=parse_extend_grid(raw.get("extend_grid"), grids, where),
         checkpoints=list(checkpoints), control=control, eval=spec,
         common=_mapping(raw.get("set"), f"{where}: set"), description=str(raw.get("description") or ""),
         environment=dict(environment or {}), teachers=teachers, select_on=select_on,

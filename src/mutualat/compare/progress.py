@@ -102,7 +102,7 @@ def grid_lines(study: Study) -> list[str]:
     for variant in plan.variants:
         chosen = study.selection(variant)
         if chosen is not None:
-            notes = choice_notes(chosen.at_edge, chosen.note)
+            notes = choice_notes(chosen.at_edge, chosen.note, chosen.extended)
             notes = f"; {notes}" if notes else ""
             lines.append(f"grid     {variant:<{width}}  chose {chosen.label} (validation "
                          f"{100 * chosen.scores[chosen.label]:.1f} %{notes})")
@@ -111,10 +111,12 @@ def grid_lines(study: Study) -> list[str]:
         if teacher is not None and study.selection(teacher) is None:
             lines.append(f"grid     {variant:<{width}}  waits on {teacher}'s grid (its teacher)")
             continue
-        ended = [_ended(study, variant, setting) for setting in plan.settings(variant)]
-        ended = [text for text in ended if text]
-        lines.append(f"grid     {variant:<{width}}  {len(ended)} of {len(plan.settings(variant))} "
-                     "grid runs ended" + (f" (validation: {', '.join(ended)})" if ended else ""))
+        settings = study.settings(variant)
+        ended = [text for text in (_ended(study, variant, s) for s in settings) if text]
+        added = [setting_label(s) for s in settings if s not in plan.settings(variant)]
+        lines.append(f"grid     {variant:<{width}}  {len(ended)} of {len(settings)} grid runs ended"
+                     + (f" (validation: {', '.join(ended)})" if ended else "")
+                     + (f"; grid extended by {', '.join(added)}" if added else ""))
     return lines
 
 

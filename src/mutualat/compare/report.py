@@ -91,7 +91,8 @@ def collect(study: Study) -> dict[str, Any]:
         "selection": {v: {"chosen": s.chosen, "label": s.label,
                           "scores": {k: (None if v == float("-inf") else v)  # None: diverged
                                      for k, v in s.scores.items()},
-                          "criterion": s.criterion, "at_edge": s.at_edge, "note": s.note}
+                          "criterion": s.criterion, "at_edge": s.at_edge, "note": s.note,
+                          "extended": s.extended}
                       for v, s in selections.items()},
         "rows": rows,
         "runs": _runs(study, selections, records),
@@ -286,7 +287,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
     for variant, sel in data["selection"].items():
         scores = ", ".join(f"{label}: {'diverged' if v is None else f'{100 * v:.1f}'}"
                            for label, v in sel["scores"].items())
-        notes = choice_notes(sel["at_edge"], sel.get("note"))
+        notes = choice_notes(sel["at_edge"], sel.get("note"), sel.get("extended", ()))
         lines.append(f"| {variant} | {scores} | {sel['label']}{f' ({notes})' if notes else ''} |")
     criteria = [sel["criterion"] for sel in data["selection"].values()]
     criterion = max(criteria, key=criteria.count)  # the most common (first on ties); others follow

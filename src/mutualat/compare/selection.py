@@ -8,6 +8,13 @@ usually the lowest). A single grid seed scores each point on a few hundred valid
 so two rates a point apart are tied within noise, and the plain maximum then picks whichever
 noise favoured, often the edge of stability; the rule, declared before any grid run, breaks
 such ties towards the setting that is the safer guess.
+
+A plan may also let a grid grow (``extend_grid: {lr: 2}``): while the highest-scoring point
+sits at the smallest or largest value of the key, the study adds the next value beyond it, at
+the ratio of the grid's two outer values on that side (0.05, 0.1, 0.2 -> 0.025 below, 0.4
+above), trains it at the grid's seed, and scores again, at most the given number of values
+per key. A choice at the edge of a grid says only that the best rate may lie outside it; the
+rule is what a careful author does by hand, written into the plan before any grid runs.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mutualat.compare.plan import setting_label
+from mutualat.compare.plan import Plan, grid_points, setting_label
 from mutualat.errors import ConfigError
 from mutualat.train.logger import read_metrics
 
@@ -33,6 +40,7 @@ class Selection:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> setting
     best: str | None = None  # the highest-scoring label, where a rule chose another point
     se: float | None = None  # the standard error the one-SE rule used (a fraction)
+    extended: list[str] = field(default_factory=list)  # labels the plan's extend_grid added
 
     @property
     def label(self) -> str:
@@ -56,10 +64,78 @@ class Selection:
         return f"{rule}: the highest score" if self.best is None else f"{rule}; highest: {self.best}"
 
 
-def choice_notes(at_edge: bool, note: str | None) -> str:
-    """What the report and ``--status`` say beside a grid's choice: "at the edge of the grid"
+def choice_notes(at_edge: bool, note: str | None, extended: Iterable[str] = ()) -> str:
+    """What the report and ``--status`` say beside a grid's choice: the points the plan's
+    ``extend_grid`` added ("grid extended by lr0.025"), "at the edge of the grid"
     (:attr:`Selection.at_edge`), then what the one-SE rule did (:attr:`Selection.note`)."""
-    return "; ".join(n for n in ("at the edge of the grid" if at_edge else "", note) if n)
+    added = ", ".join(extended)
+    return "; ".join(n for n in (f"grid extended by {added}" if added else "",
+                                 "at the edge of the grid" if at_edge else "", note) if n)
+
+
+def grow(declared: dict[str, list[Any]], limits: dict[str, int],
+         score: Callable[[list[dict[str, Any]]], list[float] | None]) -> dict[str, list[Any]]:
+    """The plan's grid ``declared`` with every value :func:`extension` adds while ``score``
+    (a grid's points -> their scores, None while some have not ended) lets it."""
+    grid = {key: list(values) for key, values in declared.items()}
+    while limits:
+        settings = grid_points(grid)
+        scores = score(settings)
+        step = None if scores is None else extension(grid, declared, settings, scores, limits)
+        if step is None:
+            break
+        key, value, at = step
+        grid[key].insert(at, value)
+    return grid
+
+
+def criterion(plan: Plan, variant: str, pgd_steps: int, one_se: bool) -> str:
+    """How ``variant``'s grid point was chosen, as the report's "Score:" line says it."""
+    roles = plan.select_on.get(variant)
+    text = (f"validation PGD-{pgd_steps} accuracy "
+            f"({'last epoch' if plan.select == 'last' else 'best epoch'}, "
+            f"mean over {'the trained members' if roles is None else ', '.join(roles)}), "
+            f"seed {plan.grid_seed}")
+    if one_se:
+        text += ("; chosen by the one-standard-error rule: among the grid points within "
+                 "one binomial standard error of the best score, the "
+                 + ", then the ".join(f"{v} {k}" for k, v in plan.within_one_se.items()))
+    grown = {k: n for k, n in plan.extend_grid.items() if len(plan.grids[variant].get(k, [])) > 1}
+    if grown:
+        text += ("; the grid grows while its highest score is at its edge: "
+                 + ", ".join(f"{k} by the ratio of its outer values, at most {n} "
+                             f"value{'s' if n != 1 else ''}" for k, n in grown.items()))
+    return text
+
+
+def extension(grid: dict[str, list[Any]], declared: dict[str, list[Any]],
+              settings: list[dict[str, Any]], scores: list[float],
+              limits: dict[str, int]) -> tuple[str, Any, int] | None:
+    """The value to add to ``grid`` (the plan's ``declared`` grid and what was added so far)
+    after its points ``settings`` scored ``scores``: (key, value, its index in the key's list),
+    or None. Keys in ``limits`` order (the first that applies), each until it gained its
+    limit; a value is the outer one times the ratio of the two outer ones, to three significant
+    digits (an integer key's rounded, and none where that repeats a value). The highest score
+    is :func:`choose`'s, so a diverged edge (-inf) is never extended past."""
+    top = settings[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+    for key, limit in limits.items():
+        values = grid.get(key, [])
+        if len(declared.get(key, [])) < 2 or len(values) - len(declared[key]) >= limit:
+            continue
+        ordered = sorted(values)
+        if top[key] == ordered[0]:
+            value = ordered[0] * ordered[0] / ordered[1]
+        elif top[key] == ordered[-1]:
+            value = ordered[-1] * ordered[-1] / ordered[-2]
+        else:
+            continue
+        value = (round(value) if all(isinstance(v, int) for v in values)
+                 else float(f"{value:.3g}"))
+        if value in values:
+            continue
+        # beside the edge value, on its outer side: the list's order is kept
+        return key, value, 0 if values.index(top[key]) == 0 else len(values)
+    return None
 
 
 def _swept(settings: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:

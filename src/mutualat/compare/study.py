@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mutualat.compare.plan import Plan, setting_label
+from mutualat.compare.plan import Plan, grid_points, setting_label
 from mutualat.compare.records import (EVALUATED, evaluation_differences, file_digest,
                                       suite_record, teacher_record)
-from mutualat.compare.selection import Selection, choose, validation_images, validation_score
+from mutualat.compare.selection import (Selection, choose, criterion, grow, validation_images,
+                                        validation_score)
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
 from mutualat.train.run_dir import config_difference, run_inits
@@ -163,36 +164,54 @@ class Study:
 
     # --- selection ----------------------------------------------------------------
 
-    def selection(self, variant: str) -> Selection | None:
-        """The chosen grid point of ``variant`` once its grid runs (first seed) finished."""
-        settings = self.plan.settings(variant)
+    def grid(self, variant: str) -> dict[str, list[Any]]:
+        """``variant``'s grid as this study has it: the plan's, and every value the plan's
+        ``extend_grid`` added while the highest score sat at its edge
+        (:func:`mutualat.compare.selection.extension`); an added value's run is then the
+        grid's next task, and the choice waits on it."""
+        return grow(self.plan.grids[variant], self.plan.extend_grid,
+                    lambda settings: self._grid_scores(variant, settings))
+
+    def settings(self, variant: str) -> list[dict[str, Any]]:
+        """Every grid point of ``variant`` in this study: :meth:`grid`'s."""
+        return grid_points(self.grid(variant))
+
+    def _grid_scores(self, variant: str, settings: list[dict[str, Any]]) -> list[float] | None:
+        """Each grid point's score (:meth:`grid_score`) once every one has settled at the
+        grid's seed, else None; a grid whose every point diverged is an error."""
         seed = self.plan.grid_seed
         dirs = [self.run_dir(variant, s, seed) for s in settings]
         configs = [self.config(variant, s, seed) for s in settings]
         teacher = variant in self.plan.teachers
         if None in configs or not all(self.settled(d, c, teacher) for c, d in zip(configs, dirs)):
             return None
-        scores = {setting_label(s): self.grid_score(variant, d) for s, d in zip(settings, dirs)}
-        if all(v == float("-inf") for v in scores.values()):
+        scores = [self.grid_score(variant, d) for d in dirs]
+        if all(v == float("-inf") for v in scores):
             raise ConfigError(f"every grid point of {variant} diverged ({', '.join(map(str, dirs))}); "
                               "give it smaller learning rates")
-        # The highest score, or the plan's one-standard-error rule on the best run's images.
+        return scores
+
+    def selection(self, variant: str) -> Selection | None:
+        """The chosen grid point of ``variant`` once its grid runs (first seed) finished."""
+        grid = self.grid(variant)
+        settings = grid_points(grid)
+        seed = self.plan.grid_seed
+        listed = self._grid_scores(variant, settings)
+        if listed is None:
+            return None
         labels = [setting_label(s) for s in settings]
+        scores = dict(zip(labels, listed))
+        dirs = [self.run_dir(variant, s, seed) for s in settings]
+        # The highest score, or the plan's one-standard-error rule on the best run's images.
         rule = self.plan.within_one_se
-        chosen, best, se = choose(settings, [scores[k] for k in labels], rule,
-                                  lambda i: validation_images(dirs[i]))
-        roles = self.plan.select_on.get(variant)
-        criterion = (f"validation PGD-{self.plan.config(variant, settings[0], seed).eval.pgd_steps} "
-                     f"accuracy ({'last epoch' if self.plan.select == 'last' else 'best epoch'}, "
-                     f"mean over {'the trained members' if roles is None else ', '.join(roles)}), "
-                     f"seed {self.plan.grid_seed}")
-        if se is not None:
-            criterion += ("; chosen by the one-standard-error rule: among the grid points within "
-                          "one binomial standard error of the best score, the "
-                          + ", then the ".join(f"{v} {k}" for k, v in rule.items()))
-        return Selection(variant, settings[chosen], scores, criterion,
+        chosen, best, se = choose(settings, listed, rule, lambda i: validation_images(dirs[i]))
+        steps = self.plan.config(variant, settings[0], seed).eval.pgd_steps
+        text = criterion(self.plan, variant, steps, se is not None)
+        declared = {setting_label(s) for s in self.plan.settings(variant)}
+        return Selection(variant, settings[chosen], scores, text,
                          {k: s for k, s in zip(labels, settings)},
-                         best=labels[best] if chosen != best else None, se=se)
+                         best=labels[best] if chosen != best else None, se=se,
+                         extended=[k for k in labels if k not in declared])
 
     def grid_score(self, variant: str, run_dir: Path) -> float:
         """An ended grid run's validation score as the plan selects on it; -inf for one that
@@ -206,7 +225,7 @@ class Study:
         chosen point at every seed, and the control's extra members (a run of a grid point,
         seed or control member the plan has since dropped is not among them)."""
         plan = self.plan
-        wanted = {self.run_dir(v, s, plan.grid_seed) for v in plan.variants for s in plan.settings(v)}
+        wanted = {self.run_dir(v, s, plan.grid_seed) for v in plan.variants for s in self.settings(v)}
         for variant, selection in selections.items():
             if selection is not None:
                 wanted |= {self.run_dir(variant, selection.chosen, seed) for seed in plan.seeds}
@@ -236,7 +255,7 @@ class Study:
         waiting: list[str] = []
         selections = {v: self.selection(v) for v in plan.variants}
         for variant in plan.variants:
-            for setting in plan.settings(variant):
+            for setting in self.settings(variant):
                 waiting += self._train(ready, variant, setting, plan.grid_seed, (0, 0))
             chosen = selections[variant]
             if chosen is None:  # its other seeds' runs, every seed's evaluation

@@ -1,0 +1,139 @@
+"""A grid that grows: a plan's ``extend_grid`` adds the next value beyond a grid's edge while
+the highest validation score sits there, trains it at the grid's seed, and the choice waits on
+it, at most the plan's number of added values per key."""
+
+from __future__ import annotations
+
+import pytest
+
+from mutualat.compare import Study, load_plan
+from mutualat.compare.progress import grid_lines
+from mutualat.compare.selection import choice_notes, extension, grow
+from mutualat.compare.worker import run_train
+
+from conftest import set_last_validation_score
+from test_compare import _write_plan, assert_edit_refused
+from test_compare_selection import AT_GRID
+
+LR = {"lr": [0.05, 0.1, 0.2]}
+
+
+def _points(lrs):
+    return [{"lr": lr} for lr in lrs]
+
+
+def test_the_next_value_beyond_the_edge_on_hand_made_scores():
+    grid = {"lr": [0.05, 0.1, 0.2]}
+    settings = _points(grid["lr"])
+    # mat-mp-max's seed-0 scores before its grid was widened by hand: best at the lowest rate
+    assert extension(grid, LR, settings, [0.520, 0.466, 0.516], {"lr": 2}) == ("lr", 0.025, 0)
+    assert extension(grid, LR, settings, [0.50, 0.53, 0.55], {"lr": 2}) == ("lr", 0.4, 3)
+    assert extension(grid, LR, settings, [0.50, 0.55, 0.53], {"lr": 2}) is None
+    # a diverged top rate is never extended past; a tie goes to the first point, as choose's
+    assert extension(grid, LR, settings, [0.50, 0.55, float("-inf")], {"lr": 2}) is None
+    assert extension(grid, LR, settings, [0.55, 0.50, 0.55], {"lr": 2}) == ("lr", 0.025, 0)
+    # the limit counts the values added so far, on either side
+    grown = {"lr": [0.025, 0.05, 0.1, 0.2]}
+    scores = [0.40, 0.45, 0.50, 0.55]
+    assert extension(grown, LR, _points(grown["lr"]), scores, {"lr": 1}) is None
+    assert extension(grown, LR, _points(grown["lr"]), scores, {"lr": 2}) == ("lr", 0.4, 4)
+    # the ratio is the outer pair's on that side, to three significant digits
+    uneven = {"lr": [0.01, 0.03, 0.1]}
+    assert extension(uneven, uneven, _points(uneven["lr"]), [0.4, 0.5, 0.6], {"lr": 1}) == ("lr", 0.333, 3)
+    assert extension(uneven, uneven, _points(uneven["lr"]), [0.6, 0.5, 0.4], {"lr": 1}) == ("lr", 0.00333, 0)
+    # a list in falling order keeps it
+    falling = {"lr": [0.2, 0.1]}
+    assert extension(falling, falling, _points(falling["lr"]), [0.6, 0.5], {"lr": 1}) == ("lr", 0.4, 0)
+    assert extension(falling, falling, _points(falling["lr"]), [0.5, 0.6], {"lr": 1}) == ("lr", 0.05, 2)
+    # an integer key stays an integer
+    epochs = {"optim.epochs": [10, 20]}
+    points = [{"optim.epochs": 10}, {"optim.epochs": 20}]
+    assert extension(epochs, epochs, points, [0.5, 0.6], {"optim.epochs": 1}) == ("optim.epochs", 40, 2)
+    # a two-key grid: only the named key grows; a key this variant does not sweep is passed over
+    two = {"lr": [0.05, 0.1], "method.params.alpha": [0.3, 0.6]}
+    points = [{"lr": lr, "method.params.alpha": a} for lr in two["lr"] for a in two["method.params.alpha"]]
+    assert extension(two, two, points, [0.5, 0.4, 0.4, 0.3], {"lr": 1}) == ("lr", 0.025, 0)
+    assert extension(two, two, points, [0.3, 0.4, 0.4, 0.5], {"method.params.alpha": 1}) == (
+        "method.params.alpha", 1.2, 2)
+    one_rate = {"lr": [0.1], "method.params.alpha": [0.3, 0.6]}
+    assert extension(one_rate, one_rate, [{"lr": 0.1, "method.params.alpha": 0.3},
+                                          {"lr": 0.1, "method.params.alpha": 0.6}],
+                     [0.5, 0.4], {"lr": 2}) is None
+
+
+def test_a_grid_grows_until_its_best_is_inside_or_its_limit():
+    def scorer(table):
+        return lambda settings: [table[s["lr"]] for s in settings] if all(
+            s["lr"] in table for s in settings) else None
+
+    # mat-mp-max at seed 0: the hand-widened grid, 0.025 then inside
+    real = {0.025: 0.474, 0.05: 0.520, 0.1: 0.466, 0.2: 0.516}
+    assert grow(LR, {"lr": 2}, scorer(real)) == {"lr": [0.025, 0.05, 0.1, 0.2]}
+    # rising scores: two values added, then the limit
+    rising = {0.05: 0.4, 0.1: 0.45, 0.2: 0.5, 0.4: 0.55, 0.8: 0.6}
+    assert grow(LR, {"lr": 2}, scorer(rising)) == {"lr": [0.05, 0.1, 0.2, 0.4, 0.8]}
+    # the added point not yet scored: it is in the grid, and nothing beyond it
+    assert grow(LR, {"lr": 2}, scorer({0.05: 0.4, 0.1: 0.45, 0.2: 0.5})) == {"lr": [0.05, 0.1, 0.2, 0.4]}
+    assert grow(LR, {"lr": 2}, scorer({0.05: 0.4})) == LR  # the plan's own grid still running
+    assert grow(LR, {}, scorer(rising)) == LR
+    assert choice_notes(False, "", ["lr0.025"]) == "grid extended by lr0.025"
+    assert choice_notes(True, "one-SE rule, SE 2.2 points: the highest score", ["lr0.4", "lr0.8"]) == (
+        "grid extended by lr0.4, lr0.8; at the edge of the grid; one-SE rule, SE 2.2 points: "
+        "the highest score")
+
+
+def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
+    """The tiny AT grid (0.02, 0.05) trained for real, its scores set by hand: 0.05 best, at
+    the top edge, so 0.125 (0.05 x 0.05 / 0.02) is the grid's next task at seed 0."""
+    grown = AT_GRID.replace("seeds: [0, 2]", "extend_grid: {lr: 1}\nseeds: [0, 2]")
+    path = _write_plan(tmp_path / "grown", grown)
+    study = Study(load_plan(path), tmp_path / "out")
+    assert study.plan.extend_grid == {"lr": 1}
+    for task in study.tasks()[0]:
+        run_train(task.spec)
+    low, high = (study.run_dir("at", {"lr": lr}, 0) for lr in (0.02, 0.05))
+    set_last_validation_score(low, 0.50)
+    set_last_validation_score(high, 0.55)
+    assert study.settings("at") == _points([0.02, 0.05, 0.125])
+    assert study.selection("at") is None
+    ready, waiting = study.tasks()
+    assert [t.key for t in ready] == ["train/at/lr0.125/seed0"] and ready[0].priority == (0, 0)
+    assert "train/at/(chosen)/seed2" in waiting
+    assert grid_lines(study) == ["grid     at  2 of 3 grid runs ended (validation: lr0.02 50.0 %, "
+                                 "lr0.05 55.0 %); grid extended by lr0.125"]
+    run_train(ready[0].spec)
+    added = study.run_dir("at", {"lr": 0.125}, 0)
+    set_last_validation_score(added, 0.52)
+    chosen = study.selection("at")
+    assert chosen.chosen == {"lr": 0.05} and chosen.extended == ["lr0.125"] and not chosen.at_edge
+    assert "the grid grows while its highest score is at its edge: lr by the ratio of its " \
+           "outer values, at most 1 value" in chosen.criterion
+    assert grid_lines(study) == ["grid     at  chose lr0.05 (validation 55.0 %; grid extended by lr0.125)"]
+    assert sorted(t.key for t in study.tasks()[0]) == ["eval/at/seed0", "train/at/lr0.05/seed2"]
+    # the added point best: at the limit, the choice is made and says it is at the edge
+    set_last_validation_score(added, 0.60)
+    chosen = study.selection("at")
+    assert chosen.chosen == {"lr": 0.125} and chosen.at_edge
+    assert added in study.planned_runs({"at": chosen})
+    # the plan without extend_grid no longer asks for the added run, and chooses as before
+    plain = Study(load_plan(_write_plan(tmp_path / "plain", AT_GRID)), tmp_path / "out")
+    assert plain.selection("at").chosen == {"lr": 0.05} and plain.selection("at").extended == []
+    assert added not in plain.planned_runs({"at": plain.selection("at")})
+    assert "grid grows" not in plain.selection("at").criterion
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("[lr]", "extend_grid maps a grid key to how many values its grid may gain"),
+    ("{lr: 0}", "extend_grid.lr must be an integer >= 1"),
+    ("{lr: 1.5}", "extend_grid.lr must be an integer >= 1"),
+    ("{weight_decay: 1}", "extend_grid names 'weight_decay', which no grid sweeps"),
+])
+def test_a_bad_extension_is_refused_before_anything_runs(tmp_path, capsys, rule, message):
+    assert_edit_refused(_write_plan, AT_GRID, ("seeds: [0, 2]", f"extend_grid: {rule}\nseeds: [0, 2]"),
+                        tmp_path, capsys, message)
+
+
+def test_a_grid_of_non_positive_values_cannot_grow(tmp_path, capsys):
+    text = AT_GRID.replace("lr: [0.02, 5e-2]", "weight_decay: [0.0, 5e-4]")
+    assert_edit_refused(_write_plan, text, ("seeds: [0, 2]", "extend_grid: {weight_decay: 1}\nseeds: [0, 2]"),
+                        tmp_path, capsys, "whose grid values are not all positive numbers")
