@@ -576,6 +576,48 @@ def test_the_report_says_how_the_one_se_rule_chose(finished_study, tmp_path):
     assert settings.endswith("; within one standard error of the best, the lowest lr"), settings
 
 
+def test_the_report_names_the_points_a_grown_grid_added(finished_study, tmp_path):
+    """The finished tiny study under the same plan with ``extend_grid: {lr: 1}``, each grid's
+    chosen point leading by far (made-up last scores), so at an edge of its two rates: each
+    grid gains the next rate beyond it, trained at seed 0; scoring below the choice, the
+    choices stand, and the report names the added points, lists their runs as the plan's and
+    says the plan's rule in its settings and comparison.json."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    choices = {v: Study(load_plan(plan), out).selection(v).label for v in ("at", "mat")}
+    for variant in choices:
+        for run in (out / "runs" / variant).glob("*/seed0"):
+            set_last_validation_score(run, 0.75 if run.parent.name == choices[variant] else 0.25)
+    grown = _write_plan(tmp_path / "grown", TINY_PLAN.replace(
+        "seeds: [0, 2]", "extend_grid: {lr: 1}\nseeds: [0, 2]"))
+    study = Study(load_plan(grown), out)
+    ready, waiting = sections.tasks(study)
+    assert sorted(t.key.split("/")[1] for t in ready) == ["at", "mat"]
+    assert all(t.priority == (0, 0) and t.key.endswith("/seed0") for t in ready)
+    assert "up to 0" not in progress.status_lines(study)[-1]
+    for task in ready:
+        run_train(task.spec)
+        set_last_validation_score(Path(task.spec["run_dir"]), 0.5)
+    added = {t.key.split("/")[1]: t.key.split("/")[2] for t in ready}
+    assert {v: study.selection(v).label for v in choices} == choices
+    assert sections.tasks(study) == ([], [])  # the choices stand: nothing else to run again
+    data = report.collect(study)
+    assert data["plan"]["extend_grid"] == {"lr": 1}
+    assert all(len(data["plan"]["grids"][v]["lr"]) == 3 for v in choices)
+    text = markdown(json.loads(json.dumps(data)))
+    for variant, label in choices.items():
+        rows = [line for line in text.splitlines() if line.startswith(f"| {variant} | ")
+                and "grid extended by" in line]
+        assert len(rows) == 1 and rows[0].endswith(
+            f"| {label} (grid extended by {added[variant]}) |"), rows
+        run = [r for r in data["runs"] if r["variant"] == variant and r["setting"] == added[variant]]
+        assert len(run) == 1 and run[0]["in_plan"] and not run[0]["chosen"]
+    assert "the grid grows while its highest score is at its edge: lr by the ratio" in text
+    settings = provenance.plan_settings(study.plan)["selection"]
+    assert settings.endswith("; a grid whose best is at its edge gains up to 1 lr value"), settings
+
+
 def test_tasks_start_seed_by_seed_then_phase_then_longest_first():
     """Of the tasks that can start, an earlier seed or phase goes first whatever its length;
     within one, the longest by the median of finished tasks of its family (less what a

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from mutualat.compare import Study, load_plan
-from mutualat.compare.progress import grid_lines
+from mutualat.compare.progress import grid_lines, status_lines
 from mutualat.compare.selection import choice_notes, extension, grow
 from mutualat.compare.worker import run_train
 
@@ -29,9 +29,12 @@ def test_the_next_value_beyond_the_edge_on_hand_made_scores():
     assert extension(grid, LR, settings, [0.520, 0.466, 0.516], {"lr": 2}) == ("lr", 0.025, 0)
     assert extension(grid, LR, settings, [0.50, 0.53, 0.55], {"lr": 2}) == ("lr", 0.4, 3)
     assert extension(grid, LR, settings, [0.50, 0.55, 0.53], {"lr": 2}) is None
-    # a diverged top rate is never extended past; a tie goes to the first point, as choose's
+    # a diverged top rate is never extended past; a tie for the highest score is no evidence
+    # that the best lies outside, on either side
     assert extension(grid, LR, settings, [0.50, 0.55, float("-inf")], {"lr": 2}) is None
-    assert extension(grid, LR, settings, [0.55, 0.50, 0.55], {"lr": 2}) == ("lr", 0.025, 0)
+    assert extension(grid, LR, settings, [0.55, 0.50, 0.55], {"lr": 2}) is None
+    assert extension(grid, LR, settings, [0.55, 0.55, 0.50], {"lr": 2}) is None
+    assert extension(grid, LR, settings, [0.50, 0.55, 0.55], {"lr": 2}) is None
     # the limit counts the values added so far, on either side
     grown = {"lr": [0.025, 0.05, 0.1, 0.2]}
     scores = [0.40, 0.45, 0.50, 0.55]
@@ -41,23 +44,26 @@ def test_the_next_value_beyond_the_edge_on_hand_made_scores():
     uneven = {"lr": [0.01, 0.03, 0.1]}
     assert extension(uneven, uneven, _points(uneven["lr"]), [0.4, 0.5, 0.6], {"lr": 1}) == ("lr", 0.333, 3)
     assert extension(uneven, uneven, _points(uneven["lr"]), [0.6, 0.5, 0.4], {"lr": 1}) == ("lr", 0.00333, 0)
-    # a list in falling order keeps it
+    # a value that rounding would put back inside the grid is not added (above: 1.0048 -> 1.0);
+    # one that rounding moves further out still is (below: 1.0042 -> 1.0)
+    close = {"lr": [1.0044, 1.0046]}
+    assert extension(close, close, _points(close["lr"]), [0.5, 0.6], {"lr": 1}) is None
+    assert extension(close, close, _points(close["lr"]), [0.6, 0.5], {"lr": 1}) == ("lr", 1.0, 0)
+    # a list in falling order keeps it; an unsorted one gains its value last
     falling = {"lr": [0.2, 0.1]}
     assert extension(falling, falling, _points(falling["lr"]), [0.6, 0.5], {"lr": 1}) == ("lr", 0.4, 0)
     assert extension(falling, falling, _points(falling["lr"]), [0.5, 0.6], {"lr": 1}) == ("lr", 0.05, 2)
-    # an integer key stays an integer
-    epochs = {"optim.epochs": [10, 20]}
-    points = [{"optim.epochs": 10}, {"optim.epochs": 20}]
-    assert extension(epochs, epochs, points, [0.5, 0.6], {"optim.epochs": 1}) == ("optim.epochs", 40, 2)
+    mixed = {"lr": [0.1, 0.05, 0.2]}
+    assert extension(mixed, mixed, _points(mixed["lr"]), [0.5, 0.6, 0.4], {"lr": 1}) == ("lr", 0.025, 3)
     # a two-key grid: only the named key grows; a key this variant does not sweep is passed over
-    two = {"lr": [0.05, 0.1], "method.params.alpha": [0.3, 0.6]}
-    points = [{"lr": lr, "method.params.alpha": a} for lr in two["lr"] for a in two["method.params.alpha"]]
+    two = {"lr": [0.05, 0.1], "weight_decay": [5e-4, 1e-3]}
+    points = [{"lr": lr, "weight_decay": wd} for lr in two["lr"] for wd in two["weight_decay"]]
     assert extension(two, two, points, [0.5, 0.4, 0.4, 0.3], {"lr": 1}) == ("lr", 0.025, 0)
-    assert extension(two, two, points, [0.3, 0.4, 0.4, 0.5], {"method.params.alpha": 1}) == (
-        "method.params.alpha", 1.2, 2)
-    one_rate = {"lr": [0.1], "method.params.alpha": [0.3, 0.6]}
-    assert extension(one_rate, one_rate, [{"lr": 0.1, "method.params.alpha": 0.3},
-                                          {"lr": 0.1, "method.params.alpha": 0.6}],
+    assert extension(two, two, points, [0.3, 0.4, 0.4, 0.5], {"weight_decay": 1}) == (
+        "weight_decay", 0.002, 2)
+    one_rate = {"lr": [0.1], "weight_decay": [5e-4, 1e-3]}
+    assert extension(one_rate, one_rate, [{"lr": 0.1, "weight_decay": 5e-4},
+                                          {"lr": 0.1, "weight_decay": 1e-3}],
                      [0.5, 0.4], {"lr": 2}) is None
 
 
@@ -89,6 +95,8 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     path = _write_plan(tmp_path / "grown", grown)
     study = Study(load_plan(path), tmp_path / "out")
     assert study.plan.extend_grid == {"lr": 1}
+    assert grid_lines(study) == ["grid     at  0 of 2 grid runs ended; may gain up to 1 more"]
+    assert status_lines(study)[-1].endswith("; not counted: up to 1 grid run extend_grid may add")
     for task in study.tasks()[0]:
         run_train(task.spec)
     low, high = (study.run_dir("at", {"lr": lr}, 0) for lr in (0.02, 0.05))
@@ -101,11 +109,13 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     assert "train/at/(chosen)/seed2" in waiting
     assert grid_lines(study) == ["grid     at  2 of 3 grid runs ended (validation: lr0.02 50.0 %, "
                                  "lr0.05 55.0 %); grid extended by lr0.125"]
+    assert "extend_grid may add" not in status_lines(study)[-1]  # its one value is added
     run_train(ready[0].spec)
     added = study.run_dir("at", {"lr": 0.125}, 0)
     set_last_validation_score(added, 0.52)
     chosen = study.selection("at")
     assert chosen.chosen == {"lr": 0.05} and chosen.extended == ["lr0.125"] and not chosen.at_edge
+    assert added in study.planned_runs({"at": chosen})  # a grid point, though not chosen
     assert "the grid grows while its highest score is at its edge: lr by the ratio of its " \
            "outer values, at most 1 value" in chosen.criterion
     assert grid_lines(study) == ["grid     at  chose lr0.05 (validation 55.0 %; grid extended by lr0.125)"]
@@ -127,6 +137,7 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     ("{lr: 0}", "extend_grid.lr must be an integer >= 1"),
     ("{lr: 1.5}", "extend_grid.lr must be an integer >= 1"),
     ("{weight_decay: 1}", "extend_grid names 'weight_decay', which no grid sweeps"),
+    ("{optim.momentum: 1}", "extend_grid grows a rate or a decay"),
 ])
 def test_a_bad_extension_is_refused_before_anything_runs(tmp_path, capsys, rule, message):
     assert_edit_refused(_write_plan, AT_GRID, ("seeds: [0, 2]", f"extend_grid: {rule}\nseeds: [0, 2]"),

@@ -264,9 +264,9 @@ def parse_within_one_se(raw: Any, grids: dict[str, dict[str, list[Any]]], where:
 
 
 def parse_extend_grid(raw: Any, grids: dict[str, dict[str, list[Any]]], where: str) -> dict[str, int]:
-    """The plan's ``extend_grid`` mapping (swept key -> how many values a grid may gain; see
-    :func:`mutualat.compare.selection.extension`): each key must be swept by some grid, on
-    positive numbers, as a geometric grid continues only there."""
+    """The plan's ``extend_grid`` mapping (lr or weight_decay -> how many values a grid may
+    gain; see :func:`mutualat.compare.selection.extension`): each key must be swept by some
+    grid, on positive numbers, as a geometric grid continues only there."""
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not raw:
@@ -277,6 +277,9 @@ def parse_extend_grid(raw: Any, grids: dict[str, dict[str, list[Any]]], where: s
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ConfigError(f"{where}: extend_grid.{key} must be an integer >= 1 (how many "
                               f"values its grid may gain), got {limit!r}")
+        if key not in ("lr", "weight_decay"):
+            raise ConfigError(f"{where}: extend_grid grows a rate or a decay (lr, weight_decay), "
+                              f"whose grids continue geometrically; got {key!r}")
         if key not in swept:
             raise ConfigError(f"{where}: extend_grid names {key!r}, which no grid sweeps "
                               f"({', '.join(sorted(swept)) or 'no grid has two values'})")

@@ -14,6 +14,7 @@ the grid will choose.
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from mutualat.compare import sections
@@ -40,6 +41,11 @@ def status_lines(study: Study) -> list[str]:
     """The lines ``--status`` prints: one per task that can start (in the order ``mutualat
     compare`` would start them), one per family of tasks still waiting on others, one per
     variant's grid (:func:`grid_lines`), then the totals."""
+    with study.snapshot():
+        return _status_lines(study)
+
+
+def _status_lines(study: Study) -> list[str]:
     records = task_records(study.out)  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
     ready = longest_first(ready, waiting, records, study.plan.teachers)  # as they would start
@@ -86,16 +92,29 @@ def status_lines(study: Study) -> list[str]:
         elif tasks:
             last += f"; the {name} ones: about {_amount(total)}"
             last += f" ({unknown} of them not estimated)" if unknown else ""
+    growth = sum(may_grow(study, v) for v in study.plan.variants if study.selection(v) is None)
+    if growth:
+        last += f"; not counted: up to {growth} grid run{'s' if growth != 1 else ''} extend_grid may add"
     lines.append(last)
     return lines
 
 
+def may_grow(study: Study, variant: str) -> int:
+    """How many more grid runs the plan's ``extend_grid`` may still add to ``variant``'s grid:
+    per key it grows, the values it may still gain times the points of the other keys."""
+    grid, declared = study.grid(variant), study.plan.grids[variant]
+    return sum((limit - len(grid[key]) + len(declared[key]))
+               * math.prod(len(values) for k, values in grid.items() if k != key)
+               for key, limit in study.plan.extend_grid.items() if len(declared.get(key, [])) > 1)
+
+
 def grid_lines(study: Study) -> list[str]:
     """Per variant, the grid point its validation scores chose (with the score and the
-    report's notes: "at the edge of the grid", what the one-SE rule did), or how many of its
-    grid runs have ended with each one's validation score (or "diverged"), or the teacher whose
-    choice its grid waits on: what a multi-day study's author checks before its other seeds
-    start, in time to widen a grid that does not bracket its best."""
+    report's notes: the points the plan's ``extend_grid`` added, "at the edge of the grid",
+    what the one-SE rule did), or how many of its grid runs have ended with each one's
+    validation score (or "diverged"), the points added so far and how many more the grid may
+    gain, or the teacher whose choice its grid waits on: what a multi-day study's author checks
+    before its other seeds start, in time to widen a grid that does not bracket its best."""
     plan = study.plan
     width = max(len(v) for v in plan.variants)
     lines = []
@@ -116,7 +135,8 @@ def grid_lines(study: Study) -> list[str]:
         added = [setting_label(s) for s in settings if s not in plan.settings(variant)]
         lines.append(f"grid     {variant:<{width}}  {len(ended)} of {len(settings)} grid runs ended"
                      + (f" (validation: {', '.join(ended)})" if ended else "")
-                     + (f"; grid extended by {', '.join(added)}" if added else ""))
+                     + (f"; grid extended by {', '.join(added)}" if added else "")
+                     + (f"; may gain up to {more} more" if (more := may_grow(study, variant)) else ""))
     return lines
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 # sha256 of a file's bytes (hex, all 64 digits), remembered while its size and
 # modification time stay: what a study's records name a model file by.
@@ -64,3 +65,30 @@ def evaluation_differences(summary: dict[str, Any], record: dict[str, Any], n: i
             "images": [summary["data"].get("subset"), summary["data"].get("subset_seed")],
             "calibrated strengths": {a: used.get(a, {}).get("eps") for a in record["calibrated"]}}
     return [k for k in want if want[k] != have[k]]
+
+
+def evaluation_holds(eval_dir: Path, suite: str, record: dict[str, Any], n: int, seed: int,
+                     files: dict[str, str] | None = None, models: list[str] | None = None) -> bool:
+    """Whether ``eval_dir`` holds a finished evaluation; only of ``suite`` (a name or file;
+    ``record`` its :func:`suite_record`) and the test subset asked for, of at least the ``models`` named and,
+    where ``files`` (name -> model file) are given, of those very models (by content,
+    :data:`EVALUATED`), else an error says what differs: a plan edited or a run trained
+    again after the evaluation ran must not report the old numbers."""
+    path = eval_dir / "summary.json"
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())
+    differs = evaluation_differences(summary, record, n, seed)
+    missing = [m for m in models or [] if m not in summary["models"]]
+    if missing:
+        differs.append(f"models (it lacks {', '.join(missing)})")
+    evaluated = eval_dir / EVALUATED
+    if files is not None and evaluated.is_file():  # (older folders have no record)
+        if json.loads(evaluated.read_text()) != {k: file_digest(f) for k, f in files.items()}:
+            differs.append("models (one was trained again since)")
+    if differs:
+        raise ConfigError(
+            f"{eval_dir} holds an evaluation with other {' and '.join(differs)} than the plan "
+            f"asks for now (suite {Path(str(suite)).stem}): something changed after it ran. Restore "
+            "what changed, or move the folder away to evaluate again (nothing was overwritten)")
+    return True

@@ -79,7 +79,8 @@ def collect(study: Study) -> dict[str, Any]:
                  "select": plan.select, "checkpoints": plan.checkpoints, "baseline": plan.baseline,
                  "control": (vars(plan.control) if plan.control else None),
                  "suite": first["suite"], "eval": vars(plan.eval), "variants": plan.variants,
-                 "grids": plan.grids,
+                 "grids": {v: study.grid(v) for v in plan.variants},  # with what extend_grid added
+                 "extend_grid": plan.extend_grid,
                  "paper_scale": (None if plan.paper_scale is None else
                                  {"plan": plan.paper_scale.plan,
                                   "smaller": list(plan.paper_scale.smaller),
@@ -381,9 +382,10 @@ def write_document(study: Study, document: Path, command: str) -> None:
 
 
 def write_report(study: Study) -> Path:
-    data = collect(study)
-    atomic_write_bytes(study.out / "comparison.json", json.dumps(data, indent=2).encode())
-    plot_curves(study, study.out / "curves.png")
+    with study.snapshot():  # the study's files do not change while its report is written
+        data = collect(study)
+        atomic_write_bytes(study.out / "comparison.json", json.dumps(data, indent=2).encode())
+        plot_curves(study, study.out / "curves.png")
     sections.plot(data["extras"], study.out, study.plan.name)
     path = study.out / "comparison.md"
     atomic_write_bytes(path, (markdown(data) + "\n![curves](curves.png)\n").encode())

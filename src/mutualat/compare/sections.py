@@ -37,6 +37,11 @@ def tasks(study: Study) -> tuple[list[Task], list[str]]:
     """The study's tasks (:meth:`Study.tasks`) and those of its tables and transfer matrix,
     which start once the runs they read have finished: those ready, and the keys of those
     waiting."""
+    with study.snapshot():
+        return _tasks(study)
+
+
+def _tasks(study: Study) -> tuple[list[Task], list[str]]:
     ready, waiting = study.tasks()
     plan = study.plan
     if not plan.tables and plan.transfer is None:

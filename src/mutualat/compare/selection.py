@@ -10,11 +10,12 @@ noise favoured, often the edge of stability; the rule, declared before any grid 
 such ties towards the setting that is the safer guess.
 
 A plan may also let a grid grow (``extend_grid: {lr: 2}``): while the highest-scoring point
-sits at the smallest or largest value of the key, the study adds the next value beyond it, at
-the ratio of the grid's two outer values on that side (0.05, 0.1, 0.2 -> 0.025 below, 0.4
-above), trains it at the grid's seed, and scores again, at most the given number of values
-per key. A choice at the edge of a grid says only that the best rate may lie outside it; the
-rule is what a careful author does by hand, written into the plan before any grid runs.
+(alone: not tied) sits at the smallest or largest rate, the study adds the next rate beyond
+it, at the ratio of the grid's two outer rates on that side (0.05, 0.1, 0.2 -> 0.025 below,
+0.4 above), trains it at the grid's seed, and scores again, at most the given number of rates
+per grid. A choice at the edge of a grid says only that the best rate may lie outside it; the
+rule is what a careful author does by hand, written into the plan so that every grid gets it
+alike and a rerun of the plan repeats it.
 """
 
 from __future__ import annotations
@@ -110,31 +111,33 @@ def criterion(plan: Plan, variant: str, pgd_steps: int, one_se: bool) -> str:
 
 def extension(grid: dict[str, list[Any]], declared: dict[str, list[Any]],
               settings: list[dict[str, Any]], scores: list[float],
-              limits: dict[str, int]) -> tuple[str, Any, int] | None:
+              limits: dict[str, int]) -> tuple[str, float, int] | None:
     """The value to add to ``grid`` (the plan's ``declared`` grid and what was added so far)
     after its points ``settings`` scored ``scores``: (key, value, its index in the key's list),
-    or None. Keys in ``limits`` order (the first that applies), each until it gained its
-    limit; a value is the outer one times the ratio of the two outer ones, to three significant
-    digits (an integer key's rounded, and none where that repeats a value). The highest score
-    is :func:`choose`'s, so a diverged edge (-inf) is never extended past."""
-    top = settings[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+    or None. Only where one point scores highest alone (a tie is no evidence that the best
+    lies outside) and its value of a key in ``limits`` is the smallest or largest tried; keys
+    in ``limits`` order, each until it gained its limit. The value is the outer one times the
+    ratio of the two outer ones on that side, to three significant digits, and must lie beyond
+    the grid; a diverged point (-inf) is never the highest."""
+    best = max(scores)
+    if scores.count(best) > 1:
+        return None
+    top = settings[scores.index(best)]
     for key, limit in limits.items():
         values = grid.get(key, [])
         if len(declared.get(key, [])) < 2 or len(values) - len(declared[key]) >= limit:
             continue
-        ordered = sorted(values)
-        if top[key] == ordered[0]:
-            value = ordered[0] * ordered[0] / ordered[1]
-        elif top[key] == ordered[-1]:
-            value = ordered[-1] * ordered[-1] / ordered[-2]
+        low, high = min(values), max(values)
+        if top[key] == low:
+            value = float(f"{low * low / min(v for v in values if v > low):.3g}")
+            beyond = 0 < value < low
+        elif top[key] == high:
+            value = float(f"{high * high / max(v for v in values if v < high):.3g}")
+            beyond = value > high
         else:
             continue
-        value = (round(value) if all(isinstance(v, int) for v in values)
-                 else float(f"{value:.3g}"))
-        if value in values:
-            continue
-        # beside the edge value, on its outer side: the list's order is kept
-        return key, value, 0 if values.index(top[key]) == 0 else len(values)
+        if beyond:  # at the edge value's end of the list (the end of a sorted one), else last
+            return key, value, 0 if values.index(top[key]) == 0 else len(values)
     return None
 
 

@@ -26,13 +26,14 @@ an old choice's numbers under a new one. (Folders of the layout before 2026-11-3
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from mutualat.compare.plan import Plan, grid_points, setting_label
-from mutualat.compare.records import (EVALUATED, evaluation_differences, file_digest,
-                                      suite_record, teacher_record)
+from mutualat.compare.records import (evaluation_holds, file_digest, suite_record,
+                                      teacher_record)
 from mutualat.compare.selection import (Selection, choose, criterion, grow, validation_images,
                                         validation_score)
 from mutualat.config import RunConfig, load_config, to_dict
@@ -60,6 +61,7 @@ class Study:
     def __init__(self, plan: Plan, out: Path) -> None:
         self.plan, self.out = plan, Path(out)
         self._suites: dict[str, dict[str, Any]] = {}  # suite -> its record, as summaries keep it
+        self._memo: dict[tuple[str, str], Any] | None = None  # within a snapshot(): grids, choices
 
     # --- where things are ---------------------------------------------------------
 
@@ -106,35 +108,13 @@ class Study:
 
     def evaluated(self, eval_dir: Path, suite: str | None = None, n: int | None = None,
                   files: dict[str, str] | None = None, models: list[str] | None = None) -> bool:
-        """Whether ``eval_dir`` holds a finished evaluation; only of the suite (default: the
-        plan's) and the test subset it is asked for, of at least the ``models`` named (the
-        members and the ``ensemble`` the plan evaluates) and, where ``files`` (name -> model
-        file) are given, of those very models (by content, :data:`EVALUATED` written by the
-        worker), else the study stops and says what differs: a plan edited or a run trained
-        again after the evaluation ran must not report the old numbers."""
-        path = eval_dir / "summary.json"
-        if not path.is_file():
-            return False
+        """Whether ``eval_dir`` holds a finished evaluation of the suite (default: the plan's)
+        and test subset asked for (:func:`mutualat.compare.records.evaluation_holds`)."""
         suite = suite or self.plan.suite
         if suite not in self._suites:
             self._suites[suite] = suite_record(suite)
-        summary = json.loads(path.read_text())
-        differs = evaluation_differences(summary, self._suites[suite],
-                                         n or self.plan.eval.n, self.plan.eval.seed)
-        missing = [m for m in models or [] if m not in summary["models"]]
-        if missing:
-            differs.append(f"models (it lacks {', '.join(missing)})")
-        record = eval_dir / EVALUATED
-        if files is not None and record.is_file():  # (older folders have no record)
-            if json.loads(record.read_text()) != {k: file_digest(f) for k, f in files.items()}:
-                differs.append("models (one was trained again since)")
-        if differs:
-            raise ConfigError(
-                f"{eval_dir} holds an evaluation with other {' and '.join(differs)} than the "
-                f"plan asks for now (suite {Path(str(suite)).stem}): something changed after it "
-                "ran. Restore what changed, or move the folder away to evaluate again (nothing "
-                "was overwritten)")
-        return True
+        return evaluation_holds(eval_dir, suite, self._suites[suite], n or self.plan.eval.n,
+                                self.plan.eval.seed, files, models)
 
     @staticmethod
     def model_files(run_dir: Path, checkpoint: str = "last") -> dict[str, str]:
@@ -164,13 +144,33 @@ class Study:
 
     # --- selection ----------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within it, each variant's grid and choice are worked out once, from the files as
+        they stand: one look at the study (its tasks, its status, its report), where a student
+        asks for its teacher's choice at every config. Nested, the outermost one counts."""
+        outer = self._memo is not None
+        self._memo = self._memo if outer else {}
+        try:
+            yield
+        finally:
+            self._memo = self._memo if outer else None
+
+    def _remember(self, what: str, variant: str, compute: Callable[[], Any]) -> Any:
+        if self._memo is None:
+            return compute()
+        if (what, variant) not in self._memo:
+            self._memo[what, variant] = compute()
+        return self._memo[what, variant]
+
     def grid(self, variant: str) -> dict[str, list[Any]]:
         """``variant``'s grid as this study has it: the plan's, and every value the plan's
         ``extend_grid`` added while the highest score sat at its edge
         (:func:`mutualat.compare.selection.extension`); an added value's run is then the
         grid's next task, and the choice waits on it."""
-        return grow(self.plan.grids[variant], self.plan.extend_grid,
-                    lambda settings: self._grid_scores(variant, settings))
+        return self._remember("grid", variant, lambda: grow(
+            self.plan.grids[variant], self.plan.extend_grid,
+            lambda settings: self._grid_scores(variant, settings)))
 
     def settings(self, variant: str) -> list[dict[str, Any]]:
         """Every grid point of ``variant`` in this study: :meth:`grid`'s."""
@@ -193,8 +193,10 @@ class Study:
 
     def selection(self, variant: str) -> Selection | None:
         """The chosen grid point of ``variant`` once its grid runs (first seed) finished."""
-        grid = self.grid(variant)
-        settings = grid_points(grid)
+        return self._remember("selection", variant, lambda: self._select(variant))
+
+    def _select(self, variant: str) -> Selection | None:
+        settings = self.settings(variant)
         seed = self.plan.grid_seed
         listed = self._grid_scores(variant, settings)
         if listed is None:
