@@ -545,18 +545,25 @@ def test_runs_the_plan_no_longer_asks_for_are_listed_as_such(finished_study, tmp
     assert any(r["chosen"] and r["run"].startswith("seed0-init") for r in data["runs"])
 
 
+def _choices_leading(plan: Path, finished: Path, out: Path) -> dict[str, str]:
+    """The finished study copied to ``out``, each grid's chosen point made to lead by far
+    (last validation scores 0.75 against 0.25); returns each variant's chosen label."""
+    shutil.copytree(finished, out)
+    study = Study(load_plan(plan), out)
+    choices = {v: study.selection(v).label for v in study.plan.variants}
+    for variant in choices:
+        for run in (out / "runs" / variant).glob("*/seed0"):
+            set_last_validation_score(run, 0.75 if run.parent.name == choices[variant] else 0.25)
+    return choices
+
+
 def test_the_report_says_how_the_one_se_rule_chose(finished_study, tmp_path):
     """The finished tiny study under the same plan with the rule declared, its grid's chosen
     points leading by far (made-up last scores): the choices stand, and the hyperparameter
     table and the settings say the rule made them and with what standard error."""
     plan, finished, _ = finished_study
     out = tmp_path / "out"
-    shutil.copytree(finished, out)
-    before = Study(load_plan(plan), out)
-    choices = {v: before.selection(v).label for v in before.plan.variants}
-    for variant in choices:
-        for run in (out / "runs" / variant).glob("*/seed0"):
-            set_last_validation_score(run, 0.75 if run.parent.name == choices[variant] else 0.25)
+    choices = _choices_leading(plan, finished, out)
     ruled = _write_plan(tmp_path / "ruled", TINY_PLAN.replace(
         "seeds: [0, 2]", "within_one_se: {lr: lowest}\nseeds: [0, 2]"))
     study = Study(load_plan(ruled), out)
@@ -584,11 +591,7 @@ def test_the_report_names_the_points_a_grown_grid_added(finished_study, tmp_path
     says the plan's rule in its settings and comparison.json."""
     plan, finished, _ = finished_study
     out = tmp_path / "out"
-    shutil.copytree(finished, out)
-    choices = {v: Study(load_plan(plan), out).selection(v).label for v in ("at", "mat")}
-    for variant in choices:
-        for run in (out / "runs" / variant).glob("*/seed0"):
-            set_last_validation_score(run, 0.75 if run.parent.name == choices[variant] else 0.25)
+    choices = _choices_leading(plan, finished, out)
     grown = _write_plan(tmp_path / "grown", TINY_PLAN.replace(
         "seeds: [0, 2]", "extend_grid: {lr: 1}\nseeds: [0, 2]"))
     study = Study(load_plan(grown), out)

@@ -248,18 +248,11 @@ def parse_within_one_se(raw: Any, grids: dict[str, dict[str, list[Any]]], where:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: within_one_se maps a grid key to lowest or highest, "
                           f"e.g. {{lr: lowest}}, got {raw!r}")
-    swept = {key for grid in grids.values() for key, values in grid.items() if len(values) > 1}
     for key, preference in raw.items():
         if preference not in ("lowest", "highest"):
             raise ConfigError(f"{where}: within_one_se.{key} must be lowest or highest, "
                               f"got {preference!r}")
-        if key not in swept:
-            raise ConfigError(f"{where}: within_one_se names {key!r}, which no grid sweeps "
-                              f"({', '.join(sorted(swept)) or 'no grid has two values'})")
-        values = [v for grid in grids.values() for v in grid.get(key, [])]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"{where}: within_one_se names {key!r}, whose grid values are "
-                              f"not all numbers ({values!r})")
+        _check_swept("within_one_se", key, grids, where)
     return dict(raw)
 
 
@@ -272,7 +265,6 @@ def parse_extend_grid(raw: Any, grids: dict[str, dict[str, list[Any]]], where: s
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: extend_grid maps a grid key to how many values its grid may "
                           f"gain beyond the plan's, e.g. {{lr: 2}}, got {raw!r}")
-    swept = {key for grid in grids.values() for key, values in grid.items() if len(values) > 1}
     for key, limit in raw.items():
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ConfigError(f"{where}: extend_grid.{key} must be an integer >= 1 (how many "
@@ -280,12 +272,20 @@ def parse_extend_grid(raw: Any, grids: dict[str, dict[str, list[Any]]], where: s
         if key not in ("lr", "weight_decay"):
             raise ConfigError(f"{where}: extend_grid grows a rate or a decay (lr, weight_decay), "
                               f"whose grids continue geometrically; got {key!r}")
-        if key not in swept:
-            raise ConfigError(f"{where}: extend_grid names {key!r}, which no grid sweeps "
-                              f"({', '.join(sorted(swept)) or 'no grid has two values'})")
-        values = [v for grid in grids.values() for v in grid.get(key, [])]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-            raise ConfigError(f"{where}: extend_grid names {key!r}, whose grid values are not all "
-                              f"positive numbers ({values!r}): a grid extends by the ratio of "
-                              "its two outer values")
+        _check_swept("extend_grid", key, grids, where, positive=True)  # grows by a ratio
     return dict(raw)
+
+
+def _check_swept(option: str, key: str, grids: dict[str, dict[str, list[Any]]], where: str,
+                 positive: bool = False) -> None:
+    """A grid key that a plan's ``option`` names: some grid sweeps it (two values or more),
+    and every grid's values of it are numbers (``positive`` ones)."""
+    swept = {k for grid in grids.values() for k, values in grid.items() if len(values) > 1}
+    if key not in swept:
+        raise ConfigError(f"{where}: {option} names {key!r}, which no grid sweeps "
+                          f"({', '.join(sorted(swept)) or 'no grid has two values'})")
+    values = [v for grid in grids.values() for v in grid.get(key, [])]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive)
+               for v in values):
+        raise ConfigError(f"{where}: {option} names {key!r}, whose grid values are not all "
+                          f"{'positive ' if positive else ''}numbers ({values!r})")
