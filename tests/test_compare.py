@@ -511,6 +511,30 @@ def test_the_status_estimates_what_can_start_from_finished_tasks_like_it(finishe
         assert progress.family(key) == expected
 
 
+def test_the_status_says_which_tasks_run_now(finished_study, tmp_path):
+    """Two runs undone in a copy of the finished study: the one whose record its worker wrote
+    "running" a moment ago is listed first as running; one whose "running" is an hour old
+    (its scheduler was killed; it resumes at the next start) is only ready."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    for lr in ("0.02", "0.05"):
+        (out / "runs" / "mat" / f"lr{lr}" / "seed0" / "results.json").unlink()
+    now = time.time()
+    for lr, ended in (("0.02", now - 3600), ("0.05", now - 5)):
+        (out / "tasks" / f"train__mat__lr{lr}__seed0.record.json").write_text(
+            json.dumps({"status": "running", "cpu_s": 30.0, "ended": ended}))
+    lines = progress.status_lines(Study(load_plan(plan), out))
+    assert lines[0].startswith("running  train/mat/lr0.05/seed0  ")
+    assert lines[1].startswith("ready    train/mat/lr0.02/seed0  ")
+    assert lines[-1].startswith("2 ready (1 running now), ")
+    (out / "tasks" / "train__mat__lr0.05__seed0.record.json").write_text(
+        json.dumps({"status": "interrupted", "cpu_s": 30.0, "ended": now}))
+    lines = progress.status_lines(Study(load_plan(plan), out))
+    assert not any(line.startswith("running") for line in lines)
+    assert lines[-1].startswith("2 ready, ")
+
+
 def test_runs_the_plan_no_longer_asks_for_are_listed_as_such(finished_study, tmp_path):
     """A grid narrowed, or a seed dropped, after the runs finished (a reading must explain
     it): the dropped runs stay in the folder and in the cost, and the runs table says the

@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data-dir", help="data root (else $MUTUALAT_DATA, else the user cache folder)")
     compare.add_argument("--device", help="cuda, cuda:1, mps, cpu (default: auto)")
     compare.add_argument("--status", action="store_true",
-                         help="say what is finished and what it cost, what can start now "
-                              "(with an estimate of its CPU time), what waits and what each "
-                              "grid chose, then exit")
+                         help="say what runs now and what can start (with an estimate of "
+                              "its CPU time), what waits, what each grid chose or has scored, "
+                              "and what is finished and what it cost, then exit")
     compare.add_argument("--write", type=Path, metavar="DOC",
                          help="also write the report as a section of this Markdown document "
                               "(between its markers; the curves go to figures/ beside it)")

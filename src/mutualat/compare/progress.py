@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 
 from mutualat.compare import sections
 from mutualat.compare.plan import setting_label
 from mutualat.compare.records import task_records
 from mutualat.compare.selection import choice_notes
 from mutualat.compare.study import UNCHOSEN, Study, Task
+from mutualat.compare.worker import HEARTBEAT_S
 from mutualat.errors import ConfigError
 
 #: Record statuses of a task that continues where it stopped: its CPU time counts as done.
@@ -38,9 +40,10 @@ def family(key: str) -> str:
 
 
 def status_lines(study: Study) -> list[str]:
-    """The lines ``--status`` prints: one per task that can start (in the order ``mutualat
-    compare`` would start them), one per family of tasks still waiting on others, one per
-    variant's grid (:func:`grid_lines`), then the totals."""
+    """The lines ``--status`` prints: one per task that can start, those running now first
+    (:func:`_running`), the others in the order ``mutualat compare`` would start them; one per
+    family of tasks still waiting on others; one per variant's grid (:func:`grid_lines`);
+    then the totals."""
     with study.snapshot():
         return _status_lines(study)
 
@@ -50,6 +53,9 @@ def _status_lines(study: Study) -> list[str]:
     ready, waiting = sections.tasks(study)
     ready = longest_first(ready, waiting, records, study.plan.teachers)  # as they would start
     done = finished_costs(records, [t.key for t in ready] + waiting)
+    now = time.time()
+    running = {t.key for t in ready if _running(records.get(t.slug, {}), now)}
+    ready = sorted(ready, key=lambda t: t.key not in running)  # then in the order they start
     lines = []
     width = max((len(t.key) for t in ready), default=0)
     ready_total, ready_unknown = 0.0, 0
@@ -65,7 +71,7 @@ def _status_lines(study: Study) -> list[str]:
             note = "no finished task like it to go by"
         if spent:
             note += f"; {_amount(spent)} already spent"
-        lines.append(f"ready    {task.key:<{width}}  {note}")
+        lines.append(f"{'running' if task.key in running else 'ready':<8} {task.key:<{width}}  {note}")
     families: dict[str, int] = {}
     for key in waiting:
         families[family(key)] = families.get(family(key), 0) + 1
@@ -84,7 +90,8 @@ def _status_lines(study: Study) -> list[str]:
     lines += grid_lines(study)
     finished = [cpu for cpus in done.values() for cpu in cpus]
     lines.append(f"finished {len(finished)} tasks, {_amount(sum(finished))}")
-    last = f"{len(ready)} ready, {len(waiting)} waiting on them"
+    last = (f"{len(ready)} ready" + (f" ({len(running)} running now)" if running else "")
+            + f", {len(waiting)} waiting on them")
     for name, tasks, total, unknown in (("ready", ready, ready_total, ready_unknown),
                                          ("waiting", waiting, waiting_total, waiting_unknown)):
         if tasks and unknown == len(tasks):
@@ -193,6 +200,13 @@ def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict
         return own + max((median(k) for k in waits), default=0.0)
 
     return sorted(ready, key=lambda t: (t.priority, -left(t)))
+
+
+def _running(record: dict, now: float) -> bool:
+    """Whether a task's record says it is running now: its worker wrote "running" within
+    three heartbeats (:data:`HEARTBEAT_S`). A worker killed with its scheduler leaves
+    "running" behind, and its task resumes at the next start: then it is only ready."""
+    return record.get("status") == "running" and now - record.get("ended", 0.0) < 3 * HEARTBEAT_S
 
 
 def _spent(records: dict[str, dict], task: Task) -> float:
