@@ -20,6 +20,7 @@ import torch
 
 from mutualat.cli import main
 from mutualat.compare import Study, load_plan, progress, provenance, report, runner, sections
+from mutualat.compare.plan import setting_label
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.study import Task
@@ -533,6 +534,45 @@ def test_the_status_says_which_tasks_run_now(finished_study, tmp_path):
     lines = progress.status_lines(Study(load_plan(plan), out))
     assert not any(line.startswith("running") for line in lines)
     assert lines[-1].startswith("2 ready, ")
+
+
+def test_the_report_lists_the_evaluators_warnings_on_reported_models(finished_study, tmp_path):
+    """A warning written into one reported evaluation (the control's, seed 2) and into an
+    evaluation of a grid point not chosen: the report lists the first under its tables, with
+    those the tiny models raised themselves, not the second; with every warning cleared there
+    is no such list."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    study = Study(load_plan(plan), out)
+    before = report.collect(study)["warnings"]
+    chosen = study.selection("at").chosen
+    warned = study.eval_dir("control", chosen, 2, "last") / "summary.json"
+    summary = json.loads(warned.read_text())
+    summary["warnings"] = ["ensemble: FGSM broke 3 examples where PGD failed"]
+    warned.write_text(json.dumps(summary))
+    other = [p for p in (out / "runs" / "at").iterdir() if p.name != setting_label(chosen)][0]
+    stray = out / "evals" / "at" / other.name / "seed0" / "last"
+    shutil.copytree(study.eval_dir("at", chosen, 0, "last"), stray)
+    summary = json.loads((stray / "summary.json").read_text())
+    summary["warnings"] = ["model: not a reported model"]
+    (stray / "summary.json").write_text(json.dumps(summary))
+    data = report.collect(study)
+    assert data["warnings"] == {**before, "control, seed 2, last": [
+        "ensemble: FGSM broke 3 examples where PGD failed"]}
+    text = markdown(json.loads(json.dumps(data)))
+    assert ("### Evaluator warnings\n\nThe evaluator's gradient-masking and point checks warned "
+            "on these evaluations of reported models (an accuracy so flagged may overstate "
+            "robustness):\n\n") in text
+    assert "- control, seed 2, last: ensemble: FGSM broke 3 examples where PGD failed\n" in text
+    assert all(f"- {where}: {w}\n" in text for where, ws in before.items() for w in ws)
+    assert "not a reported model" not in text
+    for path in out.glob("evals/**/summary.json"):
+        summary = json.loads(path.read_text())
+        summary["warnings"] = []
+        path.write_text(json.dumps(summary))
+    data = report.collect(study)
+    assert data["warnings"] == {} and "### Evaluator warnings" not in markdown(data)
 
 
 def test_runs_the_plan_no_longer_asks_for_are_listed_as_such(finished_study, tmp_path):

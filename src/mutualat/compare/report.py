@@ -30,7 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from mutualat.compare import provenance, sections
+from mutualat.compare import masking, provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
 from mutualat.compare.per_type import pgd_alone_lines
 from mutualat.compare.records import read_summary, task_records
@@ -98,6 +98,7 @@ def collect(study: Study) -> dict[str, Any]:
         "rows": rows,
         "runs": _runs(study, selections, records),
         "overfitting": overfitting(study),
+        "warnings": masking.collect(study, selections),
         "extras": sections.collect(study),
         "models": provenance.model_costs(study, selections, records),
         **provenance.machines(study, records),
@@ -281,6 +282,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
                     _diff(row["paired_control"][m], False) for m in paired) + " |")
             lines.append("")
         lines += pgd_alone_lines(data, checkpoint)
+    lines += masking.lines(data.get("warnings"))
     lines += _overfitting_lines(data["overfitting"])
     lines += sections.markdown(data["extras"], plan["name"], figures)
     lines += ["### Hyperparameters chosen on the validation split", ""]
