@@ -242,6 +242,7 @@ def test_packaged_suites_are_valid(name):
 
     text = (importlib.resources.files("mutualat") / "suites" / f"{name}.yaml").read_text()
     suite = suite_from_dict(yaml.safe_load(text), name)
+    assert suite.name == name  # a file's suite is known by its file's name
     missing = [a.name for a in suite.attacks if a.name not in known_attacks()]
     if missing:
         pytest.skip(f"attacks not registered yet: {', '.join(sorted(set(missing)))}")
@@ -584,6 +585,27 @@ def test_autoattack_suite_goes_through_the_wrapper(tmp_path, monkeypatch):
                          suite=load_suite("autoattack").with_eps(0.2))
     assert seen == {"norm": "Linf", "eps": 0.2, "version": "standard"}
     assert summary["models"]["m"]["r_worst"] == 0.0
+
+
+@pytest.mark.parametrize("norm, restarts, largereps", [("linf", 1, False), ("l2", 1, False),
+                                                       ("l1", 5, True)])
+def test_a_custom_autoattack_component_runs_as_the_standard_version_does(norm, restarts, largereps):
+    """APGD listed alone in a suite gets the standard version's settings for its norm: one
+    restart, or at l1 five and the larger-radius schedule (AutoAttack's _set_version), and the
+    suite's target classes."""
+    import types
+
+    from mutualat.evaluation.autoattack import AutoAttackWrapper
+
+    _needs_autoattack()
+    attack = AutoAttackWrapper(norm=norm, eps=1.0, version="custom", attacks=["apgd-ce", "apgd-t"],
+                               n_target_classes=3)
+    runner = types.SimpleNamespace(**{name: types.SimpleNamespace(use_largereps=False) for name in
+                                      ("apgd", "apgd_targeted", "fab", "square")})
+    attack._standard_settings(runner)
+    assert runner.apgd.n_restarts == restarts and runner.apgd_targeted.n_restarts == 1
+    assert runner.apgd.use_largereps is largereps and runner.apgd_targeted.use_largereps is largereps
+    assert runner.apgd_targeted.n_target_classes == 3
 
 
 def test_autoattack_suite_runs_when_installed(tiny_runs, tmp_path):

@@ -54,11 +54,13 @@ class AutoAttackWrapper(Attack):
         eps: radius of the ball.
         version: "standard" (default), "plus" or "rand" (see AutoAttack's README), or
             "custom": only the AutoAttack components listed in ``attacks``, each with the
-            standard version's settings (APGD-CE: 100 iterations, 1 restart; APGD-T: 100
-            iterations, ``n_target_classes`` targets; FAB-T: 9 targets; Square: 5000 queries).
+            standard version's settings (APGD-CE: 100 iterations, 1 restart, at l1 5
+            restarts; APGD-T: 100 iterations, ``n_target_classes`` targets; at l1 both with
+            AutoAttack's larger-radius schedule; FAB-T: 9 targets; Square: 5000 queries).
             A suite can so give APGD-CE and APGD-T columns of their own.
         attacks: with ``version="custom"``: some of apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square.
-        n_target_classes: APGD-T's target classes with ``version="custom"`` (standard: 9).
+        n_target_classes: APGD-T's target classes with ``version="custom"`` (standard: 9;
+            5 at l1).
         seed: AutoAttack's own seed (default 0, so a rerun is repeatable).
         bn_mode: "eval" (default) or "train".
 
@@ -115,8 +117,10 @@ class AutoAttackWrapper(Attack):
         defaults differ: 5 restarts of APGD, for one)."""
         if self.version != "custom":
             return
-        runner.apgd.n_restarts = 1
+        runner.apgd.n_restarts = 5 if self.norm == "l1" else 1
         runner.apgd_targeted.n_restarts = 1
+        if self.norm == "l1":  # AutoAttack's standard at L1
+            runner.apgd.use_largereps = runner.apgd_targeted.use_largereps = True
         runner.apgd_targeted.n_target_classes = self.n_target_classes
         runner.fab.n_restarts = 1
         runner.fab.n_target_classes = 9
