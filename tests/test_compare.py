@@ -534,6 +534,10 @@ def test_the_status_says_which_tasks_run_now(finished_study, tmp_path):
     lines = progress.status_lines(Study(load_plan(plan), out))
     assert not any(line.startswith("running") for line in lines)
     assert lines[-1].startswith("2 ready, ")
+    for ended in (now + 3600, "yesterday", None):  # a clock set back, a hand edit: not running
+        (out / "tasks" / "train__mat__lr0.05__seed0.record.json").write_text(
+            json.dumps({"status": "running", "cpu_s": 30.0, "ended": ended}))
+        assert progress.status_lines(Study(load_plan(plan), out))[-1].startswith("2 ready, ")
 
 
 def test_the_report_lists_the_evaluators_warnings_on_reported_models(finished_study, tmp_path):

@@ -441,6 +441,18 @@ def test_masking_checks_on_numbers():
     clean = np.ones(10, dtype=bool)
     assert masking.suite_warnings("m", attacks, outcome, clean, "cumulative")
     assert not masking.suite_warnings("m", attacks, outcome[5:], clean[5:], "cumulative")
+    # Several iterative attacks before FGSM (Table 5 with APGD): one warning naming them all,
+    # counting what every one of them failed on
+    three = [{"id": "pgd", "name": "pgd", "threat": "linf"},
+             {"id": "apgd-ce", "name": "autoattack", "threat": "linf"},
+             {"id": "apgd-t", "name": "autoattack", "threat": "linf"},
+             {"id": "fgsm", "name": "fgsm", "threat": "linf"},
+             {"id": "pgd-l2", "name": "pgd", "threat": "l2"}]
+    rows = np.array([[ROBUST, ROBUST, ROBUST, BROKEN, ROBUST]] * 4
+                    + [[ROBUST, ROBUST, ROBUST, ROBUST, ROBUST]] * 6, dtype=np.int8)
+    assert masking.suite_warnings("m", three, rows, clean, "cumulative") == [
+        "m: single-step fgsm broke 4 examples on which the iterative pgd, apgd-ce, apgd-t "
+        "failed; a sign of gradient masking"]
     # Standalone columns compare accuracies: FGSM 50% below PGD 80% warns.
     standalone = np.array([[ROBUST, ROBUST]] * 5 + [[ROBUST, BROKEN]] * 3 + [[BROKEN, BROKEN]] * 2,
                           dtype=np.int8)

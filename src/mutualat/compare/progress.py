@@ -206,7 +206,9 @@ def _running(record: dict, now: float) -> bool:
     """Whether a task's record says it is running now: its worker wrote "running" within
     three heartbeats (:data:`HEARTBEAT_S`). A worker killed with its scheduler leaves
     "running" behind, and its task resumes at the next start: then it is only ready."""
-    return record.get("status") == "running" and now - record.get("ended", 0.0) < 3 * HEARTBEAT_S
+    ended = record.get("ended")
+    return (record.get("status") == "running" and isinstance(ended, (int, float))
+            and 0 <= now - ended < 3 * HEARTBEAT_S)  # (a clock set back: not running)
 
 
 def _spent(records: dict[str, dict], task: Task) -> float:

@@ -121,6 +121,17 @@ def suite_warnings(model: str, attacks: Sequence[Mapping], outcome: np.ndarray, 
     out: list[str] = []
     n = max(len(clean), 1)
     for j, a in enumerate(attacks):
+        earlier = [k for k, b in enumerate(attacks[:j])
+                   if b["threat"] == a["threat"] and b["name"] in ITERATIVE]
+        if per_attack != "standalone" and a["name"] in SINGLE_STEP and earlier:
+            # cumulative: what the single-step attack broke that every iterative one before it
+            # (of its type) failed on, in one warning
+            extra = int(((outcome[:, j] == BROKEN)
+                         & (outcome[:, earlier] == ROBUST).all(axis=1)).sum())
+            if extra > tol * n:
+                names = ", ".join(attacks[k]["id"] for k in earlier)
+                out.append(f"{model}: single-step {a['id']} broke {extra} examples on which the "
+                           f"iterative {names} failed; a sign of gradient masking")
         for k, b in enumerate(attacks):
             if a["threat"] != b["threat"]:
                 continue
@@ -131,13 +142,6 @@ def suite_warnings(model: str, attacks: Sequence[Mapping], outcome: np.ndarray, 
                     w = single_step_vs_iterative(model, a["id"], acc_a, b["id"], acc_b, tol)
                     if w:
                         out.append(w)
-                elif k < j:
-                    extra = int(((outcome[:, j] == BROKEN) & (outcome[:, k] == ROBUST)).sum())
-                    if extra > tol * n:
-                        out.append(
-                            f"{model}: single-step {a['id']} broke {extra} examples on which the "
-                            f"iterative {b['id']} failed; a sign of gradient masking"
-                        )
             if per_attack == "standalone" and a["name"] in NOISE and b["name"] == "pgd":
                 acc_a = float((clean & (outcome[:, j] == ROBUST)).sum() / n)
                 acc_b = float((clean & (outcome[:, k] == ROBUST)).sum() / n)
