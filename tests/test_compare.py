@@ -21,6 +21,7 @@ import torch
 from mutualat.cli import main
 from mutualat.compare import Study, load_plan, progress, provenance, report, runner, sections
 from mutualat.compare.plan import setting_label
+from mutualat.compare.records import spec_digest
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.study import Task
@@ -753,6 +754,34 @@ def test_a_finished_task_run_again_gets_a_record_of_its_own(tmp_path):
     total = report.cost(_Study())
     assert total["eval"]["cpu_s"] == pytest.approx(500.0 + resumed["cpu_s"])
     assert total["span_s"] == pytest.approx(resumed["ended"] - 1.0)
+
+
+def test_an_unfinished_task_whose_spec_changed_gets_a_record_of_its_own(tmp_path):
+    """An evaluation interrupted under one suite, started again under another: its record
+    starts over (the interrupted one under "earlier", still counted in the study's cost),
+    and --status's "already spent" counts only what the current version spent; a resumed
+    task of the same spec, and a record from before specs were kept, add up as before."""
+    path = tmp_path / "tasks" / "eval__at__seed0.record.json"
+    path.parent.mkdir()
+    old, new = {"suite": "table5-fmnist-cpu"}, {"suite": "table5-aa-fmnist-cpu"}
+    Record(path, spec=old).close("interrupted")
+    first = json.loads(path.read_text())
+    assert first["spec"] == spec_digest(old) and first["invocations"] == 1
+    Record(path, spec=old).close("interrupted")
+    assert json.loads(path.read_text())["invocations"] == 2 and "earlier" not in json.loads(path.read_text())
+    task = Task("eval/at/seed0", "eval", new, (0, 3))
+    records = {"eval__at__seed0": json.loads(path.read_text())}
+    assert progress._spent(records, task) == 0.0
+    assert progress._spent(records, Task("eval/at/seed0", "eval", old, (0, 3))) == records[
+        "eval__at__seed0"]["cpu_s"]
+    Record(path, spec=new).close("interrupted")
+    again = json.loads(path.read_text())
+    assert again["invocations"] == 1 and again["spec"] == spec_digest(new)
+    assert [e["invocations"] for e in again["earlier"]] == [2]
+    path.write_text(json.dumps({"status": "interrupted", "cpu_s": 60.0, "wall_s": 60.0,
+                                "invocations": 1, "started": 1.0, "ended": 2.0}))  # no spec kept
+    Record(path, spec=new).close("interrupted")
+    assert json.loads(path.read_text())["invocations"] == 2
 
 
 def test_a_task_record_keeps_each_machine_it_ran_on(tmp_path):

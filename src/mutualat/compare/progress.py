@@ -20,7 +20,7 @@ import time
 
 from mutualat.compare import sections
 from mutualat.compare.plan import setting_label
-from mutualat.compare.records import task_records
+from mutualat.compare.records import spec_digest, task_records
 from mutualat.compare.selection import choice_notes
 from mutualat.compare.study import UNCHOSEN, Study, Task
 from mutualat.compare.worker import HEARTBEAT_S
@@ -214,6 +214,8 @@ def _running(record: dict, now: float) -> bool:
 def _spent(records: dict[str, dict], task: Task) -> float:
     """The CPU seconds a task that resumes has already spent (0 for one not started)."""
     record = records.get(task.slug, {})
+    if record.get("spec") not in (None, spec_digest(task.spec)):
+        return 0.0  # an earlier version of the task (its plan or suite changed): it starts over
     return record.get("cpu_s", 0.0) if record.get("status") in _RESUMES else 0.0
 
 

@@ -4,6 +4,7 @@ file's digest, an evaluation's suite and test subset."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,12 @@ from mutualat.models.torch_source import file_sha256 as file_digest  # noqa: F40
 
 #: In an evaluation folder of a study: name -> sha256 of each model file the evaluation read.
 EVALUATED = "evaluated-models.json"
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """A task's spec as its record keeps it: the first 16 hex digits of the sha256 of its JSON
+    (keys sorted). A record whose digest differs belongs to an earlier version of the task."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def teacher_record(run_dir: Path) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mutualat.compare.records import EVALUATED, file_digest, teacher_record
+from mutualat.compare.records import EVALUATED, file_digest, spec_digest, teacher_record
 from mutualat.config import config_from_data
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    record = Record(record_path(task_file), machine(task))
+    record = Record(record_path(task_file), machine(task), task["spec"])
     status = "failed"
     try:
         {"train": run_train, "eval": run_eval, "transfer": run_transfer}[task["kind"]](task["spec"])
@@ -225,9 +225,12 @@ class Record:
     threads; the report states these, not the machine that renders it). It is written at the
     start and every :data:`HEARTBEAT_S` seconds with status ``running``, then once more at
     the end with the invocation's status. A task that had finished and runs again starts a
-    new record, the finished ones kept in its list ``earlier``."""
+    new record, the finished ones kept in its list ``earlier``; so does one whose ``spec`` (the
+    task's, kept as a digest) differs from the record's: an unfinished task whose plan or
+    suite changed starts over, and what it spent before is not this run's."""
 
-    def __init__(self, path: Path, machine: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: Path, machine: dict[str, Any] | None = None,
+                 spec: dict[str, Any] | None = None) -> None:
         self.path = path
         self.wall, self.cpu, now = time.perf_counter(), time.process_time(), time.time()
         self.base = {"wall_s": 0.0, "cpu_s": 0.0, "invocations": 0, "started": now}
@@ -235,15 +238,21 @@ class Record:
             previous = json.loads(path.read_text()) if path.is_file() else None
         except (OSError, json.JSONDecodeError):
             previous = None
-        if isinstance(previous, dict) and previous.get("status") == "done":
-            # A finished task run again (its result moved away, or the plan asks it for more):
-            # a record of its own, so that this run's cost is not the two added up; the
-            # earlier ones stay under "earlier", which the study's cost still counts.
+        digest = None if spec is None else spec_digest(spec)
+        changed = (isinstance(previous, dict) and digest is not None
+                   and previous.get("spec") not in (None, digest))
+        if isinstance(previous, dict) and (previous.get("status") == "done" or changed):
+            # A finished task run again (its result moved away, or the plan asks it for more),
+            # or an unfinished one whose spec changed (a plan or suite edited): a record of its
+            # own, so that this run's cost is not the two added up; the earlier ones stay under
+            # "earlier", which the study's cost still counts.
             self.base["earlier"] = [{k: v for k, v in previous.items() if k != "earlier"},
                                     *previous.get("earlier", [])]
         elif isinstance(previous, dict):
             self.base.update(previous)
         self.base["invocations"] += 1
+        if digest is not None:
+            self.base["spec"] = digest
         if machine is not None and machine not in self.base.get("machines", []):
             self.base["machines"] = [*self.base.get("machines", []), machine]
         self.lock = threading.Lock()
