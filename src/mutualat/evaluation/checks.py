@@ -17,11 +17,17 @@ default a class-balanced sample of ``n`` examples of the evaluation set (seed 0)
 evaluation set read from an image folder is ordered by class and its first ``n`` would be
 one or two classes only:
 
-- FGSM (one l2 step for an l2-only suite) against PGD-20 with a random start;
+- a single step (FGSM at l-inf; one step along the normalised gradient at l2; at l1 the
+  exact steepest step, which pushes the largest-gradient pixels to their bounds until the
+  radius is spent) against PGD-20 with a random start;
 - uniform random points of the ball (``noise_draws`` of them) against that PGD;
-- PGD at a large radius (l-inf 0.5 by default): accuracy must fall to about 0;
 - black-box against white-box: PGD crafted on every other evaluated model (a transfer
   attack) must not beat the white-box PGD on the target;
+
+  these three at every lp threat of the suite (the first one l-inf, when the suite has one:
+  its numbers sit at the record's top level as they did when only it was checked; the others
+  under ``other_threats``), since a model can mask one norm's gradients and not another's;
+- PGD at a large radius (l-inf 0.5 by default): accuracy must fall to about 0;
 - as AutoAttack's ``checks.py``: outputs that look like probabilities instead of logits, a
   randomized model (two forward passes differ), inputs whose gradient is exactly zero.
 """
@@ -36,6 +42,7 @@ import torch
 from torch import nn
 
 from mutualat.attacks import attack_mode, create_attack, make_threat
+from mutualat.attacks.threat import NORMS
 from mutualat.data import balanced_indices, to_unit
 from mutualat.errors import ConfigError
 from mutualat.evaluation.worst_case import BROKEN, ROBUST
@@ -68,8 +75,9 @@ def single_step_vs_iterative(model: str, single: str, acc_single: float, iterati
                              acc_iterative: float, tol: float) -> str | None:
     if acc_single < acc_iterative - tol:
         return (f"{model}: single-step {single} ({acc_single:.1%}) is stronger than iterative "
-                f"{iterative} ({acc_iterative:.1%}); the iterative attack is blind, a sign of "
-                "gradient masking")
+                f"{iterative} ({acc_iterative:.1%}); the iterative attack misses what one "
+                "gradient step finds: a sign of gradient masking, or of an iterative attack too "
+                "weak for this model")
     return None
 
 
@@ -91,9 +99,11 @@ def large_eps(model: str, acc: float, eps: float, max_acc: float) -> str | None:
 
 
 def transfer_vs_whitebox(accuracy: Mapping[str, Mapping[str, float]],
-                         white_box: Mapping[str, float], tol: float) -> list[str]:
+                         white_box: Mapping[str, float], tol: float, threat: str = "") -> list[str]:
     """``accuracy[source][target]`` of transferred attacks, ``white_box[target]``: warn where a
-    black-box (another source) attack beats the white-box one on the same target."""
+    black-box (another source) attack beats the white-box one on the same target (``threat``,
+    when given, names the threat both ran at)."""
+    at = f" at {threat}" if threat else ""
     warnings = []
     for target, wb in white_box.items():
         for source, row in accuracy.items():
@@ -101,7 +111,7 @@ def transfer_vs_whitebox(accuracy: Mapping[str, Mapping[str, float]],
                 continue
             if row[target] < wb - tol:
                 warnings.append(
-                    f"{target}: the black-box attack transferred from {source} ({row[target]:.1%}) "
+                    f"{target}: the black-box attack transferred from {source}{at} ({row[target]:.1%}) "
                     f"is stronger than the white-box attack ({wb:.1%}); white-box gradients are "
                     "uninformative, a sign of gradient masking"
                 )
@@ -229,6 +239,74 @@ def _output_checks(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     return out
 
 
+def _l1_step(eps: float) -> AttackFn:
+    """The l1 single step: the point of the l1 ball (and [0,1]) that maximises the linearised
+    loss, which moves the pixels with the largest |gradient| to their bounds, largest first,
+    until the radius is spent (the last one part of the way)."""
+
+    def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with attack_mode(model, "eval"):
+            xg = x.detach().clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xg)
+        g, flat = grad.flatten(1), x.detach().flatten(1)
+        room = torch.where(g > 0, 1 - flat, flat) * (g != 0)  # how far each pixel can go
+        order = g.abs().argsort(dim=1, descending=True)
+        room = room.gather(1, order)
+        spent_before = room.cumsum(dim=1) - room
+        take = torch.minimum(room, (eps - spent_before).clamp_min(0))
+        delta = torch.zeros_like(flat).scatter_(1, order, take * g.gather(1, order).sign())
+        return (flat + delta).clamp(0, 1).reshape(x.shape)
+
+    return attack
+
+
+class _ThreatChecks:
+    """PGD against a single step and against uniform noise, and PGD transferred between the
+    models, at one lp threat."""
+
+    def __init__(self, norm: str, eps: float, cfg: CheckConfig) -> None:
+        self.norm, self.eps, self.cfg = norm, float(eps), cfg
+        self.label = f"{norm} {eps:g}"
+        self.pgd = create_attack("pgd", norm=norm, eps=eps, steps=cfg.pgd_steps,
+                                 random_start=True, early_stop=True)
+        if norm == "linf":
+            self.single, self.single_name = create_attack("fgsm", eps=eps), "FGSM"
+        elif norm == "l2":
+            self.single = create_attack("pgd", norm="l2", eps=eps, steps=1, step_size=eps,
+                                        random_start=False)
+            self.single_name = "one l2 step"
+        else:
+            self.single, self.single_name = _l1_step(eps), "one l1 step"
+        self.noise = _noise_attack(norm, eps, cfg.noise_draws)
+
+    def measure(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                batch_size: int) -> tuple[dict[str, float], list[str]]:
+        cfg, pgd_name = self.cfg, f"PGD-{self.cfg.pgd_steps} at {self.label}"
+        m = {"pgd": _accuracy(model, x, y, self.pgd, batch_size),
+             "noise": _accuracy(model, x, y, self.noise, batch_size),
+             "single_step": _accuracy(model, x, y, self.single, batch_size)}
+        found = [noise_vs_pgd(name, f"uniform noise in the {self.label} ball", m["noise"],
+                              pgd_name, m["pgd"], cfg.tol),
+                 single_step_vs_iterative(name, self.single_name, m["single_step"], pgd_name,
+                                          m["pgd"], cfg.tol)]
+        return m, [w for w in found if w]
+
+    def transfer(self, models: Mapping[str, nn.Module], names: Sequence[str], x: torch.Tensor,
+                 y: torch.Tensor, batch_size: int,
+                 white_box: Mapping[str, float]) -> tuple[dict[str, dict[str, float]], list[str]]:
+        transfer: dict[str, dict[str, float]] = {}
+        for source in names:
+            row: dict[str, float] = {t: 0.0 for t in names if t != source}
+            for xb, yb in _batches(x, y, batch_size):
+                x_adv = self.pgd(models[source], xb, yb)
+                for target in row:
+                    row[target] += int((_predict(models[target], x_adv) == yb).sum())
+            transfer[source] = {t: c / max(len(y), 1) for t, c in row.items()}
+        return transfer, transfer_vs_whitebox(transfer, {t: white_box[t] for t in names},
+                                              self.cfg.tol, self.label)
+
+
 def run_checks(
     models: Mapping[str, nn.Module],
     images: torch.Tensor,
@@ -239,14 +317,17 @@ def run_checks(
     device: torch.device,
     config: CheckConfig | None = None,
     transfer_models: Sequence[str] | None = None,
+    other_threats: Mapping[str, tuple[str, float]] | None = None,
 ) -> dict:
     """Measure the checks on ``config.n`` examples (``config.sample`` says which); returns
-    ``{"config", "threat", "n", "models": {name: {measurement: accuracy}}, "transfer",
-    "warnings": [...]}``.
+    ``{"config", "threat", "threats", "n", "models": {name: {measurement: accuracy}},
+    "transfer", "other_threats": {key: {"threat", "models", "transfer"}}, "warnings": [...]}``.
 
-    ``images`` are float in [0,1] or uint8, ``labels`` a tensor; ``norm``/``eps`` the threat
-    the comparisons use (``None``: only the large-eps and output checks run). ``transfer_models`` (default: all)
-    take part in the black-box check; the caller seeds torch for repeatability.
+    ``images`` are float in [0,1] or uint8, ``labels`` a tensor; ``norm``/``eps`` the first
+    threat the comparisons use (``None``: only the large-eps and output checks run), whose
+    measurements sit beside the threat-free ones; ``other_threats`` (key -> (norm, eps)) are
+    checked after it, each under its key. ``transfer_models`` (default: all) take part in the
+    black-box check; the caller seeds torch for repeatability.
     """
     cfg = config or CheckConfig()
     if cfg.sample == "balanced":
@@ -260,55 +341,52 @@ def run_checks(
     warnings: list[str] = []
     measured: dict[str, dict[str, float]] = {}
 
-    iterative = single = noise = None
-    if norm in ("linf", "l2", "l1") and eps is not None:
-        iterative = create_attack("pgd", norm=norm, eps=eps, steps=cfg.pgd_steps,
-                                  random_start=True, early_stop=True)
-        if norm == "linf":
-            single = create_attack("fgsm", eps=eps)
-        elif norm == "l2":
-            single = create_attack("pgd", norm="l2", eps=eps, steps=1, step_size=eps,
-                                   random_start=False)
-        noise = _noise_attack(norm, eps, cfg.noise_draws)
+    first = _ThreatChecks(norm, eps, cfg) if norm in NORMS and eps is not None else None
     large = create_attack("pgd", norm="linf", eps=cfg.large_eps, steps=cfg.large_eps_steps,
                           random_start=False, early_stop=True)
-
     for name, model in models.items():
         m: dict[str, float] = {"clean": _accuracy(model, x, y, None, batch_size)}
         warnings += _output_checks(name, model, x, y, batch_size)
-        if iterative is not None:
-            m["pgd"] = _accuracy(model, x, y, iterative, batch_size)
-            if noise is not None:
-                m["noise"] = _accuracy(model, x, y, noise, batch_size)
-                w = noise_vs_pgd(name, "uniform noise", m["noise"], f"PGD-{cfg.pgd_steps}", m["pgd"], cfg.tol)
-                warnings += [w] if w else []
-            if single is not None:
-                m["single_step"] = _accuracy(model, x, y, single, batch_size)
-                w = single_step_vs_iterative(name, "FGSM" if norm == "linf" else "one l2 step",
-                                             m["single_step"], f"PGD-{cfg.pgd_steps}", m["pgd"], cfg.tol)
-                warnings += [w] if w else []
+        if first is not None:
+            values, found = first.measure(name, model, x, y, batch_size)
+            m.update(values)
+            warnings += found
         m["large_eps_pgd"] = _accuracy(model, x, y, large, batch_size)
         w = large_eps(name, m["large_eps_pgd"], cfg.large_eps, cfg.large_eps_max_acc)
         warnings += [w] if w else []
         measured[name] = m
 
-    transfer: dict[str, dict[str, float]] = {}
     names = [n for n in (transfer_models if transfer_models is not None else models) if n in models]
-    if iterative is not None and len(names) >= 2:
-        for source in names:
-            row: dict[str, float] = {t: 0.0 for t in names if t != source}
-            for xb, yb in _batches(x, y, batch_size):
-                x_adv = iterative(models[source], xb, yb)
-                for target in row:
-                    row[target] += int((_predict(models[target], x_adv) == yb).sum())
-            transfer[source] = {t: c / max(len(y), 1) for t, c in row.items()}
-        warnings += transfer_vs_whitebox(transfer, {t: measured[t]["pgd"] for t in names}, cfg.tol)
+    transfer: dict[str, dict[str, float]] = {}
+    if first is not None and len(names) >= 2:
+        transfer, found = first.transfer(models, names, x, y, batch_size,
+                                         {t: measured[t]["pgd"] for t in names})
+        warnings += found
+
+    others: dict[str, dict] = {}
+    for key, (o_norm, o_eps) in (other_threats or {}).items():
+        if o_norm not in NORMS:
+            raise ConfigError(f"checks: threat {key!r} has norm {o_norm!r}, not one of {NORMS}")
+        checks = _ThreatChecks(o_norm, o_eps, cfg)
+        rows: dict[str, dict[str, float]] = {}
+        for name, model in models.items():
+            rows[name], found = checks.measure(name, model, x, y, batch_size)
+            warnings += found
+        o_transfer: dict[str, dict[str, float]] = {}
+        if len(names) >= 2:
+            o_transfer, found = checks.transfer(models, names, x, y, batch_size,
+                                                {t: rows[t]["pgd"] for t in names})
+            warnings += found
+        others[key] = {"threat": {"norm": o_norm, "eps": float(o_eps)}, "models": rows,
+                       "transfer": o_transfer}
 
     return {
         "config": asdict(cfg),
         "threat": {"norm": norm, "eps": eps},
+        "threats": [{"norm": norm, "eps": eps}] + [o["threat"] for o in others.values()],
         "n": int(len(y)),
         "models": measured,
         "transfer": transfer,
+        "other_threats": others,
         "warnings": warnings,
     }
