@@ -7,7 +7,11 @@ and what the trainer's trial (``amp: auto``, ``channels_last: auto``) picks for 
 
 A step is what the trainer does per batch (mutualat.train.trainer): the method's loss, its
 PGD-K attacks included, under the setting's autocast and memory format, then backward and
-an SGD step. AT is the MAT paper's AT (L_C, random start); MAT is a pair at alpha = 0.6.
+an SGD step. AT is the MAT paper's AT (L_C, random start); MAT is a pair at alpha = 0.6;
+AT-MAX (Maini et al., cross-entropy) and MAT-MP (a generalist trained on the worst type and
+one specialist per type, alpha 0.3, L_C) are the multiple-perturbation steps of Table 5,
+each training attack PGD-K at l-inf, l2 and l1 (Fashion-MNIST's radii 0.1, 1, 10 for a
+one-channel model, CIFAR-10's 8/255, 0.5, 12 otherwise).
 The four settings of one model and method are timed side by side (interleaved, median of
 --repeats after a warm-up); each row's ratio is its speed over fp32's (the speed-up). The
 FLOP rows count a step's floating-point operations once (FlopCounterMode: convolutions and
@@ -25,9 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench_mat import trainer_step
 from common import Row, build, environment, matmul_rate, print_table, random_batch, side_by_side
+from mutualat.attacks.threat import Threat
 from mutualat.config import AttackConfig
 from mutualat.methods.at import AT, ATParams
+from mutualat.methods.at_multi import ATMax, MultiATParams
 from mutualat.methods.mat import MAT, MATParams
+from mutualat.methods.mat_mp import MATMP, MATMPParams
 from mutualat.train import precision
 from mutualat.train.precision import Precision, pick
 
@@ -43,7 +50,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=["tinycnn", "smallcnn", "madrycnn", "cnn32"])
-    parser.add_argument("--methods", nargs="+", default=["at", "mat"], choices=["at", "mat"])
+    parser.add_argument("--methods", nargs="+", default=["at", "mat"], choices=list(COHORT))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
@@ -51,14 +58,28 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+COHORT = {"at": 1, "mat": 2, "at-max": 1, "mat-mp": 4}  # networks a step trains
+
+
+def _threats(gray: bool, steps: int) -> list[Threat]:
+    radii = (0.1, 1.0, 10.0) if gray else (8 / 255, 0.5, 12.0)
+    return [Threat(norm, eps, steps) for norm, eps in zip(("linf", "l2", "l1"), radii)]
+
+
 def _step(name: str, method_name: str, setting: Precision, args, device):
     """One trainer step of ``method_name`` on fresh copies of ``name``, computed as ``setting``."""
-    cohort = 2 if method_name == "mat" else 1
+    cohort = COHORT[method_name]
     models = [build(name, device, setting.channels_last, seed=i).train() for i in range(cohort)]
     x, y = random_batch(name, args.batch, device, setting.channels_last)
-    attack = AttackConfig(eps=0.1 if x.shape[1] == 1 else 8 / 255, steps=args.steps)
+    gray = x.shape[1] == 1
+    attack = AttackConfig(eps=0.1 if gray else 8 / 255, steps=args.steps)
     if method_name == "mat":
         method = MAT(MATParams(alpha=0.6), attack, [False] * cohort)
+    elif method_name == "at-max":
+        method = ATMax(MultiATParams(threats=_threats(gray, args.steps), loss="ce"), attack, [False])
+    elif method_name == "mat-mp":
+        method = MATMP(MATMPParams(generalist="max", alpha=0.3, loss="lc",
+                                   threats=_threats(gray, args.steps)), attack, [False] * cohort)
     else:
         method = AT(ATParams(loss="lc"), attack, [False])
     params = [p for m in models for p in m.parameters()]
@@ -85,7 +106,7 @@ def rows(args: argparse.Namespace, progress: bool = False) -> list[Row]:
             steps = {label: _step(name, method_name, s, args, device) for label, s in SETTINGS.items()}
             seconds = side_by_side(steps, device, args.repeats)
             flops = _flops(steps["fp32"])
-            models = 2 if method_name == "mat" else 1
+            models = COHORT[method_name]
             for label, s in SETTINGS.items():
                 rate = args.batch * models / seconds[label]
                 achieved = flops / seconds[label]
