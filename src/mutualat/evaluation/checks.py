@@ -17,9 +17,8 @@ default a class-balanced sample of ``n`` examples of the evaluation set (seed 0)
 evaluation set read from an image folder is ordered by class and its first ``n`` would be
 one or two classes only:
 
-- a single step (FGSM at l-inf; one step along the normalised gradient at l2; at l1 the
-  exact steepest step, which pushes the largest-gradient pixels to their bounds until the
-  radius is spent) against PGD-20 with a random start;
+- a single step (FGSM at l-inf, one step of length eps along the normalised gradient at
+  l2; none at l1, see ``_ThreatChecks``) against PGD-20 with a random start;
 - uniform random points of the ball (``noise_draws`` of them) against that PGD;
 - black-box against white-box: PGD crafted on every other evaluated model (a transfer
   attack) must not beat the white-box PGD on the target;
@@ -239,28 +238,6 @@ def _output_checks(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     return out
 
 
-def _l1_step(eps: float) -> AttackFn:
-    """The l1 single step: the point of the l1 ball (and [0,1]) that maximises the linearised
-    loss, which moves the pixels with the largest |gradient| to their bounds, largest first,
-    until the radius is spent (the last one part of the way)."""
-
-    def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with attack_mode(model, "eval"):
-            xg = x.detach().clone().requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(model(xg), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xg)
-        g, flat = grad.flatten(1), x.detach().flatten(1)
-        room = torch.where(g > 0, 1 - flat, flat) * (g != 0)  # how far each pixel can go
-        order = g.abs().argsort(dim=1, descending=True)
-        room = room.gather(1, order)
-        spent_before = room.cumsum(dim=1) - room
-        take = torch.minimum(room, (eps - spent_before).clamp_min(0))
-        delta = torch.zeros_like(flat).scatter_(1, order, take * g.gather(1, order).sign())
-        return (flat + delta).clamp(0, 1).reshape(x.shape)
-
-    return attack
-
-
 class _ThreatChecks:
     """PGD against a single step and against uniform noise, and PGD transferred between the
     models, at one lp threat."""
@@ -270,26 +247,30 @@ class _ThreatChecks:
         self.label = f"{norm} {eps:g}"
         self.pgd = create_attack("pgd", norm=norm, eps=eps, steps=cfg.pgd_steps,
                                  random_start=True, early_stop=True)
+        # No single step at l1: the l1 PGD's sparse steps ignore the [0,1] box (Croce & Hein,
+        # "Mind the box", 2021), and in a review of this check the one exact steepest l1 step,
+        # which respects it, beat PGD-20 and PGD-100 on a plainly trained MLP: the comparison
+        # would measure the attack, not masking (APGD at l1 is the suites' remedy).
+        self.single, self.single_name = None, ""
         if norm == "linf":
             self.single, self.single_name = create_attack("fgsm", eps=eps), "FGSM"
         elif norm == "l2":
             self.single = create_attack("pgd", norm="l2", eps=eps, steps=1, step_size=eps,
                                         random_start=False)
-            self.single_name = "one l2 step"
-        else:
-            self.single, self.single_name = _l1_step(eps), "one l1 step"
+            self.single_name = "FGM-l2 (one step of length eps)"
         self.noise = _noise_attack(norm, eps, cfg.noise_draws)
 
     def measure(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 batch_size: int) -> tuple[dict[str, float], list[str]]:
         cfg, pgd_name = self.cfg, f"PGD-{self.cfg.pgd_steps} at {self.label}"
         m = {"pgd": _accuracy(model, x, y, self.pgd, batch_size),
-             "noise": _accuracy(model, x, y, self.noise, batch_size),
-             "single_step": _accuracy(model, x, y, self.single, batch_size)}
+             "noise": _accuracy(model, x, y, self.noise, batch_size)}
         found = [noise_vs_pgd(name, f"uniform noise in the {self.label} ball", m["noise"],
-                              pgd_name, m["pgd"], cfg.tol),
-                 single_step_vs_iterative(name, self.single_name, m["single_step"], pgd_name,
-                                          m["pgd"], cfg.tol)]
+                              pgd_name, m["pgd"], cfg.tol)]
+        if self.single is not None:
+            m["single_step"] = _accuracy(model, x, y, self.single, batch_size)
+            found.append(single_step_vs_iterative(name, self.single_name, m["single_step"],
+                                                  pgd_name, m["pgd"], cfg.tol))
         return m, [w for w in found if w]
 
     def transfer(self, models: Mapping[str, nn.Module], names: Sequence[str], x: torch.Tensor,
