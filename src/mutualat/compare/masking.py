@@ -1,6 +1,7 @@
 """What the evaluator warned about on the evaluations a report stands on: its gradient-masking
-checks (FGSM or random noise as strong as PGD, inputs with a zero gradient, randomized or
-probability-like outputs, accuracy that a large radius does not drive to chance) and attack
+checks (a single step, random noise or a transfer attack as strong as PGD at one of the
+suite's lp threats, inputs with a zero gradient, randomized or probability-like outputs,
+accuracy that a large radius does not drive to chance) and attack
 points outside their ball or [0, 1], each counted as a failed attack. Every warning is kept in
 an evaluation's ``summary.json``; a report that left them there would let a reader take a
 masked model's accuracy at its word, so each one is listed under the tables."""
