@@ -17,8 +17,12 @@ paper, off by default (the paper's behaviour).
     peer's prediction as it would be deployed. It differs from the train-mode target when the
     model has batch-norm (early in training the running averages lag behind).
 
-  A member without batch-norm gets the same target and loss in all three. Frozen peers are
-  in eval mode anyway and are not affected.
+  A member with neither batch-norm nor dropout gets the same target and loss in all three.
+  Dropout (SmallCNN has 0.5 before its last layer) is on in the train-mode forward of
+  "update" and "keep": the target is then one dropout sample of the peer's prediction, as in
+  DML's train-mode forwards (on a briefly trained SmallCNN it named another class than the
+  dropout-free prediction on about 13% of images); "eval" takes it with dropout off. Frozen
+  peers are in eval mode anyway and are not affected.
 - ``alpha_warmup``: the fraction of training (in steps) over which the distillation weight
   rises linearly from 0 to ``alpha``, so members learn from labels before they learn from
   each other's still-random predictions. 0 (default): ``alpha`` from the first step.
