@@ -92,6 +92,10 @@ class EvalConfig:
     pgd_step_size: float | None = None  # None = 2.5 * eps / steps
     test_pgd_steps: int = 20  # final test evaluation of the last models
     test: bool = True  # evaluate the last models on the test split at the end
+    # The members validated each epoch, by role (None: every trained member). A cohort judged
+    # by some members only (MAT-MP's generalist) can skip the others' validation, most of a
+    # MAT-MP run's time at small scale; they then get no per-epoch numbers and no .best model.
+    val_roles: list[str] | None = None
 
 
 @dataclass
@@ -154,6 +158,8 @@ class RunConfig:
         _check(len(self.models) >= 1, "models must list at least one model")
         _check(self.eval.pgd_steps >= 1 and self.eval.test_pgd_steps >= 1,
                "eval.pgd_steps and eval.test_pgd_steps must be >= 1")
+        _check(self.eval.val_roles is None or len(self.eval.val_roles) > 0,
+               "eval.val_roles must name at least one member's role, or be null (all)")
         _check(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
         _check(
             self.channels_last in ("auto", "on", "off"),

@@ -118,9 +118,13 @@ class Study:
 
     @staticmethod
     def model_files(run_dir: Path, checkpoint: str = "last") -> dict[str, str]:
-        """A finished run's trained members (a frozen teacher is not one): role -> model file."""
+        """A finished run's trained members (a frozen teacher is not one): role -> model file;
+        at the best checkpoint only the members validated each epoch (eval.val_roles)."""
         suffix = ".best" if checkpoint == "best" else ""
         roles = json.loads((run_dir / "results.json").read_text())["models"]
+        if checkpoint == "best":
+            validated = load_config(run_dir / "config.yaml").eval.val_roles
+            roles = [r for r in roles if validated is None or r in validated]
         return {role: str(run_dir / "models" / f"{role}{suffix}.safetensors") for role in roles}
 
     def teacher_file(self, variant: str, seed: int) -> str | None:

@@ -99,6 +99,11 @@ class Trainer:
         self.placement = make_placement(cfg.distributed.mode, procs, self.dataset.num_classes,
                                         cfg.distributed.sync_bn)
         self.placement.check(cfg, self.method)
+        trained = self._trained_roles()
+        unknown = [r for r in cfg.eval.val_roles or [] if r not in trained]
+        if unknown:
+            raise ConfigError(f"eval.val_roles names {', '.join(map(repr, unknown))}, not a "
+                              f"trained member of this run (its roles: {', '.join(trained)})")
         self.run_id = procs.from_main(lambda: run_id(self.out))
         state = procs.scatter_from_main(lambda: resume_or_restart(self.out, self.cfg),
                                         self.placement.checkpoint_part) if resume else None
@@ -264,9 +269,10 @@ class Trainer:
         if self.val is not None:
             attacks = self.method.validation_attacks(cfg.eval.pgd_steps, cfg.eval.pgd_step_size)
             x, y = torch.from_numpy(self.val.images), torch.from_numpy(self.val.labels)
-            accuracies = self._evaluate(x, y, attacks, f"validation {self.epoch}")
+            roles = self._validated_roles()
+            accuracies = self._evaluate(x, y, attacks, f"validation {self.epoch}", roles)
             record["n_val"] = len(y)  # what a selection's standard error is taken on
-            for role in self._trained_roles():
+            for role in roles:
                 acc = accuracies[role]
                 # val_pgd is the per-example worst case over the method's threat types (one
                 # type for single-perturbation methods); it selects the best checkpoint.
@@ -292,16 +298,21 @@ class Trainer:
     def _trained_roles(self) -> list[str]:
         return [self.method.roles[i] for i, m in enumerate(self.cfg.models) if not m.frozen]
 
-    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor,
-                  attacks: dict[str, Any], desc: str = "") -> dict[str, dict[str, float]]:
-        """role -> :func:`robust_accuracies` of every trained member, on every process (data-
-        parallel: each process evaluates its slice of the images; cohort-parallel: its
-        members), always in fp32."""
+    def _validated_roles(self) -> list[str]:
+        """The trained members validated each epoch (``eval.val_roles``; default all)."""
+        wanted = self.cfg.eval.val_roles
+        return [r for r in self._trained_roles() if wanted is None or r in wanted]
+
+    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, attacks: dict[str, Any],
+                  desc: str = "", roles: list[str] | None = None) -> dict[str, dict[str, float]]:
+        """role -> :func:`robust_accuracies` of every trained member (of ``roles``, when
+        given), on every process (data-parallel: each process evaluates its slice of the
+        images; cohort-parallel: its members), always in fp32."""
         lo, hi = self.placement.eval_range(len(labels))
         bar = self.cfg.progress and self.is_main
         local = {m.role: robust_accuracies(m.model, images[lo:hi], labels[lo:hi], attacks,
                                            progress=f"{desc} {m.role}" if bar else None)
-                 for m in self.cohort.trained()}
+                 for m in self.cohort.trained() if roles is None or m.role in roles}
         return self.placement.combine_accuracies(local, hi - lo)
 
     def _final_test(self) -> dict[str, Any]:
