@@ -93,8 +93,9 @@ class EvalConfig:
     test_pgd_steps: int = 20  # final test evaluation of the last models
     test: bool = True  # evaluate the last models on the test split at the end
     # The members validated each epoch, by role (None: every trained member). A cohort judged
-    # by some members only (MAT-MP's generalist) can skip the others' validation, most of a
-    # MAT-MP run's time at small scale; they then get no per-epoch numbers and no .best model.
+    # by some members only (MAT-MP's generalist) can skip the others' validation (on the CPU
+    # Table 5 plan, validating all four was about half of a MAT-MP run); they then get no
+    # per-epoch numbers and no .best model. A comparison plan requires select_on within it.
     val_roles: list[str] | None = None
 
 

@@ -320,6 +320,16 @@ def check_plan(plan: Plan) -> None:
         if unknown:
             raise ConfigError(f"plan {plan.name}: {variant}'s select_on names {unknown[0]!r}, "
                               f"not one of its trained members ({', '.join(trained)})")
+    for variant in plan.variants:
+        # Validating some members only serves a variant judged by those members.
+        validated = plan.config(variant, plan.settings(variant)[0], plan.grid_seed).eval.val_roles
+        selecting = plan.select_on.get(variant)
+        if validated is not None and (selecting is None or set(selecting) - set(validated)):
+            raise ConfigError(
+                f"plan {plan.name}: {variant} validates only {', '.join(validated)} "
+                f"(eval.val_roles), but is selected by "
+                f"{', '.join(selecting) if selecting else 'every member'}: set select_on to "
+                "members it validates, or drop eval.val_roles")
     if plan.figures.scenarios and plan.eval.members != "all":
         raise ConfigError(f"plan {plan.name}: figures.scenarios shows every member of each "
                           "scenario: set eval.members to all (it is first)")
