@@ -96,6 +96,9 @@ class EvalConfig:
     # by some members only (MAT-MP's generalist) can skip the others' validation (on the CPU
     # Table 5 plan, validating all four was about half of a MAT-MP run); they then get no
     # per-epoch numbers and no .best model. A comparison plan requires select_on within it.
+    # Validation at l1 draws its step's coordinate counts from the run's random stream, so
+    # with an l1 threat a run validating fewer members trains differently (by chance, not in
+    # kind): choose it before a study starts, never to match runs already trained.
     val_roles: list[str] | None = None
 
 
