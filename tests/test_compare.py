@@ -5,6 +5,7 @@ table equal to its JSON."""
 from __future__ import annotations
 
 import json
+import statistics
 import os
 import re
 import shutil
@@ -539,6 +540,26 @@ def test_the_status_says_which_tasks_run_now(finished_study, tmp_path):
         (out / "tasks" / "train__mat__lr0.05__seed0.record.json").write_text(
             json.dumps({"status": "running", "cpu_s": 30.0, "ended": ended}))
         assert progress.status_lines(Study(load_plan(plan), out))[-1].startswith("2 ready, ")
+
+
+def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_networks(
+        finished_study, tmp_path):
+    """A variant added to a finished study has no finished training of its own: --status
+    estimates it from the variant that trains the same method on the same networks (mat),
+    not from one that does not (at), and says so."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    text = plan.read_text().replace(
+        "  mat: {method.name: mat,",
+        "  mat-b: {method.name: mat, models: [tinycnn, tinycnn], method.params.alpha: 0.3}\n"
+        "  mat: {method.name: mat,")
+    lines = progress.status_lines(Study(load_plan(_write_plan(tmp_path / "plan", text)), out))
+    mat = [json.loads(p.read_text())["cpu_s"] for p in (out / "tasks").glob("train__mat__*.record.json")]
+    new = [line for line in lines if line.split()[1].startswith("train/mat-b/")]
+    assert new and all(line.endswith(f"about {progress._amount(statistics.median(mat))} (as "
+                                     "train/mat: the same method and networks)") for line in new)
+    assert "not estimated" not in lines[-1].split("the ready ones")[1].split(";")[0]
 
 
 def test_the_report_lists_the_evaluators_warnings_on_reported_models(finished_study, tmp_path):

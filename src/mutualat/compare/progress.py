@@ -56,6 +56,7 @@ def _status_lines(study: Study) -> list[str]:
     now = time.time()
     running = {t.key for t in ready if _running(records.get(t.slug, {}), now)}
     ready = sorted(ready, key=lambda t: t.key not in running)  # then in the order they start
+    kin = _kin(study, done, [t.key for t in ready] + waiting)
     lines = []
     width = max((len(t.key) for t in ready), default=0)
     ready_total, ready_unknown = 0.0, 0
@@ -66,6 +67,11 @@ def _status_lines(study: Study) -> list[str]:
             left = max(statistics.median(like) - spent, 0.0)
             ready_total += left
             note = f"about {_amount(left)} (the median of {len(like)} finished like it)"
+        elif family(task.key) in kin:
+            other = kin[family(task.key)]
+            left = max(statistics.median(done[other]) - spent, 0.0)
+            ready_total += left
+            note = f"about {_amount(left)} (as {other}: the same method and networks)"
         else:
             ready_unknown += 1
             note = "no finished task like it to go by"
@@ -83,6 +89,10 @@ def _status_lines(study: Study) -> list[str]:
             each = statistics.median(like)
             waiting_total += count * each
             note = f"about {_amount(each)} each (the median of {len(like)} finished like them)"
+        elif fam in kin:
+            each = statistics.median(done[kin[fam]])
+            waiting_total += count * each
+            note = f"about {_amount(each)} each (as {kin[fam]}: the same method and networks)"
         else:
             waiting_unknown += count
             note = "no finished task like them to go by"
@@ -104,6 +114,26 @@ def _status_lines(study: Study) -> list[str]:
         last += f"; not counted: up to {growth} grid run{'s' if growth != 1 else ''} extend_grid may add"
     lines.append(last)
     return lines
+
+
+def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[str, str]:
+    """For a training family with nothing finished (of ``keys``' families), the finished
+    training family it is estimated from instead: the first variant's of the plan that trains
+    the same method on the same networks for as many epochs (MAT-MP-AVG from MAT-MP-MAX)."""
+    plan = study.plan
+
+    def shape(variant: str) -> tuple:
+        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+        return cfg.method.name, tuple(m.name for m in cfg.models), cfg.optim.epochs
+
+    shapes = {v: shape(v) for v in plan.variants}
+    out = {}
+    for fam in {family(k) for k in keys if k.startswith("train/")} - set(done):
+        variant = fam.split("/")[1]
+        out.update({fam: f"train/{v}" for v in reversed(plan.variants)
+                    if v in shapes and variant in shapes and shapes[v] == shapes[variant]
+                    and f"train/{v}" in done})
+    return out
 
 
 def may_grow(study: Study, variant: str) -> int:
