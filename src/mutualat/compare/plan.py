@@ -312,23 +312,23 @@ def check_plan(plan: Plan) -> None:
         if len(plan.config(variant, plan.settings(variant)[0], plan.grid_seed).models) < 2:
             raise ConfigError(f"plan {plan.name}: {variant} has a teacher, which takes its first "
                               "model: it needs at least two (the teacher's place and a student)")
-    for variant, roles in plan.select_on.items():
-        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
-        method = build_method(copy.deepcopy(cfg))
-        trained = [r for r, m in zip(method.roles, cfg.models) if not m.frozen]
-        unknown = [r for r in roles if r not in trained]
-        if unknown:
-            raise ConfigError(f"plan {plan.name}: {variant}'s select_on names {unknown[0]!r}, "
-                              f"not one of its trained members ({', '.join(trained)})")
     for variant in plan.variants:
+        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+        roles = plan.select_on.get(variant)
+        if roles is not None:
+            method = build_method(copy.deepcopy(cfg))
+            trained = [r for r, m in zip(method.roles, cfg.models) if not m.frozen]
+            unknown = [r for r in roles if r not in trained]
+            if unknown:
+                raise ConfigError(f"plan {plan.name}: {variant}'s select_on names {unknown[0]!r}, "
+                                  f"not one of its trained members ({', '.join(trained)})")
         # Validating some members only serves a variant judged by those members.
-        validated = plan.config(variant, plan.settings(variant)[0], plan.grid_seed).eval.val_roles
-        selecting = plan.select_on.get(variant)
-        if validated is not None and (selecting is None or set(selecting) - set(validated)):
+        validated = cfg.eval.val_roles
+        if validated is not None and (roles is None or set(roles) - set(validated)):
             raise ConfigError(
                 f"plan {plan.name}: {variant} validates only {', '.join(validated)} "
                 f"(eval.val_roles), but is selected by "
-                f"{', '.join(selecting) if selecting else 'every member'}: set select_on to "
+                f"{', '.join(roles) if roles else 'every member'}: set select_on to "
                 "members it validates, or drop eval.val_roles")
     if plan.figures.scenarios and plan.eval.members != "all":
         raise ConfigError(f"plan {plan.name}: figures.scenarios shows every member of each "

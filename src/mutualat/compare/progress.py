@@ -57,21 +57,25 @@ def _status_lines(study: Study) -> list[str]:
     running = {t.key for t in ready if _running(records.get(t.slug, {}), now)}
     ready = sorted(ready, key=lambda t: t.key not in running)  # then in the order they start
     kin = _kin(study, done, [t.key for t in ready] + waiting)
+
+    def basis(fam: str, them: str) -> tuple[float, str] | None:
+        """The median cost ``fam``'s tasks are estimated at, and what it is taken from."""
+        if done.get(fam):
+            return statistics.median(done[fam]), f"the median of {len(done[fam])} finished like {them}"
+        if fam in kin:
+            return statistics.median(done[kin[fam]]), f"as {kin[fam]}: the same method and networks"
+        return None
+
     lines = []
     width = max((len(t.key) for t in ready), default=0)
     ready_total, ready_unknown = 0.0, 0
     for task in ready:
         spent = _spent(records, task)
-        like = done.get(family(task.key), [])
-        if like:
-            left = max(statistics.median(like) - spent, 0.0)
+        estimate = basis(family(task.key), "it")
+        if estimate:
+            left = max(estimate[0] - spent, 0.0)
             ready_total += left
-            note = f"about {_amount(left)} (the median of {len(like)} finished like it)"
-        elif family(task.key) in kin:
-            other = kin[family(task.key)]
-            left = max(statistics.median(done[other]) - spent, 0.0)
-            ready_total += left
-            note = f"about {_amount(left)} (as {other}: the same method and networks)"
+            note = f"about {_amount(left)} ({estimate[1]})"
         else:
             ready_unknown += 1
             note = "no finished task like it to go by"
@@ -84,15 +88,10 @@ def _status_lines(study: Study) -> list[str]:
     width = max((len(f"{n} × {f}") for f, n in families.items()), default=0)
     waiting_total, waiting_unknown = 0.0, 0
     for fam, count in families.items():
-        like = done.get(fam, [])
-        if like:
-            each = statistics.median(like)
-            waiting_total += count * each
-            note = f"about {_amount(each)} each (the median of {len(like)} finished like them)"
-        elif fam in kin:
-            each = statistics.median(done[kin[fam]])
-            waiting_total += count * each
-            note = f"about {_amount(each)} each (as {kin[fam]}: the same method and networks)"
+        estimate = basis(fam, "them")
+        if estimate:
+            waiting_total += count * estimate[0]
+            note = f"about {_amount(estimate[0])} each ({estimate[1]})"
         else:
             waiting_unknown += count
             note = "no finished task like them to go by"
@@ -130,9 +129,11 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
     out = {}
     for fam in {family(k) for k in keys if k.startswith("train/")} - set(done):
         variant = fam.split("/")[1]
-        out.update({fam: f"train/{v}" for v in reversed(plan.variants)
-                    if v in shapes and variant in shapes and shapes[v] == shapes[variant]
-                    and f"train/{v}" in done})
+        if variant in shapes:  # not the control's members
+            kin = next((f"train/{v}" for v in plan.variants
+                        if shapes[v] == shapes[variant] and f"train/{v}" in done), None)
+            if kin:
+                out[fam] = kin
     return out
 
 

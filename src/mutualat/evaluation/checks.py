@@ -277,6 +277,8 @@ class _ThreatChecks:
                  y: torch.Tensor, batch_size: int,
                  white_box: Mapping[str, float]) -> tuple[dict[str, dict[str, float]], list[str]]:
         transfer: dict[str, dict[str, float]] = {}
+        if len(names) < 2:  # nothing to transfer from
+            return transfer, []
         for source in names:
             row: dict[str, float] = {t: 0.0 for t in names if t != source}
             for xb, yb in _batches(x, y, batch_size):
@@ -339,7 +341,7 @@ def run_checks(
 
     names = [n for n in (transfer_models if transfer_models is not None else models) if n in models]
     transfer: dict[str, dict[str, float]] = {}
-    if first is not None and len(names) >= 2:
+    if first is not None:
         transfer, found = first.transfer(models, names, x, y, batch_size,
                                          {t: measured[t]["pgd"] for t in names})
         warnings += found
@@ -353,11 +355,9 @@ def run_checks(
         for name, model in models.items():
             rows[name], found = checks.measure(name, model, x, y, batch_size)
             warnings += found
-        o_transfer: dict[str, dict[str, float]] = {}
-        if len(names) >= 2:
-            o_transfer, found = checks.transfer(models, names, x, y, batch_size,
-                                                {t: rows[t]["pgd"] for t in names})
-            warnings += found
+        o_transfer, found = checks.transfer(models, names, x, y, batch_size,
+                                            {t: rows[t]["pgd"] for t in names})
+        warnings += found
         others[key] = {"threat": {"norm": o_norm, "eps": float(o_eps)}, "models": rows,
                        "transfer": o_transfer}
 

@@ -198,10 +198,10 @@ def _checks(named: Mapping[str, nn.Module], suite: Suite, x: torch.Tensor, y: to
     # 2026-12-02, whose numbers a record keeps at its top level).
     lp = suite.lp_threats()
     first = next((k for k, t in lp.items() if t.norm == "linf"), next(iter(lp), None))
-    threat = lp[first] if first else None
+    threat = lp.get(first)
     others = {k: (t.norm, t.eps) for k, t in lp.items() if k != first}
-    checked = [{"norm": t.norm if t else None, "eps": t.eps if t else None}
-               for t in [threat] + [lp[k] for k in others]]
+    checked = [{"norm": threat.norm, "eps": threat.eps} if threat else {"norm": None, "eps": None}]
+    checked += [{"norm": norm, "eps": eps} for norm, eps in others.values()]
     path = out / "checks.json"
     if path.is_file():  # measured before with the same settings and threats: kept
         saved = json.loads(path.read_text())
