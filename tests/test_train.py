@@ -110,19 +110,27 @@ def test_resume_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
     _assert_same_weights(out, reference)
 
 
-def test_kill_9_then_resume_from_the_command_line(full_run, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_killed_then_resumed_from_the_command_line(full_run, tmp_path, sig):
+    """kill -9, or SIGTERM (kill's default; a batch system's or container's stop), which
+    stops training as Ctrl-C does: exit status 143 and how to resume."""
     config = tmp_path / "tiny.yaml"
     config.write_text(dump_config(load_config(None, tiny_overrides(2))))
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "mutualat", "train", "--config", str(config), "--out", str(out)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists():
         assert proc.poll() is None, "training exited before its first checkpoint"
         assert time.time() < deadline, "no checkpoint after 120 s"
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    _, said = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, said
+        assert said.strip().endswith("terminated; resume with --resume"), said
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1, "killed too late to test resume"
     resumed = subprocess.run(command[:-4] + ["--out", str(out), "--resume"],
                              capture_output=True, text=True, timeout=300)

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,7 +37,8 @@ from mutualat.compare import Study, load_plan, run_study
 from mutualat.compare.progress import status_lines
 from mutualat.compare.report import write_document
 from mutualat.config import dump_config, load_config
-from mutualat.console import setup_logging, silence_stdout, stdout_reader_gone
+from mutualat.console import (Terminated, setup_logging, sigterm_interrupts, silence_stdout,
+                              stdout_reader_gone)
 from mutualat.demo import run_demo
 from mutualat.errors import ConfigError, MutualatError
 from mutualat.methods import resolve_method_params
@@ -319,16 +321,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        status = COMMANDS[args.command](args)
-        sys.stdout.flush()  # a pipe's buffered output: a reader gone shows here, not at exit
+        with sigterm_interrupts():
+            status = COMMANDS[args.command](args)
+            sys.stdout.flush()  # a pipe's buffered output: a reader gone shows here, not at exit
         return status
     except MutualatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGINT or SIGTERM (Terminated)
         hint = "resume with --resume" if args.command == "train" else "rerun the same command to resume"
-        print(f"interrupted; {hint}", file=sys.stderr)
-        return 130
+        terminated = isinstance(exc, Terminated)
+        print(f"{'terminated' if terminated else 'interrupted'}; {hint}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except BrokenPipeError:
         if not stdout_reader_gone():  # another pipe or socket broke: a fault, reported
             raise

@@ -4,15 +4,19 @@ Library modules report through :mod:`logging` (``logging.getLogger(__name__)``),
 ``print``, so that code importing mutualat decides what it sees. The command line (and the
 compare worker processes) call :func:`setup_logging`: INFO and above to stdout, warnings
 prefixed ``warning:``, written with ``tqdm.write`` so a message never tears a progress bar.
+They also stop on SIGTERM as on Ctrl-C (:func:`sigterm_interrupts`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
+import signal
 import sys
 import threading
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
@@ -84,3 +88,37 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler.setFormatter(_Formatter())
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM (``kill``'s default; how a batch system, a container runtime or systemd
+    stops a job), raised where the program is, as Ctrl-C raises KeyboardInterrupt: whatever
+    cleans up after an interrupt (a run's or a task's record, a study's running tasks) does
+    so for it too, and the run resumes from its last checkpoint."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within: the first SIGTERM raises :class:`Terminated`, later ones are ignored so that
+    they cannot cut the clean-up short (a batch system may repeat it before its SIGKILL).
+    The previous handler is back on leaving. Outside the main thread, where Python sets no
+    handler, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, ignore_signal)
+    raise Terminated
+
+
+def ignore_signal(signum: int, frame: Any) -> None:
+    """A handler that does nothing. Unlike SIG_IGN it also quietly takes a signal that was
+    already pending when it was set (Python reports that one "ignored due to race
+    condition")."""

@@ -56,7 +56,7 @@ class StudyError(MutualatError):
 
 
 # What the fork server imports once, before the first task is forked from it.
-PRELOAD = ["torch", "torch._dynamo", "mutualat.compare.worker"]
+PRELOAD = ["mutualat.compare.fork_server", "torch", "torch._dynamo", "mutualat.compare.worker"]
 #: A forked task's exit status when the fork server died under it (multiprocessing's).
 SERVER_LOST = 255
 
@@ -153,11 +153,12 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
                     logger.info(f"FAILED {key} (exit {code}); see "
                                 f"{out / 'logs' / (entry.task.slug + '.log')}")
     except BaseException:
-        # Ctrl-C, a SIGINT to the scheduler alone (kill -INT, a notebook's interrupt), a study
-        # that cannot go on (a plan edit, a diverged chosen run) or a fault of the scheduler:
-        # the running tasks are interrupted (they record it and resume next time), not
-        # orphaned. A task stops at its first SIGINT and ignores later ones, so one that Ctrl-C
-        # already reached is not cut short.
+        # Ctrl-C, a SIGINT to the scheduler alone (kill -INT, a notebook's interrupt), a
+        # SIGTERM (kill, a batch system's stop: the command line raises it as an interrupt), a
+        # study that cannot go on (a plan edit, a diverged chosen run) or a fault of the
+        # scheduler: the running tasks are interrupted (they record it and resume next time),
+        # not orphaned. A task stops at its first SIGINT or SIGTERM and ignores later ones, so
+        # one that Ctrl-C or a batch system already reached is not cut short.
         _stop(list(running.values()))
         raise
     finally:

@@ -30,7 +30,7 @@ import torch
 
 from mutualat.compare.records import EVALUATED, file_digest, spec_digest, teacher_record
 from mutualat.config import config_from_data
-from mutualat.console import setup_logging
+from mutualat.console import ignore_signal, setup_logging
 from mutualat.data import load_dataset, subset
 from mutualat.device import machine_record, resolve_device
 from mutualat.errors import DivergedError, MutualatError
@@ -128,7 +128,7 @@ def forked_main(task_file: str, log_file: str, lifeline: Any, environ: dict[str,
     task's environment, as a new interpreter would get it (the server keeps the one it
     started with; torch.set_num_threads in :func:`main` applies its thread count, which the
     server's OpenMP read before it was set)."""
-    stop_once_on_sigint()
+    stop_once_on_interrupt()
     threading.Thread(target=_die_with, args=(lifeline,), daemon=True).start()
     os.environ.clear()
     os.environ.update(environ)
@@ -141,17 +141,24 @@ def forked_main(task_file: str, log_file: str, lifeline: Any, environ: dict[str,
     sys.exit(main([task_file]))
 
 
-def stop_once_on_sigint() -> None:
+def stop_once_on_interrupt() -> None:
     """SIGINT is how the scheduler stops a task: the first one raises KeyboardInterrupt (the
     task records "interrupted" and resumes next time), later ones are ignored, so that a
     Ctrl-C that reached the task and the scheduler's own SIGINT cannot cut the task's
     clean-up short (its record, a new run folder's undoing). Installed even when the task
-    started with SIGINT ignored (nohup, a script's background job), which it would inherit."""
+    started with SIGINT ignored (nohup, a script's background job), which it would inherit.
+    A SIGTERM sent to the task itself (a batch system signals every process of a job) stops
+    it the same way, and counts as the first."""
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
 
 
 def _stop(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Later ones run a handler that does nothing rather than none: one that arrived with this
+    # one (a batch system's SIGTERM and the scheduler's SIGINT) is already pending, and Python
+    # reports a pending signal whose handler became SIG_IGN as "ignored due to race condition".
+    signal.signal(signal.SIGINT, ignore_signal)
+    signal.signal(signal.SIGTERM, ignore_signal)
     raise KeyboardInterrupt
 
 
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     task_file = Path(argv[0])
     task = json.loads(task_file.read_text())
-    stop_once_on_sigint()
+    stop_once_on_interrupt()
     threads = os.environ.get("MUTUALAT_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
