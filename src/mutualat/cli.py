@@ -37,7 +37,7 @@ from mutualat.compare import Study, load_plan, run_study
 from mutualat.compare.progress import status_lines
 from mutualat.compare.report import write_document
 from mutualat.config import dump_config, load_config
-from mutualat.console import (Terminated, setup_logging, sigterm_interrupts, silence_stdout,
+from mutualat.console import (Terminated, interrupts_once, setup_logging, silence_stdout,
                               stdout_reader_gone)
 from mutualat.demo import run_demo
 from mutualat.errors import ConfigError, MutualatError
@@ -320,10 +320,14 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    with interrupts_once():  # until the end: a second signal cannot cut the message short
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
-        with sigterm_interrupts():
-            status = COMMANDS[args.command](args)
-            sys.stdout.flush()  # a pipe's buffered output: a reader gone shows here, not at exit
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a pipe's buffered output: a reader gone shows here, not at exit
         return status
     except MutualatError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ Library modules report through :mod:`logging` (``logging.getLogger(__name__)``),
 ``print``, so that code importing mutualat decides what it sees. The command line (and the
 compare worker processes) call :func:`setup_logging`: INFO and above to stdout, warnings
 prefixed ``warning:``, written with ``tqdm.write`` so a message never tears a progress bar.
-They also stop on SIGTERM as on Ctrl-C (:func:`sigterm_interrupts`).
+They also stop on SIGTERM as on Ctrl-C (:func:`interrupts_once`).
 """
 
 from __future__ import annotations
@@ -93,29 +93,38 @@ def setup_logging(level: int = logging.INFO) -> None:
 class Terminated(KeyboardInterrupt):
     """A SIGTERM (``kill``'s default; how a batch system, a container runtime or systemd
     stops a job), raised where the program is, as Ctrl-C raises KeyboardInterrupt: whatever
-    cleans up after an interrupt (a run's or a task's record, a study's running tasks) does
-    so for it too, and the run resumes from its last checkpoint."""
+    cleans up after an interrupt (a study's running tasks and their records) does so for it
+    too, and the run resumes from its last checkpoint."""
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within: the first SIGTERM raises :class:`Terminated`, later ones are ignored so that
-    they cannot cut the clean-up short (a batch system may repeat it before its SIGKILL).
-    The previous handler is back on leaving. Outside the main thread, where Python sets no
+def interrupts_once() -> Iterator[None]:
+    """Within: the first SIGTERM raises :class:`Terminated` and the first SIGINT
+    KeyboardInterrupt (as Python's own handler does; a SIGINT that is ignored, as a script's
+    background job inherits it, or handled by the caller, is left as it is). After either,
+    both signals are taken by a handler that does nothing, so that no second one (a batch
+    system repeating its SIGTERM, Ctrl-C on top of a kill) cuts the clean-up short. The
+    previous handlers are back on leaving. Outside the main thread, where Python sets no
     handler, it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _interrupt)
+    if previous[signal.SIGINT] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, ignore_signal)
-    raise Terminated
+def _interrupt(signum: int, frame: Any) -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(s) is _interrupt:
+            signal.signal(s, ignore_signal)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def ignore_signal(signum: int, frame: Any) -> None:

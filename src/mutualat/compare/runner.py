@@ -27,6 +27,7 @@ import json
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -56,7 +57,7 @@ class StudyError(MutualatError):
 
 
 # What the fork server imports once, before the first task is forked from it.
-PRELOAD = ["mutualat.compare.fork_server", "torch", "torch._dynamo", "mutualat.compare.worker"]
+PRELOAD = ["torch", "torch._dynamo", "mutualat.compare.worker"]
 #: A forked task's exit status when the fork server died under it (multiprocessing's).
 SERVER_LOST = 255
 
@@ -78,30 +79,61 @@ class _Forked:
         self.process = process
         self.returncode: int | None = None
         self._lost = False
+        self._stopping = False
+        self._handle = _process_handle(process.pid)
 
     def poll(self) -> int | None:
         self.returncode = self.process.exitcode  # -N when signal N ended it, as Popen
         if self.returncode == SERVER_LOST and not self._lost:
+            if self._stopping and self._running():
+                # Asked to stop, and still recording that: a batch system's SIGTERM reaches
+                # the server too. It gets the time any stopping task gets (STOP_S).
+                self.returncode = None
+                return None
             # The fork server died (no worker exits 255): its task may still run, and is
             # reported failed, so it must not go on writing into its folder. Once: the pid
             # is not ours to signal after that.
             self._lost = True
             self._signal(signal.SIGKILL)
+        if self.returncode is not None and self._handle is not None:
+            os.close(self._handle)
+            self._handle = None
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.process.exitcode is None:
+        if sig == signal.SIGINT:
+            self._stopping = True
+        if self.process.exitcode is None or self._running():
             self._signal(sig)
+
+    def _running(self) -> bool:
+        """Whether the task's process runs, which its handle tells even once the server (its
+        parent, which reports its exit) is gone; without a handle, assumed not."""
+        return self._handle is not None and not select.select([self._handle], [], [], 0)[0]
 
     def _signal(self, sig: int) -> None:
         try:
-            os.kill(self.process.pid, sig)
+            if self._handle is not None:  # never another process that took its pid
+                signal.pidfd_send_signal(self._handle, sig)
+            else:
+                os.kill(self.process.pid, sig)
         except ProcessLookupError:  # ended between the check and the signal
             pass
 
     def wait(self) -> int:
         self.process.join()
-        return self.poll()
+        while self.poll() is None:  # the server lost while the task stops: until it has
+            time.sleep(_POLL_S)
+        return self.returncode
+
+
+def _process_handle(pid: int) -> int | None:
+    """A pidfd of ``pid`` (Linux 5.3 and later): it becomes readable when that process ends,
+    whoever its parent is then; None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 @dataclass
