@@ -100,24 +100,42 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def interrupts_once() -> Iterator[None]:
     """Within: the first SIGTERM raises :class:`Terminated` and the first SIGINT
-    KeyboardInterrupt (as Python's own handler does; a SIGINT that is ignored, as a script's
-    background job inherits it, or handled by the caller, is left as it is). After either,
-    both signals are taken by a handler that does nothing, so that no second one (a batch
-    system repeating its SIGTERM, Ctrl-C on top of a kill) cuts the clean-up short. The
-    previous handlers are back on leaving. Outside the main thread, where Python sets no
-    handler, it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _interrupt)
-    if previous[signal.SIGINT] is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt)
+    KeyboardInterrupt, as Python's own handler does. After either, both signals are taken by
+    a handler that does nothing, so that no second one (a batch system repeating its SIGTERM,
+    Ctrl-C on top of a kill) cuts the clean-up short. Only a signal left at Python's default
+    is taken: one that is ignored (a script's background job inherits SIGINT so), handled by
+    the caller, or already taken by an enclosing scope stays as it is. What it changed is
+    back on leaving. Outside the main thread, where Python sets no handler, it does nothing."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    changed = _swap({s: _interrupt for s, default in defaults.items()
+                     if _main_thread() and signal.getsignal(s) is default})
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        _swap(changed)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Within: SIGINT and SIGTERM do nothing, wherever they would have gone, so that a
+    clean-up already under way (a study stopping its tasks, which then record it) is not cut
+    short by a second one. What it changed is back on leaving; outside the main thread it
+    does nothing."""
+    changed = _swap({s: ignore_signal for s in (signal.SIGINT, signal.SIGTERM)
+                     if _main_thread() and signal.getsignal(s) is not None})
+    try:
+        yield
+    finally:
+        _swap(changed)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _swap(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Set each signal's handler; returns the ones they replaced."""
+    return {s: signal.signal(s, handler) for s, handler in handlers.items()}
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -42,6 +42,7 @@ from mutualat.compare.records import task_records
 from mutualat.compare.report import write_report
 from mutualat.compare.study import Study, Task
 from mutualat.compare.worker import die_with_parent, forked_main
+from mutualat.console import signals_held
 from mutualat.errors import MutualatError
 from mutualat.train.checkpoint import atomic_write_bytes
 
@@ -109,7 +110,11 @@ class _Forked:
     def _running(self) -> bool:
         """Whether the task's process runs, which its handle tells even once the server (its
         parent, which reports its exit) is gone; without a handle, assumed not."""
-        return self._handle is not None and not select.select([self._handle], [], [], 0)[0]
+        if self._handle is None:
+            return False
+        ended = select.poll()  # not select.select, which refuses a descriptor above 1023
+        ended.register(self._handle, select.POLLIN)
+        return not ended.poll(0)
 
     def _signal(self, sig: int) -> None:
         try:
@@ -190,8 +195,10 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
         # study that cannot go on (a plan edit, a diverged chosen run) or a fault of the
         # scheduler: the running tasks are interrupted (they record it and resume next time),
         # not orphaned. A task stops at its first SIGINT or SIGTERM and ignores later ones, so
-        # one that Ctrl-C or a batch system already reached is not cut short.
-        _stop(list(running.values()))
+        # one that Ctrl-C or a batch system already reached is not cut short; the scheduler
+        # ignores both while it waits for them (a notebook has no command line to do that).
+        with signals_held():
+            _stop(list(running.values()))
         raise
     finally:
         launcher.close()  # every task has ended; a forked one still running (a bug) dies now
