@@ -606,9 +606,10 @@ def test_the_status_says_which_tasks_run_now(finished_study, tmp_path):
 
 def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_networks(
         finished_study, tmp_path):
-    """A variant added to a finished study has no finished training of its own: --status
-    estimates it from the variant that trains the same method on the same networks (mat),
-    not from one that does not (at), and says so."""
+    """A variant added to a finished study has no finished training or evaluation of its
+    own: --status estimates its runs from the variant that trains the same method on the
+    same networks (mat), not from one that does not (at), its evaluations from the variant
+    whose evaluations test the same networks (mat again), and says so."""
     plan, finished, _ = finished_study
     out = tmp_path / "out"
     shutil.copytree(finished, out)
@@ -622,6 +623,12 @@ def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_netw
     assert new and all(line.endswith(f"about {progress._amount(statistics.median(mat))} (as "
                                      "train/mat: the same method and networks)") for line in new)
     assert "not estimated" not in lines[-1].split("the ready ones")[1].split(";")[0]
+    evals = [json.loads(p.read_text())["cpu_s"] for p in (out / "tasks").glob("eval__mat__*.record.json")]
+    [waiting] = [line for line in lines if line.split()[:3] == ["waiting", "2", "×"]
+                 and line.split()[3] == "eval/mat-b"]
+    assert waiting.endswith(f"about {progress._amount(statistics.median(evals))} each (as "
+                            "eval/mat: the same networks evaluated)"), waiting
+    assert "not estimated" not in lines[-1].split("the waiting ones")[1]
 
 
 def test_the_report_lists_the_evaluators_warnings_on_reported_models(finished_study, tmp_path):

@@ -9,7 +9,8 @@ a minute) or high (a machine that was busier). A task that was interrupted or fa
 resumes (a run from its last epoch, an evaluation from its last attack), so the CPU time its
 record already holds is taken off. A task still waiting on others gets the same median, by
 family: a run whose grid has not chosen yet is still known by its family, whatever setting
-the grid will choose.
+the grid will choose. A family with nothing finished is estimated from its **kin**, a
+variant's family of the same kind doing the same work (see :func:`_kin`), and says so.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _status_lines(study: Study) -> list[str]:
         if done.get(fam):
             return statistics.median(done[fam]), f"the median of {len(done[fam])} finished like {them}"
         if fam in kin:
-            return statistics.median(done[kin[fam]]), f"as {kin[fam]}: the same method and networks"
+            like, why = kin[fam]
+            return statistics.median(done[like]), f"as {like}: {why}"
         return None
 
     lines = []
@@ -115,25 +117,33 @@ def _status_lines(study: Study) -> list[str]:
     return lines
 
 
-def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[str, str]:
-    """For a training family with nothing finished (of ``keys``' families), the finished
-    training family it is estimated from instead: the first variant's of the plan that trains
-    the same method on the same networks for as many epochs (MAT-MP-AVG from MAT-MP-MAX)."""
+def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[str, tuple[str, str]]:
+    """For a training or evaluation family with nothing finished (of ``keys``' families), the
+    finished family of the same kind it is estimated from instead, and why: the first
+    variant's of the plan whose tasks of that kind do the same work. A training of the same
+    method on the same networks for as many epochs (MAT-MP-AVG from MAT-MP-MAX); an
+    evaluation of the same networks, judged by the same members (AT-AVG from AT-MAX; the
+    suite and test images are the plan's, every variant's). Only the cost of the attacks
+    that run on what earlier ones left differs with the models' robustness."""
     plan = study.plan
+    why = {"train": "the same method and networks", "eval": "the same networks evaluated"}
 
-    def shape(variant: str) -> tuple:
+    def shape(kind: str, variant: str) -> tuple:
         cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
-        return cfg.method.name, tuple(m.name for m in cfg.models), cfg.optim.epochs
+        networks = tuple(m.name for m in cfg.models)
+        if kind == "train":
+            return cfg.method.name, networks, cfg.optim.epochs
+        return networks, tuple(plan.select_on.get(variant) or ())
 
-    shapes = {v: shape(v) for v in plan.variants}
     out = {}
-    for fam in {family(k) for k in keys if k.startswith("train/")} - set(done):
-        variant = fam.split("/")[1]
-        if variant in shapes:  # not the control's members
-            kin = next((f"train/{v}" for v in plan.variants
-                        if shapes[v] == shapes[variant] and f"train/{v}" in done), None)
-            if kin:
-                out[fam] = kin
+    for fam in {family(k) for k in keys if k.split("/")[0] in why} - set(done):
+        kind, variant = fam.split("/")[:2]
+        if variant not in plan.variants:  # the control's members, its ensemble
+            continue
+        kin = next((f"{kind}/{v}" for v in plan.variants
+                    if f"{kind}/{v}" in done and shape(kind, v) == shape(kind, variant)), None)
+        if kin:
+            out[fam] = (kin, why[kind])
     return out
 
 
