@@ -95,3 +95,20 @@ def test_without_batch_norm_every_target_mode_gives_the_paper_loss():
     # With batch-norm the losses differ, if only because the members' eval-mode attacks
     # normalize with running statistics that "update" has moved and "keep" has not.
     assert not torch.equal(_mat_loss("tinycnn", "keep"), _mat_loss("tinycnn", "update"))
+
+
+def test_eval_targets_are_taken_with_dropout_off():
+    """SmallCNN has dropout and no batch-norm: target_bn "update" and "keep" take a
+    train-mode forward, so each target is one dropout sample; "eval" takes the target with
+    dropout off (the MP plan's eval-targets ablation rests on this), and leaves the model in
+    train mode."""
+    torch.manual_seed(0)
+    model = create_model("smallcnn", num_classes=10, in_channels=1, input_size=28).train()
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    x = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        clean = copy.deepcopy(model).eval()(x)
+    torch.testing.assert_close(peer_logits(model, x, "eval"), clean, rtol=0, atol=0)
+    assert model.training
+    for mode in ("update", "keep"):
+        assert not torch.equal(peer_logits(model, x, mode), peer_logits(model, x, mode)), mode
