@@ -13,6 +13,7 @@ import pytest
 from mutualat.compare import Study, load_plan
 from mutualat.compare.curves import epoch_curves
 from mutualat.compare.per_type import pgd_alone_lines
+from mutualat.compare.provenance import plan_settings
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import percent_mean_std
 from mutualat.train.logger import read_metrics
@@ -146,3 +147,12 @@ def test_the_curves_follow_the_generalist(mp_study):
     curves = epoch_curves(run, ["generalist"])
     assert curves["val_pgd"] == [r["val_pgd/generalist"] for r in epochs]
     assert epoch_curves(run)["val_pgd"] != curves["val_pgd"]  # the specialists differ
+
+
+def test_the_settings_say_which_members_are_evaluated_alone(tmp_path):
+    """The settings table's row names the variants judged by some members alone, whose
+    other members are never evaluated (a review found "all" there for MAT-MP)."""
+    plan = load_plan(_write(tmp_path))
+    assert plan_settings(plan)["cohort members evaluated alone"] == "all; mat-mp: generalist"
+    first = load_plan(_write(tmp_path / "first", MP_PLAN.replace("members: all", "members: first")))
+    assert plan_settings(first)["cohort members evaluated alone"] == "h1 only; mat-mp: generalist"

@@ -162,7 +162,7 @@ def plan_settings(plan: Plan) -> dict[str, str]:
                                f"{'s' if n != 1 else ''}" for k, n in plan.extend_grid.items()),
         "test images; suite": f"{plan.eval.n:,}; {load_suite(plan.suite).name}",
         "checkpoints evaluated": ", ".join(plan.checkpoints),
-        "cohort members evaluated alone": "h1 only" if plan.eval.members == "first" else "all",
+        "cohort members evaluated alone": _evaluated_members(plan),
         "ensembles at": ", ".join(plan.eval.ensembles) or "none",
         "control": (f"{plan.control.variant} ×{plan.control.members}" if plan.control else "none"),
         "tables; transfer": "; ".join([
@@ -170,6 +170,19 @@ def plan_settings(plan: Plan) -> dict[str, str]:
             or "none",
             f"{plan.transfer.n:,} images, PGD-{plan.transfer.steps}" if plan.transfer else "none"]),
     }
+
+
+def _evaluated_members(plan: Plan) -> str:
+    """``all; mat-mp-max, mat-mp-avg: generalist``: the plan's eval.members, then the variants
+    judged by some members alone (select_on), whose other members are not evaluated, unless a
+    figure shows every member (:meth:`mutualat.compare.study.Study.eval_job`)."""
+    alone: dict[tuple[str, ...], list[str]] = {}
+    shown = set(plan.figures.scenarios.values())
+    for variant, roles in plan.select_on.items():
+        if variant not in shown:
+            alone.setdefault(tuple(roles), []).append(variant)
+    return "; ".join(["h1 only" if plan.eval.members == "first" else "all"]
+                     + [f"{', '.join(variants)}: {', '.join(roles)}" for roles, variants in alone.items()])
 
 
 def _weight_decays(plan: Plan) -> str:
