@@ -18,6 +18,7 @@ from mutualat.compare.report import markdown
 from mutualat.compare.stats import percent_mean_std
 from mutualat.train.logger import read_metrics
 
+from conftest import script_module
 from test_compare import TINY_SET, _compare, assert_edit_refused
 from test_compare_sections import TABLE_SUITE
 
@@ -156,3 +157,29 @@ def test_the_settings_say_which_members_are_evaluated_alone(tmp_path):
     assert plan_settings(plan)["cohort members evaluated alone"] == "all; mat-mp: generalist"
     first = load_plan(_write(tmp_path / "first", MP_PLAN.replace("members: all", "members: first")))
     assert plan_settings(first)["cohort members evaluated alone"] == "h1 only; mat-mp: generalist"
+
+
+def test_the_apgd_targets_gap_attacks_every_threat_type_of_a_table5_suite(mp_study, tmp_path, capsys):
+    """scripts/apgd_targets_gap.py on a multiple-perturbation study: APGD-T at each l-inf /
+    l2 threat, each on every example the whole suite left; the R_worst drop counts an example
+    broken by either type once."""
+    _, out = mp_study
+    gap = script_module("apgd_targets_gap")
+    assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["variant"], r["model"]) for r in rows} >= {("mat-mp", "generalist"), ("at-max", "model")}
+    assert any(r["attacked"] for r in rows)
+    for r in rows:
+        by_type = r["broken_by_type"]
+        assert set(by_type) == {"linf", "l2"}
+        assert max(by_type.values()) <= r["broken"] <= min(sum(by_type.values()), r["attacked"])
+        assert r["r_worst_stronger"] == pytest.approx(r["r_worst"] - r["broken"] / r["n"])
+        if r["attacked"]:
+            folder = tmp_path / "gap" / r["variant"] / r["setting"] / f"seed{r['seed']}" / "last" / r["model"]
+            summary = json.loads((folder / "summary.json").read_text())
+            assert summary["per_attack"] == "standalone" and summary["n_examples"] == r["attacked"]
+            assert [a["id"] for a in summary["suite"]["attacks"]] == ["apgd-t2-linf", "apgd-t2-l2"]
+            assert {a: m["broken"] for a, m in summary["models"][r["model"]]["attacks"].items()} == {
+                f"apgd-t2-{t}": k for t, k in by_type.items()}
+    assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap")]) == 0
+    assert "| of them, by type |" in capsys.readouterr().out
