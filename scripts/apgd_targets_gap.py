@@ -1,8 +1,10 @@
 """What a comparison's CPU suite leaves on the table: APGD-T with all 9 target classes, run on
-the examples that survived the suite (PGD-100, APGD-CE, APGD-T with 3 targets).
+the examples that survived the suite (PGD-100, APGD-CE, APGD-T with 3 targets); or, with
+``--attack square``, AutoAttack's gradient-free Square, which no CPU suite runs at l-inf.
 
     python scripts/apgd_targets_gap.py STUDY [--checkpoints last] [--variants ...] [--seeds 0]
-                                       [--targets 9] [--limit N] [--data-dir DIR] [--json]
+                                       [--targets 9 | --attack square] [--limit N]
+                                       [--data-dir DIR] [--json]
 
 STUDY is a `mutualat compare` output folder. For every finished evaluation in it (the
 variants, seeds and checkpoints asked for; each member evaluated alone and each ensemble),
@@ -56,11 +58,14 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="default: every seed evaluated")
     parser.add_argument("--checkpoints", nargs="+", default=["last"], choices=["last", "best"])
     parser.add_argument("--targets", type=int, default=9, help="APGD-T's target classes")
+    parser.add_argument("--attack", choices=["apgd-t", "square"], default="apgd-t",
+                        help="square: AutoAttack's gradient-free Square (5,000 queries) at the "
+                             "suite's l-inf and l2 threats instead of APGD-T")
     parser.add_argument("--limit", type=int, help="attack at most this many surviving examples per model")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--data-dir", help="where the dataset is, if not where the study read it")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, help="default: STUDY/apgd-targets-gap")
+    parser.add_argument("--out", type=Path, help="default: STUDY/apgd-targets-gap (square: STUDY/square-gap)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser.parse_args(argv)
 
@@ -93,27 +98,38 @@ def load_models(summary: dict, device: str) -> dict[str, torch.nn.Module]:
     return models
 
 
-def stronger_suite(summary: dict, targets: int) -> dict:
+def stronger_suite(summary: dict, targets: int, attack: str = "apgd-t") -> dict:
     """APGD-T at ``targets`` target classes at each l-inf, l2 and l1 threat of the study's
     suite, each run on every example given (standalone), so that each type's count is known:
     one attack for a suite of l-inf alone (the single-perturbation comparisons), one per type
-    for a multiple-perturbation one (Table 5's)."""
+    for a multiple-perturbation one (Table 5's). ``attack="square"``: AutoAttack's Square,
+    gradient-free, at the l-inf and l2 threats (it has no l1)."""
     threats = summary["suite"]["threats"]
-    lp = {k: t for k, t in threats.items() if t.get("norm") in ("linf", "l2", "l1")}
+    norms = ("linf", "l2", "l1") if attack == "apgd-t" else ("linf", "l2")
+    lp = {k: t for k, t in threats.items() if t.get("norm") in norms}
     if not lp:
-        raise MutualatError(f"the suite's threats {list(threats)} include no l-inf, l2 or l1 "
-                            "ball for APGD-T")
+        raise MutualatError(f"the suite's threats {list(threats)} include no {', '.join(norms)} "
+                            f"ball for {attack}")
     single = list(lp) == ["linf"]
-    return {"name": f"apgd-t{targets}", "description": f"APGD-T, {targets} target classes",
+    if attack == "apgd-t":
+        name, description = f"apgd-t{targets}", f"APGD-T, {targets} target classes"
+        params = {"version": "custom", "attacks": ["apgd-t"], "n_target_classes": targets}
+    else:
+        name, description = "square", "Square, 5,000 queries"
+        params = {"version": "custom", "attacks": ["square"]}
+    return {"name": name, "description": description,
             "per_attack": "cumulative" if single else "standalone",
             "threats": {k: {"eps": t["eps"]} for k, t in lp.items()},
-            "attacks": [{"id": f"apgd-t{targets}" + ("" if single else f"-{k}"), "name": "autoattack",
-                         "threat": k, "params": {"version": "custom", "attacks": ["apgd-t"],
-                                                 "n_target_classes": targets}} for k in lp]}
+            "attacks": [{"id": name + ("" if single else f"-{k}"), "name": "autoattack", "threat": k,
+                         "params": params} for k in lp]}
+
+
+def label(attack: str, targets: int) -> str:
+    return f"APGD-T-{targets}" if attack == "apgd-t" else "Square"
 
 
 def gap_rows(args: argparse.Namespace) -> list[dict]:
-    out = args.out or args.study / "apgd-targets-gap"
+    out = args.out or args.study / ("apgd-targets-gap" if args.attack == "apgd-t" else "square-gap")
     folders = evaluations(args.study)
     source, splits, rows = data_source(args.study), {}, []
     for folder in folders:
@@ -130,8 +146,8 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
                                    path=source["path"])
             splits[key] = subset(dataset.test, data["subset"], seed=data["subset_seed"])
         split = splits[key]
-        suite_dict = stronger_suite(summary, args.targets)
-        suite = suite_from_dict(suite_dict, source=f"apgd-t{args.targets}")
+        suite_dict = stronger_suite(summary, args.targets, args.attack)
+        suite = suite_from_dict(suite_dict, source=suite_dict["name"])
         for name, model in load_models(summary, args.device).items():
             correct = np.load(folder / summary["models"][name]["correct_file"])
             if not np.array_equal(correct["labels"], split.labels):
@@ -159,18 +175,19 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
             row["r_worst_stronger"] = row["r_worst"] - row["drop"]
             row["estimated"] = row["attacked"] < row["surviving"]
             rows.append(row)
-            logger.info(f"{variant} {setting} seed{seed} {checkpoint} {name}: APGD-T-{args.targets} broke "
+            logger.info(f"{variant} {setting} seed{seed} {checkpoint} {name}: {label(args.attack, args.targets)} broke "
                         f"{row['broken']} of {row['attacked']} surviving examples")
     return rows
 
 
-def table(rows: list[dict], targets: int) -> str:
+def table(rows: list[dict], attack: str) -> str:
     """One row per model. With several threat types, the examples each type's APGD-T broke
     (of the same survivors; one may break an example another also broke), which for that
-    type's own column is a lower bound: the suite left that column more examples to break."""
+    type's own column is a lower bound: the suite left that column more examples to break.
+    ``attack``: what broke them, as the header names it."""
     types = len({t for r in rows for t in r["broken_by_type"]}) > 1
     header = (f"| variant | setting | seed | checkpoint | model | R_worst, suite % | broken by "
-              f"APGD-T-{targets} |" + (" of them, by type |" if types else "")
+              f"{attack} |" + (" of them, by type |" if types else "")
               + " R_worst with it % | drop (points) |")
     lines = [header, "|" + "---|" * (9 + types)]
     for r in rows:
@@ -202,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except MutualatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(rows, indent=2) if args.json else table(rows, args.targets))
+    print(json.dumps(rows, indent=2) if args.json else table(rows, label(args.attack, args.targets)))
     return 0
 
 

@@ -183,3 +183,21 @@ def test_the_apgd_targets_gap_attacks_every_threat_type_of_a_table5_suite(mp_stu
                 f"apgd-t2-{t}": k for t, k in by_type.items()}
     assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap")]) == 0
     assert "| of them, by type |" in capsys.readouterr().out
+
+
+def test_square_attacks_what_the_suite_left_at_l_inf_and_l2(mp_study, tmp_path, capsys):
+    """--attack square: AutoAttack's gradient-free Square at the suite's l-inf and l2 threats
+    on the examples the whole suite left (no CPU suite runs a gradient-free l-inf attack)."""
+    _, out = mp_study
+    gap = script_module("apgd_targets_gap")
+    assert gap.main([str(out), "--attack", "square", "--variants", "mat-mp", "--seeds", "0",
+                     "--limit", "2", "--out", str(tmp_path / "square"), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["variant"], row["model"]) == ("mat-mp", "generalist")
+    assert set(row["broken_by_type"]) == {"linf", "l2"}
+    assert row["attacked"] == min(2, row["surviving"])
+    if row["attacked"]:
+        folder = tmp_path / "square" / "mat-mp" / row["setting"] / "seed0" / "last" / "generalist"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert [(a["id"], a["params"]["attacks"]) for a in summary["suite"]["attacks"]] == [
+            ("square-linf", ["square"]), ("square-l2", ["square"])]
