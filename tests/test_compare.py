@@ -374,7 +374,7 @@ def test_an_interrupt_stops_the_running_tasks_which_record_it(tmp_path, whom, si
     -INT, a notebook's interrupt), a SIGTERM to every process (a batch system's stop) or to
     the scheduler alone (kill), and a second signal on top while the scheduler stops its
     tasks: the running tasks stop and record "interrupted", and the scheduler exits with 128
-    + the first signal and asks for a rerun."""
+    + the signal it took (the first) and asks for a rerun."""
     # SIGINT's default disposition, whatever the test runner's: a process started in the
     # background of a non-interactive shell inherits SIGINT ignored, and Python keeps that.
     # SIGTERM alone is tried with SIGINT ignored, as such a job (nohup ... &, from a script)
@@ -389,7 +389,9 @@ def test_an_interrupt_stops_the_running_tasks_which_record_it(tmp_path, whom, si
             first.send_signal(sig)
         time.sleep(0.002)
     output, _ = first.communicate(timeout=120)
-    assert first.returncode == 128 + sigs[0], output
+    # Two signals 2 ms apart may both be pending when Python next runs its handlers, which it
+    # does in signal-number order (SIGINT first): either may then be the one the exit reports.
+    assert first.returncode in {128 + sig for sig in sigs}, output
     assert "rerun the same command to resume" in output
     statuses = [json.loads(p.read_text())["status"] for p in out.glob("tasks/*.record.json")]
     assert "interrupted" in statuses and "running" not in statuses, statuses
