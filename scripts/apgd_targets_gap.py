@@ -181,7 +181,7 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict], attack: str) -> str:
-    """One row per model. With several threat types, the examples each type's APGD-T broke
+    """One row per model. With several threat types, the examples each type's attack broke
     (of the same survivors; one may break an example another also broke), which for that
     type's own column is a lower bound: the suite left that column more examples to break.
     ``attack``: what broke them, as the header names it."""
