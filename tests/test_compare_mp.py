@@ -201,3 +201,28 @@ def test_square_attacks_what_the_suite_left_at_l_inf_and_l2(mp_study, tmp_path, 
         summary = json.loads((folder / "summary.json").read_text())
         assert [(a["id"], a["params"]["attacks"]) for a in summary["suite"]["attacks"]] == [
             ("square-linf", ["square"]), ("square-l2", ["square"])]
+
+
+def test_paired_differences_pair_each_threat_type_with_any_row(mp_study, capsys):
+    """scripts/paired_differences.py on a Table 5 study: the per-type columns (linf, l2) and
+    R_avg / R_worst of each row against the MAT-MP generalist (the write-up pairs each
+    MAT-MP variant with its own AT counterpart this way), seed by seed from the report."""
+    _, out = mp_study
+    pairs = script_module("paired_differences")
+    against = "mat-mp (member generalist)"
+    assert pairs.main([str(out), "--against", against, "--checkpoints", "last",
+                       "--columns", "linf", "l2", "r_avg", "r_worst", "--json"]) == 0
+    entries = {e["row"]: e for e in json.loads(capsys.readouterr().out)}
+    rows = {r["row"]: r for r in json.loads((out / "comparison.json").read_text())["rows"]
+            if r["checkpoint"] == "last"}
+    assert set(entries) == set(rows) - {against}
+    base = rows[against]["seeds"]
+    for name, entry in entries.items():
+        seeds = rows[name]["seeds"]
+        assert entry["seeds"] == [0, 3]
+        for column in ("linf", "l2"):
+            assert entry[column]["differences"] == pytest.approx(
+                [seeds[s]["threats"][column] - base[s]["threats"][column] for s in ("0", "3")])
+        for column in ("r_avg", "r_worst"):
+            assert entry[column]["differences"] == pytest.approx(
+                [seeds[s][column] - base[s][column] for s in ("0", "3")])
