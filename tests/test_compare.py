@@ -421,7 +421,12 @@ def test_a_stopping_task_records_it_though_its_fork_server_dies(tmp_path):
         os.kill(pid, signal.SIGSTOP)
     try:
         first.send_signal(signal.SIGTERM)
-        time.sleep(1.0)  # the scheduler has sent SIGINT (pending in the held tasks)
+        said = []
+        for line in first.stdout:  # the scheduler has sent SIGINT (pending in the held tasks)
+            said.append(line)
+            if line.startswith("stopping"):
+                break
+        assert said and said[-1].startswith("stopping"), "".join(said)
         os.kill(servers[0], signal.SIGKILL)
         time.sleep(1.5)  # and seen the server gone
     finally:
