@@ -57,7 +57,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", help="default: every variant and the control")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: every seed evaluated")
     parser.add_argument("--checkpoints", nargs="+", default=["last"], choices=["last", "best"])
-    parser.add_argument("--targets", type=int, default=9, help="APGD-T's target classes")
+    parser.add_argument("--targets", type=int, help="APGD-T's target classes (default 9)")
     parser.add_argument("--attack", choices=["apgd-t", "square"], default="apgd-t",
                         help="square: AutoAttack's gradient-free Square (5,000 queries) at the "
                              "suite's l-inf and l2 threats instead of APGD-T")
@@ -119,7 +119,7 @@ def stronger_suite(summary: dict, targets: int, attack: str = "apgd-t") -> dict:
         params = {"version": "custom", "attacks": ["square"]}
     return {"name": name, "description": description,
             "per_attack": "cumulative" if single else "standalone",
-            "threats": {k: {"eps": t["eps"]} for k, t in lp.items()},
+            "threats": {k: {"norm": t["norm"], "eps": t["eps"]} for k, t in lp.items()},
             "attacks": [{"id": name + ("" if single else f"-{k}"), "name": "autoattack", "threat": k,
                          "params": params} for k in lp]}
 
@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         print(f"error: --limit must be at least 1, got {args.limit}", file=sys.stderr)
         return 2
+    if args.attack == "square" and args.targets is not None:
+        print("error: --targets is APGD-T's; Square has no target classes", file=sys.stderr)
+        return 2
+    args.targets = 9 if args.targets is None else args.targets
     if args.targets < 1:
         print(f"error: --targets must be at least 1, got {args.targets}", file=sys.stderr)
         return 2

@@ -623,6 +623,7 @@ def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_netw
     text = plan.read_text().replace(
         "  mat: {method.name: mat,",
         "  mat-b: {method.name: mat, models: [tinycnn, tinycnn], method.params.alpha: 0.3}\n"
+        "  mat-h1: {method.name: mat, models: [tinycnn, tinycnn], select_on: [h1]}\n"
         "  mat: {method.name: mat,")
     lines = progress.status_lines(Study(load_plan(_write_plan(tmp_path / "plan", text)), out))
     mat = [json.loads(p.read_text())["cpu_s"] for p in (out / "tasks").glob("train__mat__*.record.json")]
@@ -635,7 +636,12 @@ def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_netw
                  and line.split()[3] == "eval/mat-b"]
     assert waiting.endswith(f"about {progress._amount(statistics.median(evals))} each (as "
                             "eval/mat: the same networks evaluated)"), waiting
-    assert "not estimated" not in lines[-1].split("the waiting ones")[1]
+    # Judged by h1 alone, mat-h1's evaluations test one network and no ensemble: not mat's
+    # work, so not estimated from it; its training is mat's.
+    [alone] = [line for line in lines if line.split()[:4] == ["waiting", "2", "×", "eval/mat-h1"]]
+    assert alone.endswith("no finished task like them to go by"), alone
+    assert [line for line in lines if line.split()[1].startswith("train/mat-h1/")
+            and line.endswith("(as train/mat: the same method and networks)")]
 
 
 def test_the_report_lists_the_evaluators_warnings_on_reported_models(finished_study, tmp_path):

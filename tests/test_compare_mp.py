@@ -8,6 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mutualat.compare import Study, load_plan
@@ -18,7 +19,7 @@ from mutualat.compare.report import markdown
 from mutualat.compare.stats import percent_mean_std
 from mutualat.train.logger import read_metrics
 
-from conftest import script_module
+from conftest import REPO, script_module
 from test_compare import TINY_SET, _compare, assert_edit_refused
 from test_compare_sections import TABLE_SUITE
 
@@ -157,6 +158,11 @@ def test_the_settings_say_which_members_are_evaluated_alone(tmp_path):
     assert plan_settings(plan)["cohort members evaluated alone"] == "all; mat-mp: generalist"
     first = load_plan(_write(tmp_path / "first", MP_PLAN.replace("members: all", "members: first")))
     assert plan_settings(first)["cohort members evaluated alone"] == "h1 only; mat-mp: generalist"
+    # A variant a figure shows whole is evaluated whole, its select_on notwithstanding:
+    # mat-nat-online (select_on h2, Fig. 2's scenario) is not named, ACT is.
+    paper = load_plan(REPO / "configs" / "plans" / "fmnist-smallcnn-paper.yaml")
+    assert paper.select_on.get("mat-nat-online") and "mat-nat-online" in paper.figures.scenarios.values()
+    assert plan_settings(paper)["cohort members evaluated alone"] == "all; act: robust"
 
 
 def test_the_apgd_targets_gap_attacks_every_threat_type_of_a_table5_suite(mp_study, tmp_path, capsys):
@@ -181,6 +187,9 @@ def test_the_apgd_targets_gap_attacks_every_threat_type_of_a_table5_suite(mp_stu
             assert [a["id"] for a in summary["suite"]["attacks"]] == ["apgd-t2-linf", "apgd-t2-l2"]
             assert {a: m["broken"] for a, m in summary["models"][r["model"]]["attacks"].items()} == {
                 f"apgd-t2-{t}": k for t, k in by_type.items()}
+            correct = np.load(folder / summary["models"][r["model"]]["correct_file"])
+            survived = correct["clean"] & (correct["outcome"] == 1).all(axis=1)
+            assert r["broken"] == int((~survived).sum())  # an example broken at both types: once
     assert gap.main([str(out), "--targets", "2", "--out", str(tmp_path / "gap")]) == 0
     assert "| of them, by type |" in capsys.readouterr().out
 
@@ -195,12 +204,14 @@ def test_square_attacks_what_the_suite_left_at_l_inf_and_l2(mp_study, tmp_path, 
     [row] = json.loads(capsys.readouterr().out)
     assert (row["variant"], row["model"]) == ("mat-mp", "generalist")
     assert set(row["broken_by_type"]) == {"linf", "l2"}
-    assert row["attacked"] == min(2, row["surviving"])
+    assert row["attacked"] == min(2, row["surviving"]) > 0  # the tiny study leaves it some
     if row["attacked"]:
         folder = tmp_path / "square" / "mat-mp" / row["setting"] / "seed0" / "last" / "generalist"
         summary = json.loads((folder / "summary.json").read_text())
         assert [(a["id"], a["params"]["attacks"]) for a in summary["suite"]["attacks"]] == [
             ("square-linf", ["square"]), ("square-l2", ["square"])]
+    assert gap.main([str(out), "--attack", "square", "--targets", "3"]) == 2
+    assert "Square has no target classes" in capsys.readouterr().err
 
 
 def test_paired_differences_pair_each_threat_type_with_any_row(mp_study, capsys):

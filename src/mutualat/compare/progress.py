@@ -121,19 +121,26 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
     """For a training or evaluation family with nothing finished (of ``keys``' families), the
     finished family of the same kind it is estimated from instead, and why: the first
     variant's of the plan whose tasks of that kind do the same work. A training of the same
-    method on the same networks for as many epochs (MAT-MP-AVG from MAT-MP-MAX); an
-    evaluation of the same networks, judged by the same members (AT-AVG from AT-MAX; the
-    suite and test images are the plan's, every variant's). Only the cost of the attacks
-    that run on what earlier ones left differs with the models' robustness."""
+    method on the same networks, frozen and natural ones alike, with as many attack steps for as
+    many epochs (MAT-MP-AVG from MAT-MP-MAX); an evaluation of the same trained networks, the same members alone and
+    an ensemble or none (AT-AVG from AT-MAX; the suite and test images are the plan's, every
+    variant's). Only the cost of the attacks that run on what earlier ones left differs with
+    the models' robustness."""
     plan = study.plan
     why = {"train": "the same method and networks", "eval": "the same networks evaluated"}
 
+    shown = set(plan.figures.scenarios.values())
+
     def shape(kind: str, variant: str) -> tuple:
         cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
-        networks = tuple(m.name for m in cfg.models)
-        if kind == "train":
-            return cfg.method.name, networks, cfg.optim.epochs
-        return networks, tuple(plan.select_on.get(variant) or ())
+        if kind == "train":  # a frozen teacher takes no step; a natural member no attack
+            return (cfg.method.name, tuple((m.name, m.frozen) for m in cfg.models),
+                    cfg.method.params.get("natural"), cfg.attack.steps, cfg.optim.epochs)
+        # What Study.eval_job evaluates: the trained members, or those select_on names
+        # unless a figure shows them all; their ensemble where no member is singled out.
+        trained = tuple(m.name for m in cfg.models if not m.frozen)
+        alone = plan.select_on.get(variant) if variant not in shown else None
+        return trained, tuple(alone or ()), alone is None and len(trained) > 1
 
     out = {}
     for fam in {family(k) for k in keys if k.split("/")[0] in why} - set(done):
