@@ -23,7 +23,7 @@ from mutualat.compare import sections
 from mutualat.compare.plan import setting_label
 from mutualat.compare.records import spec_digest, task_records
 from mutualat.compare.selection import choice_notes
-from mutualat.compare.study import UNCHOSEN, Study, Task
+from mutualat.compare.study import UNCHOSEN, Study, Task, judged_alone
 from mutualat.compare.worker import HEARTBEAT_S
 from mutualat.errors import ConfigError
 
@@ -129,8 +129,6 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
     plan = study.plan
     why = {"train": "the same method and networks", "eval": "the same networks evaluated"}
 
-    shown = set(plan.figures.scenarios.values())
-
     def shape(kind: str, variant: str) -> tuple:
         cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
         if kind == "train":  # a frozen teacher takes no step; a natural member no attack
@@ -139,7 +137,7 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
         # What Study.eval_job evaluates: the trained members, or those select_on names
         # unless a figure shows them all; their ensemble where no member is singled out.
         trained = tuple(m.name for m in cfg.models if not m.frozen)
-        alone = plan.select_on.get(variant) if variant not in shown else None
+        alone = judged_alone(plan, variant)
         return trained, tuple(alone or ()), alone is None and len(trained) > 1
 
     out = {}

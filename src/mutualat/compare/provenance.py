@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mutualat.compare.plan import Plan
-from mutualat.compare.study import Study
+from mutualat.compare.study import Study, judged_alone
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
 from mutualat.models import count_flops, load_model, read_model_meta
@@ -177,9 +177,9 @@ def _evaluated_members(plan: Plan) -> str:
     judged by some members alone (select_on), whose other members are not evaluated, unless a
     figure shows every member (:meth:`mutualat.compare.study.Study.eval_job`)."""
     alone: dict[tuple[str, ...], list[str]] = {}
-    shown = set(plan.figures.scenarios.values())
-    for variant, roles in plan.select_on.items():
-        if variant not in shown:
+    for variant in plan.select_on:
+        roles = judged_alone(plan, variant)
+        if roles:
             alone.setdefault(tuple(roles), []).append(variant)
     return "; ".join(["h1 only" if plan.eval.members == "first" else "all"]
                      + [f"{', '.join(variants)}: {', '.join(roles)}" for roles, variants in alone.items()])

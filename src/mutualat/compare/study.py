@@ -57,6 +57,11 @@ class Task:
         return self.key.replace("/", "__")
 
 
+def judged_alone(plan: Plan, variant: str) -> list[str] | None:
+    """``variant``'s select_on members, unless a figure shows it whole (None: every member)."""
+    return None if variant in plan.figures.scenarios.values() else plan.select_on.get(variant)
+
+
 class Study:
     def __init__(self, plan: Plan, out: Path) -> None:
         self.plan, self.out = plan, Path(out)
@@ -373,7 +378,7 @@ class Study:
         ACT's robust model): its cohort has no ensemble, and only they are evaluated, unless a
         figure shows every member (a knowledge-distillation scenario's natural h1)."""
         roles = self.plan.select_on.get(name)
-        shown = None if name in self.plan.figures.scenarios.values() else roles
+        shown = judged_alone(self.plan, name)
         files = self.eval_files(runs, checkpoint, cohort)
         ensemble = checkpoint in self.plan.eval.ensembles and len(files) > 1 and roles is None
         evaluated = list(files) if cohort else []  # the control: only its ensemble
