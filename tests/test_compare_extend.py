@@ -8,6 +8,7 @@ import pytest
 
 from mutualat.compare import Study, load_plan
 from mutualat.compare.progress import grid_lines, status_lines
+from mutualat.compare.provenance import planned_runs
 from mutualat.compare.selection import choice_notes, extension, grow
 from mutualat.compare.worker import run_train
 
@@ -115,7 +116,7 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     set_last_validation_score(added, 0.52)
     chosen = study.selection("at")
     assert chosen.chosen == {"lr": 0.05} and chosen.extended == ["lr0.125"] and not chosen.at_edge
-    assert added in study.planned_runs({"at": chosen})  # a grid point, though not chosen
+    assert added in planned_runs(study, {"at": chosen})  # a grid point, though not chosen
     assert "the grid grows while its highest score is at its edge: lr by the ratio of its " \
            "outer values, at most 1 value" in chosen.criterion
     assert grid_lines(study) == ["grid     at  chose lr0.05 (validation 55.0 %; grid extended by lr0.125)"]
@@ -124,11 +125,11 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     set_last_validation_score(added, 0.60)
     chosen = study.selection("at")
     assert chosen.chosen == {"lr": 0.125} and chosen.at_edge
-    assert added in study.planned_runs({"at": chosen})
+    assert added in planned_runs(study, {"at": chosen})
     # the plan without extend_grid no longer asks for the added run, and chooses as before
     plain = Study(load_plan(_write_plan(tmp_path / "plain", AT_GRID)), tmp_path / "out")
     assert plain.selection("at").chosen == {"lr": 0.05} and plain.selection("at").extended == []
-    assert added not in plain.planned_runs({"at": plain.selection("at")})
+    assert added not in planned_runs(plain, {"at": plain.selection("at")})
     assert "grid grows" not in plain.selection("at").criterion
 
 

@@ -3,6 +3,7 @@
     mutualat train --config FILE --out DIR [--set key=value ...] [--resume] [--nproc K]
                    [--print-config] [--dry-run]
     mutualat compare PLAN.yaml --out DIR [--jobs K] [--data-dir D] [--device DEV]
+                     [--status | --archive DEST] [--write DOC]
     mutualat demo [--out DIR]
     mutualat eval --model SOURCE ... --suite NAME|FILE --data NAME --out DIR [--eps E[,E...]]
     mutualat transfer --source SOURCE ... --target SOURCE ... --data NAME --out DIR
@@ -34,6 +35,7 @@ from mutualat.bundled import copy_configs, packaged_configs, resolve_config
 from mutualat.catalog import KINDS, catalog, format_entries
 from mutualat.cli_eval import add_eval_commands
 from mutualat.compare import Study, load_plan, run_study
+from mutualat.compare.archive import archive_study
 from mutualat.compare.progress import status_lines
 from mutualat.compare.report import write_document
 from mutualat.config import dump_config, load_config
@@ -135,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="say what runs now and what can start (with an estimate of "
                               "its CPU time), what waits, what each grid chose or has scored, "
                               "and what is finished and what it cost, then exit")
+    compare.add_argument("--archive", type=Path, metavar="DEST",
+                         help="copy the study's finished runs, evaluations and task records to "
+                              "DEST without model weights (a stand-in with each file's sha256), "
+                              "small enough for version control, then exit; --out DEST later "
+                              "continues the study, training again only a run that an "
+                              "evaluation still needs")
     compare.add_argument("--write", type=Path, metavar="DOC",
                          help="also write the report as a section of this Markdown document "
                               "(between its markers; the curves go to figures/ beside it)")
@@ -263,6 +271,12 @@ def _compare(args: argparse.Namespace) -> int:
     _check_plan_names(plan)
     if args.status:
         print("\n".join(status_lines(Study(plan, args.out))))
+        return 0
+    if args.archive:
+        counts = archive_study(args.out, args.archive, plan.name)
+        print(f"archived {counts['runs']} runs, {counts['evaluations']} evaluations and "
+              f"{counts['tasks']} task records of {args.out} in {args.archive} "
+              f"({counts['written']} files written)")
         return 0
     report = run_study(plan, args.out, jobs=args.jobs, threads=args.threads,
                        fork=os.environ.get("MUTUALAT_FORK_SERVER", "1") != "0")

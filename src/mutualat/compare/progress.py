@@ -23,7 +23,8 @@ from mutualat.compare import sections
 from mutualat.compare.plan import setting_label
 from mutualat.compare.records import spec_digest, task_records
 from mutualat.compare.selection import choice_notes
-from mutualat.compare.study import UNCHOSEN, Study, Task, judged_alone
+from mutualat.compare.study import UNCHOSEN, Study
+from mutualat.compare.tasks import Task, judged_alone
 from mutualat.compare.worker import HEARTBEAT_S
 from mutualat.errors import ConfigError
 

@@ -15,10 +15,12 @@ from typing import Any
 import torch
 
 from mutualat.compare.plan import Plan
-from mutualat.compare.study import Study, judged_alone
+from mutualat.compare.records import model_meta
+from mutualat.compare.study import Study
+from mutualat.compare.tasks import judged_alone
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
-from mutualat.models import count_flops, load_model, read_model_meta
+from mutualat.models import count_flops, create_model
 from mutualat.report import documents
 from mutualat.train.logger import read_metrics
 from mutualat.train.optim import lr_and_weight_decay
@@ -54,7 +56,7 @@ def machines(study: Study, records: dict[str, dict[str, Any]]) -> dict[str, Any]
 def model_costs(study: Study, selections: dict[str, Any],
                 records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per variant, what its chosen runs train (each member's architecture, parameters and
-    forward FLOPs per image, counted on the seed-``grid_seed`` model file), how fast they
+    forward FLOPs per image, counted on the seed-``grid_seed`` model's architecture), how fast they
     trained (images per second of training steps, the median over every epoch of every
     seed's run: validation excluded, a cohort's step trains each member on each image) and
     their CPU time per run (from the task records; None unless every seed's run has one).
@@ -65,8 +67,8 @@ def model_costs(study: Study, selections: dict[str, Any],
         runs = [study.run_dir(variant, setting, s) for s in plan.seeds]
         members = []
         for role, file in study.model_files(runs[0]).items():
-            spec = read_model_meta(file)["model"]
-            model = load_model(file, device="cpu")
+            spec = model_meta(file)["model"]  # an archived run's too (it keeps no weights)
+            model = create_model(**spec).eval()  # its size and FLOPs: weights do not matter
             shape = (spec["in_channels"], spec["input_size"], spec["input_size"])
             members.append({"role": role, "architecture": _architecture(spec),
                             "parameters": sum(p.numel() for p in model.parameters()),
@@ -88,6 +90,22 @@ def _architecture(spec: dict[str, Any]) -> str:
     """``cnn32 (width 16)``: the model's name and the constructor arguments that shape it."""
     shaping = [f"{k} {v}" for k, v in spec.items() if k not in _DATA_ARGUMENTS]
     return spec["name"] + (f" ({', '.join(shaping)})" if shaping else "")
+
+
+def planned_runs(study: Study, selections: dict[str, Any]) -> set[Path]:
+    """The run folders the plan asks for now: every grid point at the grid's seed, the
+    chosen point at every seed, and the control's extra members (a run of a grid point,
+    seed or control member the plan has since dropped is not among them)."""
+    plan = study.plan
+    wanted = {study.run_dir(v, s, plan.grid_seed) for v in plan.variants for s in study.settings(v)}
+    for variant, selection in selections.items():
+        if selection is not None:
+            wanted |= {study.run_dir(variant, selection.chosen, seed) for seed in plan.seeds}
+    control = selections.get(plan.control.variant) if plan.control is not None else None
+    if control is not None:
+        wanted |= {study.run_dir(plan.control.variant, control.chosen, seed, init)
+                   for seed in plan.seeds for init in study.control_inits(seed)}
+    return wanted
 
 
 def train_slug(study: Study, run: Path) -> str:

@@ -11,13 +11,61 @@ from typing import Any
 
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
-# sha256 of a file's bytes (hex, all 64 digits), remembered while its size and
-# modification time stay: what a study's records name a model file by.
-from mutualat.models.torch_source import file_sha256 as file_digest  # noqa: F401
+from mutualat.models.io import read_model_meta
+from mutualat.models.torch_source import file_sha256
 
 
 #: In an evaluation folder of a study: name -> sha256 of each model file the evaluation read.
 EVALUATED = "evaluated-models.json"
+
+
+#: Beside a model file that an archived study left out (mutualat.compare.archive): what
+#: stands in for it, ``{"sha256", "meta"}`` (its digest and its header's record).
+PRUNED = ".pruned.json"
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex, all 64 digits; remembered while its size and
+    modification time stay): what a study's records name a model file by. A model file an
+    archive left out is named by its stand-in's record."""
+    stub = Path(f"{path}{PRUNED}")
+    if not Path(path).exists() and stub.is_file():
+        return json.loads(stub.read_text())["sha256"]
+    return file_sha256(path)
+
+
+def model_meta(path: str | Path) -> dict[str, Any]:
+    """A model file's header record (:func:`mutualat.models.io.read_model_meta`), or its
+    stand-in's where an archive left the file out."""
+    stub = Path(f"{path}{PRUNED}")
+    if not Path(path).exists() and stub.is_file():
+        return json.loads(stub.read_text())["meta"]
+    return read_model_meta(path)
+
+
+def pruned(files: list[str]) -> bool:
+    """Whether any of a finished run's model ``files`` was left out by an archive."""
+    return any(not Path(f).exists() and Path(f"{f}{PRUNED}").is_file() for f in files)
+
+
+def set_aside_if_pruned(run_dir: Path) -> Path | None:
+    """Move a finished run an archive left without its model files (``runs/<variant>/<setting>/
+    <name>``) to ``pruned-runs/`` of its study, beside any moved there before, so that it can
+    be trained again: nothing of it is lost. Returns where it went (None: not such a run)."""
+    results = run_dir / "results.json"
+    if not results.is_file():
+        return None
+    roles = json.loads(results.read_text())["models"]
+    if not pruned([str(run_dir / "models" / f"{role}.safetensors") for role in roles]):
+        return None
+    parts, k = run_dir.parts[-3:], 1
+    aside = run_dir.parents[3] / "pruned-runs" / Path(*parts)
+    while aside.exists():
+        k += 1
+        aside = aside.with_name(f"{parts[-1]}-{k}")
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(aside)
+    return aside
 
 
 def spec_digest(spec: dict[str, Any]) -> str:

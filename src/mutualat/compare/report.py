@@ -177,7 +177,7 @@ def _runs(study: Study, selections: dict[str, Any],
     point, seed, variant or control member the plan has since dropped stays in the folder,
     and in its cost)."""
     out = []
-    wanted = study.planned_runs(selections)
+    wanted = provenance.planned_runs(study, selections)
     for run in sorted((study.out / "runs").glob("*/*/seed*")):
         if not (study.finished(run) or study.diverged(run)):
             continue

@@ -40,7 +40,8 @@ from mutualat.compare import progress, sections
 from mutualat.compare.plan import Plan
 from mutualat.compare.records import task_records
 from mutualat.compare.report import write_report
-from mutualat.compare.study import Study, Task
+from mutualat.compare.study import Study
+from mutualat.compare.tasks import Task
 from mutualat.compare.worker import die_with_parent, forked_main
 from mutualat.console import signals_held
 from mutualat.errors import MutualatError

@@ -27,7 +27,8 @@ from mutualat.compare.plan import setting_label
 from mutualat.compare.records import file_digest, read_summary
 from mutualat.compare.selection import validation_score
 from mutualat.compare.stats import mean_std, percent_mean_std
-from mutualat.compare.study import Study, Task
+from mutualat.compare.study import Study
+from mutualat.compare.tasks import PHASE, Task
 from mutualat.report import paper_plots
 
 TRANSFER = "transfer.json"
@@ -55,8 +56,12 @@ def _tasks(study: Study) -> tuple[list[Task], list[str]]:
                     waiting.append(f"table/{table.name}/{variant}/seed{seed}")
                     continue
                 files = table_files(study, table, variant, setting, seed)
-                if not study.evaluated(table_dir(study, table, variant, setting, seed), table.suite,
-                                       table.n, files):
+                if study.evaluated(table_dir(study, table, variant, setting, seed), table.suite,
+                                   table.n, files):
+                    continue
+                if study.train_again(ready, [study.run_dir(variant, setting, seed)], setting, rank):
+                    waiting.append(f"table/{table.name}/{variant}/seed{seed}")
+                else:
                     ready.append(_table_task(study, table, variant, setting, seed, files, rank))
         if plan.transfer is not None:
             waiting += _transfer_task(study, chosen, seed, rank, ready)
@@ -83,7 +88,7 @@ def _table_task(study: Study, table, variant: str, setting: dict[str, Any], seed
            "out": str(table_dir(study, table, variant, setting, seed))}
     spec = {"evaluations": [job], "suite": table.suite, "n": table.n, "checks": False,
             **study.eval_environment()}
-    return Task(f"table/{table.name}/{variant}/seed{seed}", "eval", spec, (rank, 4))
+    return Task(f"table/{table.name}/{variant}/seed{seed}", "eval", spec, (rank, PHASE["table"]))
 
 
 def _labelled(study: Study, variants, chosen, seed: int) -> dict[str, str] | None:
@@ -130,9 +135,13 @@ def _transfer_task(study: Study, chosen, seed: int, rank: int, ready: list[Task]
     out = transfer_dir(study, sources, targets, settings, seed)
     if (out / TRANSFER).is_file():
         return []
+    again = [study.train_again(ready, [study.run_dir(v, chosen[v].chosen, seed)], chosen[v].chosen,
+                               rank) for v in dict.fromkeys([*spec.sources, *spec.targets])]
+    if any(again):  # an archive left some without model files
+        return [key]
     task = {**study.eval_environment(), **settings, "sources": sources, "targets": targets,
             "out": str(out)}
-    ready.append(Task(key, "transfer", task, (rank, 5)))
+    ready.append(Task(key, "transfer", task, (rank, PHASE["transfer"])))
     return []
 
 

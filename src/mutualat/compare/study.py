@@ -8,6 +8,7 @@ Layout of ``OUT``::
                                                 its model initialized from seed I
     runs/.../diverged.json                      a run whose loss became NaN or infinite
     runs/<variant>/<setting>/teacher-of-seed<S>.json  a student's teacher model, by sha256
+    pruned-runs/<variant>/<setting>/seed<S>/    an archived run (no model files) trained again
     evals/<variant>/<setting>/seed<S>/<last|best>/  the suite on the chosen setting's models
                                                 (+ ensemble); one task evaluates both checkpoints
     evals/control/<setting>/seed<S>/<last|best>/    the control ensemble (ensembles' checkpoints)
@@ -26,16 +27,17 @@ an old choice's numbers under a new one. (Folders of the layout before 2026-11-3
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mutualat.compare.plan import Plan, grid_points, setting_label
-from mutualat.compare.records import (evaluation_holds, file_digest, suite_record,
+from mutualat.compare.records import (evaluation_holds, file_digest, pruned, suite_record,
                                       teacher_record)
 from mutualat.compare.selection import (Selection, choose, criterion, grow, validation_images,
                                         validation_score)
+from mutualat.compare.tasks import PHASE, Task, judged_alone
 from mutualat.config import RunConfig, load_config, to_dict
 from mutualat.errors import ConfigError
 from mutualat.train.run_dir import config_difference, run_inits
@@ -43,23 +45,6 @@ from mutualat.train.run_dir import config_difference, run_inits
 DIVERGED = "diverged.json"  # written by the worker in a run folder whose loss became NaN
 CONTROL = "control"
 UNCHOSEN = "(chosen)"  # the setting in the key of a run waiting on its grid's choice
-
-
-@dataclass
-class Task:
-    key: str  # unique, also the log and record file name ("/" -> "__")
-    kind: str  # "train" or "eval"
-    spec: dict[str, Any]  # what mutualat.compare.worker needs (plain JSON)
-    priority: tuple[int, int]  # lower runs first: (the seed's place in the plan, phase)
-
-    @property
-    def slug(self) -> str:
-        return self.key.replace("/", "__")
-
-
-def judged_alone(plan: Plan, variant: str) -> list[str] | None:
-    """``variant``'s select_on members, unless a figure shows it whole (None: every member)."""
-    return None if variant in plan.figures.scenarios.values() else plan.select_on.get(variant)
 
 
 class Study:
@@ -81,6 +66,11 @@ class Study:
     @staticmethod
     def finished(run_dir: Path) -> bool:
         return (run_dir / "results.json").is_file()
+
+    def pruned(self, run_dir: Path) -> bool:
+        """Whether an archive left a finished run without its model files: an evaluation still
+        to run trains it again (:mod:`mutualat.compare.archive`)."""
+        return self.finished(run_dir) and pruned(list(self.model_files(run_dir).values()))
 
     @staticmethod
     def diverged(run_dir: Path) -> bool:
@@ -231,21 +221,6 @@ class Study:
             return float("-inf")
         return validation_score(run_dir, self.plan.select, self.plan.select_on.get(variant))
 
-    def planned_runs(self, selections: dict[str, Selection | None]) -> set[Path]:
-        """The run folders the plan asks for now: every grid point at the grid's seed, the
-        chosen point at every seed, and the control's extra members (a run of a grid point,
-        seed or control member the plan has since dropped is not among them)."""
-        plan = self.plan
-        wanted = {self.run_dir(v, s, plan.grid_seed) for v in plan.variants for s in self.settings(v)}
-        for variant, selection in selections.items():
-            if selection is not None:
-                wanted |= {self.run_dir(variant, selection.chosen, seed) for seed in plan.seeds}
-        control = selections.get(plan.control.variant) if plan.control is not None else None
-        if control is not None:
-            wanted |= {self.run_dir(plan.control.variant, control.chosen, seed, init)
-                       for seed in plan.seeds for init in self.control_inits(seed)}
-        return wanted
-
     def control_inits(self, seed: int) -> list[int]:
         """Initialization seeds of a control's extra members at ``seed``: as a cohort's."""
         assert self.plan.control is not None
@@ -254,20 +229,18 @@ class Study:
     # --- tasks --------------------------------------------------------------------
 
     def tasks(self) -> tuple[list[Task], list[str]]:
-        """Tasks that can start now (not finished, dependencies met), by priority, and the
-        keys of the tasks still waiting on others. A run whose setting the grid has yet to
-        choose is keyed ``train/<variant>/(chosen)/seed<S>``: its family
-        (:func:`mutualat.compare.progress.family`) is known, its setting is not.
-
-        Seed by seed: the grid (first seed), that seed's runs and evaluations, then the next
-        seed's, so a study stopped early has whole seeds to report."""
+        """Tasks that can start now (not finished, dependencies met), by priority, and the keys
+        of those still waiting on others; a run whose grid has yet to choose its setting is
+        keyed ``train/<variant>/(chosen)/seed<S>`` (its progress.family known, not its setting).
+        Seed by seed, so a study stopped early has whole seeds to report (the grid's seed
+        first); within a seed, by :data:`mutualat.compare.tasks.PHASE`."""
         plan = self.plan
         ready: list[Task] = []
         waiting: list[str] = []
         selections = {v: self.selection(v) for v in plan.variants}
         for variant in plan.variants:
             for setting in self.settings(variant):
-                waiting += self._train(ready, variant, setting, plan.grid_seed, (0, 0))
+                waiting += self._train(ready, variant, setting, plan.grid_seed, (0, PHASE["grid"]))
             chosen = selections[variant]
             if chosen is None:  # its other seeds' runs, every seed's evaluation
                 waiting += [f"train/{variant}/{self._unchosen(variant)}/seed{s}"
@@ -276,7 +249,7 @@ class Study:
                 continue
             for rank, seed in enumerate(plan.seeds):
                 run = self.run_dir(variant, chosen.chosen, seed)
-                waiting += self._train(ready, variant, chosen.chosen, seed, (rank, 1))
+                waiting += self._train(ready, variant, chosen.chosen, seed, (rank, PHASE["chosen"]))
                 waiting += self._eval(ready, variant, chosen.chosen, seed, [run], True, rank)
         if plan.control is not None:
             waiting += self._control_tasks(ready, selections[plan.control.variant])
@@ -301,7 +274,7 @@ class Study:
             for init in self.control_inits(seed):
                 runs.append(self.run_dir(plan.control.variant, chosen.chosen, seed, init))
                 waiting += self._train(ready, plan.control.variant, chosen.chosen, seed,
-                                       (rank, 2), init)
+                                       (rank, PHASE["control"]), init)
             waiting += self._eval(ready, CONTROL, chosen.chosen, seed, runs, False, rank)
         return waiting
 
@@ -335,22 +308,41 @@ class Study:
                               f"seed; {name} cannot be evaluated at seed {seed} (see its log)")
         if not finished:
             return [key]
+        if self.train_again(ready, runs, setting, rank):
+            return [key]
         spec = {"evaluations": jobs, "suite": self.plan.suite, "n": self.plan.eval.n,
                 "checks": self.plan.eval.checks, **self.eval_environment()}
-        ready.append(Task(key, "eval", spec, (rank, 3)))
+        ready.append(Task(key, "eval", spec, (rank, PHASE["eval"])))
         return []
 
+    def train_again(self, ready: list[Task], runs: list[Path], setting: dict[str, Any],
+                    rank: int) -> bool:
+        """Add the training again of each of ``runs`` (of ``setting``, at the seed ranked
+        ``rank``) an archive left without model files; whether there was one."""
+        for run in filter(self.pruned, runs):
+            seed, init = re.fullmatch(r"seed(\d+)(?:-init(\d+))?", run.name).groups()
+            self._train(ready, run.parent.parent.name, setting, int(seed),
+                        (rank, PHASE["chosen"]), init and int(init), again=True)
+        return any(self.pruned(r) for r in runs)
+
     def _train(self, ready: list[Task], variant: str, setting: dict[str, Any], seed: int,
-               priority: tuple[int, int], init_seed: int | None = None) -> list[str]:
-        """Add the run's training if it has not settled; returns its key if it waits on its
-        teacher, else nothing."""
+               priority: tuple[int, int], init_seed: int | None = None,
+               again: bool = False) -> list[str]:
+        """Add the run's training if it has not settled (or, ``again``, if an archive left it
+        without its model files: the worker sets it aside first); returns its key if it waits
+        on its teacher, else nothing."""
         run = self.run_dir(variant, setting, seed, init_seed)
         key = f"train/{variant}/{setting_label(setting)}/{run.name}"
         cfg = self.config(variant, setting, seed, init_seed)
         if cfg is None:
             return [key]
         teacher = variant in self.plan.teachers
-        if self.settled(run, cfg, teacher) or any(t.spec.get("run_dir") == str(run) for t in ready):
+        settled = self.settled(run, cfg, teacher) and not (again and self.pruned(run))
+        if not settled and teacher and not Path(cfg.models[0].init).exists():  # archived too
+            chosen = self.selection(self.plan.teachers[variant])
+            self._train(ready, self.plan.teachers[variant], chosen.chosen, seed, priority, again=True)
+            return [key]
+        if settled or any(t.spec.get("run_dir") == str(run) for t in ready):
             return []
         spec = {"config": to_dict(cfg), "run_dir": str(run)}
         if teacher:

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from mutualat.compare.records import EVALUATED, file_digest, spec_digest, teacher_record
+from mutualat.compare.records import (EVALUATED, file_digest, set_aside_if_pruned, spec_digest,
+                                      teacher_record)
 from mutualat.config import config_from_data
 from mutualat.console import ignore_signal, setup_logging
 from mutualat.data import load_dataset, subset
@@ -46,6 +47,10 @@ HEARTBEAT_S = 60.0
 
 def run_train(spec: dict[str, Any]) -> None:
     run_dir = Path(spec["run_dir"])
+    aside = set_aside_if_pruned(run_dir)  # the study asks for it again: an evaluation needs it
+    if aside is not None:
+        print(f"{run_dir} was archived without its model files: set aside in {aside}; "
+              "training it again", file=sys.stderr)
     if "teacher" in spec:  # a student: which teacher model it trains against, by content
         record, teacher = teacher_record(run_dir), spec["teacher"]
         started = run_dir.is_dir() and any(run_dir.iterdir())  # else a new run: a new record

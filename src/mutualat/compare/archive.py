@@ -1,0 +1,126 @@
+"""A study's records without its weights: a copy small enough for version control, which
+outlives the disk the study ran on and from which the same plan continues.
+
+``mutualat compare PLAN --out OUT --archive DEST`` copies into ``DEST`` every settled run
+(finished or diverged), every finished evaluation, table and transfer matrix, and the record,
+spec and log of every task that finished. Each model file becomes a stand-in,
+``<file>.pruned.json`` (:data:`mutualat.compare.records.PRUNED`: its sha256 and header
+record), so every check by content still holds; resume checkpoints, locks, unfinished work
+and the report's derived files stay behind. Archiving again into the same ``DEST`` adds and
+updates files and removes none.
+
+``--out DEST`` then continues the study: a finished run stays finished, so its grid point
+and its validation curve count, and a finished evaluation stands. A run an evaluation still
+needs is trained again, its archived folder set aside in ``pruned-runs/`` first
+(:func:`mutualat.compare.records.set_aside_if_pruned`); on the machine and software that
+trained it, a run trains to the same weights again (tests/test_compare_archive.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mutualat.compare.records import PRUNED, file_digest
+from mutualat.errors import ConfigError
+from mutualat.models.io import read_model_meta
+from mutualat.train.checkpoint import atomic_write_bytes
+
+MARK = "archive.json"  # in an archive's root: which plan's study it holds
+#: Never archived: weights (a stand-in replaces each), resume checkpoints, locks.
+LEFT_OUT = (".safetensors", "checkpoint.pt", ".lock", ".tmp")
+#: Kept out of version control in an archive that a study continues in, or renders from.
+IGNORED = ["*.safetensors", "checkpoint.pt", "*.lock", "*.tmp", "/comparison.json",
+           "/comparison.md", "/curves.png"]
+
+
+def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
+    """Copy study ``out``'s finished work into ``dest`` (see the module docstring); returns
+    how many runs, evaluations and task records it holds now, and the files written."""
+    out, dest = Path(out), Path(dest)
+    if not (out / "runs").is_dir() and not (out / "tasks").is_dir():
+        raise ConfigError(f"{out} holds no study (no runs/ or tasks/ folder): nothing to archive")
+    if dest.resolve() == out.resolve() or out.resolve() in dest.resolve().parents:
+        raise ConfigError(f"--archive {dest} lies inside the study {out}: give a folder elsewhere")
+    mark = dest / MARK
+    if dest.exists() and any(dest.iterdir()):
+        held = json.loads(mark.read_text()).get("plan") if mark.is_file() else None
+        if held != plan_name:
+            raise ConfigError(
+                f"{dest} is not empty and holds no archive of plan {plan_name!r} "
+                f"({'no ' + MARK if held is None else 'it holds ' + repr(held)}); give an empty "
+                "or new folder (nothing was written)")
+    counts = {"runs": 0, "evaluations": 0, "tasks": 0, "written": 0}
+    settled = {p.parent for name in ("results.json", "diverged.json")
+               for p in (out / "runs").glob(f"*/*/*/{name}")}
+    for run in sorted(settled):
+        counts["written"] += _copy_run(run, dest / run.relative_to(out))
+        counts["runs"] += 1
+    for aside in sorted(p.parent for p in (out / "pruned-runs").glob("*/*/*/results.json")):
+        counts["written"] += _copy_run(aside, dest / aside.relative_to(out))
+    for teacher in sorted((out / "runs").glob("*/*/teacher-of-*.json")):
+        counts["written"] += _copy(teacher, dest / teacher.relative_to(out))
+    finished = [p.parent for kind in ("evals", "tables") for p in (out / kind).glob("**/summary.json")]
+    finished += [p.parent for p in (out / "transfer").glob("*/transfer.json")]
+    for folder in sorted(finished):
+        for file in sorted(f for f in folder.rglob("*") if f.is_file() and not _left_out(f)):
+            counts["written"] += _copy(file, dest / file.relative_to(out))
+        counts["evaluations"] += 1
+    for record in sorted((out / "tasks").glob("*.record.json")):
+        if _status(record) != "done":
+            continue
+        slug = record.name.removesuffix(".record.json")
+        for file in (record, out / "tasks" / f"{slug}.json", out / "logs" / f"{slug}.log"):
+            if file.is_file():
+                counts["written"] += _copy(file, dest / file.relative_to(out))
+        counts["tasks"] += 1
+    _write_text(mark, json.dumps({"plan": plan_name, "archive of": "mutualat compare: a study's "
+                                  "records without model weights (mutualat.compare.archive)"},
+                                 indent=2) + "\n")
+    _write_text(dest / ".gitignore", "".join(f"{p}\n" for p in IGNORED))
+    return counts
+
+
+def _copy_run(run: Path, target: Path) -> int:
+    """A settled run's folder without weights or checkpoint: each model file a stand-in."""
+    written = 0
+    for file in sorted(f for f in run.rglob("*") if f.is_file()):
+        if file.name.endswith(".safetensors"):
+            stub = {"sha256": file_digest(file), "meta": read_model_meta(file)}
+            written += _write_text(target / f"{file.relative_to(run)}{PRUNED}",
+                                   json.dumps(stub, indent=2, sort_keys=True) + "\n")
+        elif not _left_out(file):
+            written += _copy(file, target / file.relative_to(run))
+    return written
+
+
+def _left_out(file: Path) -> bool:
+    return file.name.endswith(LEFT_OUT)
+
+
+def _status(record: Path) -> Any:
+    try:
+        return json.loads(record.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _copy(source: Path, target: Path) -> int:
+    """Copy unless ``target`` already holds the same bytes; 1 if it wrote."""
+    if target.is_file() and target.read_bytes() == source.read_bytes():
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    return 1
+
+
+def _write_text(target: Path, text: str) -> int:
+    if target.is_file() and target.read_text() == text:
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, text.encode())
+    return 1

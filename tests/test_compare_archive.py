@@ -1,0 +1,171 @@
+"""A study archived without its weights (mutualat compare --archive): what the copy holds,
+that it renders the same report and reruns nothing, and that a run whose evaluation is still
+to come trains again, to the same weights, its archived folder set aside."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mutualat.compare.records import PRUNED
+
+from test_compare import _compare
+from test_compare_mp import _write
+from test_compare_sections import _write as write_paper_plan
+
+
+def _run(plan: Path, out: Path, *extra: str) -> str:
+    process = _compare(plan, out, *extra)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return output
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
+    """The tiny MP study (AT-MAX, MAT-MP, the control; 2 seeds), its section written into a
+    document, and its archive."""
+    root = tmp_path_factory.mktemp("archive")
+    plan, out, document = _write(root / "plan"), root / "out", root / "docs" / "RESULTS.md"
+    document.parent.mkdir()
+    document.write_text("# Results\n")
+    _run(plan, out, "--write", str(document))
+    output = _run(plan, out, "--archive", str(root / "archive"))
+    assert f"in {root / 'archive'}" in output and "archived 6 runs, 6 evaluations" in output
+    return plan, out, root / "archive", document
+
+
+def test_the_archive_keeps_every_record_and_no_weights(archived):
+    _, out, archive, _ = archived
+    held = _files(archive)
+    assert not [f for f in held if f.endswith((".safetensors", "checkpoint.pt", ".lock"))]
+    models = sorted(out.glob("runs/*/*/*/models/*.safetensors"))
+    assert len(models) == 2 * 2 * (1 + 3 + 1)  # seeds, last and best: AT-MAX, MAT-MP, control's extra
+    for model in models:  # each a stand-in naming its file by content
+        stub = json.loads(held[f"{model.relative_to(out)}{PRUNED}"])
+        assert stub["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        assert stub["meta"]["model"]["name"] == "tinycnn"
+    for kept in [*out.glob("runs/*/*/*/metrics.jsonl"), *out.glob("evals/**/summary.json"),
+                 *out.glob("evals/**/*.npz"), *out.glob("tasks/*"), *out.glob("logs/*")]:
+        assert held[str(kept.relative_to(out))] == kept.read_bytes(), kept
+    assert sum(map(len, held.values())) < sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 5
+    assert "*.safetensors" in held[".gitignore"].decode()
+    assert json.loads(held["archive.json"])["plan"] == "tinymp"
+
+
+def test_archiving_again_adds_and_changes_nothing_and_leaves_unfinished_work_out(archived, tmp_path):
+    plan, out, archive, _ = archived
+    study, copy = tmp_path / "out", tmp_path / "archive"
+    shutil.copytree(out, study)
+    shutil.copytree(archive, copy)
+    # A run still training (its config and checkpoint only) and a task running.
+    started = study / "runs" / "at-max" / "lr0.05" / "seed7"
+    started.mkdir()
+    (started / "config.yaml").write_text("seed: 7\n")
+    (started / "checkpoint.pt").write_bytes(b"\0" * 64)
+    record = json.loads((study / "tasks" / "train__at-max__lr0.05__seed0.record.json").read_text())
+    (study / "tasks" / "train__at-max__lr0.05__seed7.record.json").write_text(
+        json.dumps({**record, "status": "running"}))
+    before = _files(copy)
+    output = _run(plan, study, "--archive", str(copy))
+    assert "(0 files written)" in output
+    assert _files(copy) == before
+
+
+def test_an_archive_renders_the_same_section_and_trains_nothing(archived, tmp_path):
+    plan, out, archive, document = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(archive, copy)
+    again = tmp_path / "RESULTS.md"
+    again.write_text("# Results\n")
+    output = _run(plan, copy, "--write", str(again))
+    assert "start " not in output
+    def echoed(text: str, out: Path, doc: Path) -> str:  # the command line differs there only
+        return text.replace(str(out), "OUT").replace(str(doc), "DOC")
+
+    assert echoed(again.read_text(), copy, again) == echoed(document.read_text(), out, document)
+    assert not list(copy.rglob("*.safetensors"))
+
+
+def test_an_evaluation_still_to_run_trains_its_run_again_to_the_same_weights(archived, tmp_path):
+    plan, out, archive, _ = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(archive, copy)
+    evaluation = next(copy.glob("evals/mat-mp/*/seed3"))
+    shutil.rmtree(evaluation)  # as if the machine was lost before it ran
+    output = _run(plan, copy)
+    started = [line.split()[1] for line in output.splitlines() if line.startswith("start ")]
+    assert started == ["train/mat-mp/lr0.05/seed3", "eval/mat-mp/seed3"]
+    aside = copy / "pruned-runs" / "mat-mp" / "lr0.05" / "seed3"
+    assert (aside / "models" / f"generalist.safetensors{PRUNED}").is_file()  # nothing lost
+    assert (aside / "metrics.jsonl").read_bytes() == (out / "runs/mat-mp/lr0.05/seed3/metrics.jsonl").read_bytes()
+    for model in sorted((out / "runs/mat-mp/lr0.05/seed3/models").glob("*.safetensors")):
+        again = copy / "runs/mat-mp/lr0.05/seed3/models" / model.name
+        assert again.read_bytes() == model.read_bytes(), model.name
+    fresh, original = (json.loads((d / "last" / "summary.json").read_text())
+                       for d in (evaluation, next(out.glob("evals/mat-mp/*/seed3"))))
+    for attack, result in original["models"]["generalist"]["attacks"].items():
+        again = fresh["models"]["generalist"]["attacks"][attack]
+        assert [again[k] for k in ("accuracy", "attacked", "broken")] == \
+            [result[k] for k in ("accuracy", "attacked", "broken")], attack
+    # Archived again, the run trained again is archived too, and what was set aside.
+    _run(plan, copy, "--archive", str(tmp_path / "second"))
+    assert (tmp_path / "second" / "pruned-runs" / "mat-mp" / "lr0.05" / "seed3" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("held", ["notes.txt", "archive.json"])
+def test_a_folder_holding_something_else_is_refused_and_left_as_it_was(archived, tmp_path, held):
+    plan, out, _, _ = archived
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / held).write_text(json.dumps({"plan": "another"}))
+    process = _compare(plan, out, "--archive", str(dest))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert f"{dest} is not empty and holds no archive of plan 'tinymp'" in output
+    assert [p.name for p in dest.iterdir()] == [held]
+
+
+def test_a_table_transfer_or_student_still_to_run_trains_what_it_reads_again(tmp_path):
+    """The paper plan's extras on an archive: a table's and a transfer matrix's models, and a
+    student (MAT-offline) whose teacher the archive left without weights too."""
+    plan = write_paper_plan(tmp_path / "plan")
+    out, copy = tmp_path / "out", tmp_path / "archive"
+    _run(plan, out)
+    _run(plan, out, "--archive", str(copy))
+    removed = [next(copy.glob("tables/t2/mat/*/seed2")), next(copy.glob("transfer/seed2-*")),
+               next(copy.glob("evals/mat-offline/*/seed2"))]
+    for folder in removed:
+        shutil.rmtree(folder)
+    output = _run(plan, copy)
+    started = sorted(line.split()[1] for line in output.splitlines() if line.startswith("start "))
+    chosen = next(out.glob("runs/mat/*/seed2")).parent.name
+    assert started == ["eval/mat-offline/seed2", "table/t2/mat/seed2", "train/at/lr0.05/seed2",
+                       "train/mat-offline/lr0.05/seed2", f"train/mat/{chosen}/seed2",
+                       "transfer/seed2"]
+    for run in ("at/lr0.05/seed2", f"mat/{chosen}/seed2", "mat-offline/lr0.05/seed2"):
+        for model in sorted((out / "runs" / run / "models").glob("*.safetensors")):
+            assert (copy / "runs" / run / "models" / model.name).read_bytes() == model.read_bytes()
+        assert (copy / "pruned-runs" / run / "results.json").is_file()
+    for folder in removed:  # the same numbers again
+        results = [*folder.rglob("summary.json"), *folder.rglob("transfer.json")]
+        assert results, folder
+        for again in results:
+            original = json.loads((out / again.relative_to(copy)).read_text())
+            assert _outcome(json.loads(again.read_text())) == _outcome(original), again
+
+
+def _outcome(result: dict) -> dict:
+    """What an evaluation summary (each model's accuracy under each attack) or a transfer
+    matrix (clean and transferred accuracy) found."""
+    if "suite" in result:
+        return {m: {a: r["accuracy"] for a, r in v["attacks"].items()} for m, v in result["models"].items()}
+    return {"accuracy": result["accuracy"], "clean": result["clean"]}
