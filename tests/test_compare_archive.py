@@ -75,9 +75,12 @@ def test_archiving_again_adds_and_changes_nothing_and_leaves_unfinished_work_out
     (study / "tasks" / "train__at-max__lr0.05__seed7.record.json").write_text(
         json.dumps({**record, "status": "running"}))
     before = _files(copy)
+    stale = copy / "runs" / "at-max" / "lr0.05" / "seed0" / "diverged.json"
+    stale.write_text("{}")  # archived while the run had diverged, say: the run has it no more
     output = _run(plan, study, "--archive", str(copy))
-    assert "(0 files written)" in output
+    assert "(1 files written)" in output
     assert _files(copy) == before
+    assert "(0 files written)" in _run(plan, study, "--archive", str(copy))
 
 
 def test_an_archive_renders_the_same_section_and_trains_nothing(archived, tmp_path):
@@ -116,9 +119,36 @@ def test_an_evaluation_still_to_run_trains_its_run_again_to_the_same_weights(arc
         again = fresh["models"]["generalist"]["attacks"][attack]
         assert [again[k] for k in ("accuracy", "attacked", "broken")] == \
             [result[k] for k in ("accuracy", "attacked", "broken")], attack
+    assert json.loads((copy / "runs/mat-mp/lr0.05/retrained-seed3.json").read_text()) == \
+        {"set_aside": "pruned-runs/mat-mp/lr0.05/seed3", "differs": []}
     # Archived again, the run trained again is archived too, and what was set aside.
     _run(plan, copy, "--archive", str(tmp_path / "second"))
     assert (tmp_path / "second" / "pruned-runs" / "mat-mp" / "lr0.05" / "seed3" / "results.json").is_file()
+    assert (tmp_path / "second" / "runs/mat-mp/lr0.05/retrained-seed3.json").is_file()
+
+
+def test_a_run_trained_again_to_other_weights_says_so(archived, tmp_path):
+    """As on another machine: the archived generalist's sha256 is not what training gives."""
+    plan, _, archive, _ = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(archive, copy)
+    stub = copy / "runs/mat-mp/lr0.05/seed3/models" / f"generalist.safetensors{PRUNED}"
+    stub.write_text(json.dumps({**json.loads(stub.read_text()), "sha256": "0" * 64}))
+    shutil.rmtree(next(copy.glob("evals/mat-mp/*/seed3")))
+    output = _run(plan, copy)
+    assert json.loads((copy / "runs/mat-mp/lr0.05/retrained-seed3.json").read_text())["differs"] == \
+        ["generalist"]
+    log = (copy / "logs" / "train__mat-mp__lr0.05__seed3.log").read_text()
+    assert "differs from its archived weights (generalist): a new run" in log
+    assert "start  eval/mat-mp/seed3" in output
+
+
+def test_an_archive_inside_its_study_is_refused(archived):
+    plan, out, _, _ = archived
+    process = _compare(plan, out, "--archive", str(out / "keep"))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0 and "lies inside the study" in output
+    assert not (out / "keep").exists()
 
 
 @pytest.mark.parametrize("held", ["notes.txt", "archive.json"])
@@ -141,6 +171,8 @@ def test_a_table_transfer_or_student_still_to_run_trains_what_it_reads_again(tmp
     out, copy = tmp_path / "out", tmp_path / "archive"
     _run(plan, out)
     _run(plan, out, "--archive", str(copy))
+    assert (copy / "runs/mat-offline/lr0.05/teacher-of-seed2.json").read_bytes() == \
+        (out / "runs/mat-offline/lr0.05/teacher-of-seed2.json").read_bytes()
     removed = [next(copy.glob("tables/t2/mat/*/seed2")), next(copy.glob("transfer/seed2-*")),
                next(copy.glob("evals/mat-offline/*/seed2"))]
     for folder in removed:

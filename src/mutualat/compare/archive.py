@@ -6,14 +6,18 @@ outlives the disk the study ran on and from which the same plan continues.
 spec and log of every task that finished. Each model file becomes a stand-in,
 ``<file>.pruned.json`` (:data:`mutualat.compare.records.PRUNED`: its sha256 and header
 record), so every check by content still holds; resume checkpoints, locks, unfinished work
-and the report's derived files stay behind. Archiving again into the same ``DEST`` adds and
-updates files and removes none.
+and the report's figures stay behind (its comparison.json and .md, which the scripts read,
+come along). Archiving again into the same ``DEST`` adds and updates files; it removes none
+but those of a run folder that the run no longer has.
 
 ``--out DEST`` then continues the study: a finished run stays finished, so its grid point
 and its validation curve count, and a finished evaluation stands. A run an evaluation still
 needs is trained again, its archived folder set aside in ``pruned-runs/`` first
-(:func:`mutualat.compare.records.set_aside_if_pruned`); on the machine and software that
-trained it, a run trains to the same weights again (tests/test_compare_archive.py).
+(:func:`mutualat.compare.records.set_aside_if_pruned`). On the machine, software and
+thread count that trained it, it trains to the same weights again
+(tests/test_compare_archive.py); elsewhere it is a new run, which ``retrained-<run>.json``
+beside it says: its validation score replaces the archived one (a grid's choice may move),
+and a finished evaluation of the old weights is refused until moved away.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mutualat.compare.records import PRUNED, file_digest
+from mutualat.compare.records import EVALUATED, PRUNED, file_digest
 from mutualat.errors import ConfigError
 from mutualat.models.io import read_model_meta
 from mutualat.train.checkpoint import atomic_write_bytes
@@ -32,8 +36,7 @@ MARK = "archive.json"  # in an archive's root: which plan's study it holds
 #: Never archived: weights (a stand-in replaces each), resume checkpoints, locks.
 LEFT_OUT = (".safetensors", "checkpoint.pt", ".lock", ".tmp")
 #: Kept out of version control in an archive that a study continues in, or renders from.
-IGNORED = ["*.safetensors", "checkpoint.pt", "*.lock", "*.tmp", "/comparison.json",
-           "/comparison.md", "/curves.png"]
+IGNORED = ["*.safetensors", "checkpoint.pt", "*.lock", "*.tmp", "/*.png"]
 
 
 def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
@@ -60,9 +63,12 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
         counts["runs"] += 1
     for aside in sorted(p.parent for p in (out / "pruned-runs").glob("*/*/*/results.json")):
         counts["written"] += _copy_run(aside, dest / aside.relative_to(out))
-    for teacher in sorted((out / "runs").glob("*/*/teacher-of-*.json")):
-        counts["written"] += _copy(teacher, dest / teacher.relative_to(out))
-    finished = [p.parent for kind in ("evals", "tables") for p in (out / kind).glob("**/summary.json")]
+    for beside in sorted([*(out / "runs").glob("*/*/teacher-of-*.json"),
+                          *(out / "runs").glob("*/*/retrained-*.json")]):
+        counts["written"] += _copy(beside, dest / beside.relative_to(out))
+    # An evaluation has finished once it names the models it read (written after its summary).
+    finished = [p.parent for kind in ("evals", "tables") for p in (out / kind).glob("**/summary.json")
+                if (p.parent / EVALUATED).is_file()]
     finished += [p.parent for p in (out / "transfer").glob("*/transfer.json")]
     for folder in sorted(finished):
         for file in sorted(f for f in folder.rglob("*") if f.is_file() and not _left_out(f)):
@@ -76,23 +82,33 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
             if file.is_file():
                 counts["written"] += _copy(file, dest / file.relative_to(out))
         counts["tasks"] += 1
-    _write_text(mark, json.dumps({"plan": plan_name, "archive of": "mutualat compare: a study's "
-                                  "records without model weights (mutualat.compare.archive)"},
-                                 indent=2) + "\n")
-    _write_text(dest / ".gitignore", "".join(f"{p}\n" for p in IGNORED))
+    counts["written"] += _write_text(mark, json.dumps(
+        {"plan": plan_name, "archive of": "mutualat compare: a study's records without model "
+         "weights (mutualat.compare.archive)"}, indent=2) + "\n")
+    for report in ("comparison.json", "comparison.md"):  # what the scripts read
+        if (out / report).is_file():
+            counts["written"] += _copy(out / report, dest / report)
+    if not (dest / ".gitignore").exists():
+        counts["written"] += _write_text(dest / ".gitignore", "".join(f"{p}\n" for p in IGNORED))
     return counts
 
 
 def _copy_run(run: Path, target: Path) -> int:
-    """A settled run's folder without weights or checkpoint: each model file a stand-in."""
-    written = 0
+    """A settled run's folder without weights or checkpoint, each model file a stand-in; what
+    an earlier archive of it holds that the run no longer has (a diverged.json, say) goes."""
+    written, kept = 0, set()
     for file in sorted(f for f in run.rglob("*") if f.is_file()):
         if file.name.endswith(".safetensors"):
             stub = {"sha256": file_digest(file), "meta": read_model_meta(file)}
+            kept.add(target / f"{file.relative_to(run)}{PRUNED}")
             written += _write_text(target / f"{file.relative_to(run)}{PRUNED}",
                                    json.dumps(stub, indent=2, sort_keys=True) + "\n")
         elif not _left_out(file):
+            kept.add(target / file.relative_to(run))
             written += _copy(file, target / file.relative_to(run))
+    for stale in [f for f in target.rglob("*") if f.is_file() and f not in kept]:
+        stale.unlink()
+        written += 1
     return written
 
 

@@ -65,7 +65,39 @@ def set_aside_if_pruned(run_dir: Path) -> Path | None:
         aside = aside.with_name(f"{parts[-1]}-{k}")
     aside.parent.mkdir(parents=True, exist_ok=True)
     run_dir.rename(aside)
+    atomic_write(retrained_record(run_dir), {"set_aside": str(aside.relative_to(run_dir.parents[3]))})
     return aside
+
+
+def retrained_record(run_dir: Path) -> Path:
+    """Beside a run trained again from an archive: where its archived folder went and, once
+    it has finished, whether it trained to the archived weights (:func:`compare_retrained`)."""
+    return run_dir.parent / f"retrained-{run_dir.name}.json"
+
+
+def compare_retrained(run_dir: Path) -> dict[str, Any] | None:
+    """For a run trained again that has finished, record whether each model file's sha256 is
+    the archived one (``differs``: the roles whose weights are new); None if the run is not
+    such a run or has not finished. On another machine, thread count or software it seldom
+    is: the run is then a new one, and evaluations made of the old weights are refused."""
+    path = retrained_record(run_dir)
+    if not path.is_file() or not (run_dir / "results.json").is_file():
+        return None
+    record = json.loads(path.read_text())
+    if "differs" not in record:
+        aside = run_dir.parents[3] / record["set_aside"]
+        files = sorted((run_dir / "models").glob("*.safetensors"))
+        record["differs"] = [f.name.removesuffix(".safetensors") for f in files
+                             if file_digest(f) != file_digest(aside / "models" / f.name)]
+        atomic_write(path, record)
+    return record
+
+
+def atomic_write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def spec_digest(spec: dict[str, Any]) -> str:

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from mutualat.compare.records import (EVALUATED, file_digest, set_aside_if_pruned, spec_digest,
-                                      teacher_record)
+from mutualat.compare.records import (EVALUATED, compare_retrained, file_digest,
+                                      set_aside_if_pruned, spec_digest, teacher_record)
 from mutualat.config import config_from_data
 from mutualat.console import ignore_signal, setup_logging
 from mutualat.data import load_dataset, subset
@@ -65,6 +65,11 @@ def run_train(spec: dict[str, Any]) -> None:
         atomic_write_bytes(run_dir / "diverged.json",
                            json.dumps({"error": str(exc), "time": time.time()}, indent=2).encode())
         print(f"diverged: {exc}", file=sys.stderr)
+    again = compare_retrained(run_dir)
+    if again is not None and again["differs"]:
+        print(f"trained again, {run_dir} differs from its archived weights ({', '.join(again['differs'])}):"
+              " a new run; its validation score replaces the archived one, and evaluations of "
+              "the old weights are refused until moved away", file=sys.stderr)
 
 
 def _test_images(spec: dict[str, Any]):
