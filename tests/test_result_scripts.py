@@ -12,7 +12,7 @@ import torch
 
 from mutualat.compare import provenance
 from mutualat.config import load_config
-from mutualat.device import hardware_info
+from mutualat.device import cpu_isa, hardware_info
 from mutualat.report import documents
 
 from conftest import REPO, script_module
@@ -68,6 +68,14 @@ def test_machines_are_named_from_the_records_once_each_and_unrecorded_ones_said_
     assert machines_text([wide, h100, gpu, a, gpu]) == (
         "A CPU (16 cores, NVIDIA H100, NVIDIA H200); B CPU (2 cores); B CPU (16 cores), "
         "1/4 torch threads per job, torch 2.13")
+    # A record that names the CPU's fastest instruction set: the same model with bf16 units
+    # and without (emulated bf16, an order of magnitude slower) is two machines.
+    zen3, zen4 = {**a, "isa": "AVX2"}, {**a, "isa": "AVX-512 BF16"}
+    assert machines_text([zen4, zen3, a]) == (
+        "B CPU (2 cores); B CPU (AVX-512 BF16, 2 cores); B CPU (AVX2, 2 cores), "
+        "1 torch thread per job, torch 2.13")
+    assert cpu_isa({"fpu", "avx2", "avx512f", "avx512_bf16"}) == "AVX-512 BF16"
+    assert cpu_isa({"fpu", "avx2"}) == "AVX2" and cpu_isa({"fpu"}) is None
     # The report of a study says the same of the same records.
     gathered = documents.gather_machines([a, gpu, on_its_cpu])
     assert provenance.machines_text({**gathered, "training_machines_recorded": True}) == (

@@ -30,22 +30,36 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+#: The instruction sets that decide how fast a CPU trains, fastest first, as /proc/cpuinfo
+#: names them, and as a record says them: bf16 matrix or vector units (without them bf16 is
+#: emulated, an order of magnitude slower than fp32), else the widest vectors.
+ISA = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX-512 BF16", "avx512f": "AVX-512",
+       "avx2": "AVX2", "asimd": "NEON"}
+
+
+def cpu_isa(flags: set[str]) -> str | None:
+    """The first of :data:`ISA` among a CPU's ``flags``, in a record's words (None: none)."""
+    return next((name for flag, name in ISA.items() if flag in flags), None)
+
+
 def hardware_info(device: torch.device) -> dict[str, Any]:
-    """The machine computing on ``device``: its CPU's model name and the logical cores this
-    process may use, the platform, and for CUDA the GPU's name and the CUDA version."""
-    cpu = platform.processor() or platform.machine()
+    """The machine computing on ``device``: its CPU's model name, its fastest instruction set
+    (:func:`cpu_isa`, where /proc/cpuinfo lists the flags) and the logical cores this process
+    may use, the platform, and for CUDA the GPU's name and the CUDA version."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            fields = [line.partition(":") for line in f]
     except OSError:
-        pass
+        fields = []
+    names = [value.strip() for key, _, value in fields if key.strip() == "model name"]
+    flags = [set(value.split()) for key, _, value in fields if key.strip() in ("flags", "Features")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
     # The logical CPUs this process may use (a container's or taskset's share), not the host's.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict[str, Any] = {"device": str(device), "cpu": cpu, "cpu_count": cores,
                             "platform": platform.platform()}
+    if flags and cpu_isa(flags[0]):
+        info["isa"] = cpu_isa(flags[0])
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

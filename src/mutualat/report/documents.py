@@ -51,11 +51,11 @@ def write_section(path: Path, begin: str, end: str, body: str) -> None:
 
 def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The machines that ``records`` name (:func:`mutualat.device.machine_record`'s, as runs and
-    evaluations wrote them): one entry per CPU model and core count, with the GPUs used on it
-    merged in (a task on that machine's CPU records none); the torch threads and versions the
-    records state; and how many records name no machine (written before records did). Sorted,
-    so the same records in any order gather the same way."""
-    found: dict[tuple, dict[str, Any]] = {}  # (cpu, cores) -> the machine, its GPUs merged
+    evaluations wrote them): one entry per CPU model, instruction set (where recorded) and core
+    count, with the GPUs used on it merged in (a task on that machine's CPU records none); the
+    torch threads and versions the records state; and how many records name no machine
+    (written before records did). Sorted, so the same records in any order gather the same way."""
+    found: dict[tuple, dict[str, Any]] = {}  # (cpu, isa, cores) -> the machine, GPUs merged
     threads: set[int] = set()
     versions: set[str] = set()
     unnamed = 0
@@ -67,28 +67,30 @@ def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         if not record.get("cpu"):
             unnamed += 1
             continue
-        key = (record["cpu"], record.get("cpu_count"))
-        entry = found.setdefault(key, {"cpu": key[0], "cpu_count": key[1], "gpus": []})
+        key = (record["cpu"], record.get("isa"), record.get("cpu_count"))
+        entry = found.setdefault(key, {"cpu": key[0], "isa": key[1], "cpu_count": key[2],
+                                       "gpus": []})
         if record.get("gpu") and record["gpu"] not in entry["gpus"]:
             entry["gpus"].append(record["gpu"])
     for entry in found.values():
         entry["gpus"].sort()
 
-    def order(machine: dict[str, Any]) -> tuple:  # by name, then fewest cores first
+    def order(machine: dict[str, Any]) -> tuple:  # by name, instructions, fewest cores first
         cores = machine["cpu_count"]
-        return (str(machine["cpu"]), cores if isinstance(cores, int) else -1, str(cores))
+        return (str(machine["cpu"]), str(machine["isa"] or ""), cores if isinstance(cores, int) else -1,
+                str(cores))
 
     return {"machines": sorted(found.values(), key=order),
             "threads": sorted(threads), "torch": sorted(versions), "unnamed": unnamed}
 
 
 def machines_text(gathered: dict[str, Any], per: str = "task") -> str:
-    """What :func:`gather_machines` found, as a document says it: ``AMD EPYC (2 cores), 1 torch
-    thread per task, torch 2.13.0+cpu``; several machines joined by "; " (a GPU inside the
+    """What :func:`gather_machines` found, as a document says it: ``AMD EPYC (AVX2, 2 cores), 1
+    torch thread per task, torch 2.13.0+cpu`` (the instruction set where records name it); several machines joined by "; " (a GPU inside the
     parentheses), the thread counts where recorded (``per``: what one count belongs to), and a
     machine no record names said as such."""
-    listed = [f"{m['cpu']} ({m['cpu_count']} cores" + "".join(f", {gpu}" for gpu in m["gpus"]) + ")"
-              for m in gathered["machines"]]
+    listed = [f"{m['cpu']} (" + (f"{m['isa']}, " if m.get("isa") else "") + f"{m['cpu_count']} cores"
+              + "".join(f", {gpu}" for gpu in m["gpus"]) + ")" for m in gathered["machines"]]
     if gathered["unnamed"]:
         listed.append("a machine its records do not name")
     text = "; ".join(listed) or "machines not recorded"
