@@ -266,11 +266,12 @@ def test_the_sections_equal_the_evaluations_they_read(paper_study):
         [records[f"train__at__lr0.05__seed{s}.record.json"]["cpu_s"] for s in plan.seeds]))
     assert all(r["machines"][0]["threads"] == 1 for r in records.values())  # --jobs 2: one each
     summary = read_summary(study.eval_dir("at", {"lr": 0.05}, 0, "last"))
-    assert data["machines"] == [{"cpu": summary["hardware"]["cpu"],
+    assert data["machines"] == [{"cpu": summary["hardware"]["cpu"], "isa": summary["hardware"].get("isa"),
                                  "cpu_count": summary["hardware"]["cpu_count"], "gpus": []}]
     assert data["threads"] == [1] and data["torch"] == [summary["versions"]["torch"]]
     assert data["training_machines_recorded"]
-    assert (f"Ran on: {summary['hardware']['cpu']} ({summary['hardware']['cpu_count']} cores), "
+    isa = f"{summary['hardware']['isa']}, " if "isa" in summary["hardware"] else ""
+    assert (f"Ran on: {summary['hardware']['cpu']} ({isa}{summary['hardware']['cpu_count']} cores), "
             f"1 torch thread per task, torch {summary['versions']['torch']}.") in text
     # The offline scenario's student learned from the AT model of its own seed, frozen.
     for seed in plan.seeds:
@@ -436,7 +437,8 @@ def test_the_report_names_every_machine_its_tasks_recorded(paper_study, tmp_path
     data["machines"] += [elsewhere, {**elsewhere, "device": "cpu", "gpu": None}]  # its CPU: one machine
     record.write_text(json.dumps(data))
     collected = report.collect(Study(load_plan(plan), moved))
-    assert {"cpu": "Elsewhere 9000", "cpu_count": 64, "gpus": ["Some GPU"]} in collected["machines"]
+    assert {"cpu": "Elsewhere 9000", "isa": None, "cpu_count": 64, "gpus": ["Some GPU"]} \
+        in collected["machines"]
     assert len(collected["machines"]) == 2 and collected["threads"] == [1, 8]
     text = markdown(collected)
     assert "Elsewhere 9000 (64 cores, Some GPU)" in text and "1/8 torch threads per task" in text

@@ -137,23 +137,24 @@ def test_results_mp_writes_a_table_it_can_regenerate_from_the_same_runs(tmp_path
     # renders: a run whose record says it trained elsewhere, and an evaluation whose attacks
     # say they ran on a third machine under another torch, are named so.
     here = hardware_info(torch.device("cpu"))
-    assert (f"on {here['cpu']} ({here['cpu_count']} cores), 1 torch thread per job, "
+    isa = f"{here['isa']}, " if "isa" in here else ""  # the records name it, as this one does
+    assert (f"on {here['cpu']} ({isa}{here['cpu_count']} cores), 1 torch thread per job, "
             f"torch {torch.__version__})") in text
     log = tmp_path / "runs" / "at-avg-seed1" / "metrics.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines()]
     for r in records:
         if r["event"] == "machine":
-            r.update(cpu="Elsewhere CPU", cpu_count=64)
+            r.update(cpu="Elsewhere CPU", cpu_count=64, isa="AVX-512")
     log.write_text("".join(json.dumps(r) + "\n" for r in records))
     for path in (tmp_path / "runs" / "mat-mp-avg-alpha0.5-seed0").glob("eval-*/*/attacks/*.npz"):
         with np.load(path) as f:
             arrays = {k: f[k] for k in f.files}
         arrays["machine"] = json.dumps({**json.loads(str(arrays["machine"])), "cpu": "Third CPU",
-                                        "cpu_count": 8, "torch": "9.9"})
+                                        "cpu_count": 8, "torch": "9.9", "isa": None})
         np.savez(path, **arrays)
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
-    named = sorted([f"{here['cpu']} ({here['cpu_count']} cores)", "Elsewhere CPU (64 cores)",
-                    "Third CPU (8 cores)"])
+    named = sorted([f"{here['cpu']} ({isa}{here['cpu_count']} cores)",
+                    "Elsewhere CPU (AVX-512, 64 cores)", "Third CPU (8 cores)"])
     torches = " and ".join(sorted([torch.__version__, "9.9"]))
     assert f"on {'; '.join(named)}, 1 torch thread per job, torch {torches})" in doc.read_text()
