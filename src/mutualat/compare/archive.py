@@ -67,8 +67,8 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
                           *(out / "runs").glob("*/*/retrained-*.json")]):
         counts["written"] += _copy(beside, dest / beside.relative_to(out))
     # An evaluation has finished once it names the models it read (written after its summary).
-    finished = [p.parent for kind in ("evals", "tables") for p in (out / kind).glob("**/summary.json")
-                if (p.parent / EVALUATED).is_file()]
+    finished = [p.parent for kind in ("evals", "tables")
+                for p in (out / kind).glob("**/summary.json") if (p.parent / EVALUATED).is_file()]
     finished += [p.parent for p in (out / "transfer").glob("*/transfer.json")]
     for folder in sorted(finished):
         for file in sorted(f for f in folder.rglob("*") if f.is_file() and not _left_out(f)):

@@ -13,6 +13,7 @@ from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.models.io import read_model_meta
 from mutualat.models.torch_source import file_sha256
+from mutualat.train.checkpoint import atomic_write_bytes
 
 
 #: In an evaluation folder of a study: name -> sha256 of each model file the evaluation read.
@@ -65,7 +66,8 @@ def set_aside_if_pruned(run_dir: Path) -> Path | None:
         aside = aside.with_name(f"{parts[-1]}-{k}")
     aside.parent.mkdir(parents=True, exist_ok=True)
     run_dir.rename(aside)
-    atomic_write(retrained_record(run_dir), {"set_aside": str(aside.relative_to(run_dir.parents[3]))})
+    where = str(aside.relative_to(run_dir.parents[3]))
+    _write_json(retrained_record(run_dir), {"set_aside": where})
     return aside
 
 
@@ -89,15 +91,13 @@ def compare_retrained(run_dir: Path) -> dict[str, Any] | None:
         files = sorted((run_dir / "models").glob("*.safetensors"))
         record["differs"] = [f.name.removesuffix(".safetensors") for f in files
                              if file_digest(f) != file_digest(aside / "models" / f.name)]
-        atomic_write(path, record)
+        _write_json(path, record)
     return record
 
 
-def atomic_write(path: Path, data: dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def spec_digest(spec: dict[str, Any]) -> str:

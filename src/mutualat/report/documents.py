@@ -77,8 +77,8 @@ def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
     def order(machine: dict[str, Any]) -> tuple:  # by name, instructions, fewest cores first
         cores = machine["cpu_count"]
-        return (str(machine["cpu"]), str(machine["isa"] or ""), cores if isinstance(cores, int) else -1,
-                str(cores))
+        return (str(machine["cpu"]), str(machine["isa"] or ""),
+                cores if isinstance(cores, int) else -1, str(cores))
 
     return {"machines": sorted(found.values(), key=order),
             "threads": sorted(threads), "torch": sorted(versions), "unnamed": unnamed}
@@ -86,11 +86,12 @@ def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def machines_text(gathered: dict[str, Any], per: str = "task") -> str:
     """What :func:`gather_machines` found, as a document says it: ``AMD EPYC (AVX2, 2 cores), 1
-    torch thread per task, torch 2.13.0+cpu`` (the instruction set where records name it); several machines joined by "; " (a GPU inside the
-    parentheses), the thread counts where recorded (``per``: what one count belongs to), and a
-    machine no record names said as such."""
-    listed = [f"{m['cpu']} (" + (f"{m['isa']}, " if m.get("isa") else "") + f"{m['cpu_count']} cores"
-              + "".join(f", {gpu}" for gpu in m["gpus"]) + ")" for m in gathered["machines"]]
+    torch thread per task, torch 2.13.0+cpu`` (the instruction set where records name it);
+    several machines joined by "; " (a GPU inside the parentheses), the thread counts where
+    recorded (``per``: what one count belongs to), and a machine no record names said as such."""
+    listed = [f"{m['cpu']} (" + (f"{m['isa']}, " if m.get("isa") else "")
+              + f"{m['cpu_count']} cores" + "".join(f", {gpu}" for gpu in m["gpus"]) + ")"
+              for m in gathered["machines"]]
     if gathered["unnamed"]:
         listed.append("a machine its records do not name")
     text = "; ".join(listed) or "machines not recorded"
