@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from mutualat.compare import Study, load_plan
+from mutualat.compare.progress import longest_first
 from mutualat.compare.selection import Selection, choose, validation_images
+from mutualat.compare.tasks import PHASE
 from mutualat.compare.worker import run_train
 from mutualat.data import load_dataset, train_val_split
 from mutualat.errors import ConfigError
@@ -161,3 +163,22 @@ def test_the_script_shows_what_the_rule_would_have_chosen(tmp_path, capsys):
         (run / "results.json").unlink(missing_ok=True)
     assert script.main([str(path), "--out", str(study.out)]) == 0
     assert "| at | every grid point of at diverged" in capsys.readouterr().out
+
+
+def test_a_choice_is_evaluated_before_the_grid_seed_trains_more(tmp_path):
+    """Within a seed, a choice's evaluation starts before another variant's grid runs (the
+    chosen run at the next seed after both): a study stopped early has its choices evaluated,
+    and an archive leaves no chosen run waiting on its evaluation."""
+    text = AT_GRID.replace("  at: {method.name: at, method.params.loss: lc}\n",
+                           "  at: {method.name: at, method.params.loss: lc}\n"
+                           "  late: {method.name: at, method.params.loss: lc}\n")
+    study = Study(load_plan(_write_plan(tmp_path / "plan", text)), tmp_path / "out")
+    for task in study.tasks()[0]:
+        if task.key.startswith("train/at/"):
+            run_train(task.spec)
+    ready = longest_first(*study.tasks(), {})
+    assert [t.key for t in ready][:3] == ["eval/at/seed0", "train/late/lr0.02/seed0",
+                                          "train/late/lr0.05/seed0"]
+    assert ready[3].key.startswith("train/at/") and ready[3].key.endswith("/seed2")
+    assert [t.priority for t in ready] == [(0, PHASE["eval"]), (0, PHASE["grid"]),
+                                           (0, PHASE["grid"]), (1, PHASE["chosen"])]
