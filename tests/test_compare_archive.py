@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mutualat.compare.archive import archive_study
 from mutualat.compare.records import PRUNED
 
 from test_compare import _compare
@@ -201,3 +202,19 @@ def _outcome(result: dict) -> dict:
     if "suite" in result:
         return {m: {a: r["accuracy"] for a, r in v["attacks"].items()} for m, v in result["models"].items()}
     return {"accuracy": result["accuracy"], "clean": result["clean"]}
+
+
+def test_a_diverged_run_is_archived_as_settled_and_an_unfinished_one_is_not(tmp_path):
+    out = tmp_path / "out"
+    diverged, started = out / "runs/at/lr0.4/seed0", out / "runs/at/lr0.1/seed0"
+    for run in (diverged, started):
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("seed: 0\n")
+        (run / "metrics.jsonl").write_text('{"event": "start"}\n')
+    (diverged / "diverged.json").write_text('{"error": "loss is nan"}')
+    (started / "checkpoint.pt").write_bytes(b"\0" * 64)
+    counts = archive_study(out, tmp_path / "archive", "tiny")
+    assert counts["runs"] == 1
+    held = _files(tmp_path / "archive")
+    assert held["runs/at/lr0.4/seed0/diverged.json"] == b'{"error": "loss is nan"}'
+    assert not [f for f in held if f.startswith("runs/at/lr0.1/")]
