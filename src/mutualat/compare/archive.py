@@ -25,9 +25,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-from mutualat.compare.records import EVALUATED, PRUNED, file_digest
+from mutualat.compare.records import EVALUATED, PRUNED, file_digest, task_records
 from mutualat.errors import ConfigError
 from mutualat.models.io import read_model_meta
 from mutualat.train.checkpoint import atomic_write_bytes
@@ -74,11 +73,11 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
         for file in sorted(f for f in folder.rglob("*") if f.is_file() and not _left_out(f)):
             counts["written"] += _copy(file, dest / file.relative_to(out))
         counts["evaluations"] += 1
-    for record in sorted((out / "tasks").glob("*.record.json")):
-        if _status(record) != "done":
+    for slug, record in task_records(out).items():
+        if record.get("status") != "done":
             continue
-        slug = record.name.removesuffix(".record.json")
-        for file in (record, out / "tasks" / f"{slug}.json", out / "logs" / f"{slug}.log"):
+        for file in (out / "tasks" / f"{slug}.record.json", out / "tasks" / f"{slug}.json",
+                     out / "logs" / f"{slug}.log"):
             if file.is_file():
                 counts["written"] += _copy(file, dest / file.relative_to(out))
         counts["tasks"] += 1
@@ -114,13 +113,6 @@ def _copy_run(run: Path, target: Path) -> int:
 
 def _left_out(file: Path) -> bool:
     return file.name.endswith(LEFT_OUT)
-
-
-def _status(record: Path) -> Any:
-    try:
-        return json.loads(record.read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _copy(source: Path, target: Path) -> int:

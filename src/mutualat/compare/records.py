@@ -25,28 +25,30 @@ EVALUATED = "evaluated-models.json"
 PRUNED = ".pruned.json"
 
 
+def _stand_in(path: str | Path) -> dict[str, Any] | None:
+    """The stand-in of a model file an archive left out; None where the file is there."""
+    stub = Path(f"{path}{PRUNED}")
+    return json.loads(stub.read_text()) if not Path(path).exists() and stub.is_file() else None
+
+
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes (hex, all 64 digits; remembered while its size and
     modification time stay): what a study's records name a model file by. A model file an
     archive left out is named by its stand-in's record."""
-    stub = Path(f"{path}{PRUNED}")
-    if not Path(path).exists() and stub.is_file():
-        return json.loads(stub.read_text())["sha256"]
-    return file_sha256(path)
+    stub = _stand_in(path)
+    return stub["sha256"] if stub is not None else file_sha256(path)
 
 
 def model_meta(path: str | Path) -> dict[str, Any]:
     """A model file's header record (:func:`mutualat.models.io.read_model_meta`), or its
     stand-in's where an archive left the file out."""
-    stub = Path(f"{path}{PRUNED}")
-    if not Path(path).exists() and stub.is_file():
-        return json.loads(stub.read_text())["meta"]
-    return read_model_meta(path)
+    stub = _stand_in(path)
+    return stub["meta"] if stub is not None else read_model_meta(path)
 
 
 def pruned(files: list[str]) -> bool:
     """Whether any of a finished run's model ``files`` was left out by an archive."""
-    return any(not Path(f).exists() and Path(f"{f}{PRUNED}").is_file() for f in files)
+    return any(Path(f"{f}{PRUNED}").is_file() and not Path(f).exists() for f in files)
 
 
 def set_aside_if_pruned(run_dir: Path) -> Path | None:
