@@ -955,6 +955,47 @@ def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study, tm
     assert markdown(data).split("\n", 1)[1] in text
 
 
+def test_an_evaluation_stopped_before_its_record_runs_again_only_on_the_same_weights(
+        finished_study, tmp_path):
+    """An evaluation task killed after its summary but before it recorded which model files
+    it evaluated (evaluated-models.json) is not finished: the rerun evaluates again, reusing
+    every attack's column since the weights are those of the folder's manifest, and writes
+    the record. With a run's weights swapped meanwhile, the evaluator refuses the folder
+    instead of reporting numbers of other weights."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    study = Study(load_plan(plan), out)
+    chosen = study.selection("mat").chosen
+    folder = study.eval_dir("mat", chosen, 0, "last")
+    record = folder / "evaluated-models.json"
+    kept, summary = record.read_text(), (folder / "summary.json").read_text()
+    record.unlink()
+    again = _compare(plan, out)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert [l.split()[1] for l in output.splitlines() if l.startswith("start")] == [
+        f"eval/mat/seed0"], output
+    assert record.read_text() == kept
+    def numbers(text: str) -> dict:  # not the model files' paths (the folder was copied)
+        return {name: {k: v for k, v in model.items() if k != "info"}
+                for name, model in json.loads(text)["models"].items()}
+    assert numbers((folder / "summary.json").read_text()) == numbers(summary)
+
+    record.unlink()
+    run = study.run_dir("mat", chosen, 0) / "models"
+    h1, h2 = run / "h1.safetensors", run / "h2.safetensors"
+    swapped = h1.read_bytes()
+    h1.write_bytes(h2.read_bytes())
+    h2.write_bytes(swapped)
+    again = _compare(plan, out)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode != 0
+    log = (out / "logs" / "eval__mat__seed0.log").read_text()
+    assert "manifest" in log or "another evaluation" in log, log
+    assert not record.exists() and (folder / "summary.json").read_text() != ""
+
+
 def _committed_plans() -> list[Path]:
     configs = Path(__file__).resolve().parents[1] / "configs"
     return sorted(p for folder in ("plans", "paper") for p in (configs / folder).glob("*.yaml")

@@ -355,6 +355,32 @@ def test_interrupted_evaluation_resumes_to_the_same_summary(tmp_path, monkeypatc
     assert again["computed_on"] == resumed["computed_on"]
 
 
+def test_a_saved_column_of_other_examples_is_attacked_again(tmp_path):
+    """A later attack's saved column is reused only while the columns before it leave it the
+    same examples: with attack a's column recomputed (here: forged to break nothing), b's
+    old column, run on the 15 examples a had left, would count a's 3 as never attacked and
+    so not robust. It is set aside and b attacks the 18 again."""
+    run_marked(tmp_path, models={"m": MarkerModel()})
+    attacks = tmp_path / "ev" / "m" / "attacks"
+    with np.load(attacks / "a.npz") as f:
+        saved = dict(f)
+    saved["outcome"] = np.where(saved["outcome"] == BROKEN, ROBUST, saved["outcome"])
+    np.savez(attacks / "a.npz", **saved)
+    with np.load(attacks / "b.npz") as f:
+        old_b = f["outcome"].copy()
+    MarkedAttack.calls.clear()
+    summary = run_marked(tmp_path, models={"m": MarkerModel()})
+    assert MarkedAttack.calls == [(1, 18)]  # b again, on all 18; a and c reused
+    with np.load(attacks / "b.stale.npz") as f:
+        assert np.array_equal(f["outcome"], old_b)  # the old column set aside, not lost
+    m = summary["models"]["m"]
+    assert m["attacks"]["b"]["attacked"] == 18
+    assert m["threats"]["linf"] == pytest.approx(15 / 20)  # b alone breaks 3, 5, 6
+    MarkedAttack.calls.clear()
+    assert run_marked(tmp_path, models={"m": MarkerModel()})["models"]["m"] == m
+    assert MarkedAttack.calls == []  # consistent now: reused whole
+
+
 class CoinAttack(MarkedAttack):
     """Breaks each example with probability 0.3 from the global RNG (the evaluator seeds it
     per restart and batch), so restarts matter and the outcome depends on the seeding."""

@@ -172,7 +172,7 @@ def evaluation_holds(eval_dir: Path, suite: str, record: dict[str, Any], n: int,
     if missing:
         differs.append(f"models (it lacks {', '.join(missing)})")
     evaluated = eval_dir / EVALUATED
-    if files is not None and evaluated.is_file():  # (older folders have no record)
+    if files is not None and evaluated.is_file():
         if json.loads(evaluated.read_text()) != {k: file_digest(f) for k, f in files.items()}:
             differs.append("models (one was trained again since)")
     if differs:
@@ -180,4 +180,7 @@ def evaluation_holds(eval_dir: Path, suite: str, record: dict[str, Any], n: int,
             f"{eval_dir} holds an evaluation with other {' and '.join(differs)} than the plan "
             f"asks for now (suite {Path(str(suite)).stem}): something changed after it ran. Restore "
             "what changed, or move the folder away to evaluate again (nothing was overwritten)")
-    return True
+    # A task stopped between its summary and its record of which files it evaluated is not
+    # finished: it runs again, and the evaluator reuses the folder's columns only for models
+    # of the same weights as its manifest's (else it refuses the folder), then the record.
+    return files is None or evaluated.is_file()

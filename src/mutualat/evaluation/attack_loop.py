@@ -173,6 +173,24 @@ def _layout_field(layout: str | None) -> dict[str, str]:
     return {"layout": layout} if layout else {}
 
 
+def _reusable(path: Path, todo: np.ndarray, name: str, attack: str) -> bool:
+    """Whether a finished attack's column in ``path`` attacked exactly ``todo``, the
+    examples the columns before it leave to it now. Otherwise an earlier column was computed
+    again since (its file removed, or another run's), and the column would count examples
+    it never attacked as not robust: the file is set aside as ``<attack>.stale.npz`` (nothing
+    is deleted) and the attack runs again."""
+    with np.load(path) as f:
+        attacked = f["outcome"] != NOT_ATTACKED
+    if attacked.shape == todo.shape and np.array_equal(attacked, todo):
+        return True
+    stale = path.with_name(f"{attack}.stale.npz")
+    path.replace(stale)
+    logger.warning(f"{name}: {attack}: its saved column attacked {int(attacked.sum())} examples "
+                   f"where the columns before it now leave {int(todo.sum())}; set aside as "
+                   f"{stale.name}, attacking again")
+    return False
+
+
 def model_outcomes(
     name: str,
     model: nn.Module,
@@ -205,17 +223,17 @@ def model_outcomes(
     facts: dict[str, dict[str, Any]] = {}
     for j, spec in enumerate(specs):
         path = mdir / "attacks" / f"{spec.id}.npz"
-        if path.is_file():
+        if suite.per_attack == "cumulative":
+            todo = candidates(clean, outcome[:, :j], threats[:j], spec.threat)
+        else:
+            todo = clean.copy()
+        if path.is_file() and _reusable(path, todo, name, spec.id):
             with np.load(path) as f:
                 outcome[:, j] = f["outcome"]
                 facts[spec.id] = {"seconds": float(f["seconds"]), "invalid": int(f["invalid"]),
                                   "attacked": int(f["attacked"]),
                                   "layout": _layout_in(f), "machine": _machine_in(f)}
             continue
-        if suite.per_attack == "cumulative":
-            todo = candidates(clean, outcome[:, :j], threats[:j], spec.threat)
-        else:
-            todo = clean.copy()
         attack = suite.build(spec)
         tick = time.perf_counter()
         partial = path.with_name(f"{spec.id}.partial.npz")
