@@ -975,7 +975,7 @@ def test_an_evaluation_stopped_before_its_record_runs_again_only_on_the_same_wei
     output, _ = again.communicate(timeout=300)
     assert again.returncode == 0, output
     assert [l.split()[1] for l in output.splitlines() if l.startswith("start")] == [
-        f"eval/mat/seed0"], output
+        "eval/mat/seed0"], output
     assert record.read_text() == kept
     def numbers(text: str) -> dict:  # not the model files' paths (the folder was copied)
         return {name: {k: v for k, v in model.items() if k != "info"}
