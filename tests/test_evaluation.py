@@ -38,14 +38,13 @@ from mutualat.evaluation import (
 )
 from mutualat.evaluation import attack_loop
 from mutualat.evaluation import checks as masking
+from mutualat.evaluation.autoattack import autoattack_available
 from mutualat.evaluation.suite import known_attacks
 
 from conftest import reference_missing
 
 
 def _needs_autoattack() -> None:
-    from mutualat.evaluation.autoattack import autoattack_available
-
     if not autoattack_available():
         reference_missing("neither autoattack nor pyautoattack is installed")
 
@@ -539,6 +538,10 @@ def test_cli_eval_transfer_and_report(tiny_runs, tmp_path):
     assert set(summary["models"]) == {"at", "mat-h1", "ensemble"}
     assert summary["n_examples"] == 40 and summary["data"]["dataset"] == "fashion-mnist-embedded"
     assert summary["suite"]["name"] == "quick" and summary["versions"]["torch"] == torch.__version__
+    if autoattack_available():  # which APGD computed the numbers, with its version
+        assert summary["versions"]["autoattack"].startswith(("autoattack 0.", "pyautoattack 0."))
+    else:
+        assert "autoattack" not in summary["versions"]
     assert {"device", "cpu"} <= set(summary["hardware"])
     assert set(summary["checks"]["models"]["at"]) >= {"clean", "pgd", "noise", "single_step", "large_eps_pgd"}
     at = summary["models"]["at"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.metadata
 import io
 import json
 import platform
@@ -62,8 +63,18 @@ def fingerprint_data(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 def versions() -> dict[str, str]:
-    return {"mutualat": mutualat.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    """The versions that can change numbers: ours, torch's, numpy's, Python's and, where
+    installed, the AutoAttack that APGD and AutoAttack suites run (fra31's ``autoattack`` or
+    the package index's ``pyautoattack``, whichever :mod:`.autoattack` imports first)."""
+    found = {"mutualat": mutualat.__version__, "torch": torch.__version__,
+             "numpy": np.__version__, "python": platform.python_version()}
+    for package in ("autoattack", "pyautoattack"):
+        try:
+            found["autoattack"] = f"{package} {importlib.metadata.version(package)}"
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def utc_now() -> str:
