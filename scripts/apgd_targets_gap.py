@@ -27,6 +27,13 @@ whose suites (comparison-fmnist-cpu, comparison-cifar10-cpu) run 3 targets to st
 the CPU budget. A suite of several threat types (Table 5's table5-aa-fmnist-cpu) gets APGD-T
 at each of its l-inf, l2 and l1 threats, each on every surviving example, and the table says
 what each type's broke.
+
+Each finished check records which model files it attacked, by content, as the study's own
+evaluations do (``evaluated-models.json``: the digests its evaluation recorded). With the
+check inside the study (the default ``--out``), ``mutualat compare --archive`` keeps it, and
+a rerun reads a finished check without the weights (an archived study has only their
+digests) while the evaluation, its digests, its survivors and the attack are the same; a
+check not yet run needs the weights, so run it where the study trained, before archiving.
 """
 
 from __future__ import annotations
@@ -40,13 +47,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mutualat.compare.records import EVALUATED
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
 from mutualat.errors import MutualatError
 from mutualat.evaluation import evaluate
+from mutualat.evaluation.attack_loop import as_tensors
+from mutualat.evaluation.records import fingerprint_data
 from mutualat.evaluation.suite import suite_from_dict
 from mutualat.models import load_model
 from mutualat.models.ensemble import Ensemble
+from mutualat.train.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger("mutualat.scripts.apgd_targets_gap")
 
@@ -86,16 +97,53 @@ def data_source(study: Path) -> dict:
     raise MutualatError(f"{study}/tasks has no evaluation task")
 
 
-def load_models(summary: dict, device: str) -> dict[str, torch.nn.Module]:
-    """The evaluated models, from the paths their summary records (an ensemble: its members')."""
-    models = {}
-    for name, entry in summary["models"].items():
-        info = entry["info"]
-        if "members" in info:
-            models[name] = Ensemble([load_model(m["path"], device=device) for m in info["members"].values()])
-        else:
-            models[name] = load_model(info["path"], device=device)
-    return models
+def in_study(study: Path, recorded: str) -> Path:
+    """Where a model file its evaluation recorded is in ``study`` now: the same path below
+    runs/ (the study may have moved, or be an archive of it, since)."""
+    parts = Path(recorded).parts
+    if "runs" not in parts:
+        return Path(recorded)
+    return study.joinpath(*parts[len(parts) - 1 - parts[::-1].index("runs"):])
+
+
+def load_model_of(study: Path, folder: Path, summary: dict, name: str,
+                  device: str) -> torch.nn.Module:
+    """The evaluated model ``name``, from the file its summary records (an ensemble: its
+    members'), found in ``study``; a clear error where the weights are not there (an archived
+    study)."""
+    info = summary["models"][name]["info"]
+    recorded = [m["path"] for m in info["members"].values()] if "members" in info else [info["path"]]
+    paths = [in_study(study, p) for p in recorded]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise MutualatError(
+            f"{folder}: {name}'s weights are not here ({', '.join(missing)}; an archived study "
+            "keeps only their digests): run this check where the study trained, before archiving")
+    models = [load_model(p, device=device) for p in paths]
+    return Ensemble(models) if "members" in info else models[0]
+
+
+def finished_check(folder: Path, name: str, suite_dict: dict, images: torch.Tensor,
+                   labels: torch.Tensor, seed: int, evaluated: dict | None) -> dict | None:
+    """The summary of a check already run in ``folder`` on model ``name`` of the evaluation
+    whose model digests are ``evaluated``, with the same attack (``suite_dict``) on the same
+    examples and seed; None where there is none to reuse without the weights."""
+    summary, manifest = folder / "summary.json", folder / "manifest.json"
+    record = folder / EVALUATED
+    if evaluated is None or not (summary.is_file() and manifest.is_file() and record.is_file()):
+        return None
+    if json.loads(record.read_text()) != evaluated:
+        raise MutualatError(f"{folder}: this check attacked other model files than its evaluation "
+                            "holds now (a run trained again?): move it away to check again")
+    identity = json.loads(manifest.read_text())["identity"]
+    x, y = as_tensors(images, labels)
+    same = (identity["suite"] == {k: v for k, v in suite_dict.items() if k != "description"}
+            and identity["seed"] == seed and identity["n_examples"] == len(y)
+            and identity["data"] == fingerprint_data(x, y))
+    if not same:
+        return None  # another attack or other survivors: evaluate() decides, with the weights
+    result = json.loads(summary.read_text())
+    return result if name in result["models"] else None
 
 
 def stronger_suite(summary: dict, targets: int, attack: str = "apgd-t") -> dict:
@@ -148,7 +196,9 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
         split = splits[key]
         suite_dict = stronger_suite(summary, args.targets, args.attack)
         suite = suite_from_dict(suite_dict, source=suite_dict["name"])
-        for name, model in load_models(summary, args.device).items():
+        record = folder / EVALUATED
+        evaluated = json.loads(record.read_text()) if record.is_file() else None
+        for name in summary["models"]:
             correct = np.load(folder / summary["models"][name]["correct_file"])
             if not np.array_equal(correct["labels"], split.labels):
                 raise MutualatError(f"{folder}: its labels are not those of the test subset read "
@@ -162,11 +212,18 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
                    "attacked": len(attacked), "broken": 0,
                    "broken_by_type": {a["threat"]: 0 for a in suite_dict["attacks"]}}
             if len(attacked):
-                result = evaluate({name: model}, suite, torch.from_numpy(split.images[attacked]),
-                                  torch.from_numpy(split.labels[attacked]),
-                                  out / variant / setting / f"seed{seed}" / checkpoint / name,
-                                  batch_size=args.batch_size, device=args.device,
-                                  seed=summary["seed"], checks=False, progress=False)
+                images = torch.from_numpy(split.images[attacked])
+                labels = torch.from_numpy(split.labels[attacked])
+                there = out / variant / setting / f"seed{seed}" / checkpoint / name
+                result = finished_check(there, name, suite.to_dict(), images, labels,
+                                        summary["seed"], evaluated)
+                if result is None:
+                    model = load_model_of(args.study, folder, summary, name, args.device)
+                    result = evaluate({name: model}, suite, images, labels, there,
+                                      batch_size=args.batch_size, device=args.device,
+                                      seed=summary["seed"], checks=False, progress=False)
+                    if evaluated is not None:  # which files, by content: as the study's own
+                        atomic_write_bytes(there / EVALUATED, json.dumps(evaluated, indent=2).encode())
                 row["broken"] = round(len(attacked) * (1 - result["models"][name]["r_worst"]))
                 attacks = result["models"][name]["attacks"].values()
                 row["broken_by_type"] = {a["threat"]: a["broken"] for a in attacks}

@@ -218,3 +218,30 @@ def test_a_diverged_run_is_archived_as_settled_and_an_unfinished_one_is_not(tmp_
     held = _files(tmp_path / "archive")
     assert held["runs/at/lr0.4/seed0/diverged.json"] == b'{"error": "loss is nan"}'
     assert not [f for f in held if f.startswith("runs/at/lr0.1/")]
+
+
+def test_a_scripts_check_run_in_the_study_is_archived_and_read_again_without_weights(
+        archived, tmp_path, capsys):
+    """scripts/apgd_targets_gap.py run inside a study records the model files it attacked;
+    the archive keeps its folders, and on the archive, with the weights gone, the same rows
+    come back from them, while a check not yet run says it needs the weights."""
+    from conftest import script_module
+
+    plan, out, _, _ = archived
+    gap = script_module("apgd_targets_gap")
+    study, archive = tmp_path / "study", tmp_path / "archive"
+    shutil.copytree(out, study)
+    assert gap.main([str(study), "--targets", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    checked = [r for r in rows if r["attacked"]]
+    assert checked, "the tiny models left the check nothing to attack"
+    _run(plan, study, "--archive", str(archive))
+    for r in checked:
+        folder = Path("apgd-targets-gap", r["variant"], r["setting"], f"seed{r['seed']}", "last", r["model"])
+        for name in ("summary.json", "evaluated-models.json", "manifest.json"):
+            assert (archive / folder / name).read_bytes() == (study / folder / name).read_bytes()
+    shutil.rmtree(study)  # the weights the summaries name are gone
+    assert gap.main([str(archive), "--targets", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
+    assert gap.main([str(archive), "--targets", "3", "--json"]) == 2
+    assert "weights are not here" in capsys.readouterr().err

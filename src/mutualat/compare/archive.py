@@ -2,8 +2,9 @@
 outlives the disk the study ran on and from which the same plan continues.
 
 ``mutualat compare PLAN --out OUT --archive DEST`` copies into ``DEST`` every settled run
-(finished or diverged), every finished evaluation, table and transfer matrix, and the record,
-spec and log of every task that finished. Each model file becomes a stand-in,
+(finished or diverged), every finished evaluation, table and transfer matrix (and check that a
+script such as scripts/apgd_targets_gap.py ran inside the study, recording the model files it
+read), and the record, spec and log of every task that finished. Each model file becomes a stand-in,
 ``<file>.pruned.json`` (:data:`mutualat.compare.records.PRUNED`: its sha256 and header
 record), so every check by content still holds; resume checkpoints, locks, unfinished work
 and the report's figures stay behind (its comparison.json and .md, which the scripts read,
@@ -65,9 +66,10 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
     for beside in sorted([*(out / "runs").glob("*/*/teacher-of-*.json"),
                           *(out / "runs").glob("*/*/retrained-*.json")]):
         counts["written"] += _copy(beside, dest / beside.relative_to(out))
-    # An evaluation has finished once it names the models it read (written after its summary).
-    finished = [p.parent for kind in ("evals", "tables")
-                for p in (out / kind).glob("**/summary.json") if (p.parent / EVALUATED).is_file()]
+    # An evaluation has finished once it names the models it read (written after its summary):
+    # the study's own (evals/, tables/) and the checks scripts ran into it (apgd-targets-gap/).
+    finished = [p.parent for p in out.rglob("summary.json") if (p.parent / EVALUATED).is_file()
+                and p.relative_to(out).parts[0] not in ("runs", "pruned-runs")]
     finished += [p.parent for p in (out / "transfer").glob("*/transfer.json")]
     for folder in sorted(finished):
         for file in sorted(f for f in folder.rglob("*") if f.is_file() and not _left_out(f)):
