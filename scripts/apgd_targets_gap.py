@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mutualat.compare.records import EVALUATED
+from mutualat.compare.records import EVALUATED, file_digest
 from mutualat.console import setup_logging
 from mutualat.data import load_dataset, subset
 from mutualat.errors import MutualatError
@@ -106,28 +106,36 @@ def in_study(study: Path, recorded: str) -> Path:
     return study.joinpath(*parts[len(parts) - 1 - parts[::-1].index("runs"):])
 
 
-def load_model_of(study: Path, folder: Path, summary: dict, name: str,
-                  device: str) -> torch.nn.Module:
+def load_model_of(study: Path, folder: Path, summary: dict, name: str, device: str,
+                  evaluated: dict | None) -> torch.nn.Module:
     """The evaluated model ``name``, from the file its summary records (an ensemble: its
     members'), found in ``study``; a clear error where the weights are not there (an archived
-    study)."""
+    study) or are not those the evaluation read (``evaluated``: its digests by file name)."""
     info = summary["models"][name]["info"]
-    recorded = [m["path"] for m in info["members"].values()] if "members" in info else [info["path"]]
-    paths = [in_study(study, p) for p in recorded]
-    missing = [str(p) for p in paths if not p.is_file()]
+    recorded = info["members"] if "members" in info else {name: info}
+    paths = {member: in_study(study, entry["path"]) for member, entry in recorded.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise MutualatError(
             f"{folder}: {name}'s weights are not here ({', '.join(missing)}; an archived study "
             "keeps only their digests): run this check where the study trained, before archiving")
-    models = [load_model(p, device=device) for p in paths]
+    changed = [str(p) for member, p in paths.items()
+               if evaluated is not None and file_digest(p) != evaluated.get(member)]
+    if changed:
+        raise MutualatError(
+            f"{folder}: {', '.join(changed)} is not the file this evaluation read (trained "
+            "again since?): its survivors are another model's; evaluate it again first")
+    models = [load_model(p, device=device) for p in paths.values()]
     return Ensemble(models) if "members" in info else models[0]
 
 
 def finished_check(folder: Path, name: str, suite_dict: dict, images: torch.Tensor,
-                   labels: torch.Tensor, seed: int, evaluated: dict | None) -> dict | None:
+                   labels: torch.Tensor, seed: int, batch_size: int,
+                   evaluated: dict | None) -> dict | None:
     """The summary of a check already run in ``folder`` on model ``name`` of the evaluation
     whose model digests are ``evaluated``, with the same attack (``suite_dict``) on the same
-    examples and seed; None where there is none to reuse without the weights."""
+    examples, seed and batch size (each batch is seeded); None where there is none to reuse
+    without the weights."""
     summary, manifest = folder / "summary.json", folder / "manifest.json"
     record = folder / EVALUATED
     if evaluated is None or not (summary.is_file() and manifest.is_file() and record.is_file()):
@@ -138,7 +146,8 @@ def finished_check(folder: Path, name: str, suite_dict: dict, images: torch.Tens
     identity = json.loads(manifest.read_text())["identity"]
     x, y = as_tensors(images, labels)
     same = (identity["suite"] == {k: v for k, v in suite_dict.items() if k != "description"}
-            and identity["seed"] == seed and identity["n_examples"] == len(y)
+            and identity["seed"] == seed and identity["batch_size"] == batch_size
+            and identity["n_examples"] == len(y)
             and identity["data"] == fingerprint_data(x, y))
     if not same:
         return None  # another attack or other survivors: evaluate() decides, with the weights
@@ -216,9 +225,9 @@ def gap_rows(args: argparse.Namespace) -> list[dict]:
                 labels = torch.from_numpy(split.labels[attacked])
                 there = out / variant / setting / f"seed{seed}" / checkpoint / name
                 result = finished_check(there, name, suite.to_dict(), images, labels,
-                                        summary["seed"], evaluated)
+                                        summary["seed"], args.batch_size, evaluated)
                 if result is None:
-                    model = load_model_of(args.study, folder, summary, name, args.device)
+                    model = load_model_of(args.study, folder, summary, name, args.device, evaluated)
                     result = evaluate({name: model}, suite, images, labels, there,
                                       batch_size=args.batch_size, device=args.device,
                                       seed=summary["seed"], checks=False, progress=False)

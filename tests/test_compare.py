@@ -983,6 +983,7 @@ def test_an_evaluation_stopped_before_its_record_runs_again_only_on_the_same_wei
     assert numbers((folder / "summary.json").read_text()) == numbers(summary)
 
     record.unlink()
+    summary = (folder / "summary.json").read_text()
     run = study.run_dir("mat", chosen, 0) / "models"
     h1, h2 = run / "h1.safetensors", run / "h2.safetensors"
     swapped = h1.read_bytes()
@@ -991,9 +992,10 @@ def test_an_evaluation_stopped_before_its_record_runs_again_only_on_the_same_wei
     again = _compare(plan, out)
     output, _ = again.communicate(timeout=300)
     assert again.returncode != 0
-    log = (out / "logs" / "eval__mat__seed0.log").read_text()
-    assert "manifest" in log or "another evaluation" in log, log
-    assert not record.exists() and (folder / "summary.json").read_text() != ""
+    log = (out / "logs" / "eval__mat__seed0.log").read_text().rsplit("\n=== ", 1)[1]
+    assert "holds another evaluation (it differs in: models)" in log, log
+    assert "move this one away" in log
+    assert not record.exists() and (folder / "summary.json").read_text() == summary
 
 
 def _committed_plans() -> list[Path]:

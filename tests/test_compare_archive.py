@@ -240,6 +240,17 @@ def test_a_scripts_check_run_in_the_study_is_archived_and_read_again_without_wei
         folder = Path("apgd-targets-gap", r["variant"], r["setting"], f"seed{r['seed']}", "last", r["model"])
         for name in ("summary.json", "evaluated-models.json", "manifest.json"):
             assert (archive / folder / name).read_bytes() == (study / folder / name).read_bytes()
+    # A model file changed since its evaluation: the check refuses to attack it.
+    first = checked[0]
+    run = study / "runs" / first["variant"] / first["setting"] / f"seed{first['seed']}" / "models"
+    target = sorted(p for p in run.glob("*.safetensors") if ".best." not in p.name)[0]
+    other = next(p for p in sorted(study.glob("runs/*/*/*/models/*.safetensors"))
+                 if p.read_bytes() != target.read_bytes())
+    kept = target.read_bytes()
+    target.write_bytes(other.read_bytes())
+    assert gap.main([str(study), "--targets", "2", "--out", str(tmp_path / "again"), "--json"]) == 2
+    assert "is not the file this evaluation read" in capsys.readouterr().err
+    target.write_bytes(kept)
     shutil.rmtree(study)  # the weights the summaries name are gone
     assert gap.main([str(archive), "--targets", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == rows

@@ -362,7 +362,7 @@ def test_a_saved_column_of_other_examples_is_attacked_again(tmp_path):
     run_marked(tmp_path, models={"m": MarkerModel()})
     attacks = tmp_path / "ev" / "m" / "attacks"
     with np.load(attacks / "a.npz") as f:
-        saved = dict(f)
+        saved, original = dict(f), dict(f)
     saved["outcome"] = np.where(saved["outcome"] == BROKEN, ROBUST, saved["outcome"])
     np.savez(attacks / "a.npz", **saved)
     with np.load(attacks / "b.npz") as f:
@@ -378,6 +378,9 @@ def test_a_saved_column_of_other_examples_is_attacked_again(tmp_path):
     MarkedAttack.calls.clear()
     assert run_marked(tmp_path, models={"m": MarkerModel()})["models"]["m"] == m
     assert MarkedAttack.calls == []  # consistent now: reused whole
+    np.savez(attacks / "a.npz", **original)  # and back: b's 18 set aside too, beside the first
+    assert run_marked(tmp_path, models={"m": MarkerModel()})["models"]["m"]["attacks"]["b"]["attacked"] == 15
+    assert (attacks / "b.stale.npz").is_file() and (attacks / "b.stale-2.npz").is_file()
 
 
 class CoinAttack(MarkedAttack):

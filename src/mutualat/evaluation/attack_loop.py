@@ -177,13 +177,16 @@ def _reusable(path: Path, todo: np.ndarray, name: str, attack: str) -> bool:
     """Whether a finished attack's column in ``path`` attacked exactly ``todo``, the
     examples the columns before it leave to it now. Otherwise an earlier column was computed
     again since (its file removed, or another run's), and the column would count examples
-    it never attacked as not robust: the file is set aside as ``<attack>.stale.npz`` (nothing
-    is deleted) and the attack runs again."""
+    it never attacked as not robust: the file is set aside as ``<attack>.stale.npz`` (or
+    ``.stale-2.npz`` and on; nothing is deleted) and the attack runs again."""
     with np.load(path) as f:
         attacked = f["outcome"] != NOT_ATTACKED
     if attacked.shape == todo.shape and np.array_equal(attacked, todo):
         return True
-    stale = path.with_name(f"{attack}.stale.npz")
+    stale, k = path.with_name(f"{attack}.stale.npz"), 1
+    while stale.exists():  # set aside before: keep that one too
+        k += 1
+        stale = path.with_name(f"{attack}.stale-{k}.npz")
     path.replace(stale)
     logger.warning(f"{name}: {attack}: its saved column attacked {int(attacked.sum())} examples "
                    f"where the columns before it now leave {int(todo.sum())}; set aside as "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import json
 import platform
@@ -68,12 +69,14 @@ def versions() -> dict[str, str]:
     the package index's ``pyautoattack``, whichever :mod:`.autoattack` imports first)."""
     found = {"mutualat": mutualat.__version__, "torch": torch.__version__,
              "numpy": np.__version__, "python": platform.python_version()}
-    for package in ("autoattack", "pyautoattack"):
+    for package in ("autoattack", "pyautoattack"):  # the order :mod:`.autoattack` imports in
+        if importlib.util.find_spec(package) is None:
+            continue
         try:
             found["autoattack"] = f"{package} {importlib.metadata.version(package)}"
-            break
-        except importlib.metadata.PackageNotFoundError:
-            continue
+        except importlib.metadata.PackageNotFoundError:  # importable, not installed (a path)
+            found["autoattack"] = f"{package} (no installed version)"
+        break
     return found
 
 
@@ -96,7 +99,8 @@ def check_manifest(out: Path, identity: dict[str, Any]) -> None:
             differs = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
             raise EvaluationError(
                 f"{out} holds another evaluation (it differs in: {', '.join(differs)}); "
-                "use a new --out, or delete the folder to start over (nothing was overwritten)"
+                "evaluate into another folder, or move this one away to start over (nothing "
+                "was overwritten)"
             )
         return
     if out.exists() and any(p.name != "summary.json" for p in out.iterdir()):

@@ -40,7 +40,7 @@ def build_summary(
          "per_attack": "cumulative" | "standalone",
          "suite": {name, description, per_attack, threats: {t: {norm, eps}}, attacks: [...]},
          "data": {dataset, split, n, subset_seed, ...} (what the caller passed),
-         "versions": {mutualat, torch, numpy, python}, "hardware": {device, cpu, gpu?, ...}
+         "versions": {mutualat, torch, numpy, python, autoattack?}, "hardware": {device, cpu, gpu?, ...}
          (both of the process that wrote this summary, which may have reused every attack),
          "computed_on": [{device, cpu, cpu_count, gpu?, threads, torch, ...}, ...] (each
          machine that computed an attack, once; {} for attacks recorded before machines were),
