@@ -4,6 +4,7 @@ table equal to its JSON."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import statistics
 import os
@@ -28,7 +29,7 @@ from mutualat.compare.stats import paired_interval, t_quantile_975
 from mutualat.compare.study import Task
 from mutualat.config import to_dict
 from mutualat.compare.worker import Record, run_train
-from mutualat.errors import ConfigError
+from mutualat.errors import ConfigError, MutualatError
 
 from conftest import script_module, set_last_validation_score
 
@@ -996,6 +997,50 @@ def test_an_evaluation_stopped_before_its_record_runs_again_only_on_the_same_wei
     assert "holds another evaluation (it differs in: models)" in log, log
     assert "move this one away" in log
     assert not record.exists() and (folder / "summary.json").read_text() == summary
+
+
+def test_until_starts_only_what_ends_in_time_and_the_same_command_continues(finished_study, tmp_path):
+    """--until: an evaluation to run again whose kind took an hour (its record says so) is
+    not started with 10 minutes left: the study stops, says which task and that the same
+    command continues, and leaves its report as it was; with two hours left it runs."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    study = Study(load_plan(plan), out)
+    chosen = study.selection("mat").chosen
+    shutil.rmtree(study.eval_dir("mat", chosen, 0, "last"))
+    like = out / "tasks" / "eval__mat__seed2.record.json"
+    record = json.loads(like.read_text())
+    like.write_text(json.dumps({**record, "cpu_s": 3000.0, "wall_s": 3600.0}))
+    report = (out / "comparison.md").read_text()
+    stopped = _compare(plan, out, "--until", "10m")
+    output, _ = stopped.communicate(timeout=300)
+    assert stopped.returncode == 0, output
+    assert "start " not in output
+    assert "stopped; 1 task(s) ready would not end by then (eval/mat/seed0)" in output
+    assert "stopped at --until 10m with tasks left" in output and "the same command continues" in output
+    assert (out / "comparison.md").read_text() == report
+    assert not study.eval_dir("mat", chosen, 0, "last").exists()
+    again = _compare(plan, out, "--until", "2h")
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert [l.split()[1] for l in output.splitlines() if l.startswith("start")] == ["eval/mat/seed0"]
+    assert (study.eval_dir("mat", chosen, 0, "last") / "summary.json").is_file()
+    assert "report: " in output
+
+
+def test_until_reads_lengths_clock_times_and_dates():
+    now = datetime.datetime(2026, 12, 3, 1, 30).timestamp()
+    assert runner.parse_until("90m", now) == now + 5400
+    assert runner.parse_until("2h30m", now) == now + 9000
+    assert runner.parse_until("45s", now) == now + 45
+    assert runner.parse_until("03:00", now) == now + 5400
+    assert runner.parse_until("01:00", now) == now + 23.5 * 3600  # the next 01:00: tomorrow's
+    assert runner.parse_until("2026-12-03T04:00", now) == now + 2.5 * 3600
+    for bad, says in (("soon", "give a length"), ("", "give a length"), ("25:00", "give a length"),
+                      ("2026-12-02T04:00", "has passed already")):
+        with pytest.raises(MutualatError, match=says):
+            runner.parse_until(bad, now)
 
 
 def _committed_plans() -> list[Path]:

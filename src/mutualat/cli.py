@@ -38,6 +38,7 @@ from mutualat.compare import Study, load_plan, run_study
 from mutualat.compare.archive import archive_study
 from mutualat.compare.progress import status_lines
 from mutualat.compare.report import write_document
+from mutualat.compare.runner import parse_until
 from mutualat.config import dump_config, load_config
 from mutualat.console import (Terminated, interrupts_once, setup_logging, silence_stdout,
                               stdout_reader_gone)
@@ -143,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "small enough for version control, then exit; --out DEST later "
                               "continues the study, training again only a run that an "
                               "evaluation still needs")
+    compare.add_argument("--until", metavar="WHEN",
+                         help="start only tasks expected to end by WHEN (90m, 2h30m, 03:00, "
+                              "2026-12-03T03:00), by the times of finished tasks like them, "
+                              "then stop; the same command continues")
     compare.add_argument("--write", type=Path, metavar="DOC",
                          help="also write the report as a section of this Markdown document "
                               "(between its markers; the curves go to figures/ beside it)")
@@ -278,8 +283,14 @@ def _compare(args: argparse.Namespace) -> int:
               f"{counts['tasks']} task records of {args.out} in {args.archive} "
               f"({counts['written']} files written)")
         return 0
+    until = parse_until(args.until) if args.until else None
     report = run_study(plan, args.out, jobs=args.jobs, threads=args.threads,
-                       fork=os.environ.get("MUTUALAT_FORK_SERVER", "1") != "0")
+                       fork=os.environ.get("MUTUALAT_FORK_SERVER", "1") != "0", until=until)
+    if report is None:
+        print(f"stopped at --until {args.until} with tasks left (the log above names them); "
+              "the same command continues" + ("; nothing written into " + str(args.write)
+                                              if args.write else ""))
+        return 0
     print(report.read_text())
     print(f"report: {report}")
     if args.write:

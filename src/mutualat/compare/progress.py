@@ -208,15 +208,38 @@ def _ended(study: Study, variant: str, setting: dict) -> str:
     return f"{label} {'diverged' if score == float('-inf') else f'{100 * score:.1f} %'}"
 
 
-def finished_costs(records: dict[str, dict], unfinished: list[str]) -> dict[str, list[float]]:
-    """By :func:`family`, the CPU seconds of the finished tasks in ``records``, leaving out
-    those of the ``unfinished`` task keys (a task run again after its setting changed)."""
+def finished_costs(records: dict[str, dict], unfinished: list[str],
+                   field: str = "cpu_s") -> dict[str, list[float]]:
+    """By :func:`family`, the CPU seconds (``field``: or another number of their records, such
+    as ``wall_s``) of the finished tasks in ``records``, leaving out those of the
+    ``unfinished`` task keys (a task run again after its setting changed)."""
     undone = _undone(records, unfinished)
     done: dict[str, list[float]] = {}
     for slug, record in records.items():
         if record.get("status") == "done" and slug not in undone:
-            done.setdefault(_family_of(slug), []).append(record["cpu_s"])
+            done.setdefault(_family_of(slug), []).append(record[field])
     return done
+
+
+def wall_left(study: Study, ready: list[Task], waiting: list[str],
+              records: dict[str, dict]) -> dict[str, float | None]:
+    """Per ready task key, about how many wall-clock seconds it still takes: its CPU time left
+    as ``--status`` estimates it (from its family or its kin), times the median ratio of wall
+    to CPU time of the finished tasks it is estimated from (the contention they met); None
+    with nothing finished to go by. What ``mutualat compare --until`` starts a task by."""
+    keys = [t.key for t in ready] + waiting
+    cpu, wall = finished_costs(records, keys), finished_costs(records, keys, "wall_s")
+    kin = _kin(study, cpu, keys)
+    out: dict[str, float | None] = {}
+    for task in ready:
+        fam = family(task.key)
+        like = fam if cpu.get(fam) else kin.get(fam, (None,))[0]
+        if like is None:
+            out[task.key] = None
+            continue
+        ratio = statistics.median(w / c if c > 0 else 1.0 for w, c in zip(wall[like], cpu[like]))
+        out[task.key] = max(statistics.median(cpu[like]) - _spent(records, task), 0.0) * max(ratio, 1.0)
+    return out
 
 
 def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict],

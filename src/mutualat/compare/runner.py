@@ -23,10 +23,12 @@ finished runs and evaluations are reused, interrupted ones resumed.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import multiprocessing
 import os
+import re
 import select
 import signal
 import subprocess
@@ -150,9 +152,17 @@ class _Running:
 
 
 def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
-              report: bool = True, fork: bool = False) -> Path | None:
+              report: bool = True, fork: bool = False, until: float | None = None) -> Path | None:
     """Run every task of ``plan`` in ``out`` (``jobs`` at a time), then write the report;
-    returns the path of ``comparison.md`` (None with ``report=False``).
+    returns the path of ``comparison.md`` (None with ``report=False``, or when ``until``
+    stopped the study first).
+
+    ``until`` (a time, as :func:`time.time` gives it): start only a task expected to end by
+    then (:func:`mutualat.compare.progress.wall_left`; one with nothing finished like it to
+    go by starts, as the first of its kind must), the first in the usual order that fits, so
+    that what a sitting with an end (a batch job's time limit, a machine lent for some hours)
+    computes is finished work rather than runs cut short; once none fits and none runs, stop.
+    The same command continues the study.
 
     ``fork``: start tasks from a fork server that has imported torch (seconds saved per
     task). As with any multiprocessing fork server, each task re-imports the caller's main
@@ -169,11 +179,18 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
     running: dict[str, _Running] = {}
     failed: dict[str, int] = {}
     launcher = _Launcher(fork, threads)
+    left_out: list[str] = []  # what --until kept from starting
     try:
         while True:
             ready, waiting = sections.tasks(study)
-            ready = progress.longest_first(ready, waiting, task_records(out), plan.teachers)
+            records = task_records(out)
+            ready = progress.longest_first(ready, waiting, records, plan.teachers)
             ready = [t for t in ready if t.key not in running and t.key not in failed]
+            if until is not None:
+                left = progress.wall_left(study, ready, waiting, records)
+                fits = [t for t in ready if left[t.key] is None or time.time() + left[t.key] <= until]
+                left_out = [t.key for t in ready if t not in fits]
+                ready = fits
             while ready and len(running) < jobs:
                 task = ready.pop(0)
                 running[task.key] = _start(task, out, launcher)
@@ -208,7 +225,41 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
         raise StudyError(f"{len(failed)} task(s) failed: {', '.join(sorted(failed))}; "
                          f"{len(waiting)} more wait on them. Fix the cause and run the same command "
                          "again: everything finished is reused")
+    if left_out:
+        logger.info(f"until  {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(until))}: "
+                    f"stopped; {len(left_out)} task(s) ready would not end by then "
+                    f"({', '.join(left_out)}), {len(waiting)} more wait on them. The same "
+                    "command continues the study")
+        return None
     return write_report(study) if report else None
+
+
+def parse_until(text: str, now: float | None = None) -> float:
+    """``--until``'s time: a length from now ("90m", "2h30m", "45s"), a clock time ("03:00",
+    its next occurrence, local time) or a date and time ("2026-12-03T03:00", local unless it
+    names its offset); a :class:`MutualatError` for anything else, or a time already past."""
+    now = time.time() if now is None else now
+    length = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    if length and any(length.groups()):
+        h, m, sec = (int(g or 0) for g in length.groups())
+        return now + 3600 * h + 60 * m + sec
+    clock = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    try:
+        if clock:
+            today = datetime.datetime.fromtimestamp(now)
+            when = today.replace(hour=int(clock[1]), minute=int(clock[2]), second=0, microsecond=0)
+            if when.timestamp() <= now:
+                when += datetime.timedelta(days=1)
+            return when.timestamp()
+        when = datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        when = None
+    if when is None:
+        raise MutualatError(f"--until {text!r}: give a length (90m, 2h30m), a clock time (03:00) "
+                            "or a date and time (2026-12-03T03:00)")
+    if when <= now:
+        raise MutualatError(f"--until {text!r} has passed already")
+    return when
 
 
 def _stop(running: list[_Running]) -> None:
