@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,8 @@ def versions() -> dict[str, str]:
     found = {"mutualat": mutualat.__version__, "torch": torch.__version__,
              "numpy": np.__version__, "python": platform.python_version()}
     for package in ("autoattack", "pyautoattack"):  # the order :mod:`.autoattack` imports in
-        if importlib.util.find_spec(package) is None:
-            continue
+        if package not in sys.modules and importlib.util.find_spec(package) is None:
+            continue  # (one imported already may have no spec: a stand-in put there)
         try:
             found["autoattack"] = f"{package} {importlib.metadata.version(package)}"
         except importlib.metadata.PackageNotFoundError:  # importable, not installed (a path)
