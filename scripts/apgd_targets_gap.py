@@ -82,11 +82,17 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def evaluations(study: Path) -> list[Path]:
-    """Every finished evaluation folder: evals/<variant>/<setting>/seed<S>/<checkpoint>."""
+    """Every finished evaluation folder: evals/<variant>/<setting>/seed<S>/<checkpoint>; as
+    the study counts them, one that has not recorded the model files it read is not (its
+    task stopped before the end: the study runs it again)."""
     found = sorted(p.parent for p in (study / "evals").glob("*/*/seed*/*/summary.json"))
     if not found:
         raise MutualatError(f"{study} has no finished evaluation (is it a `mutualat compare` folder?)")
-    return found
+    unfinished = [f for f in found if not (f / EVALUATED).is_file()]
+    for folder in unfinished:
+        print(f"{folder}: skipped, not finished (no {EVALUATED}; the study runs it again)",
+              file=sys.stderr)  # (not stdout: --json prints the rows there)
+    return [f for f in found if f not in unfinished]
 
 
 def data_source(study: Path) -> dict:

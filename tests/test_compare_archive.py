@@ -256,3 +256,9 @@ def test_a_scripts_check_run_in_the_study_is_archived_and_read_again_without_wei
     assert json.loads(capsys.readouterr().out) == rows
     assert gap.main([str(archive), "--targets", "3", "--json"]) == 2
     assert "weights are not here" in capsys.readouterr().err
+    # An evaluation the study does not count finished (no record of its files) is skipped.
+    (archive / "evals" / first["variant"] / first["setting"] / f"seed{first['seed']}" / "last"
+     / "evaluated-models.json").unlink()
+    assert gap.main([str(archive), "--targets", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        r for r in rows if (r["variant"], r["seed"]) != (first["variant"], first["seed"])]
