@@ -53,7 +53,7 @@ from mutualat.data import load_dataset, subset
 from mutualat.errors import MutualatError
 from mutualat.evaluation import evaluate
 from mutualat.evaluation.attack_loop import as_tensors
-from mutualat.evaluation.records import fingerprint_data
+from mutualat.evaluation.records import evaluation_identity
 from mutualat.evaluation.suite import suite_from_dict
 from mutualat.models import load_model
 from mutualat.models.ensemble import Ensemble
@@ -150,12 +150,8 @@ def finished_check(folder: Path, name: str, suite_dict: dict, images: torch.Tens
         raise MutualatError(f"{folder}: this check attacked other model files than its evaluation "
                             "holds now (a run trained again?): move it away to check again")
     identity = json.loads(manifest.read_text())["identity"]
-    x, y = as_tensors(images, labels)
-    same = (identity["suite"] == {k: v for k, v in suite_dict.items() if k != "description"}
-            and identity["seed"] == seed and identity["batch_size"] == batch_size
-            and identity["n_examples"] == len(y)
-            and identity["data"] == fingerprint_data(x, y))
-    if not same:
+    identity.pop("models", None)  # (their digests are the record's, checked above)
+    if identity != evaluation_identity(suite_dict, seed, batch_size, *as_tensors(images, labels)):
         return None  # another attack or other survivors: evaluate() decides, with the weights
     result = json.loads(summary.read_text())
     return result if name in result["models"] else None

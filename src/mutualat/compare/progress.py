@@ -62,12 +62,12 @@ def _status_lines(study: Study) -> list[str]:
 
     def basis(fam: str, them: str) -> tuple[float, str] | None:
         """The median cost ``fam``'s tasks are estimated at, and what it is taken from."""
-        if done.get(fam):
-            return statistics.median(done[fam]), f"the median of {len(done[fam])} finished like {them}"
-        if fam in kin:
-            like, why = kin[fam]
-            return statistics.median(done[like]), f"as {like}: {why}"
-        return None
+        found = _like(fam, done, kin)
+        if found is None:
+            return None
+        like, why = found
+        said = f"as {like}: {why}" if why else f"the median of {len(done[like])} finished like {them}"
+        return statistics.median(done[like]), said
 
     lines = []
     width = max((len(t.key) for t in ready), default=0)
@@ -116,6 +116,13 @@ def _status_lines(study: Study) -> list[str]:
         last += f"; not counted: up to {growth} grid run{'s' if growth != 1 else ''} extend_grid may add"
     lines.append(last)
     return lines
+
+
+def _like(fam: str, done: dict[str, list[float]],
+          kin: dict[str, tuple[str, str]]) -> tuple[str, str | None] | None:
+    """The family whose finished tasks ``fam``'s are estimated from, and why when it is not
+    ``fam`` itself (:func:`_kin`); None with nothing finished to go by."""
+    return (fam, None) if done.get(fam) else kin.get(fam)
 
 
 def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[str, tuple[str, str]]:
@@ -232,11 +239,11 @@ def wall_left(study: Study, ready: list[Task], waiting: list[str],
     kin = _kin(study, cpu, keys)
     out: dict[str, float | None] = {}
     for task in ready:
-        fam = family(task.key)
-        like = fam if cpu.get(fam) else kin.get(fam, (None,))[0]
-        if like is None:
+        found = _like(family(task.key), cpu, kin)
+        if found is None:
             out[task.key] = None
             continue
+        like = found[0]
         ratio = statistics.median(w / c if c > 0 else 1.0 for w, c in zip(wall[like], cpu[like]))
         out[task.key] = max(statistics.median(cpu[like]) - _spent(records, task), 0.0) * max(ratio, 1.0)
     return out

@@ -173,16 +173,21 @@ def _layout_field(layout: str | None) -> dict[str, str]:
     return {"layout": layout} if layout else {}
 
 
-def _reusable(path: Path, todo: np.ndarray, name: str, attack: str) -> bool:
-    """Whether a finished attack's column in ``path`` attacked exactly ``todo``, the
-    examples the columns before it leave to it now. Otherwise an earlier column was computed
-    again since (its file removed, or another run's), and the column would count examples
-    it never attacked as not robust: the file is set aside as ``<attack>.stale.npz`` (or
-    ``.stale-2.npz`` and on; nothing is deleted) and the attack runs again."""
+def _saved_column(path: Path, todo: np.ndarray, name: str,
+                  attack: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The outcome column and run facts a finished attack saved in ``path``, if it attacked
+    exactly ``todo``, the examples the columns before it leave to it now. Otherwise an
+    earlier column was computed again since (its file removed, or another run's), and the
+    column would count examples it never attacked as not robust: the file is set aside as
+    ``<attack>.stale.npz`` (or ``.stale-2.npz`` and on; nothing is deleted), None is
+    returned and the attack runs again."""
     with np.load(path) as f:
-        attacked = f["outcome"] != NOT_ATTACKED
+        col = f["outcome"]
+        facts = {"seconds": float(f["seconds"]), "invalid": int(f["invalid"]),
+                 "attacked": int(f["attacked"]), "layout": _layout_in(f), "machine": _machine_in(f)}
+    attacked = col != NOT_ATTACKED
     if attacked.shape == todo.shape and np.array_equal(attacked, todo):
-        return True
+        return col, facts
     stale, k = path.with_name(f"{attack}.stale.npz"), 1
     while stale.exists():  # set aside before: keep that one too
         k += 1
@@ -191,7 +196,7 @@ def _reusable(path: Path, todo: np.ndarray, name: str, attack: str) -> bool:
     logger.warning(f"{name}: {attack}: its saved column attacked {int(attacked.sum())} examples "
                    f"where the columns before it now leave {int(todo.sum())}; set aside as "
                    f"{stale.name}, attacking again")
-    return False
+    return None
 
 
 def model_outcomes(
@@ -230,12 +235,9 @@ def model_outcomes(
             todo = candidates(clean, outcome[:, :j], threats[:j], spec.threat)
         else:
             todo = clean.copy()
-        if path.is_file() and _reusable(path, todo, name, spec.id):
-            with np.load(path) as f:
-                outcome[:, j] = f["outcome"]
-                facts[spec.id] = {"seconds": float(f["seconds"]), "invalid": int(f["invalid"]),
-                                  "attacked": int(f["attacked"]),
-                                  "layout": _layout_in(f), "machine": _machine_in(f)}
+        saved = _saved_column(path, todo, name, spec.id) if path.is_file() else None
+        if saved is not None:
+            outcome[:, j], facts[spec.id] = saved
             continue
         attack = suite.build(spec)
         tick = time.perf_counter()

@@ -25,6 +25,8 @@ INSTALL_HINT = (
     "install it with: pip install 'mutualat[autoattack]' (or pip install "
     "git+https://github.com/fra31/auto-attack)"
 )
+# Import names of AutoAttack, in the order tried: fra31's repository, then the package index's.
+PACKAGES = ("autoattack", "pyautoattack")
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 _COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -34,7 +36,7 @@ def _autoattack_module() -> tuple[str, Any] | None:
     package index's ``pyautoattack``; None if neither is installed."""
     import importlib
 
-    for name in ("autoattack", "pyautoattack"):
+    for name in PACKAGES:
         try:
             return name, importlib.import_module(name)
         except ImportError:

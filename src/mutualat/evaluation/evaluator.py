@@ -54,7 +54,7 @@ from mutualat.evaluation.attack_loop import as_tensors, batch_seed, model_outcom
 from mutualat.evaluation.checks import CheckConfig, run_checks
 from mutualat.evaluation.layout import check_choice, laid_out
 from mutualat.evaluation.records import (
-    check_manifest, fingerprint_data, fingerprint_model, write_json,
+    check_manifest, evaluation_identity, fingerprint_model, write_json,
 )
 from mutualat.evaluation.suite import Suite
 from mutualat.evaluation.summary import build_summary
@@ -144,14 +144,9 @@ def evaluate(
     if amp == "bf16":
         named = {k: AutocastModel(m) for k, m in named.items()}
 
-    # What decides the numbers; a rerun must match it (the description is only prose).
-    suite_identity = {k: v for k, v in suite.to_dict().items() if k != "description"}
-    identity = {
-        "suite": suite_identity, "seed": seed, "batch_size": batch_size,
-        **({"precision": "bf16"} if amp == "bf16" else {}),  # fp32 folders stay valid
-        "n_examples": len(y_all), "data": fingerprint_data(x_all, y_all),
-        "models": {k: fingerprint_model(m) for k, m in named.items()},
-    }
+    # What decides the numbers; a rerun must match it.
+    identity = {**evaluation_identity(suite.to_dict(), seed, batch_size, x_all, y_all, amp),
+                "models": {k: fingerprint_model(m) for k, m in named.items()}}
     out = Path(out_dir)
     check_manifest(out, identity)
     started = json.loads((out / "manifest.json").read_text()).get("started")

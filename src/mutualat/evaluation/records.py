@@ -25,6 +25,7 @@ from torch import nn
 
 import mutualat
 from mutualat.errors import MutualatError
+from mutualat.evaluation.autoattack import PACKAGES as AUTOATTACK
 from mutualat.train.checkpoint import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -64,13 +65,28 @@ def fingerprint_data(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+def evaluation_identity(suite: dict[str, Any], seed: int, batch_size: int,
+                        images: torch.Tensor, labels: torch.Tensor,
+                        amp: str = "off") -> dict[str, Any]:
+    """What decides an evaluation's numbers, but for its models: the suite (as
+    ``Suite.to_dict()`` gives it; its description is only prose), the seed and batch size
+    (each batch is seeded), the precision (recorded only for bf16: fp32 folders stay valid),
+    and the examples by content. A manifest's ``identity`` is this plus ``models``."""
+    return {
+        "suite": {k: v for k, v in suite.items() if k != "description"},
+        "seed": seed, "batch_size": batch_size,
+        **({"precision": "bf16"} if amp == "bf16" else {}),
+        "n_examples": len(labels), "data": fingerprint_data(images, labels),
+    }
+
+
 def versions() -> dict[str, str]:
     """The versions that can change numbers: ours, torch's, numpy's, Python's and, where
     installed, the AutoAttack that APGD and AutoAttack suites run (fra31's ``autoattack`` or
     the package index's ``pyautoattack``, whichever :mod:`.autoattack` imports first)."""
     found = {"mutualat": mutualat.__version__, "torch": torch.__version__,
              "numpy": np.__version__, "python": platform.python_version()}
-    for package in ("autoattack", "pyautoattack"):  # the order :mod:`.autoattack` imports in
+    for package in AUTOATTACK:  # in the order :mod:`.autoattack` imports them
         if package not in sys.modules and importlib.util.find_spec(package) is None:
             continue  # (one imported already may have no spec: a stand-in put there)
         try:
