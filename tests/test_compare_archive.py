@@ -235,7 +235,8 @@ def test_a_scripts_check_run_in_the_study_is_archived_and_read_again_without_wei
     rows = json.loads(capsys.readouterr().out)
     checked = [r for r in rows if r["attacked"]]
     assert checked, "the tiny models left the check nothing to attack"
-    _run(plan, study, "--archive", str(archive))
+    output = _run(plan, study, "--archive", str(archive))
+    assert f"6 evaluations, {len(checked)} scripts' checks and" in output  # counted apart
     for r in checked:
         folder = Path("apgd-targets-gap", r["variant"], r["setting"], f"seed{r['seed']}", "last", r["model"])
         for name in ("summary.json", "evaluated-models.json", "manifest.json"):

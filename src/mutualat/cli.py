@@ -279,7 +279,8 @@ def _compare(args: argparse.Namespace) -> int:
         return 0
     if args.archive:
         counts = archive_study(args.out, args.archive, plan.name)
-        print(f"archived {counts['runs']} runs, {counts['evaluations']} evaluations and "
+        checks = f", {counts['checks']} scripts' checks" if counts["checks"] else ""
+        print(f"archived {counts['runs']} runs, {counts['evaluations']} evaluations{checks} and "
               f"{counts['tasks']} task records of {args.out} in {args.archive} "
               f"({counts['written']} files written)")
         return 0

@@ -41,7 +41,8 @@ IGNORED = ["*.safetensors", "checkpoint.pt", "*.lock", "*.tmp", "/*.png"]
 
 def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
     """Copy study ``out``'s finished work into ``dest`` (see the module docstring); returns
-    how many runs, evaluations and task records it holds now, and the files written."""
+    how many runs, evaluations (the study's own), checks (scripts' evaluations inside it) and
+    task records it holds now, and the files written."""
     out, dest = Path(out), Path(dest)
     if not (out / "runs").is_dir() and not (out / "tasks").is_dir():
         raise ConfigError(f"{out} holds no study (no runs/ or tasks/ folder): nothing to archive")
@@ -55,7 +56,7 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
                 f"{dest} is not empty and holds no archive of plan {plan_name!r} "
                 f"({'no ' + MARK if held is None else 'it holds ' + repr(held)}); give an empty "
                 "or new folder (nothing was written)")
-    counts = {"runs": 0, "evaluations": 0, "tasks": 0, "written": 0}
+    counts = {"runs": 0, "evaluations": 0, "checks": 0, "tasks": 0, "written": 0}
     settled = {p.parent for name in ("results.json", "diverged.json")
                for p in (out / "runs").glob(f"*/*/*/{name}")}
     for run in sorted(settled):
@@ -74,7 +75,8 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
     for folder in sorted(finished):
         for file in sorted(f for f in folder.rglob("*") if f.is_file() and not _left_out(f)):
             counts["written"] += _copy(file, dest / file.relative_to(out))
-        counts["evaluations"] += 1
+        own = folder.relative_to(out).parts[0] in ("evals", "tables", "transfer")
+        counts["evaluations" if own else "checks"] += 1
     for slug, record in task_records(out).items():
         if record.get("status") != "done":
             continue
