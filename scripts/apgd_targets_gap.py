@@ -57,7 +57,7 @@ from mutualat.evaluation.records import evaluation_identity
 from mutualat.evaluation.suite import suite_from_dict
 from mutualat.models import load_model
 from mutualat.models.ensemble import Ensemble
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 logger = logging.getLogger("mutualat.scripts.apgd_targets_gap")
 

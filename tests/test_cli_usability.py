@@ -459,7 +459,7 @@ def test_tiny_run_logs_to_dashboards_plots_curves_and_writes_0644(tmp_path, stan
 
 
 def test_atomic_writes_honour_the_umask(tmp_path) -> None:
-    from mutualat.train.checkpoint import atomic_write_bytes
+    from mutualat.files import atomic_write_bytes
 
     old = os.umask(0o027)
     try:

@@ -25,7 +25,8 @@ import torch
 from mutualat.cli import main
 from mutualat.config import dump_config, load_config
 from mutualat.errors import DataError, TrainingError
-from mutualat.train import Trainer, checkpoint
+from mutualat import files
+from mutualat.train import Trainer
 from mutualat.train.checkpoint import load_checkpoint
 from mutualat.train.logger import MetricsLog, read_metrics, run_machines
 
@@ -199,18 +200,30 @@ def test_a_checkpoint_from_another_run_is_refused_and_nothing_changes(full_run, 
 
 
 class _FullDisk:
-    """The ``os`` module as mutualat.train.checkpoint sees it on a full disk."""
+    """The ``os`` module as mutualat.files, which writes every file atomically, sees it on a
+    full disk: fsync fails with ENOSPC, for every file or (``only``) for the temporary files
+    of the one named so (Linux: the name is read back from the descriptor)."""
+
+    def __init__(self, only: str | None = None):
+        self.only = only
 
     def __getattr__(self, name):
         return getattr(os, name)
 
-    @staticmethod
-    def fsync(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def fsync(self, fd):
+        written = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if self.only is None or written.startswith(f".{self.only}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync(fd)
 
 
-def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(full_run, tmp_path,
-                                                                        monkeypatch):
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads file names from /proc")
+@pytest.mark.parametrize("full, first_refused", [
+    ("checkpoint.pt", "checkpoint.pt"),  # the model files of epoch 2 written, then the disk fills
+    (None, "models/model.safetensors"),  # full from the first file of epoch 2's end on
+])
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
+        full_run, tmp_path, monkeypatch, full, first_refused):
     out = tmp_path / "run"
     original = Trainer._end_of_epoch
     first: dict[str, bytes] = {}
@@ -219,13 +232,13 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(full_run,
         original(self)
         if self.epoch == 1:
             first["checkpoint"] = (out / "checkpoint.pt").read_bytes()
-            monkeypatch.setattr(checkpoint, "os", _FullDisk())
+            monkeypatch.setattr(files, "os", _FullDisk(full))
 
     monkeypatch.setattr(Trainer, "_end_of_epoch", fill_the_disk_after_epoch_1)
     with pytest.raises(TrainingError) as info:
         Trainer(load_config(None, tiny_overrides(2)), out).fit()
     message = str(info.value)  # the failed trainer let go of the folder: resume below works
-    assert f"could not write checkpoint.pt in {out} ({os.strerror(errno.ENOSPC)})" in message
+    assert f"could not write {first_refused} in {out} ({os.strerror(errno.ENOSPC)})" in message
     assert (f"the previous checkpoint ({out / 'checkpoint.pt'}, at the end of epoch 1) is "
             "intact: --resume continues from it once the disk has room") in message
     assert (out / "checkpoint.pt").read_bytes() == first["checkpoint"]

@@ -18,7 +18,7 @@ from mutualat.methods.mat_mp import GENERALIST
 from mutualat.methods.scenarios import scenario_configs, stage1_model_file
 from mutualat.report.paper_plots import plot_alpha_curve
 from mutualat.train import Trainer
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 from mutualat.train.logger import read_metrics
 from mutualat.train.run_dir import config_difference, run_inits
 

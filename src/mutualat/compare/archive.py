@@ -24,13 +24,12 @@ and a finished evaluation of the old weights is refused until moved away.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from mutualat.compare.records import EVALUATED, PRUNED, file_digest, task_records
 from mutualat.errors import ConfigError
 from mutualat.models.io import read_model_meta
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 MARK = "archive.json"  # in an archive's root: which plan's study it holds
 #: Never archived: weights (a stand-in replaces each), resume checkpoints, locks.
@@ -121,18 +120,15 @@ def _left_out(file: Path) -> bool:
 
 def _copy(source: Path, target: Path) -> int:
     """Copy unless ``target`` already holds the same bytes; 1 if it wrote."""
-    if target.is_file() and target.read_bytes() == source.read_bytes():
+    data = source.read_bytes()
+    if target.is_file() and target.read_bytes() == data:
         return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
+    atomic_write_bytes(target, data)
     return 1
 
 
 def _write_text(target: Path, text: str) -> int:
     if target.is_file() and target.read_text() == text:
         return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, text.encode())
     return 1

@@ -13,7 +13,7 @@ from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.models.io import read_model_meta
 from mutualat.models.torch_source import file_sha256
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 
 #: In an evaluation folder of a study: name -> sha256 of each model file the evaluation read.

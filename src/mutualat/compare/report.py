@@ -38,7 +38,7 @@ from mutualat.compare.selection import choice_notes
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
 from mutualat.report.documents import write_section
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 SUMMARY_METRICS = ("clean", "r_avg", "r_worst")
 PAIRED_METRICS = ("clean", "r_avg", "r_worst")

@@ -47,7 +47,7 @@ from mutualat.compare.tasks import Task
 from mutualat.compare.worker import die_with_parent, forked_main
 from mutualat.console import signals_held
 from mutualat.errors import MutualatError
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

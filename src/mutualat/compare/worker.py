@@ -40,7 +40,7 @@ from mutualat.evaluation.transfer import default_attack, transfer_matrix, write_
 from mutualat.experiments import run_or_reuse
 from mutualat.models import load_model, read_model_meta
 from mutualat.models.ensemble import Ensemble
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 HEARTBEAT_S = 60.0
 

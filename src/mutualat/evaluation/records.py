@@ -26,7 +26,7 @@ from torch import nn
 import mutualat
 from mutualat.errors import MutualatError
 from mutualat.evaluation.autoattack import PACKAGES as AUTOATTACK
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 

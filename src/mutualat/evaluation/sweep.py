@@ -24,7 +24,7 @@ from mutualat.evaluation.evaluator import evaluate
 from mutualat.evaluation.suite import Suite
 from mutualat.report.paper_plots import plot_eps_sweep
 from mutualat.report.tables import markdown_table
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

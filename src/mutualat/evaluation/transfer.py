@@ -32,7 +32,7 @@ from mutualat.evaluation.layout import check_choice, laid_out
 from mutualat.device import hardware_info
 from mutualat.evaluation.records import fingerprint_model, utc_now, versions
 from mutualat.report.paper_tables import transfer_table
-from mutualat.train.checkpoint import atomic_write_bytes
+from mutualat.files import atomic_write_bytes
 from mutualat.train.precision import ieee_fp32
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from mutualat.errors import CheckpointError, ConfigError
+from mutualat.files import atomic_write_bytes
 from mutualat.models.factory import MODELS, create_model
 
 FORMAT_VERSION = 1
@@ -53,21 +53,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = No
     # our models has no tied weights, so contiguous CPU copies are all that is needed.
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Serialized in memory and written with open(): safetensors' save_file and
     # tempfile.mkstemp both create 0600 files, a mode that would stick to the final file.
-    data = save(tensors, metadata={METADATA_KEY: text})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = Path(path)
+    atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: text}))
     _fsync_dir(path.parent)
 
 

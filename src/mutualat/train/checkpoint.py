@@ -1,42 +1,18 @@
-"""Atomic writes: a temporary file in the same folder, fsync, then rename.
-
-A process killed at any instant (``kill -9`` included) leaves either the previous file or the
-new one, never a torn one.
-"""
+"""A run's resume checkpoint: one file, written atomically (:mod:`mutualat.files`), so a
+process killed at any instant leaves the previous checkpoint or the new one."""
 
 from __future__ import annotations
 
 import io
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mutualat.errors import CheckpointError
+from mutualat.files import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically, with the mode a plain ``open`` gives (0644
-    under umask 022): ``tempfile.mkstemp`` would create 0600, and the rename would keep it,
-    so results, configs and checkpoints were unreadable to the group, unlike model files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name no other writer picks ("x" refuses an existing file), matching the ".NAME.*.tmp"
-    # pattern that a resumed run clears after a kill.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -34,7 +34,8 @@ from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import resolve_method_params
 from mutualat.models.sources import parse_source
 from mutualat.models.torch_source import file_digest
-from mutualat.train.checkpoint import atomic_write_bytes, load_checkpoint
+from mutualat.files import atomic_write_bytes
+from mutualat.train.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from mutualat.errors import ConfigError, DivergedError
 from mutualat.methods import build_method, resolve_method_params
 from mutualat.models import save_model
 from mutualat.train import processes
-from mutualat.train.checkpoint import atomic_write_bytes, save_checkpoint
+from mutualat.files import atomic_write_bytes
+from mutualat.train.checkpoint import save_checkpoint
 from mutualat.train.cohort import Cohort, Member
 from mutualat.train.logger import MetricsLog, NullLog
 from mutualat.train.members import build_member, model_record, remote_member, trial_step
