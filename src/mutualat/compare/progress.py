@@ -130,9 +130,10 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
     finished family of the same kind it is estimated from instead, and why: the first
     variant's of the plan whose tasks of that kind do the same work. A training of the same
     method on the same networks, frozen and natural ones alike, with as many attack steps for as
-    many epochs (MAT-MP-AVG from MAT-MP-MAX); an evaluation of the same trained networks, the same members alone and
-    an ensemble or none (AT-AVG from AT-MAX; the suite and test images are the plan's, every
-    variant's). Only the cost of the attacks that run on what earlier ones left differs with
+    many epochs (MAT-MP-AVG from MAT-MP-MAX); an evaluation of as many networks of the same
+    architecture alone, and an ensemble or none (AT-AVG from AT-MAX, and MAT-MP's generalist
+    judged alone from AT-MAX too; networks of several architectures: the same members; the
+    suite and test images are the plan's, every variant's). Only the cost of the attacks that run on what earlier ones left differs with
     the models' robustness."""
     plan = study.plan
     why = {"train": "the same method and networks", "eval": "the same networks evaluated"}
@@ -146,7 +147,11 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
         # unless a figure shows them all; their ensemble where no member is singled out.
         trained = tuple(m.name for m in cfg.models if not m.frozen)
         alone = judged_alone(plan, variant)
-        return trained, tuple(alone or ()), alone is None and len(trained) > 1
+        ensemble = alone is None and len(trained) > 1
+        if len(set(trained)) == 1:  # of one architecture: how many are evaluated is the cost
+            first = 1 if plan.eval.members == "first" else len(trained)
+            return trained[0], len(alone) if alone is not None else first, ensemble
+        return trained, tuple(alone or ()), ensemble
 
     out = {}
     for fam in {family(k) for k in keys if k.split("/")[0] in why} - set(done):
