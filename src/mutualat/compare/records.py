@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mutualat.config import load_config
 from mutualat.errors import ConfigError
 from mutualat.evaluation import load_suite
 from mutualat.models.io import read_model_meta
@@ -51,6 +52,17 @@ def pruned(files: list[str]) -> bool:
     return any(Path(f"{f}{PRUNED}").is_file() and not Path(f).exists() for f in files)
 
 
+def model_files(run_dir: Path, checkpoint: str = "last") -> dict[str, str]:
+    """A finished run's trained members (a frozen teacher is not one): role -> model file;
+    at the best checkpoint only the members validated each epoch (eval.val_roles)."""
+    suffix = ".best" if checkpoint == "best" else ""
+    roles = json.loads((run_dir / "results.json").read_text())["models"]
+    if checkpoint == "best":
+        validated = load_config(run_dir / "config.yaml").eval.val_roles
+        roles = [r for r in roles if validated is None or r in validated]
+    return {role: str(run_dir / "models" / f"{role}{suffix}.safetensors") for role in roles}
+
+
 def set_aside_if_pruned(run_dir: Path) -> Path | None:
     """Move a finished run an archive left without its model files (``runs/<variant>/<setting>/
     <name>``) to ``pruned-runs/`` of its study, beside any moved there before, so that it can
@@ -58,8 +70,7 @@ def set_aside_if_pruned(run_dir: Path) -> Path | None:
     results = run_dir / "results.json"
     if not results.is_file():
         return None
-    roles = json.loads(results.read_text())["models"]
-    if not pruned([str(run_dir / "models" / f"{role}.safetensors") for role in roles]):
+    if not pruned(list(model_files(run_dir).values())):
         return None
     parts, k = run_dir.parts[-3:], 1
     aside = run_dir.parents[3] / "pruned-runs" / Path(*parts)

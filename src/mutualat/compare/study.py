@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mutualat.compare.plan import Plan, grid_points, setting_label
-from mutualat.compare.records import (evaluation_holds, file_digest, pruned, suite_record,
-                                      teacher_record)
+from mutualat.compare.records import (evaluation_holds, file_digest, model_files, pruned,
+                                      suite_record, teacher_record)
 from mutualat.compare.selection import (Selection, choose, criterion, grow, validation_images,
                                         validation_score)
 from mutualat.compare.tasks import PHASE, Task, judged_alone
@@ -111,16 +111,8 @@ class Study:
         return evaluation_holds(eval_dir, suite, self._suites[suite], n or self.plan.eval.n,
                                 self.plan.eval.seed, files, models)
 
-    @staticmethod
-    def model_files(run_dir: Path, checkpoint: str = "last") -> dict[str, str]:
-        """A finished run's trained members (a frozen teacher is not one): role -> model file;
-        at the best checkpoint only the members validated each epoch (eval.val_roles)."""
-        suffix = ".best" if checkpoint == "best" else ""
-        roles = json.loads((run_dir / "results.json").read_text())["models"]
-        if checkpoint == "best":
-            validated = load_config(run_dir / "config.yaml").eval.val_roles
-            roles = [r for r in roles if validated is None or r in validated]
-        return {role: str(run_dir / "models" / f"{role}{suffix}.safetensors") for role in roles}
+    #: A finished run's trained members: role -> model file (:func:`.records.model_files`).
+    model_files = staticmethod(model_files)
 
     def teacher_file(self, variant: str, seed: int) -> str | None:
         """The model file ``variant`` learns from at ``seed``: its teacher's chosen run of the
