@@ -625,13 +625,18 @@ def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_netw
         "  mat: {method.name: mat,",
         "  mat-b: {method.name: mat, models: [tinycnn, tinycnn], method.params.alpha: 0.3}\n"
         "  mat-h1: {method.name: mat, models: [tinycnn, tinycnn], select_on: [h1]}\n"
+        "  trades: {method.name: trades}\n"
         "  mat: {method.name: mat,")
     lines = progress.status_lines(Study(load_plan(_write_plan(tmp_path / "plan", text)), out))
+    # Ready to start in this order: trades, like nothing finished, counts as the longest;
+    # mat-b's and mat-h1's runs, estimated from mat's, then keep the plan's order.
+    started = [line.split()[1].split("/")[1] for line in lines if line.startswith("ready")]
+    assert started == ["trades"] * 2 + ["mat-b"] * 2 + ["mat-h1"] * 2, lines
     mat = [json.loads(p.read_text())["cpu_s"] for p in (out / "tasks").glob("train__mat__*.record.json")]
     new = [line for line in lines if line.split()[1].startswith("train/mat-b/")]
     assert new and all(line.endswith(f"about {progress._amount(statistics.median(mat))} (as "
                                      "train/mat: the same method and networks)") for line in new)
-    assert "not estimated" not in lines[-1].split("the ready ones")[1].split(";")[0]
+    assert "(2 of them not estimated)" in lines[-1].split("the ready ones")[1].split(";")[0]  # trades
     evals = [json.loads(p.read_text())["cpu_s"] for p in (out / "tasks").glob("eval__mat__*.record.json")]
     [waiting] = [line for line in lines if line.split()[:3] == ["waiting", "2", "×"]
                  and line.split()[3] == "eval/mat-b"]

@@ -53,7 +53,7 @@ def status_lines(study: Study) -> list[str]:
 def _status_lines(study: Study) -> list[str]:
     records = task_records(study.out)  # by slug, the task's record file name
     ready, waiting = sections.tasks(study)
-    ready = longest_first(ready, waiting, records, study.plan.teachers)  # as they would start
+    ready = longest_first(ready, waiting, records, study=study)  # as they would start
     done = finished_costs(records, [t.key for t in ready] + waiting)
     now = time.time()
     running = {t.key for t in ready if _running(records.get(t.slug, {}), now)}
@@ -255,16 +255,20 @@ def wall_left(study: Study, ready: list[Task], waiting: list[str],
 
 
 def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict],
-                  teachers: dict[str, str] | None = None) -> list[Task]:
+                  teachers: dict[str, str] | None = None, study: Study | None = None) -> list[Task]:
     """``ready`` in the order to start them: by priority (:attr:`Task.priority`: seed by seed,
     then phase), and within a priority the longest first, as :func:`status_lines` estimates
-    them (a task with nothing like it finished counts as the longest: it may be, and its
-    cost then informs the estimates of its kind at later seeds). A teacher's training counts
-    with its longest student's (``teachers``: student variant -> teacher variant, the plan's),
-    which can start only after it. On K cores the last task to start is then a short one,
-    rather than an hour of one core's work while the others idle; ties keep the plan's
-    order."""
-    done = finished_costs(records, [t.key for t in ready] + waiting)
+    them: from their family's finished tasks or, given the ``study``, their kin's (a task
+    with nothing like it finished counts as the longest: it may be, and its cost then
+    informs the estimates of its kind at later seeds). A teacher's training counts with its
+    longest student's (``teachers``: student variant -> teacher variant; the study's plan's
+    when it is given), which can start only after it. On K cores the last task to start is
+    then a short one, rather than an hour of one core's work while the others idle; ties
+    keep the plan's order."""
+    keys = [t.key for t in ready] + waiting
+    done = finished_costs(records, keys)
+    kin = _kin(study, done, keys) if study is not None else {}
+    teachers = study.plan.teachers if study is not None else teachers
     students: dict[tuple[str, str], list[str]] = {}  # (teacher, "seed<S>") -> students' keys
     for key in waiting:
         parts = key.split("/")
@@ -272,8 +276,8 @@ def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict
             students.setdefault((teachers[parts[1]], parts[-1]), []).append(key)
 
     def median(key: str) -> float:
-        like = done.get(family(key))
-        return statistics.median(like) if like else float("inf")
+        found = _like(family(key), done, kin)
+        return statistics.median(done[found[0]]) if found else float("inf")
 
     def left(task: Task) -> float:
         own = max(median(task.key) - _spent(records, task), 0.0)

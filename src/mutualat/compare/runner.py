@@ -184,7 +184,7 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
         while True:
             ready, waiting = sections.tasks(study)
             records = task_records(out)
-            ready = progress.longest_first(ready, waiting, records, plan.teachers)
+            ready = progress.longest_first(ready, waiting, records, study=study)
             ready = [t for t in ready if t.key not in running and t.key not in failed]
             if until is not None:
                 left = progress.wall_left(study, ready, waiting, records)
