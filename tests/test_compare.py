@@ -617,7 +617,8 @@ def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_netw
     """A variant added to a finished study has no finished training or evaluation of its
     own: --status estimates its runs from the variant that trains the same method on the
     same networks (mat), not from one that does not (at), its evaluations from the variant
-    whose evaluations test the same networks (mat again), and says so."""
+    whose evaluations test as many networks of that architecture, alone and in an ensemble
+    (mat again; at for one judged by one member alone), and says so."""
     plan, finished, _ = finished_study
     out = tmp_path / "out"
     shutil.copytree(finished, out)
@@ -646,8 +647,8 @@ def test_the_status_estimates_a_new_variant_from_one_of_the_same_method_and_netw
     # work but at's (one tinycnn), so estimated from at's; its training is mat's.
     at = [json.loads(p.read_text())["cpu_s"] for p in (out / "tasks").glob("eval__at__*.record.json")]
     [alone] = [line for line in lines if line.split()[:4] == ["waiting", "2", "×", "eval/mat-h1"]]
-    assert alone.endswith(f"about {progress._amount(statistics.median(at))} each (as "
-                          "eval/at: the same networks evaluated)"), alone
+    assert alone.endswith(f"about {progress._amount(statistics.median(at))} each (as eval/at: "
+                          "as many networks of one architecture evaluated)"), alone
     assert [line for line in lines if line.split()[1].startswith("train/mat-h1/")
             and line.endswith("(as train/mat: the same method and networks)")]
 
@@ -799,6 +800,22 @@ def test_the_report_names_the_points_a_grown_grid_added(finished_study, tmp_path
     assert "the grid grows while its highest score is at its edge: lr by the ratio" in text
     settings = provenance.plan_settings(study.plan)["selection"]
     assert settings.endswith("; a grid whose best is at its edge gains up to 1 lr value"), settings
+
+
+def test_an_evaluation_is_estimated_from_one_of_as_many_networks_alone_and_ensembled(tmp_path):
+    """Evaluating the first member alone (eval.members: first), a cohort of three and one of
+    two differ in their ensembles, so neither is estimated from the other; a cohort judged
+    by one member alone evaluates what a single-network variant does."""
+    text = TINY_PLAN.replace("members: all", "members: first").replace(
+        "seeds: [0, 2]", "seeds: [0, 10]").replace(
+        "  mat: {method.name: mat,",
+        "  mat3: {method.name: mat, models: [tinycnn, tinycnn, tinycnn]}\n"
+        "  mat-h1: {method.name: mat, models: [tinycnn, tinycnn], select_on: [h1]}\n"
+        "  mat: {method.name: mat,")
+    study = Study(load_plan(_write_plan(tmp_path / "plan", text)), tmp_path / "out")
+    kin = progress._kin(study, {"eval/mat": [100.0], "eval/at": [50.0]},
+                        ["eval/mat3/seed0", "eval/mat-h1/seed0"])
+    assert kin == {"eval/mat-h1": ("eval/at", "as many networks of one architecture evaluated")}
 
 
 def test_tasks_start_seed_by_seed_then_phase_then_longest_first():

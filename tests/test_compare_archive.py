@@ -40,7 +40,7 @@ def archived(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
     document.write_text("# Results\n")
     _run(plan, out, "--write", str(document))
     output = _run(plan, out, "--archive", str(root / "archive"))
-    assert f"in {root / 'archive'}" in output and "archived 6 runs, 6 evaluations" in output
+    assert f"in {root / 'archive'}" in output and "archived 6 runs, 6 evaluations and" in output
     return plan, out, root / "archive", document
 
 
@@ -78,6 +78,8 @@ def test_archiving_again_adds_and_changes_nothing_and_leaves_unfinished_work_out
     before = _files(copy)
     stale = copy / "runs" / "at-max" / "lr0.05" / "seed0" / "diverged.json"
     stale.write_text("{}")  # archived while the run had diverged, say: the run has it no more
+    torn = copy / "tasks" / ".train__at-max__lr0.05__seed0.json.4242.0a1b2c3d.tmp"
+    torn.write_text('{"key": "tr')  # an archive killed while it wrote this file
     output = _run(plan, study, "--archive", str(copy))
     assert "(1 files written)" in output
     assert _files(copy) == before

@@ -39,6 +39,7 @@ from mutualat.evaluation import (
 from mutualat.evaluation import attack_loop
 from mutualat.evaluation import checks as masking
 from mutualat.evaluation.autoattack import autoattack_available
+from mutualat.evaluation.records import evaluation_identity
 from mutualat.evaluation.suite import known_attacks
 
 from conftest import reference_missing
@@ -434,6 +435,11 @@ def test_an_attack_interrupted_mid_way_resumes_from_its_last_batch(tmp_path, mon
 def test_a_folder_of_another_evaluation_is_refused(tmp_path):
     run_marked(tmp_path, models={"m": MarkerModel()})
     x, y = marker_data()
+    # What the folder records as deciding its numbers (what scripts compare a folder with).
+    identity = json.loads((tmp_path / "ev" / "manifest.json").read_text())["identity"]
+    assert set(identity.pop("models")) == {"m"}
+    assert identity == evaluation_identity(marker_suite().to_dict(), 0, 64, x, y)
+    assert identity != evaluation_identity(marker_suite().to_dict(), 1, 64, x, y)
     with pytest.raises(EvaluationError, match="seed"):
         evaluate({"m": MarkerModel()}, marker_suite(), x, y, tmp_path / "ev", batch_size=64,
                  device="cpu", seed=1, checks=False, progress=False)

@@ -211,16 +211,18 @@ class _FullDisk:
         return getattr(os, name)
 
     def fsync(self, fd):
-        written = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-        if self.only is None or written.startswith(f".{self.only}."):
+        if self.only is None or os.path.basename(
+                os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{self.only}."):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.fsync(fd)
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads file names from /proc")
 @pytest.mark.parametrize("full, first_refused", [
-    ("checkpoint.pt", "checkpoint.pt"),  # the model files of epoch 2 written, then the disk fills
-    (None, "models/model.safetensors"),  # full from the first file of epoch 2's end on
+    # the model files of epoch 2 written, then the disk fills
+    pytest.param("checkpoint.pt", "checkpoint.pt", id="checkpoint-only", marks=pytest.mark.skipif(
+        not os.path.isdir("/proc/self/fd"), reason="reads the file's name from /proc")),
+    # full from the first file of epoch 2's end on
+    pytest.param(None, "models/model.safetensors", id="every-file"),
 ])
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
         full_run, tmp_path, monkeypatch, full, first_refused):
@@ -248,7 +250,8 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
     _assert_identical_weights(out, full_run)
 
 
-def test_a_torn_last_metrics_line_is_skipped_and_a_corrupt_one_named(full_run, tmp_path, capsys):
+def test_a_torn_last_metrics_line_is_skipped_and_a_corrupt_one_named(full_run, tmp_path, capsys,
+                                                                    monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
     log = run / "metrics.jsonl"
@@ -269,6 +272,13 @@ def test_a_torn_last_metrics_line_is_skipped_and_a_corrupt_one_named(full_run, t
     log.write_text("".join(lines[:2]) + '{"event": "st\n' + "".join(lines[2:]))
     with pytest.raises(DataError, match="line 3, is not a JSON record"):
         MetricsLog(run, tensorboard=False).truncate_after(10**9)
+    # A full disk (or a kill) while the resume rewrites the log: it keeps every line.
+    log.write_text("".join(lines))
+    with monkeypatch.context() as patched:
+        patched.setattr(files, "os", _FullDisk())
+        with pytest.raises(OSError):
+            MetricsLog(run, tensorboard=False).truncate_after(0)
+    assert log.read_text() == "".join(lines) and not list(run.glob("*.tmp"))
 
 
 def test_a_resume_that_died_before_its_first_checkpoint_is_not_named_among_the_machines(tmp_path):

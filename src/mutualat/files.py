@@ -1,7 +1,9 @@
 """Atomic writes: a temporary file in the same folder, fsync, then rename.
 
 A process killed at any instant (``kill -9`` included) leaves either the previous file or the
-new one, never a torn one. Every result, record, checkpoint and model file is written so.
+new one, never a torn one. Checkpoints, model files, configs, run and study records,
+evaluation results, an archive's copies and a Markdown document's section rewritten in
+place are written so (figures are not: matplotlib writes them).
 """
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
                 f"{dest} is not empty and holds no archive of plan {plan_name!r} "
                 f"({'no ' + MARK if held is None else 'it holds ' + repr(held)}); give an empty "
                 "or new folder (nothing was written)")
+    for torn in dest.rglob(".*.tmp"):  # an earlier archive's, killed while it wrote
+        torn.unlink()
     counts = {"runs": 0, "evaluations": 0, "checks": 0, "tasks": 0, "written": 0}
     settled = {p.parent for name in ("results.json", "diverged.json")
                for p in (out / "runs").glob(f"*/*/*/{name}")}

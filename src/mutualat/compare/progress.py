@@ -15,6 +15,7 @@ variant's family of the same kind doing the same work (see :func:`_kin`), and sa
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -128,40 +129,56 @@ def _like(fam: str, done: dict[str, list[float]],
 def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[str, tuple[str, str]]:
     """For a training or evaluation family with nothing finished (of ``keys``' families), the
     finished family of the same kind it is estimated from instead, and why: the first
-    variant's of the plan whose tasks of that kind do the same work. A training of the same
-    method on the same networks, frozen and natural ones alike, with as many attack steps for as
-    many epochs (MAT-MP-AVG from MAT-MP-MAX); an evaluation of as many networks of the same
-    architecture alone, and an ensemble or none (AT-AVG from AT-MAX, and MAT-MP's generalist
-    judged alone from AT-MAX too; networks of several architectures: the same members; the
-    suite and test images are the plan's, every variant's). Only the cost of the attacks that run on what earlier ones left differs with
-    the models' robustness."""
+    variant's of the plan whose tasks of that kind do the same work.
+
+    A training of the same method on the same networks (architecture and arguments), frozen
+    and natural ones alike, with as many attack steps for as many epochs (MAT-MP-AVG from
+    MAT-MP-MAX). An evaluation of as many networks alone, of one architecture, and an
+    ensemble of as many or none (AT-AVG from AT-MAX, and MAT-MP's generalist, judged alone,
+    from AT-MAX too); where the networks are of several architectures, of the same members.
+    The suite and test images are the plan's, every variant's: only the cost of the attacks
+    that run on what earlier ones left differs with the models' robustness."""
     plan = study.plan
-    why = {"train": "the same method and networks", "eval": "the same networks evaluated"}
+
+    def network(m) -> tuple[str, str]:
+        return m.name, json.dumps(m.kwargs, sort_keys=True)
+
+    def members(variant: str) -> tuple:
+        """What Study.eval_job evaluates: the trained members, or those select_on names
+        unless a figure shows them all; and how many members its ensemble has (0: none, as
+        where select_on names any)."""
+        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+        trained = tuple(network(m) for m in cfg.models if not m.frozen)
+        alone = judged_alone(plan, variant)
+        ensembled = len(trained) if plan.select_on.get(variant) is None and len(trained) > 1 else 0
+        return trained, alone, ensembled
 
     def shape(kind: str, variant: str) -> tuple:
-        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
         if kind == "train":  # a frozen teacher takes no step; a natural member no attack
-            return (cfg.method.name, tuple((m.name, m.frozen) for m in cfg.models),
+            cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+            return (cfg.method.name, tuple((network(m), m.frozen) for m in cfg.models),
                     cfg.method.params.get("natural"), cfg.attack.steps, cfg.optim.epochs)
-        # What Study.eval_job evaluates: the trained members, or those select_on names
-        # unless a figure shows them all; their ensemble where no member is singled out.
-        trained = tuple(m.name for m in cfg.models if not m.frozen)
-        alone = judged_alone(plan, variant)
-        ensemble = alone is None and len(trained) > 1
+        trained, alone, ensembled = members(variant)
         if len(set(trained)) == 1:  # of one architecture: how many are evaluated is the cost
             first = 1 if plan.eval.members == "first" else len(trained)
-            return trained[0], len(alone) if alone is not None else first, ensemble
-        return trained, tuple(alone or ()), ensemble
+            return trained[0], len(alone) if alone is not None else first, ensembled
+        return trained, tuple(alone or ()), ensembled
+
+    def why(kind: str, variant: str, like: str) -> str:
+        if kind == "train":
+            return "the same method and networks"
+        same = members(variant)[:2] == members(like)[:2]
+        return "the same networks evaluated" if same else "as many networks of one architecture evaluated"
 
     out = {}
-    for fam in {family(k) for k in keys if k.split("/")[0] in why} - set(done):
+    for fam in {family(k) for k in keys if k.split("/")[0] in ("train", "eval")} - set(done):
         kind, variant = fam.split("/")[:2]
         if variant not in plan.variants:  # the control's members, its ensemble
             continue
-        kin = next((f"{kind}/{v}" for v in plan.variants
-                    if f"{kind}/{v}" in done and shape(kind, v) == shape(kind, variant)), None)
-        if kin:
-            out[fam] = (kin, why[kind])
+        like = next((v for v in plan.variants
+                     if f"{kind}/{v}" in done and shape(kind, v) == shape(kind, variant)), None)
+        if like:
+            out[fam] = (f"{kind}/{like}", why(kind, variant, like))
     return out
 
 

@@ -22,6 +22,7 @@ from mutualat.attacks import ATTACKS, OPTIONAL_ATTACKS
 from mutualat.attacks.threat import Threat
 from mutualat.errors import ConfigError, FieldError
 from mutualat.evaluation import autoattack  # noqa: F401  (registers itself in OPTIONAL_ATTACKS)
+from mutualat.files import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class Suite:
         """The suite as YAML (written to ``path`` when given); :func:`load_suite` reads it back."""
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_bytes(Path(path), text.encode())
         return text
 
 

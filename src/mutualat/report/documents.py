@@ -15,6 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from mutualat.files import atomic_write_bytes
+
 
 def shell_command(argv: Sequence[str]) -> str:
     """``argv`` as a shell command for a document: quoted, with the home folder written ``~``
@@ -45,8 +47,7 @@ def write_section(path: Path, begin: str, end: str, body: str) -> None:
         text = head + body + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic_write_bytes(path, text.encode())  # a kill leaves the document whole
 
 
 def gather_machines(records: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from mutualat.errors import ConfigError
 from mutualat.experiments import recorded_scenario
+from mutualat.files import atomic_write_bytes
 from mutualat.methods.scenarios import SCENARIOS
 from mutualat.report import paper_plots
 from mutualat.report.plots import plot_training_curves
@@ -348,8 +349,8 @@ def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
         tables.append((name, transfer_table(result, f"Transfer attacks ({label})")))
 
     for name, table in tables:
-        (out / f"{name}.md").write_text(table.markdown() + "\n")
-        (out / f"{name}.csv").write_text(table.csv())
+        atomic_write_bytes(out / f"{name}.md", (table.markdown() + "\n").encode())
+        atomic_write_bytes(out / f"{name}.csv", table.csv().encode())
 
     with_metrics = {k: v for k, v in inputs.runs.items() if (v / "metrics.jsonl").is_file()}
     if with_metrics:
@@ -374,5 +375,5 @@ def build_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
     if warnings:
         lines += ["### Warnings (gradient-masking checks)", ""] + [f"- {w}" for w in warnings] + [""]
     report = out / "report.md"
-    report.write_text("\n".join(lines))
+    atomic_write_bytes(report, "\n".join(lines).encode())
     return report

@@ -30,6 +30,7 @@ WANDB_ENV = "MUTUALAT_WANDB"
 _OFF = ("", "0", "off", "false", "no")
 
 from mutualat.errors import DataError
+from mutualat.files import atomic_write_bytes
 
 
 def scalars(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -116,7 +117,8 @@ class MetricsLog:
                 if record.get("global_step", 0) <= global_step
                 and not (record.get("event") == "machine" and record.get("global_step") == global_step
                          and global_step > 0)]
-        self.path.write_text("".join(k + "\n" for k in kept))
+        # Atomically: a kill while resuming must not lose the history it keeps.
+        atomic_write_bytes(self.path, "".join(k + "\n" for k in kept).encode())
 
     def write(self, event: str, global_step: int, *, sinks: bool = True, **values: Any) -> None:
         """Append a record; ``sinks=False`` keeps it out of TensorBoard and W&B (a record of
