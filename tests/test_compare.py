@@ -820,9 +820,10 @@ def test_an_evaluation_is_estimated_from_one_of_as_many_networks_alone_and_ensem
 
 def test_tasks_start_seed_by_seed_then_phase_then_longest_first():
     """Of the tasks that can start, an earlier seed or phase goes first whatever its length;
-    within one, the longest by the median of finished tasks of its family (less what a
-    resumed one has spent), one with nothing like it finished before any estimated one, and
-    ties in the plan's order; so the last to start on K cores is a short one."""
+    within one, an interrupted one that resumes (what it spent is not banked until it ends),
+    then the longest by the median of finished tasks of its family, one with nothing like it
+    finished before any estimated one, and ties in the plan's order; so the last to start
+    on K cores is a short one."""
     def task(key: str, priority: tuple[int, int]) -> Task:
         return Task(key, "eval", {}, priority)
 
@@ -834,16 +835,16 @@ def test_tasks_start_seed_by_seed_then_phase_then_longest_first():
                "table__t2__trades__seed0": {"status": "done", "cpu_s": 100.0},
                "table__t2__mat__seed0": {"status": "done", "cpu_s": 300.0},
                "table__t2__mart__seed0": {"status": "done", "cpu_s": 500.0},
-               "table__t2__mart__seed10": {"status": "interrupted", "cpu_s": 450.0},  # 50 left
+               "table__t2__mart__seed10": {"status": "interrupted", "cpu_s": 450.0},  # resumes first
                "table__t2__ard__seed0": {"status": "done", "cpu_s": 200.0},
                "table__t2__ard__seed5": {"status": "done", "cpu_s": 9000.0},  # undone now:
                "table__t2__act__seed0": {"status": "done", "cpu_s": 1.0},     # not counted
                "eval__at__seed0": {"status": "done", "cpu_s": 1.0}}
     ordered = progress.longest_first(ready, ["table/t2/ard/seed5"], records)
     assert [t.key for t in ordered] == [
-        "table/t2/act/seed0", "eval/at/seed10", "table/t3/at/seed10", "table/t2/mat/seed10",
-        "table/t2/ard/seed10", "table/t2/at/seed10", "table/t2/trades/seed10",
-        "table/t2/mart/seed10"]
+        "table/t2/act/seed0", "eval/at/seed10", "table/t2/mart/seed10", "table/t3/at/seed10",
+        "table/t2/mat/seed10", "table/t2/ard/seed10", "table/t2/at/seed10",
+        "table/t2/trades/seed10"]
     # A teacher's training counts with that of the longest student waiting on it, of its seed.
     ready = [Task("train/mat/lr0.1/seed10", "train", {}, (1, 1)),
              Task("train/at/lr0.1/seed10", "train", {}, (1, 1)),

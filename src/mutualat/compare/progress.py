@@ -274,14 +274,16 @@ def wall_left(study: Study, ready: list[Task], waiting: list[str],
 def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict],
                   teachers: dict[str, str] | None = None, study: Study | None = None) -> list[Task]:
     """``ready`` in the order to start them: by priority (:attr:`Task.priority`: seed by seed,
-    then phase), and within a priority the longest first, as :func:`status_lines` estimates
-    them: from their family's finished tasks or, given the ``study``, their kin's (a task
-    with nothing like it finished counts as the longest: it may be, and its cost then
-    informs the estimates of its kind at later seeds). A teacher's training counts with its
-    longest student's (``teachers``: student variant -> teacher variant; the study's plan's
-    when it is given), which can start only after it. On K cores the last task to start is
-    then a short one, rather than an hour of one core's work while the others idle; ties
-    keep the plan's order."""
+    then phase); within a priority an interrupted task first, which resumes: what it spent
+    counts only once it has finished (an archive keeps finished work alone, and a sitting
+    that ends with ``--until`` leaves it behind otherwise); then the longest first, as
+    :func:`status_lines` estimates them: from their family's finished tasks or, given the
+    ``study``, their kin's (a task with nothing like it finished counts as the longest: it
+    may be, and its cost then informs the estimates of its kind at later seeds). A teacher's
+    training counts with its longest student's (``teachers``: student variant -> teacher
+    variant; the study's plan's when it is given), which can start only after it. On K
+    cores the last task to start is then a short one, rather than an hour of one core's work
+    while the others idle; ties keep the plan's order."""
     keys = [t.key for t in ready] + waiting
     done = finished_costs(records, keys)
     kin = _kin(study, done, keys) if study is not None else {}
@@ -302,7 +304,7 @@ def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict
         waits = students.get((parts[1], parts[-1]), []) if parts[0] == "train" else []
         return own + max((median(k) for k in waits), default=0.0)
 
-    return sorted(ready, key=lambda t: (t.priority, -left(t)))
+    return sorted(ready, key=lambda t: (t.priority, _spent(records, t) == 0, -left(t)))
 
 
 def _running(record: dict, now: float) -> bool:
