@@ -86,14 +86,14 @@ def archive_study(out: Path, dest: Path, plan_name: str) -> dict[str, int]:
             if file.is_file():
                 counts["written"] += _copy(file, dest / file.relative_to(out))
         counts["tasks"] += 1
-    counts["written"] += _write_text(mark, json.dumps(
+    counts["written"] += _write(mark, (json.dumps(
         {"plan": plan_name, "archive of": "mutualat compare: a study's records without model "
-         "weights (mutualat.compare.archive)"}, indent=2) + "\n")
+         "weights (mutualat.compare.archive)"}, indent=2) + "\n").encode())
     for report in ("comparison.json", "comparison.md"):  # what the scripts read
         if (out / report).is_file():
             counts["written"] += _copy(out / report, dest / report)
     if not (dest / ".gitignore").exists():
-        counts["written"] += _write_text(dest / ".gitignore", "".join(f"{p}\n" for p in IGNORED))
+        counts["written"] += _write(dest / ".gitignore", "".join(f"{p}\n" for p in IGNORED).encode())
     return counts
 
 
@@ -105,8 +105,8 @@ def _copy_run(run: Path, target: Path) -> int:
         if file.name.endswith(".safetensors"):
             stub = {"sha256": file_digest(file), "meta": read_model_meta(file)}
             kept.add(target / f"{file.relative_to(run)}{PRUNED}")
-            written += _write_text(target / f"{file.relative_to(run)}{PRUNED}",
-                                   json.dumps(stub, indent=2, sort_keys=True) + "\n")
+            written += _write(target / f"{file.relative_to(run)}{PRUNED}",
+                              (json.dumps(stub, indent=2, sort_keys=True) + "\n").encode())
         elif not _left_out(file):
             kept.add(target / file.relative_to(run))
             written += _copy(file, target / file.relative_to(run))
@@ -122,15 +122,12 @@ def _left_out(file: Path) -> bool:
 
 def _copy(source: Path, target: Path) -> int:
     """Copy unless ``target`` already holds the same bytes; 1 if it wrote."""
-    data = source.read_bytes()
+    return _write(target, source.read_bytes())
+
+
+def _write(target: Path, data: bytes) -> int:
+    """Write ``data`` unless ``target`` already holds it; 1 if it wrote."""
     if target.is_file() and target.read_bytes() == data:
         return 0
     atomic_write_bytes(target, data)
-    return 1
-
-
-def _write_text(target: Path, text: str) -> int:
-    if target.is_file() and target.read_text() == text:
-        return 0
-    atomic_write_bytes(target, text.encode())
     return 1

@@ -15,6 +15,7 @@ variant's family of the same kind doing the same work (see :func:`_kin`), and sa
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -140,6 +141,10 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
     that run on what earlier ones left differs with the models' robustness."""
     plan = study.plan
 
+    @functools.cache
+    def config(variant: str):  # its first grid point's: what its tasks do, not at what lr
+        return plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+
     def network(m) -> tuple[str, str]:
         return m.name, json.dumps(m.kwargs, sort_keys=True)
 
@@ -147,15 +152,14 @@ def _kin(study: Study, done: dict[str, list[float]], keys: list[str]) -> dict[st
         """What Study.eval_job evaluates: the trained members, or those select_on names
         unless a figure shows them all; and how many members its ensemble has (0: none, as
         where select_on names any)."""
-        cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
-        trained = tuple(network(m) for m in cfg.models if not m.frozen)
+        trained = tuple(network(m) for m in config(variant).models if not m.frozen)
         alone = judged_alone(plan, variant)
         ensembled = len(trained) if plan.select_on.get(variant) is None and len(trained) > 1 else 0
         return trained, alone, ensembled
 
     def shape(kind: str, variant: str) -> tuple:
         if kind == "train":  # a frozen teacher takes no step; a natural member no attack
-            cfg = plan.config(variant, plan.settings(variant)[0], plan.grid_seed)
+            cfg = config(variant)
             return (cfg.method.name, tuple((network(m), m.frozen) for m in cfg.models),
                     cfg.method.params.get("natural"), cfg.attack.steps, cfg.optim.epochs)
         trained, alone, ensembled = members(variant)
