@@ -569,3 +569,24 @@ def test_every_trained_members_learning_rate_is_recorded_wherever_it_runs() -> N
     lrs = member_learning_rates(models, roles, {0: 0.01})
     assert set(lrs) == {"lr/h1", "lr/h2"} and lrs["lr/h2"] == pytest.approx(0.002)
     assert member_learning_rates(models, roles, {}) == {}
+
+
+def test_compare_data_dir_gives_the_same_tasks_however_it_is_spelled(tmp_path, monkeypatch) -> None:
+    """A relative --data-dir is made absolute: the same study's tasks, hence their specs and
+    their records' digests, whether it was typed relative to one folder or absolute (else a
+    scheduler restarted with the other spelling would count its interrupted tasks afresh)."""
+    import mutualat.cli as cli
+    from mutualat.compare.records import spec_digest
+
+    seen = []
+    monkeypatch.setattr(cli, "status_lines", lambda study: seen.append(study.tasks()[0]) or [])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "work").mkdir()
+    plan, out = str(REPO / "configs/plans/fmnist-smallcnn.yaml"), str(tmp_path / "study")
+    monkeypatch.chdir(tmp_path / "work")
+    for spelling in (str(tmp_path / "data"), "../data", "../data/", "../work/../data"):
+        assert main(["compare", plan, "--out", out, "--data-dir", spelling, "--status"]) == 0
+    first = [(t.key, spec_digest(t.spec)) for t in seen[0]]
+    assert first and all([(t.key, spec_digest(t.spec)) for t in ready] == first for ready in seen[1:])
+    train = next(t for t in seen[1] if t.kind == "train")
+    assert train.spec["config"]["data"]["data_dir"] == str(tmp_path / "data")
