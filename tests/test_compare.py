@@ -1080,7 +1080,7 @@ def test_every_committed_plan_loads_and_lists_its_first_tasks(path, tmp_path):
     its suites; first come the grids of the variants that learn from no teacher."""
     plan = load_plan(path)
     # A plan below the paper's scale names its full-scale twin (which load_plan loaded) and
-    # what it cut; the twins themselves (configs/paper, cifar10-resnet18) need none.
+    # what it cut; the twins themselves (configs/paper) need none.
     base = plan.config(plan.baseline, plan.settings(plan.baseline)[0], plan.grid_seed)
     at_paper_scale = base.models[0].name in ("resnet18", "wrn34_10") and base.optim.epochs == 120
     assert (plan.paper_scale is None) == at_paper_scale, plan.name
