@@ -882,6 +882,7 @@ def test_a_finished_task_run_again_gets_a_record_of_its_own(tmp_path):
 
     total = report.cost(_Study())
     assert total["eval"]["cpu_s"] == pytest.approx(500.0 + resumed["cpu_s"])
+    assert (total["eval"]["tasks"], total["eval"]["again"]) == (1, 1)  # one task, run twice
     assert total["span_s"] == pytest.approx(resumed["ended"] - 1.0)
 
 
@@ -979,6 +980,26 @@ def test_a_rerun_reuses_everything_and_writes_the_same_report(finished_study, tm
     assert (document.parent / "figures" / "tiny-curves.png").is_file()
     data = json.loads((out / "comparison.json").read_text())
     assert markdown(data).split("\n", 1)[1] in text
+
+
+def test_the_sections_cost_counts_a_task_that_ran_again_once_and_its_earlier_run_apart(
+        finished_study, tmp_path):
+    """A run trained twice is one run of the runs table, and its first training is named
+    beside the count (its CPU time is in the hours): the count matches the table."""
+    plan, finished, _ = finished_study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    study = Study(load_plan(plan), out)
+    runs = len(list((out / "tasks").glob("train__*.record.json")))
+    line = next(l for l in report.document_section(study, "cmd").splitlines() if "Cost:" in l)
+    assert f"of training in {runs} runs, " in line and "earlier run" not in line
+    path = next((out / "tasks").glob("train__*.record.json"))
+    record = json.loads(path.read_text())
+    record["earlier"] = [{**record, "cpu_s": 3600.0 * 5}]
+    path.write_text(json.dumps(record))
+    line = next(l for l in report.document_section(study, "cmd").splitlines() if "Cost:" in l)
+    assert f"of training in {runs} runs (and 1 earlier run of tasks that ran again), " in line
+    assert "5." in line.split("CPU-hours of training")[0]  # its first run's hours are counted
 
 
 def test_an_evaluation_stopped_before_its_record_runs_again_only_on_the_same_weights(

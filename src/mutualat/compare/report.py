@@ -337,11 +337,13 @@ def cost(study: Study) -> dict[str, Any]:
     records = []
     for slug, record in task_records(study.out).items():
         kind = "train" if slug.startswith("train__") else "eval"
-        for entry in (record, *record.get("earlier", [])):  # a task that ran again: each run
-            records.append({**entry, "kind": kind})
+        for again, entry in enumerate((record, *record.get("earlier", []))):  # each time it ran
+            records.append({**entry, "kind": kind, "again": again > 0})
     total = {kind: {"cpu_s": sum(r["cpu_s"] for r in records if r["kind"] == kind),
                     "wall_s": sum(r["wall_s"] for r in records if r["kind"] == kind),
-                    "tasks": sum(r["kind"] == kind for r in records)} for kind in ("train", "eval")}
+                    "tasks": sum(r["kind"] == kind and not r["again"] for r in records),
+                    "again": sum(r["kind"] == kind and r["again"] for r in records)}
+             for kind in ("train", "eval")}
     starts = [r["started"] for r in records if "started" in r]
     ends = [r["ended"] for r in records if "ended" in r]
     total["span_s"] = (max(ends) - min(starts)) if starts and ends else None
@@ -356,6 +358,8 @@ def document_section(study: Study, command: str) -> str:
     spent = cost(study)
     hours = {k: spent[k]["cpu_s"] / 3600 for k in ("train", "eval")}
     span = f"; {spent['span_s'] / 3600:.1f} h from first start to last end" if spent["span_s"] else ""
+    again = {k: f" (and {n} earlier run{'s' * (n > 1)} of tasks that ran again)" if n else ""
+             for k, n in ((k, spent[k]["again"]) for k in ("train", "eval"))}
     name = study.plan.name
     head = [
         f"<!-- compare:{name}:begin -->",
@@ -363,8 +367,9 @@ def document_section(study: Study, command: str) -> str:
         f"![Per-epoch validation and training accuracy](figures/{name}-curves.png)", "",
         f"Regenerate with `{command}` (its first argument is the plan; finished runs and "
         f"evaluations in the output folder are reused). Cost: {hours['train']:.1f} CPU-hours "
-        f"of training in {spent['train']['tasks']} runs, {hours['eval']:.1f} CPU-hours of "
-        f"evaluation in {spent['eval']['tasks']} tasks{span}; ran on {provenance.machines_text(data)}.",
+        f"of training in {spent['train']['tasks']} runs{again['train']}, {hours['eval']:.1f} "
+        f"CPU-hours of evaluation in {spent['eval']['tasks']} tasks{again['eval']}{span}; ran on "
+        f"{provenance.machines_text(data)}.",
         f"<!-- compare:{name}:end -->",
     ]
     return "\n".join(head)
