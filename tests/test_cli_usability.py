@@ -584,7 +584,8 @@ def test_compare_data_dir_gives_the_same_tasks_however_it_is_spelled(tmp_path, m
     (tmp_path / "work").mkdir()
     plan, out = str(REPO / "configs/plans/fmnist-smallcnn.yaml"), str(tmp_path / "study")
     monkeypatch.chdir(tmp_path / "work")
-    for spelling in (str(tmp_path / "data"), "../data", "../data/", "../work/../data"):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for spelling in (str(tmp_path / "data"), "../data", "../data/", "../work/../data", "~/data"):
         assert main(["compare", plan, "--out", out, "--data-dir", spelling, "--status"]) == 0
     first = [(t.key, spec_digest(t.spec)) for t in seen[0]]
     assert first and all([(t.key, spec_digest(t.spec)) for t in ready] == first for ready in seen[1:])

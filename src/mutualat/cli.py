@@ -269,7 +269,7 @@ def _scenario(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     environment = {}
     if args.data_dir:  # absolute: a task's spec (and its record's digest) whatever the spelling
-        environment["data.data_dir"] = os.path.abspath(args.data_dir)
+        environment["data.data_dir"] = os.path.abspath(os.path.expanduser(args.data_dir))
     if args.device:
         environment["device"] = args.device
     plan = load_plan(_config_file(args.plan), environment)
