@@ -302,13 +302,15 @@ def longest_first(ready: list[Task], waiting: list[str], records: dict[str, dict
         found = _like(family(key), done, kin)
         return statistics.median(done[found[0]]) if found else float("inf")
 
+    spent = {t.key: _spent(records, t) for t in ready}  # each record's digest checked once
+
     def left(task: Task) -> float:
-        own = max(median(task.key) - _spent(records, task), 0.0)
+        own = max(median(task.key) - spent[task.key], 0.0)
         parts = task.key.split("/")
         waits = students.get((parts[1], parts[-1]), []) if parts[0] == "train" else []
         return own + max((median(k) for k in waits), default=0.0)
 
-    return sorted(ready, key=lambda t: (t.priority, _spent(records, t) == 0, -left(t)))
+    return sorted(ready, key=lambda t: (t.priority, spent[t.key] == 0, -left(t)))
 
 
 def _running(record: dict, now: float) -> bool:

@@ -358,8 +358,8 @@ def document_section(study: Study, command: str) -> str:
     spent = cost(study)
     hours = {k: spent[k]["cpu_s"] / 3600 for k in ("train", "eval")}
     span = f"; {spent['span_s'] / 3600:.1f} h from first start to last end" if spent["span_s"] else ""
-    again = {k: f" (and {n} earlier run{'s' * (n > 1)} of tasks that ran again)" if n else ""
-             for k, n in ((k, spent[k]["again"]) for k in ("train", "eval"))}
+    again = {k: f" (and {spent[k]['again']} earlier run{'s' * (spent[k]['again'] > 1)} of tasks "
+                f"that ran again)" if spent[k]["again"] else "" for k in ("train", "eval")}
     name = study.plan.name
     head = [
         f"<!-- compare:{name}:begin -->",
