@@ -4,6 +4,9 @@ A process killed at any instant (``kill -9`` included) leaves either the previou
 new one, never a torn one. Checkpoints, model files, configs, run and study records,
 evaluation results, an archive's copies and a Markdown document's section rewritten in
 place are written so (figures are not: matplotlib writes them).
+
+And :func:`hold_lock`: the advisory lock that keeps a second process out of a folder in use
+(a run folder while it trains, a study folder while its scheduler runs).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import IO
+
+from mutualat.errors import ConfigError
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -32,3 +38,24 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def hold_lock(path: Path, busy: str) -> IO | None:
+    """Hold an exclusive advisory lock on the file ``path`` (made, with its folder, if
+    missing) for as long as the returned handle stays open; the OS drops it when the process
+    ends, however it ends, so a kill never leaves a stale lock. Held elsewhere (another
+    process, or another handle of this one): :class:`ConfigError` with the message ``busy``.
+    None where the platform has no ``fcntl`` (Windows): no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(busy) from None
+    return handle

@@ -34,7 +34,7 @@ from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import resolve_method_params
 from mutualat.models.sources import parse_source
 from mutualat.models.torch_source import file_digest
-from mutualat.files import atomic_write_bytes
+from mutualat.files import atomic_write_bytes, hold_lock
 from mutualat.train.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -229,21 +229,10 @@ def remove_stale_temporaries(out: Path) -> list[str]:
 
 
 def lock_run_dir(out: Path) -> Any:
-    """Hold ``out/.lock`` (an advisory lock the OS drops when the process dies) so that two
-    processes never train into one folder; a second one gets a clear error."""
-    try:
-        import fcntl
-    except ImportError:  # not on this platform: no lock
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / LOCK, "a")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ConfigError(f"run folder {out} is in use by another training process; wait for it "
-                          "to end or choose another --out (nothing was changed)") from None
-    return handle
+    """Hold ``out/.lock`` (:func:`mutualat.files.hold_lock`) so that two processes never
+    train into one folder; a second one gets a clear error."""
+    return hold_lock(Path(out) / LOCK, f"run folder {out} is in use by another training "
+                     "process; wait for it to end or choose another --out (nothing was changed)")
 
 
 def config_difference(saved: RunConfig, given: RunConfig, inits: dict[str, str] | None = None) -> str:
