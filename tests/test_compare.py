@@ -824,9 +824,9 @@ def test_the_report_names_the_points_a_grown_grid_added(finished_study, tmp_path
             f"| {label} (grid extended by {added[variant]}) |"), rows
         run = [r for r in data["runs"] if r["variant"] == variant and r["setting"] == added[variant]]
         assert len(run) == 1 and run[0]["in_plan"] and not run[0]["chosen"]
-    assert "the grid grows while its highest score is at its edge: lr by the ratio" in text
+    assert "the grid grows while its highest score, not tied, is at its edge: lr by the ratio" in text
     settings = provenance.plan_settings(study.plan)["selection"]
-    assert settings.endswith("; a grid whose best is at its edge gains up to 1 lr value"), settings
+    assert settings.endswith("; a grid whose best, not tied, is at its edge gains up to 1 lr value"), settings
 
 
 def test_an_evaluation_is_estimated_from_one_of_as_many_networks_alone_and_ensembled(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from mutualat.compare import Study, load_plan
 from mutualat.compare.progress import grid_lines, status_lines
 from mutualat.compare.provenance import planned_runs
-from mutualat.compare.selection import choice_notes, extension, grow
+from mutualat.compare.selection import Selection, choice_notes, extension, grow
 from mutualat.compare.worker import run_train
 
 from conftest import set_last_validation_score
@@ -117,7 +117,7 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     chosen = study.selection("at")
     assert chosen.chosen == {"lr": 0.05} and chosen.extended == ["lr0.125"] and not chosen.at_edge
     assert added in planned_runs(study, {"at": chosen})  # a grid point, though not chosen
-    assert "the grid grows while its highest score is at its edge: lr by the ratio of its " \
+    assert "the grid grows while its highest score, not tied, is at its edge: lr by the ratio of its " \
            "outer values, at most 1 value" in chosen.criterion
     assert grid_lines(study) == ["grid     at  chose lr0.05 (validation 55.0 %; grid extended by lr0.125)"]
     assert sorted(t.key for t in study.tasks()[0]) == ["eval/at/seed0", "train/at/lr0.05/seed2"]
@@ -126,11 +126,36 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     chosen = study.selection("at")
     assert chosen.chosen == {"lr": 0.125} and chosen.at_edge
     assert added in planned_runs(study, {"at": chosen})
+    # tied with the inner point for the highest score: no evidence the best lies outside, so
+    # the grid stays, and the report says why
+    set_last_validation_score(added, 0.55)
+    chosen = study.selection("at")
+    assert chosen.chosen == {"lr": 0.05} and chosen.tied == ["lr0.125"] and not chosen.at_edge
+    assert grid_lines(study) == ["grid     at  chose lr0.05 (validation 55.0 %; grid extended by "
+                                 "lr0.125; the highest score, tied with lr0.125)"]
     # the plan without extend_grid no longer asks for the added run, and chooses as before
     plain = Study(load_plan(_write_plan(tmp_path / "plain", AT_GRID)), tmp_path / "out")
     assert plain.selection("at").chosen == {"lr": 0.05} and plain.selection("at").extended == []
     assert added not in planned_runs(plain, {"at": plain.selection("at")})
     assert "grid grows" not in plain.selection("at").criterion
+
+
+def test_a_choice_tied_for_the_highest_score_at_the_edge_says_so():
+    """MAT-MP-MSD's grid at seed 0 (fmnist-smallcnn-mp): lr 0.05 and 0.1 scored 54.8 % each,
+    0.2 diverged. The one-SE rule takes 0.05, at the grid's edge, and the grid does not grow
+    (a tie): the note says both, so a reader of "at the edge" sees why it stayed."""
+    scores = {"lr0.05": 0.548, "lr0.1": 0.548, "lr0.2": float("-inf")}
+    settings = {label: {"lr": lr} for label, lr in zip(scores, LR["lr"])}
+    chosen = Selection("mat-mp-msd", {"lr": 0.05}, scores, "", settings, se=0.0223)
+    assert chosen.at_edge and chosen.tied == ["lr0.1"]
+    assert choice_notes(chosen.at_edge, chosen.note, chosen.extended) == (
+        "at the edge of the grid; one-SE rule, SE 2.2 points: the highest score, tied with lr0.1")
+    assert extension(LR, LR, _points(LR["lr"]), list(scores.values()), {"lr": 2}) is None
+    # the rule's choice below a highest score that two points share
+    ruled = Selection("v", {"lr": 0.05}, {"lr0.05": 0.53, "lr0.1": 0.55, "lr0.2": 0.55}, "",
+                      settings, best="lr0.1", se=0.0222)
+    assert ruled.note == "one-SE rule, SE 2.2 points; highest: lr0.1, tied with lr0.2"
+    assert Selection("v", {"lr": 0.1}, {"lr0.05": 0.5, "lr0.1": 0.6}, "", settings).note == ""
 
 
 @pytest.mark.parametrize("rule, message", [

@@ -57,12 +57,22 @@ class Selection:
                    for key, values in _swept(self.settings.values()).items())
 
     @property
+    def tied(self) -> list[str]:
+        """The other points with exactly the highest score: a tie, which never grows a grid
+        (:func:`extension`), so a choice "at the edge" tied with an inner point stays."""
+        top = self.best or self.label
+        return [k for k, v in self.scores.items() if k != top and v == self.scores[top]]
+
+    @property
     def note(self) -> str:
-        """What the one-SE rule did, for the report ("" without the rule)."""
+        """What the one-SE rule did, and a tie for the highest score, for the report ("" with
+        neither)."""
+        tied = f"tied with {', '.join(self.tied)}" if self.tied else ""
         if self.se is None:
-            return ""
+            return f"the highest score, {tied}" if tied else ""
         rule = f"one-SE rule, SE {100 * self.se:.1f} points"  # the best point's
-        return f"{rule}: the highest score" if self.best is None else f"{rule}; highest: {self.best}"
+        text = f"{rule}: the highest score" if self.best is None else f"{rule}; highest: {self.best}"
+        return f"{text}, {tied}" if tied else text
 
 
 def choice_notes(at_edge: bool, note: str | None, extended: Iterable[str] = ()) -> str:
@@ -103,7 +113,7 @@ def criterion(plan: Plan, variant: str, pgd_steps: int, one_se: bool) -> str:
                  + ", then the ".join(f"{v} {k}" for k, v in plan.within_one_se.items()))
     grown = {k: n for k, n in plan.extend_grid.items() if len(plan.grids[variant].get(k, [])) > 1}
     if grown:
-        text += ("; the grid grows while its highest score is at its edge: "
+        text += ("; the grid grows while its highest score, not tied, is at its edge: "
                  + ", ".join(f"{k} by the ratio of its outer values, at most {n} "
                              f"value{'s' if n != 1 else ''}" for k, n in grown.items()))
     return text
