@@ -572,7 +572,7 @@ def test_every_trained_members_learning_rate_is_recorded_wherever_it_runs() -> N
 
 
 def test_compare_data_dir_gives_the_same_tasks_however_it_is_spelled(tmp_path, monkeypatch) -> None:
-    """A relative --data-dir is made absolute: the same study's tasks, hence their specs and
+    """A relative --data-dir is made absolute (by load_plan): the same study's tasks, hence their specs and
     their records' digests, whether it was typed relative to one folder or absolute (else a
     scheduler restarted with the other spelling would count its interrupted tasks afresh)."""
     import mutualat.cli as cli
@@ -591,3 +591,8 @@ def test_compare_data_dir_gives_the_same_tasks_however_it_is_spelled(tmp_path, m
     assert first and all([(t.key, spec_digest(t.spec)) for t in ready] == first for ready in seen[1:])
     train = next(t for t in seen[1] if t.kind == "train")
     assert train.spec["config"]["data"]["data_dir"] == str(tmp_path / "data")
+    # load_plan does it, so a Python caller's relative data folder gives the same tasks too
+    from mutualat.compare import Study, load_plan
+
+    study = Study(load_plan(plan, {"data.data_dir": "../data/"}), out)
+    assert [(t.key, spec_digest(t.spec)) for t in study.tasks()[0]] == first

@@ -268,8 +268,8 @@ def _scenario(args: argparse.Namespace) -> int:
 @command("compare")
 def _compare(args: argparse.Namespace) -> int:
     environment = {}
-    if args.data_dir:  # absolute: a task's spec (and its record's digest) whatever the spelling
-        environment["data.data_dir"] = os.path.abspath(os.path.expanduser(args.data_dir))
+    if args.data_dir:  # load_plan makes it absolute: a task's spec whatever the spelling
+        environment["data.data_dir"] = args.data_dir
     if args.device:
         environment["device"] = args.device
     plan = load_plan(_config_file(args.plan), environment)

@@ -7,11 +7,12 @@ and a compute-matched ensemble of independently trained models) evaluated on the
 class-balanced test images with a suite that includes AutoAttack; mean ± std over seeds and
 paired differences to a baseline with 95% intervals; and, where the plan asks, more suites,
 a transfer matrix and figures on the same chosen models (:mod:`mutualat.compare.sections`).
-See :mod:`mutualat.compare.plan` for the plan file and :mod:`mutualat.compare.study` for the
+See :mod:`mutualat.compare.plan_file` for the plan file and :mod:`mutualat.compare.study` for the
 folder layout.
 """
 
-from mutualat.compare.plan import Plan, load_plan, setting_label
+from mutualat.compare.plan import Plan, setting_label
+from mutualat.compare.plan_file import load_plan
 from mutualat.compare.runner import StudyError, run_study
 from mutualat.compare.selection import Selection, validation_score
 from mutualat.compare.study import Study
