@@ -9,7 +9,7 @@ import pytest
 from mutualat.compare import Study, load_plan
 from mutualat.compare.progress import grid_lines, status_lines
 from mutualat.compare.provenance import planned_runs
-from mutualat.compare.selection import Selection, choice_notes, extension, grow
+from mutualat.compare.selection import Selection, choice_notes, extension, grow, score_line
 from mutualat.compare.worker import run_train
 
 from conftest import set_last_validation_score
@@ -156,6 +156,27 @@ def test_a_choice_tied_for_the_highest_score_at_the_edge_says_so():
                       settings, best="lr0.1", se=0.0222)
     assert ruled.note == "one-SE rule, SE 2.2 points; highest: lr0.1, tied with lr0.2"
     assert Selection("v", {"lr": 0.1}, {"lr0.05": 0.5, "lr0.1": 0.6}, "", settings).note == ""
+
+
+def test_the_score_line_names_once_what_variants_share():
+    """The line under the hyperparameter table: fmnist-smallcnn-paper's as committed (each
+    variant's own measure, no rule), and fmnist-smallcnn-mp's, whose three MAT-MP variants
+    are judged by their generalist under the same rule: named together, the rule said once."""
+    plain = "validation PGD-10 accuracy (last epoch, mean over {}), seed 0"
+    assert score_line({"at": plain.format("the trained members"), "act": plain.format("robust"),
+                       "mat": plain.format("the trained members"),
+                       "mat-nat-online": plain.format("h2")}) == (
+        f"Score: {plain.format('the trained members')}. For act: {plain.format('robust')}. "
+        f"For mat-nat-online: {plain.format('h2')}.")
+    rule = "; chosen by the one-standard-error rule: among ..., the lowest lr; the grid grows ..."
+    criteria = {"at-max": plain.format("the trained members") + rule,
+                "mat-mp-max": plain.format("generalist") + rule,
+                "mat-mp-avg": plain.format("generalist") + rule,
+                "mat-other": plain.format("generalist") + "; another rule",
+                "at-avg": plain.format("the trained members") + rule}
+    assert score_line(criteria) == (
+        f"Score: {criteria['at-max']}. For mat-mp-max, mat-mp-avg: "
+        f"{plain.format('generalist')}, by the same rule. For mat-other: {criteria['mat-other']}.")
 
 
 @pytest.mark.parametrize("rule, message", [

@@ -34,7 +34,7 @@ from mutualat.compare import masking, provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
 from mutualat.compare.per_type import pgd_alone_lines
 from mutualat.compare.records import read_summary, task_records
-from mutualat.compare.selection import choice_notes
+from mutualat.compare.selection import choice_notes, score_line
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
 from mutualat.compare.study import CONTROL, Study
 from mutualat.report.documents import write_section
@@ -292,11 +292,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
                            for label, v in sel["scores"].items())
         notes = choice_notes(sel["at_edge"], sel.get("note"), sel.get("extended", ()))
         lines.append(f"| {variant} | {scores} | {sel['label']}{f' ({notes})' if notes else ''} |")
-    criteria = [sel["criterion"] for sel in data["selection"].values()]
-    criterion = max(criteria, key=criteria.count)  # the most common (first on ties); others follow
-    others = "".join(f" For {v}: {sel['criterion']}." for v, sel in data["selection"].items()
-                     if sel["criterion"] != criterion)
-    lines += ["", f"Score: {criterion}.{others}", ""]
+    lines += ["", score_line({v: sel["criterion"] for v, sel in data["selection"].items()}), ""]
     lines += provenance.model_lines(data["models"])
     lines += ["### Runs", "", "| variant | setting | run | chosen | wall (min) | CPU (min) |",
               "|---|---|---|---|---|---|"]

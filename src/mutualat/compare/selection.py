@@ -84,6 +84,26 @@ def choice_notes(at_edge: bool, note: str | None, extended: Iterable[str] = ()) 
                                  "at the edge of the grid" if at_edge else "", note) if n)
 
 
+def score_line(criteria: dict[str, str]) -> str:
+    """The report's "Score:" line from each variant's :func:`criterion`: the most common one
+    in full (the first on ties), then each other, naming together the variants that share
+    it; one that differs only in what it measures (its first clause: the members a variant
+    is judged by, say) is given by that clause alone, "by the same rule"."""
+    listed = list(criteria.values())
+    main = max(listed, key=listed.count)
+    others: dict[str, list[str]] = {}
+    for variant, text in criteria.items():
+        if text != main:
+            others.setdefault(text, []).append(variant)
+    rule = main.partition("; ")[2]
+    line = f"Score: {main}."
+    for text, variants in others.items():
+        measured, _, own = text.partition("; ")
+        said = f"{measured}, by the same rule" if rule and own == rule else text
+        line += f" For {', '.join(variants)}: {said}."
+    return line
+
+
 def grow(declared: dict[str, list[Any]], limits: dict[str, int],
          score: Callable[[list[dict[str, Any]]], list[float] | None]) -> dict[str, list[Any]]:
     """The plan's grid ``declared`` with every value :func:`extension` adds while ``score``
