@@ -366,20 +366,20 @@ def test_no_task_outlives_its_killed_scheduler(tmp_path, fork):
 
 def test_a_second_scheduler_on_a_study_in_use_is_refused_and_starts_nothing(tmp_path):
     """Two schedulers on one study folder (a `--write` typed while the study runs) would both
-    start the running evaluations; the second is refused before it starts anything, while
-    --status and --archive, which only read the folder, still answer."""
+    start the running tasks (an evaluation, which has no lock of its own, would run twice;
+    here, trainings, whose second copies fail on their run folders' locks); the second is
+    refused before it starts anything, while --status and --archive, which only read the
+    folder, still answer."""
     first, out = _training_study(tmp_path)
     try:
         plan = tmp_path / "plan" / "plan.yaml"
-        logs = {p.name: p.read_text().count("=== ") for p in out.glob("logs/*.log")}
-        records = sorted(p.name for p in out.glob("tasks/*"))
         second = _compare(plan, out, "--write", str(tmp_path / "doc.md"))
         output, _ = second.communicate(timeout=120)
         assert second.returncode == 2, output
         assert f"study folder {out} is in use by another `mutualat compare`" in output
         assert "start" not in output.split("error:")[0], output
-        assert {p.name: p.read_text().count("=== ") for p in out.glob("logs/*.log")} == logs
-        assert sorted(p.name for p in out.glob("tasks/*")) == records
+        # each task started once (by the first scheduler, which may have gone on meanwhile)
+        assert all(p.read_text().count("=== ") == 1 for p in out.glob("logs/*.log"))
         assert not (tmp_path / "doc.md").exists()
         for extra in (["--status"], ["--archive", str(tmp_path / "archive")]):
             reader = _compare(plan, out, *extra)

@@ -132,7 +132,7 @@ def test_a_study_trains_the_added_point_and_its_choice_waits_on_it(tmp_path):
     chosen = study.selection("at")
     assert chosen.chosen == {"lr": 0.05} and chosen.tied == ["lr0.125"] and not chosen.at_edge
     assert grid_lines(study) == ["grid     at  chose lr0.05 (validation 55.0 %; grid extended by "
-                                 "lr0.125; the highest score, tied with lr0.125)"]
+                                 "lr0.125; tied for the highest score with lr0.125)"]
     # the plan without extend_grid no longer asks for the added run, and chooses as before
     plain = Study(load_plan(_write_plan(tmp_path / "plain", AT_GRID)), tmp_path / "out")
     assert plain.selection("at").chosen == {"lr": 0.05} and plain.selection("at").extended == []
@@ -155,6 +155,11 @@ def test_a_choice_tied_for_the_highest_score_at_the_edge_says_so():
     ruled = Selection("v", {"lr": 0.05}, {"lr0.05": 0.53, "lr0.1": 0.55, "lr0.2": 0.55}, "",
                       settings, best="lr0.1", se=0.0222)
     assert ruled.note == "one-SE rule, SE 2.2 points; highest: lr0.1, tied with lr0.2"
+    # a rule that chose one of the tied points: it is a highest score, tied with the other
+    upper = Selection("v", {"lr": 0.2}, {"lr0.05": 0.53, "lr0.1": 0.55, "lr0.2": 0.55}, "",
+                      settings, best="lr0.1", se=0.0222)
+    assert upper.tied == ["lr0.1"]
+    assert upper.note == "one-SE rule, SE 2.2 points: the highest score, tied with lr0.1"
     assert Selection("v", {"lr": 0.1}, {"lr0.05": 0.5, "lr0.1": 0.6}, "", settings).note == ""
 
 

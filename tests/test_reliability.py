@@ -332,6 +332,23 @@ def test_an_eps_up_to_the_input_space_diameter_is_accepted(tmp_path):
     assert Trainer(cfg, tmp_path / "run").cfg.attack.eps == 28.0
 
 
+def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Some network mounts answer flock with ENOLCK: that is no lock to be had, not a folder in
+    use, so the run goes on (with a warning) instead of being refused as busy."""
+    import errno
+    import fcntl
+
+    from mutualat.files import hold_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING"):
+        assert hold_lock(tmp_path / "run" / ".lock", "in use") is None
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
+
+
 def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path):
     from mutualat.errors import ConfigError
 

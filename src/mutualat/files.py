@@ -11,12 +11,16 @@ And :func:`hold_lock`: the advisory lock that keeps a second process out of a fo
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import secrets
 from pathlib import Path
 from typing import IO
 
 from mutualat.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -45,17 +49,24 @@ def hold_lock(path: Path, busy: str) -> IO | None:
     missing) for as long as the returned handle stays open; the OS drops it when the process
     ends, however it ends, so a kill never leaves a stale lock. Held elsewhere (another
     process, or another handle of this one): :class:`ConfigError` with the message ``busy``.
-    None where the platform has no ``fcntl`` (Windows): no lock."""
+    None, with a warning, where the platform (Windows) or the filesystem (some network
+    mounts) has no ``flock``: no lock, rather than no run."""
     try:
         import fcntl
     except ImportError:
+        logger.warning(f"no fcntl on this platform: {path} is not locked, so make sure no "
+                       "other process uses its folder")
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         handle.close()
-        raise ConfigError(busy) from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ConfigError(busy) from None
+        logger.warning(f"cannot lock {path} ({exc.strerror}): going on without a lock, so make "
+                       "sure no other process uses this folder")
+        return None
     return handle

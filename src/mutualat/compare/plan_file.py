@@ -65,7 +65,7 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
     typed as ``../shared/data`` after a restart, a relative one would count the study's
     interrupted tasks afresh."""
     environment = dict(environment or {})
-    if isinstance(environment.get("data.data_dir"), (str, Path)):
+    if isinstance(environment.get("data.data_dir"), (str, os.PathLike)):
         environment["data.data_dir"] = os.path.abspath(os.path.expanduser(environment["data.data_dir"]))
     plan = _read_plan(Path(path), environment)
     if plan.paper_scale is not None:

@@ -198,7 +198,7 @@ def may_grow(study: Study, variant: str) -> int:
 def grid_lines(study: Study) -> list[str]:
     """Per variant, the grid point its validation scores chose (with the score and the
     report's notes: the points the plan's ``extend_grid`` added, "at the edge of the grid",
-    what the one-SE rule did), or how many of its grid runs have ended with each one's
+    what the one-SE rule did, a tie for the highest score), or how many of its grid runs have ended with each one's
     validation score (or "diverged"), the points added so far and how many more the grid may
     gain, or the teacher whose choice its grid waits on: what a multi-day study's author checks
     before its other seeds start, in time to widen a grid that does not bracket its best."""

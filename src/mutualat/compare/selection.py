@@ -58,10 +58,12 @@ class Selection:
 
     @property
     def tied(self) -> list[str]:
-        """The other points with exactly the highest score: a tie, which never grows a grid
+        """The points other than the chosen one (other than the highest-scoring one, where a
+        rule chose below it) with exactly the highest score: a tie, which never grows a grid
         (:func:`extension`), so a choice "at the edge" tied with an inner point stays."""
-        top = self.best or self.label
-        return [k for k, v in self.scores.items() if k != top and v == self.scores[top]]
+        top = max(self.scores.values())
+        own = self.label if self.scores[self.label] == top else self.best
+        return [k for k, v in self.scores.items() if k != own and v == top]
 
     @property
     def note(self) -> str:
@@ -69,16 +71,18 @@ class Selection:
         neither)."""
         tied = f"tied with {', '.join(self.tied)}" if self.tied else ""
         if self.se is None:
-            return f"the highest score, {tied}" if tied else ""
+            return f"tied for the highest score with {', '.join(self.tied)}" if tied else ""
         rule = f"one-SE rule, SE {100 * self.se:.1f} points"  # the best point's
-        text = f"{rule}: the highest score" if self.best is None else f"{rule}; highest: {self.best}"
+        top = self.scores[self.label] == max(self.scores.values())
+        text = f"{rule}: the highest score" if top else f"{rule}; highest: {self.best}"
         return f"{text}, {tied}" if tied else text
 
 
 def choice_notes(at_edge: bool, note: str | None, extended: Iterable[str] = ()) -> str:
     """What the report and ``--status`` say beside a grid's choice: the points the plan's
     ``extend_grid`` added ("grid extended by lr0.025"), "at the edge of the grid"
-    (:attr:`Selection.at_edge`), then what the one-SE rule did (:attr:`Selection.note`)."""
+    (:attr:`Selection.at_edge`), then what the one-SE rule did and a tie for the highest
+    score (:attr:`Selection.note`)."""
     added = ", ".join(extended)
     return "; ".join(n for n in (f"grid extended by {added}" if added else "",
                                  "at the edge of the grid" if at_edge else "", note) if n)
