@@ -366,10 +366,9 @@ def test_no_task_outlives_its_killed_scheduler(tmp_path, fork):
 
 def test_a_second_scheduler_on_a_study_in_use_is_refused_and_starts_nothing(tmp_path):
     """Two schedulers on one study folder (a `--write` typed while the study runs) would both
-    start the running tasks (an evaluation, which has no lock of its own, would run twice;
-    here, trainings, whose second copies fail on their run folders' locks); the second is
-    refused before it starts anything, while --status and --archive, which only read the
-    folder, still answer."""
+    start the running tasks (here trainings), whose second copies would then fail on their
+    folders' locks; the second is refused before it starts anything, while --status and
+    --archive, which only read the folder, still answer."""
     first, out = _training_study(tmp_path)
     try:
         plan = tmp_path / "plan" / "plan.yaml"

@@ -445,6 +445,36 @@ def test_a_folder_of_another_evaluation_is_refused(tmp_path):
                  device="cpu", seed=1, checks=False, progress=False)
 
 
+def test_a_folder_in_use_by_another_evaluation_is_refused_and_left_as_it_was(tmp_path):
+    """Two processes evaluating into one folder would run the same attacks twice over (the
+    second started, by hand or by a second study scheduler, while the first still ran):
+    the folder's lock refuses the second before it attacks anything; once the first lets
+    go, the folder resumes as usual."""
+    import hashlib
+
+    from mutualat.files import hold_lock
+
+    first = run_marked(tmp_path)
+    folder = tmp_path / "ev"
+    (folder / "summary.json").unlink()  # as a first evaluation still running would have it
+    (folder / "m2" / "correct.npz").unlink()
+
+    def files():
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = files()
+    held = hold_lock(folder / ".lock", "held by the test")  # the first evaluation's
+    try:
+        with pytest.raises(ConfigError, match=f"evaluation folder {folder} is in use by another "
+                                              "evaluation"):
+            run_marked(tmp_path)
+        assert files() == before
+    finally:
+        held.close()
+    assert _numbers(run_marked(tmp_path)) == _numbers(first)
+
+
 def test_ensemble_is_the_mean_of_softmax():
     torch.manual_seed(0)
     a, b = nn.Linear(4, 3), nn.Linear(4, 3)

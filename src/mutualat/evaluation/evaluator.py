@@ -24,6 +24,8 @@ Folder layout (everything needed to recompute any table)::
                                   clean (N,), labels (N,)
     DIR/checks.json               gradient-masking measurements (when enabled)
     DIR/summary.json              all numbers (schema: :func:`.summary.build_summary`)
+    DIR/.lock                     held while a process evaluates into the folder: a second
+                                  one is refused (:func:`mutualat.files.hold_lock`)
 
 A rerun with the same arguments skips every finished (model, attack) and writes the same
 numbers: each batch's randomness is seeded from (seed, model, attack, restart, batch).
@@ -50,6 +52,7 @@ from torch import nn
 
 from mutualat.device import resolve_device
 from mutualat.errors import ConfigError
+from mutualat.files import hold_lock
 from mutualat.evaluation.attack_loop import as_tensors, batch_seed, model_outcomes, to_float01
 from mutualat.evaluation.checks import CheckConfig, run_checks
 from mutualat.evaluation.layout import check_choice, laid_out
@@ -150,32 +153,35 @@ def evaluate(
     out = Path(out_dir)
     check_manifest(out, identity)
     started = json.loads((out / "manifest.json").read_text()).get("started")
-
-    cuda = [dev.index or 0] if dev.type == "cuda" else []
-    # After the identity: a layout changes neither a model's weights nor its fingerprint.
-    # fp32 means IEEE fp32 on a GPU too, not TF32 (bf16 autocast sets its own precision).
-    fp32 = ieee_fp32(dev) if amp == "off" else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=cuda), fp32, \
-            laid_out(named.items(), to_float01(x_all[:2], dev), channels_last, dev) as laid:
-        results = {
-            name: model_outcomes(name, laid[id(model)][0], suite, x_all, y_all, out, batch_size,
-                                 dev, seed, progress, layout=laid[id(model)][1])
-            for name, model in named.items()
-        }
-        check_record = None
-        if checks:
-            run_models = {name: laid[id(model)][0] for name, model in named.items()}
-            check_record = _checks(run_models, suite, x_all, y_all, out, batch_size, dev, seed,
-                                   checks if isinstance(checks, CheckConfig) else CheckConfig())
-    summary = build_summary(
-        suite, results, seed=seed, batch_size=batch_size, device=dev, data_info=data_info,
-        model_info=model_info, checks=check_record, started=started, amp=amp,
-    )
-    write_json(out / "summary.json", summary)
-    log_summary(out, summary)  # TensorBoard / W&B, when there
-    for w in summary["warnings"]:
-        logger.warning(w)
-    return summary
+    # One process at a time: a second would run the same attacks again beside the first.
+    lock = hold_lock(out / ".lock", f"evaluation folder {out} is in use by another evaluation; "
+                     "wait for it to end or choose another --out (nothing was changed)")
+    with lock or contextlib.nullcontext():
+        cuda = [dev.index or 0] if dev.type == "cuda" else []
+        # After the identity: a layout changes neither a model's weights nor its fingerprint.
+        # fp32 means IEEE fp32 on a GPU too, not TF32 (bf16 autocast sets its own precision).
+        fp32 = ieee_fp32(dev) if amp == "off" else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=cuda), fp32, \
+                laid_out(named.items(), to_float01(x_all[:2], dev), channels_last, dev) as laid:
+            results = {
+                name: model_outcomes(name, laid[id(model)][0], suite, x_all, y_all, out, batch_size,
+                                     dev, seed, progress, layout=laid[id(model)][1])
+                for name, model in named.items()
+            }
+            check_record = None
+            if checks:
+                run_models = {name: laid[id(model)][0] for name, model in named.items()}
+                check_record = _checks(run_models, suite, x_all, y_all, out, batch_size, dev, seed,
+                                       checks if isinstance(checks, CheckConfig) else CheckConfig())
+        summary = build_summary(
+            suite, results, seed=seed, batch_size=batch_size, device=dev, data_info=data_info,
+            model_info=model_info, checks=check_record, started=started, amp=amp,
+        )
+        write_json(out / "summary.json", summary)
+        log_summary(out, summary)  # TensorBoard / W&B, when there
+        for w in summary["warnings"]:
+            logger.warning(w)
+        return summary
 
 
 def _preprocessing(value: Any) -> tuple[list[float], list[float]]:
