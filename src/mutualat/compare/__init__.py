@@ -7,8 +7,8 @@ and a compute-matched ensemble of independently trained models) evaluated on the
 class-balanced test images with a suite that includes AutoAttack; mean ± std over seeds and
 paired differences to a baseline with 95% intervals; and, where the plan asks, more suites,
 a transfer matrix and figures on the same chosen models (:mod:`mutualat.compare.sections`).
-See :mod:`mutualat.compare.plan_file` for the plan file and :mod:`mutualat.compare.study` for the
-folder layout.
+See :mod:`mutualat.compare.plan_file` for the plan file and :mod:`mutualat.compare.study`
+for the folder layout.
 """
 
 from mutualat.compare.plan import Plan, setting_label
