@@ -364,26 +364,25 @@ def test_no_task_outlives_its_killed_scheduler(tmp_path, fork):
     assert "leaked" not in said, said
 
 
-def test_a_second_scheduler_on_a_study_in_use_is_refused_and_starts_nothing(tmp_path):
+def test_a_second_scheduler_on_a_study_in_use_is_refused_and_starts_nothing(tmp_path, capsys):
     """Two schedulers on one study folder (a `--write` typed while the study runs) would both
     start the running tasks (here trainings), whose second copies would then fail on their
     folders' locks; the second is refused before it starts anything, while --status and
-    --archive, which only read the folder, still answer."""
+    --archive, which only read the folder, still answer. The second runs in this process
+    (the lock is the folder's, whoever holds it), the first as the user's would."""
     first, out = _training_study(tmp_path)
     try:
-        plan = tmp_path / "plan" / "plan.yaml"
-        second = _compare(plan, out, "--write", str(tmp_path / "doc.md"))
-        output, _ = second.communicate(timeout=120)
-        assert second.returncode == 2, output
-        assert f"study folder {out} is in use by another `mutualat compare`" in output
-        assert "start" not in output.split("error:")[0], output
+        plan = str(tmp_path / "plan" / "plan.yaml")
+        assert main(["compare", plan, "--out", str(out), "--write", str(tmp_path / "doc.md")]) == 2
+        said = capsys.readouterr()
+        assert f"study folder {out} is in use by another `mutualat compare`" in said.err
+        assert "start" not in said.out + said.err.split("error:")[0]
         # each task started once (by the first scheduler, which may have gone on meanwhile)
         assert all(p.read_text().count("=== ") == 1 for p in out.glob("logs/*.log"))
         assert not (tmp_path / "doc.md").exists()
-        for extra in (["--status"], ["--archive", str(tmp_path / "archive")]):
-            reader = _compare(plan, out, *extra)
-            said, _ = reader.communicate(timeout=120)
-            assert reader.returncode == 0, said
+        assert main(["compare", plan, "--out", str(out), "--status"]) == 0
+        assert "running" in capsys.readouterr().out
+        assert main(["compare", plan, "--out", str(out), "--archive", str(tmp_path / "copy")]) == 0
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=120)
