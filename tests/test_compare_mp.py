@@ -14,9 +14,10 @@ import pytest
 from mutualat.compare import Study, load_plan
 from mutualat.compare.curves import epoch_curves
 from mutualat.compare.per_type import pgd_alone_lines
-from mutualat.compare.provenance import plan_settings
+from mutualat.compare.provenance import plan_settings, suite_record
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import percent_mean_std
+from mutualat.evaluation import load_suite
 from mutualat.train.logger import read_metrics
 
 from conftest import REPO, script_module
@@ -163,6 +164,20 @@ def test_the_settings_say_which_members_are_evaluated_alone(tmp_path):
     paper = load_plan(REPO / "configs" / "plans" / "fmnist-smallcnn-paper.yaml")
     assert paper.select_on.get("mat-nat-online") and "mat-nat-online" in paper.figures.scenarios.values()
     assert plan_settings(paper)["cohort members evaluated alone"] == "all; act: robust"
+
+
+def test_the_settings_and_suite_say_what_the_runs_had_not_a_default_to_look_up():
+    """An audit of the Table 5 section found "the dataset's default" on both sides of the
+    augmentation row (none on Fashion-MNIST, crop and flip on CIFAR-10) and a suite line
+    whose prose, corrected after the evaluations ran, the report still took from them."""
+    plan = load_plan(REPO / "configs" / "plans" / "fmnist-smallcnn-mp.yaml")
+    assert plan_settings(plan)["augmentation"] == "none (the dataset's default)"
+    assert plan_settings(plan.twin)["augmentation"] == "crop_flip (the dataset's default)"
+    current = load_suite(plan.suite).to_dict()
+    recorded = {**current, "description": "the prose as it was when the evaluations ran"}
+    assert suite_record(plan, recorded) == current
+    other = {**recorded, "attacks": recorded["attacks"][:-1]}  # another suite: as recorded
+    assert suite_record(plan, other) == other
 
 
 def test_the_apgd_targets_gap_attacks_every_threat_type_of_a_table5_suite(mp_study, tmp_path, capsys):

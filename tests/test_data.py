@@ -19,6 +19,7 @@ from mutualat.data import (
     DATASETS,
     ArraySplit,
     channel_stats,
+    default_augmentation,
     load_dataset,
     read_cifar,
     read_idx,
@@ -370,6 +371,9 @@ def test_every_registered_dataset_loads(data_root: Path, name: str) -> None:
         assert 0 <= split.labels.min() and split.labels.max() < data.num_classes
     assert len(data.mean) == len(data.std) == data.input_shape[0]
     assert data.augment == ("crop_flip" if data.input_shape[0] == 3 else "none")
+    # what a report says of a run of it without loading the data
+    said = default_augmentation(name)
+    assert said == data.augment or (name == "image-folder" and data.augment in said)
 
 
 def test_idx_layouts_and_paths(tmp_path: Path) -> None:

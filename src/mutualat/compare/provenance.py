@@ -18,6 +18,7 @@ from mutualat.compare.plan import Plan
 from mutualat.compare.records import model_meta
 from mutualat.compare.study import Study
 from mutualat.compare.tasks import judged_alone
+from mutualat.data import default_augmentation
 from mutualat.evaluation import load_suite
 from mutualat.methods import build_method
 from mutualat.models import count_flops, create_model
@@ -112,6 +113,16 @@ def train_slug(study: Study, run: Path) -> str:
     return "__".join(["train", *run.relative_to(study.out / "runs").parts])
 
 
+def suite_record(plan: Plan, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The suite as an evaluation recorded it (``summary.json``), with the packaged suite's
+    current description where it is the same suite but for that prose: a description
+    corrected after the evaluations ran is what the report says (it is not part of an
+    evaluation's identity, :func:`mutualat.evaluation.records.evaluation_identity`)."""
+    current = load_suite(plan.suite).to_dict()
+    same = all(current.get(k) == recorded.get(k) for k in {*current, *recorded} - {"description"})
+    return {**recorded, "description": current.get("description")} if same else recorded
+
+
 def machines_text(data: dict[str, Any]) -> str:
     """``AMD EPYC (2 cores), 1 torch thread per task, torch 2.13.0+cpu``
     (:func:`mutualat.report.documents.machines_text`), and whether the training's machines
@@ -161,7 +172,8 @@ def plan_settings(plan: Plan) -> dict[str, str]:
     return {
         "data": data.name + (f" ({Path(data.path).name})" if data.path else ""),
         "training images": f"{data.train_subset:,}" if data.train_subset else f"all but the {held_out}",
-        "augmentation": data.augment or "the dataset's default",
+        "augmentation": (data.augment
+                         or f"{default_augmentation(data.name)} (the dataset's default)"),
         "model": _architecture({"name": model.name, **model.kwargs}),
         "epochs": f"{optim.epochs}, lr × {optim.gamma:g} at "
                   + ", ".join(f"{100 * m:.3g}" for m in optim.milestones) + " % of training",

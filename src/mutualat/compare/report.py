@@ -78,7 +78,8 @@ def collect(study: Study) -> dict[str, Any]:
         "plan": {"name": plan.name, "description": plan.description, "seeds": plan.seeds,
                  "select": plan.select, "checkpoints": plan.checkpoints, "baseline": plan.baseline,
                  "control": (vars(plan.control) if plan.control else None),
-                 "suite": first["suite"], "eval": vars(plan.eval), "variants": plan.variants,
+                 "suite": provenance.suite_record(plan, first["suite"]), "eval": vars(plan.eval),
+                 "variants": plan.variants,
                  "grids": {v: study.grid(v) for v in plan.variants},  # with what extend_grid added
                  "extend_grid": plan.extend_grid,
                  "paper_scale": (None if plan.paper_scale is None else

@@ -9,7 +9,8 @@
         ...
 """
 
-from mutualat.data.datasets import DATASETS, Dataset, channel_stats, load_dataset, resolve_data_dir
+from mutualat.data.datasets import (DATASETS, Dataset, channel_stats, default_augmentation, load_dataset,
+                                    resolve_data_dir)
 from mutualat.data.formats import ArraySplit, read_cifar, read_idx, read_idx_split
 from mutualat.data.image_folders import read_image_folder
 from mutualat.data.loader import AUGMENTATIONS, DeviceLoader, crop_flip, to_unit
@@ -24,6 +25,7 @@ __all__ = [
     "balanced_indices",
     "channel_stats",
     "crop_flip",
+    "default_augmentation",
     "load_dataset",
     "read_cifar",
     "read_idx",

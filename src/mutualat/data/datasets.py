@@ -99,6 +99,20 @@ def load_dataset(
 # MNIST-like IDX sets
 # --------------------------------------------------------------------------------------------
 
+#: The training augmentation each packaged dataset's loader sets: colour images get the CIFAR
+#: crop and flip, grey ones none (an image folder: by its images, :func:`image_folder`).
+DEFAULT_AUGMENT = {"fashion-mnist": "none", "fashion-mnist-embedded": "none", "mnist": "none",
+                   "cifar10": "crop_flip", "cifar100": "crop_flip"}
+
+
+def default_augmentation(name: str) -> str:
+    """What a run of dataset ``name`` trains with when its config names no augmentation, in
+    words a report can print without loading the data."""
+    if name == "image-folder":
+        return "crop_flip for colour images, none for grey ones"
+    return DEFAULT_AUGMENT.get(name, "its loader's")
+
+
 _IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -194,7 +208,7 @@ def _load_idx(spec: IdxSpec, root: Path, path: Path | None, download: bool) -> D
     for split_name, split in (("train", train), ("test", test)):
         _check_labels(spec.name, split_name, split, len(spec.classes))
     return Dataset(spec.name, train, test, list(spec.classes),
-                   (spec.mean,), (spec.std,), augment="none")
+                   (spec.mean,), (spec.std,), augment=DEFAULT_AUGMENT[spec.name])
 
 
 @DATASETS.register("fashion-mnist")
@@ -259,7 +273,8 @@ def _load_cifar(spec: CifarSpec, root: Path, path: Path | None, download: bool) 
         download_files(spec.name, [spec.archive], home)
         source = home / spec.archive.name
     train, test, classes = read_cifar(source, spec.layout)  # read from the tar, unextracted
-    return Dataset(spec.name, train, test, classes, spec.mean, spec.std, augment="crop_flip")
+    return Dataset(spec.name, train, test, classes, spec.mean, spec.std,
+                   augment=DEFAULT_AUGMENT[spec.name])
 
 
 @DATASETS.register("cifar10")
@@ -298,7 +313,7 @@ def fashion_mnist_embedded(root: Path, path: Path | None, download: bool) -> Dat
         test = ArraySplit(arrays["test_images"][:, None], arrays["test_labels"])
     spec = FASHION_MNIST
     return Dataset("fashion-mnist-embedded", train, test, list(spec.classes),
-                   (spec.mean,), (spec.std,), augment="none")
+                   (spec.mean,), (spec.std,), augment=DEFAULT_AUGMENT["fashion-mnist-embedded"])
 
 
 # --------------------------------------------------------------------------------------------
