@@ -6,7 +6,8 @@ evaluation results, an archive's copies and a Markdown document's section rewrit
 place are written so (figures are not: matplotlib writes them).
 
 And :func:`hold_lock`: the advisory lock that keeps a second process out of a folder in use
-(a run folder while it trains, a study folder while its scheduler runs).
+(a run folder while it trains, an evaluation folder while it is evaluated into, a study
+folder while its scheduler runs).
 """
 
 from __future__ import annotations

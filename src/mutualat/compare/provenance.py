@@ -188,8 +188,9 @@ def plan_settings(plan: Plan) -> dict[str, str]:
                      f"({held_out}), PGD-{cfg.eval.pgd_steps}, the {plan.select} epoch's"
                      + "".join(f"; within one standard error of the best, the {v} {k}"
                                for k, v in plan.within_one_se.items())
-                     + "".join(f"; a grid whose best, not tied, is at its edge gains up to {n} {k} value"
-                               f"{'s' if n != 1 else ''}" for k, n in plan.extend_grid.items()),
+                     + "".join(f"; a grid whose best, not tied, is at its edge gains up to {n} "
+                               f"{k} value{'s' if n != 1 else ''}"
+                               for k, n in plan.extend_grid.items()),
         "test images; suite": f"{plan.eval.n:,}; {load_suite(plan.suite).name}",
         "checkpoints evaluated": ", ".join(plan.checkpoints),
         "cohort members evaluated alone": _evaluated_members(plan),

@@ -95,10 +95,6 @@ def load_dataset(
     return factory(resolve_data_dir(data_dir), source, download)
 
 
-# --------------------------------------------------------------------------------------------
-# MNIST-like IDX sets
-# --------------------------------------------------------------------------------------------
-
 #: The training augmentation each packaged dataset's loader sets: colour images get the CIFAR
 #: crop and flip, grey ones none (an image folder: by its images, :func:`image_folder`).
 DEFAULT_AUGMENT = {"fashion-mnist": "none", "fashion-mnist-embedded": "none", "mnist": "none",
@@ -112,6 +108,10 @@ def default_augmentation(name: str) -> str:
         return "crop_flip for colour images, none for grey ones"
     return DEFAULT_AUGMENT.get(name, "its loader's")
 
+
+# --------------------------------------------------------------------------------------------
+# MNIST-like IDX sets
+# --------------------------------------------------------------------------------------------
 
 _IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
