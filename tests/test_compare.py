@@ -120,6 +120,9 @@ def test_paired_interval_on_hand_made_numbers():
     (("suite: tiny-suite.yaml", "suite: no-such-suite"), "no-such-suite"),
     (("name: tiny\n", "name: tiny\nbogus: 1\n"), "unknown key"),
     (("control: {variant: at, members: 2}", "control: {variant: mat, members: 2}"), "control"),
+    (("name: tiny\n", "- name: tiny\n"), r"plan file .*plan.yaml is not valid YAML"),
+    ((TINY_PLAN, "[tiny]\n"), r"plan file .*plan.yaml must hold a mapping at the top level"),
+    ((TINY_PLAN, ""), "variants must name at least one variant"),
 ])
 def test_a_bad_plan_is_refused_before_anything_runs(tmp_path, capsys, edit, message):
     assert_edit_refused(_write_plan, TINY_PLAN, edit, tmp_path, capsys, message)

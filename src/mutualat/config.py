@@ -302,6 +302,20 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def read_yaml_file(path: Path, what: str) -> dict:
+    """The mapping a YAML file holds ({} for an empty one), with a clear error naming ``what``
+    it is ("config file", "plan file") when it is missing, not YAML, or not a mapping."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        loaded = read_yaml(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return loaded or {}
+
+
 def apply_override(data: dict, assignment: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to the plain config mapping ``data``."""
     if "=" not in assignment:
@@ -351,16 +365,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     """Read a YAML experiment file (or start from defaults), apply ``--set`` overrides."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = read_yaml(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        data = loaded or {}
+        data = read_yaml_file(Path(path), "config file")
     if overrides:
         # Overrides address the resolved structure (e.g. models.0.lr even if the file omits
         # models), so resolve defaults first.

@@ -41,9 +41,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mutualat.config import load_config, read_yaml, to_dict
+from mutualat.config import load_config, read_yaml_file, to_dict
 from mutualat.compare.extras import (check_keys, check_teachers, parse_figures, parse_paper_scale,
                                      parse_extend_grid, parse_select_on, parse_tables, parse_teacher,
                                      parse_transfer, parse_within_one_se)
@@ -74,14 +72,7 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
 
 
 def _read_plan(path: Path, environment: dict[str, Any] | None) -> Plan:
-    if not path.is_file():
-        raise ConfigError(f"plan file {path} does not exist")
-    try:
-        raw = read_yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"plan file {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"plan file {path} must hold a mapping")
+    raw = read_yaml_file(path, "plan file")
     where = f"plan {path}"
     check_keys(raw, _TOP_KEYS, where)
     base: dict[str, Any] = {}
