@@ -464,7 +464,7 @@ def test_a_folder_in_use_by_another_evaluation_is_refused_and_left_as_it_was(tmp
                 for p in sorted(folder.rglob("*")) if p.is_file()}
 
     before = files()
-    held = hold_lock(folder / ".lock", "held by the test")  # the first evaluation's
+    held = hold_lock(folder, "held by the test")  # the first evaluation's
     try:
         with pytest.raises(ConfigError, match=f"evaluation folder {folder} is in use by another "
                                               "evaluation"):

@@ -345,7 +345,7 @@ def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monke
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with caplog.at_level("WARNING"):
-        assert hold_lock(tmp_path / "run" / ".lock", "in use") is None
+        assert hold_lock(tmp_path / "run", "in use") is None
     assert "cannot lock" in caplog.text and "No locks available" in caplog.text
 
 

@@ -23,6 +23,9 @@ from mutualat.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+#: The file :func:`hold_lock` locks inside a folder in use.
+LOCK = ".lock"
+
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically (missing parent folders are made), with the
@@ -45,20 +48,20 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def hold_lock(path: Path, busy: str) -> IO | None:
-    """Hold an exclusive advisory lock on the file ``path`` (made, with its folder, if
-    missing) for as long as the returned handle stays open; the OS drops it when the process
-    ends, however it ends, so a kill never leaves a stale lock. Held elsewhere (another
+def hold_lock(folder: Path, busy: str) -> IO | None:
+    """Hold an exclusive advisory lock on ``folder``'s :data:`LOCK` file (made, with the
+    folder, if missing) for as long as the returned handle stays open; the OS drops it when
+    the process ends, however it ends, so a kill never leaves a stale lock. Held elsewhere (another
     process, or another handle of this one): :class:`ConfigError` with the message ``busy``.
     None, with a warning, where the platform (Windows) or the filesystem (some network
     mounts) has no ``flock``: no lock, rather than no run."""
     try:
         import fcntl
     except ImportError:
-        logger.warning(f"no fcntl on this platform: {path} is not locked, so make sure no "
-                       "other process uses its folder")
+        logger.warning(f"no fcntl on this platform: {folder} is not locked, so make sure no "
+                       "other process uses it")
         return None
-    path = Path(path)
+    path = Path(folder) / LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a")
     try:

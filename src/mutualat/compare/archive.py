@@ -29,11 +29,11 @@ from pathlib import Path
 from mutualat.compare.records import EVALUATED, PRUNED, file_digest, task_records
 from mutualat.errors import ConfigError
 from mutualat.models.io import read_model_meta
-from mutualat.files import atomic_write_bytes
+from mutualat.files import LOCK, atomic_write_bytes
 
 MARK = "archive.json"  # in an archive's root: which plan's study it holds
 #: Never archived: weights (a stand-in replaces each), resume checkpoints, locks.
-LEFT_OUT = (".safetensors", "checkpoint.pt", ".lock", ".tmp")
+LEFT_OUT = (".safetensors", "checkpoint.pt", LOCK, ".tmp")
 #: Kept out of version control in an archive that a study continues in, or renders from.
 IGNORED = ["*.safetensors", "checkpoint.pt", "*.lock", "*.tmp", "/*.png"]
 

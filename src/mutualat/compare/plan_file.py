@@ -64,7 +64,8 @@ def load_plan(path: str | Path, environment: dict[str, Any] | None = None) -> Pl
     interrupted tasks afresh."""
     environment = dict(environment or {})
     if isinstance(environment.get("data.data_dir"), (str, os.PathLike)):
-        environment["data.data_dir"] = os.path.abspath(os.path.expanduser(environment["data.data_dir"]))
+        given = environment["data.data_dir"]
+        environment["data.data_dir"] = os.path.abspath(os.path.expanduser(given))
     plan = _read_plan(Path(path), environment)
     if plan.paper_scale is not None:
         plan.twin = _load_twin(plan, environment)

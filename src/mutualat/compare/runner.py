@@ -19,14 +19,15 @@ among them the longest, by the CPU time of finished tasks of their kind
 with the other cores idle. A task that fails is reported and not retried in the
 same invocation; the others go on. Interrupted (Ctrl-C, a kill), the same command continues:
 finished runs and evaluations are reused, interrupted ones resumed. One scheduler per study
-folder: it holds the folder's ``.lock`` while it runs, and a second ``mutualat compare`` on
-the folder (``--status`` and ``--archive`` only read it, and go on) is refused before it
-starts anything; without it, the second would start the running tasks again, each then
+folder: it holds the folder's lock (:func:`mutualat.files.hold_lock`) while it runs, and a
+second ``mutualat compare`` on the folder (``--status`` and ``--archive`` only read it, and
+go on) is refused before it starts anything; without it, the second would start the running tasks again, each then
 failing on its run or evaluation folder's own lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -56,8 +57,6 @@ from mutualat.files import atomic_write_bytes, hold_lock
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
-#: Held by the study folder's scheduler (:func:`run_study`).
-LOCK = ".lock"
 #: How long a task may take to stop after SIGINT (record it, undo a new run folder).
 STOP_S = 60.0
 
@@ -179,14 +178,11 @@ def run_study(plan: Plan, out: Path, jobs: int = 1, threads: int | None = None,
     if threads is None and jobs > 1:
         threads = 1
     out = Path(out)
-    lock = hold_lock(out / LOCK, f"study folder {out} is in use by another `mutualat compare`, "
-                     "which runs its tasks; --status says what it runs and --archive copies what "
-                     "has finished. Wait for it to end or stop it (nothing was changed)")
-    try:
+    lock = hold_lock(out, f"study folder {out} is in use by another `mutualat compare`, which "
+                     "runs its tasks; --status says what it runs and --archive copies what has "
+                     "finished. Wait for it to end or stop it (nothing was changed)")
+    with lock or contextlib.nullcontext():
         return _run(plan, out, jobs, threads, report, fork, until)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _run(plan: Plan, out: Path, jobs: int, threads: int | None, report: bool, fork: bool,

@@ -154,7 +154,7 @@ def evaluate(
     check_manifest(out, identity)
     started = json.loads((out / "manifest.json").read_text()).get("started")
     # One process at a time: a second would run the same attacks again beside the first.
-    lock = hold_lock(out / ".lock", f"evaluation folder {out} is in use by another evaluation; "
+    lock = hold_lock(out, f"evaluation folder {out} is in use by another evaluation; "
                      "wait for it to end or choose another --out (nothing was changed)")
     with lock or contextlib.nullcontext():
         cuda = [dev.index or 0] if dev.type == "cuda" else []

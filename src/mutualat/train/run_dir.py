@@ -34,7 +34,7 @@ from mutualat.errors import CheckpointError, ConfigError, TrainingError
 from mutualat.methods import resolve_method_params
 from mutualat.models.sources import parse_source
 from mutualat.models.torch_source import file_digest
-from mutualat.files import atomic_write_bytes, hold_lock
+from mutualat.files import LOCK, atomic_write_bytes, hold_lock
 from mutualat.train.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ TEMPORARY = ".*.tmp"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 RUN_FILE = "run.json"  # the run's identity, written at creation
-LOCK = ".lock"  # held by the process training into the folder
 # Keys that describe where a run executes, not what it computes: a resumed run may change them.
 ENVIRONMENT_KEYS = ("device", "progress", "data.data_dir", "distributed.backend",
                     "distributed.timeout_s")
@@ -229,9 +228,9 @@ def remove_stale_temporaries(out: Path) -> list[str]:
 
 
 def lock_run_dir(out: Path) -> Any:
-    """Hold ``out/.lock`` (:func:`mutualat.files.hold_lock`) so that two processes never
+    """Hold the folder's lock (:func:`mutualat.files.hold_lock`) so that two processes never
     train into one folder; a second one gets a clear error."""
-    return hold_lock(Path(out) / LOCK, f"run folder {out} is in use by another training "
+    return hold_lock(out, f"run folder {out} is in use by another training "
                      "process; wait for it to end or choose another --out (nothing was changed)")
 
 
