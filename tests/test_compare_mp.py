@@ -13,7 +13,7 @@ import pytest
 
 from mutualat.compare import Study, load_plan
 from mutualat.compare.curves import epoch_curves
-from mutualat.compare.per_type import pgd_alone_lines
+from mutualat.compare.per_type import after_pgd_lines, pgd_alone_lines
 from mutualat.compare.provenance import plan_settings, suite_record
 from mutualat.compare.report import markdown
 from mutualat.compare.stats import percent_mean_std
@@ -127,6 +127,8 @@ def test_each_types_pgd_alone_is_set_beside_the_type(mp_study):
     assert [(a["name"], a["threat"]) for a in suite["attacks"]] == [("fgsm", "linf"), ("pgd", "l2")]
     suite["attacks"].append({"id": "ddn", "name": "ddn", "threat": "l2"})
     last = [r for r in data["rows"] if r["checkpoint"] == "last"]
+    for seed in (s for r in last for s in r["seeds"].values()):
+        seed["attacks"]["ddn"] = seed["threats"]["l2"]  # breaking nothing PGD left
     data["rows"] += [{**r, "row": r["row"] + " (best copy)", "checkpoint": "best"} for r in last]
     lines = pgd_alone_lines(data, "last")
     pgd = suite["attacks"][1]["id"]
@@ -139,7 +141,44 @@ def test_each_types_pgd_alone_is_set_beside_the_type(mp_study):
             f"| {row['row']} | {percent_mean_std(row['mean_std'][pgd])} | "
             f"{percent_mean_std(row['mean_std']['threat:l2'])} | "
             f"{100 * statistics.mean(missed):.2f} ± {100 * statistics.stdev(missed):.2f} |")
-    assert "| model | l2: " in markdown(data)  # and in the report made from the JSON
+    text = markdown(data)  # and in the report made from the JSON, with what DDN added
+    assert "| model | l2: " in text and "Broke no example of any model on any seed: ddn." in text
+
+
+AFTER_PGD_SUITE = [("pgd-linf", "pgd", "linf"), ("pgd-l2", "pgd", "l2"),
+                   ("apgd-t-linf", "autoattack", "linf"), ("fgsm", "fgsm", "linf"), ("ddn", "ddn", "l2")]
+
+
+def _seed(*accuracies):
+    """One seed's cumulative accuracies, in AFTER_PGD_SUITE's order."""
+    return {"clean": 0.8, "attacks": dict(zip([i for i, _, _ in AFTER_PGD_SUITE], accuracies))}
+
+
+def test_what_each_attack_after_pgd_broke_is_read_from_the_cumulative_columns():
+    """Hand-made numbers, the types' attacks interleaved in the suite: each attack's fall is
+    from the accuracy its own type's attack before it left (apgd-t-linf from pgd-linf, not
+    from pgd-l2, which sits between them), per seed, then mean ± std; an attack that broke
+    nothing anywhere is named, not given a column; another checkpoint's rows are not read; a
+    standalone suite gets no table (its columns do not say what an attack added)."""
+    suite = {"threats": {"linf": {}, "l2": {}}, "per_attack": "cumulative",
+             "attacks": [{"id": i, "name": n, "threat": t} for i, n, t in AFTER_PGD_SUITE]}
+    a = {"0": _seed(0.50, 0.70, 0.46, 0.46, 0.70), "1": _seed(0.52, 0.71, 0.50, 0.50, 0.71)}
+    b = {"0": _seed(0.40, 0.60, 0.40, 0.40, 0.58), "1": _seed(0.40, 0.60, 0.40, 0.40, 0.60)}
+    broken_elsewhere = {"0": _seed(0.50, 0.70, 0.46, 0.0, 0.70)}  # FGSM breaks all, at "best"
+    data = {"plan": {"suite": suite},
+            "rows": [{"row": "a", "checkpoint": "last", "seeds": a},
+                     {"row": "b", "checkpoint": "last", "seeds": b},
+                     {"row": "a", "checkpoint": "best", "seeds": broken_elsewhere}]}
+    lines = after_pgd_lines(data, "last")
+    assert lines[2:] == [
+        "| model | apgd-t-linf | ddn |", "|---|---|---|",
+        "| a | 3.00 ± 1.41 | 0.00 ± 0.00 |",
+        "| b | 0.00 ± 0.00 | 1.00 ± 1.41 |", "",
+        "Broke no example of any model on any seed: fgsm.", ""]
+    assert after_pgd_lines(data, "best")[2:5] == [
+        "| model | apgd-t-linf | fgsm |", "|---|---|---|", "| a | 4.00 ± 0.00 | 46.00 ± 0.00 |"]
+    suite["per_attack"] = "standalone"
+    assert after_pgd_lines(data, "last") == []
 
 
 def test_the_curves_follow_the_generalist(mp_study):

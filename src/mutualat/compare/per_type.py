@@ -6,6 +6,8 @@ say (in a cumulative suite, the type's first attack where it is a PGD, as in the
 suites). The short-schedule MAT-MP study in docs/RESULTS.md found the gap two to three times
 larger for MAT-MP's generalists than for AT in l2 (DeepFool breaking what PGD-l2 left), which
 is why a reader of a multiple-perturbation comparison wants it beside the main table.
+:func:`after_pgd_lines` then says which of a cumulative suite's other attacks found what
+PGD missed, and names those that found nothing.
 """
 
 from __future__ import annotations
@@ -49,3 +51,41 @@ def pgd_alone_lines(data: dict[str, Any], checkpoint: str) -> list[str]:
                       percent_mean_std(mean_std(missed))]
         lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def after_pgd_lines(data: dict[str, Any], checkpoint: str) -> list[str]:
+    """For a cumulative suite of several threat types: per model, what each attack after its
+    type's PGD broke of the examples every earlier attack of that type had left (the fall in
+    the type's cumulative accuracy at that attack; mean ± std over seeds), a column for each
+    attack that broke any example of any row at ``checkpoint``. The attacks that broke
+    nothing anywhere are named below the table. No lines where :func:`pgd_alone_lines` has
+    none, or in a standalone suite (there an attack's column does not say what it added)."""
+    suite = data["plan"]["suite"]
+    if len(suite["threats"]) < 2 or suite["per_attack"] != "cumulative":
+        return []
+    pgd = pgd_alone_columns(((a["id"], a["name"], a["threat"]) for a in suite["attacks"]),
+                            suite["per_attack"])
+    after, previous = [], {}  # (attack, its type's attack before it); the type's PGD is first
+    for attack in suite["attacks"]:
+        i, t = attack["id"], attack["threat"]
+        if t in pgd and i != pgd[t]:
+            after.append((i, previous[t]))
+        previous[t] = i
+    rows = [r for r in data["rows"] if r["checkpoint"] == checkpoint]
+    if not after or not rows:
+        return []
+    falls = {(r["row"], i): [s["attacks"][before] - s["attacks"][i] for s in r["seeds"].values()]
+             for r in rows for i, before in after}
+    found = [i for i, _ in after if any(f > 0 for r in rows for f in falls[r["row"], i])]
+    nothing = [i for i, _ in after if i not in found]
+    lines = ["What each attack after its type's PGD broke of the examples the type's earlier "
+             "attacks had left (points of that type's accuracy; mean ± std over seeds): "
+             "the attacks that found what PGD missed.", ""]
+    if found:
+        lines += ["| model | " + " | ".join(found) + " |", "|---|" + "---|" * len(found)]
+        lines += [f"| {r['row']} | " + " | ".join(percent_mean_std(mean_std(falls[r["row"], i]))
+                                                 for i in found) + " |" for r in rows]
+        lines.append("")
+    if nothing:
+        lines += [f"Broke no example of any model on any seed: {', '.join(nothing)}.", ""]
+    return lines

@@ -14,7 +14,8 @@ and the paired difference to the baseline with its 95% t interval
 (:mod:`mutualat.compare.stats`). Each cohort's ensemble, or its ``select_on`` members, is
 also paired with the control, seed by seed (the same compute). The Markdown shows a column
 per attack for a one-threat suite, a column per threat type and R_avg for several, then each
-type's PGD alone beside the type (:mod:`mutualat.compare.per_type`). A table of
+type's PGD alone beside the type and what the type's later attacks added
+(:mod:`mutualat.compare.per_type`). A table of
 robust overfitting follows: per variant, each seed's best and last validation robust
 accuracy and the fall between them (:func:`mutualat.compare.curves.overfitting`). Then what
 each variant trains and how fast (parameters, FLOPs, img/s, CPU per run), the runs, and the
@@ -32,7 +33,7 @@ from typing import Any
 
 from mutualat.compare import masking, provenance, sections
 from mutualat.compare.curves import overfitting, plot_curves
-from mutualat.compare.per_type import pgd_alone_lines
+from mutualat.compare.per_type import after_pgd_lines, pgd_alone_lines
 from mutualat.compare.records import read_summary, task_records
 from mutualat.compare.selection import choice_notes, score_line
 from mutualat.compare.stats import INTERVAL, mean_std, paired_interval, percent_mean_std
@@ -282,7 +283,7 @@ def markdown(data: dict[str, Any], figures: str = "") -> str:
                 lines.append(f"| {row['row']} | " + " | ".join(
                     _diff(row["paired_control"][m], False) for m in paired) + " |")
             lines.append("")
-        lines += pgd_alone_lines(data, checkpoint)
+        lines += pgd_alone_lines(data, checkpoint) + after_pgd_lines(data, checkpoint)
     lines += masking.lines(data.get("warnings"))
     lines += _overfitting_lines(data["overfitting"])
     lines += sections.markdown(data["extras"], plan["name"], figures)
