@@ -372,8 +372,11 @@ def test_a_second_scheduler_on_a_study_in_use_is_refused_and_starts_nothing(tmp_
     start the running tasks (here trainings), whose second copies would then fail on their
     folders' locks; the second is refused before it starts anything, while --status and
     --archive, which only read the folder, still answer. The second runs in this process
-    (the lock is the folder's, whoever holds it), the first as the user's would."""
-    first, out = _training_study(tmp_path)
+    (the lock is the folder's, whoever holds it), the first as the user's would. Its SIGINT at
+    the default, whatever the test runner's: a suite run as a background job of a script
+    inherits SIGINT ignored, and the first scheduler then ran its study to the end."""
+    first, out = _training_study(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                            signal.SIG_DFL))
     try:
         plan = str(tmp_path / "plan" / "plan.yaml")
         assert main(["compare", plan, "--out", str(out), "--write", str(tmp_path / "doc.md")]) == 2
