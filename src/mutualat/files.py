@@ -51,8 +51,9 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 def hold_lock(folder: Path, busy: str) -> IO | None:
     """Hold an exclusive advisory lock on ``folder``'s :data:`LOCK` file (made, with the
     folder, if missing) for as long as the returned handle stays open; the OS drops it when
-    the process ends, however it ends, so a kill never leaves a stale lock. Held elsewhere (another
-    process, or another handle of this one): :class:`ConfigError` with the message ``busy``.
+    the process ends, however it ends, so a kill never leaves a stale lock. Held elsewhere
+    (another process, or another handle of this one): :class:`ConfigError` with the message
+    ``busy``.
     None, with a warning, where the platform (Windows) or the filesystem (some network
     mounts) has no ``flock``: no lock, rather than no run."""
     try:

@@ -18,6 +18,15 @@ from mutualat.compare.stats import mean_std, percent_mean_std
 from mutualat.evaluation import pgd_alone_columns
 
 
+def _pgd_columns(suite: dict[str, Any]) -> dict[str, str]:
+    """Per threat type, its PGD-alone column (:func:`mutualat.evaluation.pgd_alone_columns`);
+    none for a suite of one threat type, whose report has a column per attack already."""
+    if len(suite["threats"]) < 2:
+        return {}
+    return pgd_alone_columns(((a["id"], a["name"], a["threat"]) for a in suite["attacks"]),
+                             suite["per_attack"])
+
+
 def pgd_alone_lines(data: dict[str, Any], checkpoint: str) -> list[str]:
     """The table for the rows of ``checkpoint`` of a report's JSON
     (:func:`mutualat.compare.report.collect`): per threat type with a PGD-alone column and
@@ -25,10 +34,7 @@ def pgd_alone_lines(data: dict[str, Any], checkpoint: str) -> list[str]:
     over seeds). No lines for a suite of one threat type, or where no type qualifies."""
     suite = data["plan"]["suite"]
     threats = list(suite["threats"])
-    if len(threats) < 2:
-        return []
-    pgd = pgd_alone_columns(((a["id"], a["name"], a["threat"]) for a in suite["attacks"]),
-                            suite["per_attack"])
+    pgd = _pgd_columns(suite)
     count = {t: sum(a["threat"] == t for a in suite["attacks"]) for t in threats}
     shown = [t for t in threats if t in pgd and count[t] > 1]
     if not shown:
@@ -61,10 +67,7 @@ def after_pgd_lines(data: dict[str, Any], checkpoint: str) -> list[str]:
     nothing anywhere are named below the table. No lines where :func:`pgd_alone_lines` has
     none, or in a standalone suite (there an attack's column does not say what it added)."""
     suite = data["plan"]["suite"]
-    if len(suite["threats"]) < 2 or suite["per_attack"] != "cumulative":
-        return []
-    pgd = pgd_alone_columns(((a["id"], a["name"], a["threat"]) for a in suite["attacks"]),
-                            suite["per_attack"])
+    pgd = _pgd_columns(suite) if suite["per_attack"] == "cumulative" else {}
     after, previous = [], {}  # (attack, its type's attack before it); the type's PGD is first
     for attack in suite["attacks"]:
         i, t = attack["id"], attack["threat"]

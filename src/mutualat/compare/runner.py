@@ -21,8 +21,8 @@ same invocation; the others go on. Interrupted (Ctrl-C, a kill), the same comman
 finished runs and evaluations are reused, interrupted ones resumed. One scheduler per study
 folder: it holds the folder's lock (:func:`mutualat.files.hold_lock`) while it runs, and a
 second ``mutualat compare`` on the folder (``--status`` and ``--archive`` only read it, and
-go on) is refused before it starts anything; without it, the second would start the running tasks again, each then
-failing on its run or evaluation folder's own lock.
+go on) is refused before it starts anything; without it, the second would start the running
+tasks again, each then failing on its run or evaluation folder's own lock.
 """
 
 from __future__ import annotations
